@@ -1,0 +1,28 @@
+"""Named DIMSE status values (PS3.4 Annex B.2.3 for C-STORE, PS3.7 Annex C for general codes).
+
+Handlers return these names, never hex literals, so each branch says what it means.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class StoreStatus(IntEnum):
+    """C-STORE response statuses used by the receiver."""
+
+    SUCCESS = 0x0000
+    # PS3.4 B.2.3: "Refused: Out of Resources" (A7xx); A700 is the general form.
+    OUT_OF_RESOURCES = 0xA700
+    # PS3.7 C.5.8: the SOP Class in the command is not the one the context was negotiated for.
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    # PS3.4 B.2.3: "Error: Data Set does not match SOP Class" (A9xx).
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    # PS3.4 B.2.3: "Error: Cannot understand" (Cxxx).
+    CANNOT_UNDERSTAND = 0xC000
+    # PS3.7 C.5.7: general processing failure.
+    PROCESSING_FAILURE = 0x0110
+
+
+class EchoStatus(IntEnum):
+    SUCCESS = 0x0000

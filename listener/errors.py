@@ -1,0 +1,77 @@
+"""The gateway's exception tree, in one place.
+
+Each class says what the worker boundary does with it: ``retryable`` errors are tried again with
+backoff, ``quarantine`` errors set the offending data aside with the reason, and ``fatal`` errors
+stop the process (only configuration problems at start-up). Everything else is caught only at the
+one worker boundary, logged with its traceback, and fails that job alone.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base class of every error the gateway raises on purpose."""
+
+    retryable: bool = False
+    quarantine: bool = False
+    fatal: bool = False
+
+
+class ConfigError(GatewayError):
+    """A setting or rules file is invalid; the message names the setting. Stops start-up."""
+
+    fatal = True
+
+
+class InvalidDatasetError(GatewayError):
+    """Received data that cannot be stored as a valid instance; it is quarantined."""
+
+    quarantine = True
+
+
+class StorageFullError(GatewayError):
+    """Free disk space is under the watermark; new work is refused until space returns."""
+
+    retryable = True
+
+
+class ModelError(GatewayError):
+    """A model endpoint call failed."""
+
+
+class TransientModelError(ModelError):
+    """A model call failed in a way that may succeed later (timeouts, 408, 429, 5xx)."""
+
+    retryable = True
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentModelError(ModelError):
+    """A model call failed in a way a retry cannot fix (400, 401, 403, 404, 424)."""
+
+
+class CircuitOpenError(ModelError):
+    """The endpoint failed repeatedly; calls fail fast until the breaker probes it again."""
+
+    retryable = True
+
+
+class ConversionError(GatewayError):
+    """A model answer could not be turned into a valid DICOM object; the job fails."""
+
+
+class SendError(GatewayError):
+    """Sending to a destination failed."""
+
+
+class TransientSendError(SendError):
+    """The destination may accept later (refused, timed out, out of resources)."""
+
+    retryable = True
+
+
+class PermanentSendError(SendError):
+    """The destination will not accept as configured (association rejected, SOP class refused)."""

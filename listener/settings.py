@@ -1,0 +1,239 @@
+"""Gateway settings, built once at start-up and passed down.
+
+Sources, highest priority first: command-line flags (applied by the CLI as init values),
+environment variables (prefix ``PACSAI_``, nested delimiter ``__``, e.g.
+``PACSAI_MODELS__CXRREPORTGEN__ENDPOINT``), an optional YAML settings file (``--config FILE`` or
+``PACSAI_CONFIG``), then the embedded defaults. ``config/pacs-ai.example.yaml`` documents every
+option. A bad value stops start-up with a :class:`~listener.errors.ConfigError` naming the setting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from listener.errors import ConfigError
+
+# PS3.5 §6.2: AE is up to 16 characters of the default repertoire, no backslash, no control
+# characters; leading/trailing spaces are not significant, so an all-space title is invalid.
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+def check_ae_title(value: str) -> str:
+    """Return the AE title stripped of padding, or raise ValueError saying what is wrong."""
+    stripped = value.strip()
+    if not stripped:
+        raise ValueError("an AE title must not be empty")
+    if len(stripped) > 16:
+        raise ValueError(f"an AE title has at most 16 characters, got {len(stripped)}")
+    if not _AE_RE.match(stripped):
+        raise ValueError("an AE title may hold printable ASCII characters other than backslash")
+    return stripped
+
+
+AETitle = Annotated[str, AfterValidator(check_ae_title)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+ModelName = Literal["medimageinsight", "cxrreportgen", "medimageparse", "medimageparse3d"]
+MODEL_NAMES: tuple[ModelName, ...] = (
+    "medimageinsight",
+    "cxrreportgen",
+    "medimageparse",
+    "medimageparse3d",
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AllowedCaller(_Section):
+    """A peer allowed to open associations: its calling AE title and, optionally, its address."""
+
+    ae_title: AETitle
+    host: str | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host_is_address_or_network(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_network(value, strict=False)
+        return value
+
+
+class ModelSettings(_Section):
+    """One hosted model endpoint. With no endpoint the built-in emulator serves the model."""
+
+    endpoint: str | None = Field(
+        default=None, description="scoring URI, e.g. https://x.region.inference.ml.azure.com/score"
+    )
+    key: SecretStr | None = Field(default=None, description="endpoint key (never logged)")
+    auth: Literal["key", "entra"] = "key"
+    deployment: str | None = Field(default=None, description="azureml-model-deployment header")
+    model_version: str | None = Field(
+        default=None, description="recorded in result objects as the algorithm version"
+    )
+    timeout_s: float = Field(default=90.0, gt=0, le=600)
+    concurrency: int = Field(default=4, ge=1, le=256)
+    retries: int = Field(default=6, ge=0, le=50)
+    batch_size: int = Field(default=8, ge=1, le=1024)
+    circuit_failures: int = Field(default=5, ge=1, le=1000)
+    circuit_reset_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("the endpoint must be an http(s) URL")
+        return value
+
+
+class ModelsSettings(_Section):
+    medimageinsight: ModelSettings = Field(default_factory=lambda: ModelSettings(batch_size=16))
+    cxrreportgen: ModelSettings = Field(
+        default_factory=lambda: ModelSettings(batch_size=1, concurrency=2)
+    )
+    medimageparse: ModelSettings = Field(default_factory=lambda: ModelSettings(batch_size=4))
+    medimageparse3d: ModelSettings = Field(
+        default_factory=lambda: ModelSettings(batch_size=1, concurrency=1, timeout_s=180.0)
+    )
+
+    def get(self, name: ModelName) -> ModelSettings:
+        value: ModelSettings = getattr(self, name)
+        return value
+
+
+class EmulatorSettings(_Section):
+    """The built-in model emulator (never a clinical model) and its fault injection."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free loopback port")
+    key: SecretStr | None = None
+    latency_ms: float = Field(default=0.0, ge=0)
+    fault_rate: float = Field(default=0.0, ge=0, le=1, description="share of calls that fail")
+    fault_statuses: list[int] = Field(default_factory=lambda: [408, 429, 503])
+    retry_after_s: float | None = Field(default=None, ge=0)
+    max_in_flight: int = Field(default=64, ge=1)
+    seed: int = 0
+
+
+class Settings(BaseSettings):
+    """Everything the gateway needs; see ``config/pacs-ai.example.yaml`` for each option."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PACSAI_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    host: str = Field(default="0.0.0.0", description="address the DICOM listener binds to")
+    port: Port = 11112
+    ae_titles: list[AETitle] = Field(default_factory=lambda: ["PACSAI"], min_length=1)
+    data_dir: Path = Path("var")
+    quiet_period_s: float = Field(default=10.0, gt=0, le=86400)
+    allowed_callers: list[AllowedCaller] = Field(
+        default_factory=list, description="empty: any calling AE is accepted"
+    )
+    max_associations: int = Field(default=16, ge=1, le=1000)
+    max_pdu_size: int = Field(default=0, ge=0, description="0: unlimited")
+    acse_timeout_s: float = Field(default=30.0, gt=0)
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+    network_timeout_s: float = Field(default=120.0, gt=0)
+    disk_min_free_mb: int = Field(
+        default=1024, ge=0, description="below this much free space new work is refused"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    poll_interval_s: float = Field(default=0.5, gt=0, le=60)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(default=8080, ge=0, le=65535)
+    admin_token: SecretStr | None = None
+    rules_file: Path | None = None
+
+    @field_validator("ae_titles")
+    @classmethod
+    def _unique_titles(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("AE titles must be unique")
+        return value
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.data_dir / "journal.sqlite"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("PACSAI_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def _setting_name(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(settings)"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings, raising ConfigError whose message names every bad setting.
+
+    ``overrides`` are command-line values; ``None`` means "not given" and is dropped.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    previous = os.environ.get("PACSAI_CONFIG")
+    try:
+        if config_file is not None:
+            if not config_file.is_file():
+                raise ConfigError(f"config: settings file {config_file} does not exist")
+            os.environ["PACSAI_CONFIG"] = str(config_file)
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = _setting_name(error["loc"])
+            secret = any(str(part).endswith(("key", "token")) for part in error["loc"])
+            shown = "" if secret else f" (got {error.get('input')!r})"
+            problems.append(f"{name}: {error['msg']}{shown}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+    finally:
+        if config_file is not None:
+            if previous is None:
+                os.environ.pop("PACSAI_CONFIG", None)
+            else:
+                os.environ["PACSAI_CONFIG"] = previous
