@@ -45,7 +45,7 @@ class ModelIdentity:
 
 @dataclass(frozen=True)
 class Embeddings:
-    """MedImageInsight answer for one row: unit-norm vectors (1024 floats) and the log-temperature."""
+    """MedImageInsight answer for one row: unit-norm 1024-float vectors and the log-temperature."""
 
     image: npt.NDArray[np.float32] | None
     text: npt.NDArray[np.float32] | None
@@ -92,7 +92,7 @@ class ParseResult:
 
 @dataclass(frozen=True)
 class Parse3DResult:
-    """MedImageParse 3D answer: a label volume (0 = background, k = k-th prompt) in input geometry."""
+    """MedImageParse 3D answer: a label volume (0 background, k the k-th prompt), input geometry."""
 
     labels: npt.NDArray[np.integer]  # shape as the input NIfTI volume (x, y, z)
     prompts: tuple[str, ...]

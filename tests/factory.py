@@ -1,0 +1,200 @@
+"""Synthetic DICOM test data: CT series, phantoms, RGB secondary capture.
+
+Everything here is made in memory with pydicom, so tests and benchmarks need no network. The CT
+objects carry the attributes dciodvfy asks for (PatientPosition, AcquisitionNumber, ...), so the
+result objects derived from them can be validated strictly.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
+
+UID_ROOT = "1.2.826.0.1.3680043.8.498."
+
+
+def _file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    return meta
+
+
+def _patient_study(ds: Dataset, *, patient_id: str, study_uid: str, accession: str) -> None:
+    ds.PatientName = "SYNTHETIC^PHANTOM"
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = study_uid
+    ds.StudyDate = "20260101"
+    ds.StudyTime = "120000"
+    ds.StudyID = "1"
+    ds.AccessionNumber = accession
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "Synthetic test study"
+
+
+def ct_phantom(rows: int, cols: int, index: int, n_slices: int) -> npt.NDArray[np.int16]:
+    """Stored values of one slice: a body ellipse with a brighter disc lesion in the middle slices.
+
+    The lesion (stored 1300 -> 300 HU) sits at a known place: centre (rows*0.4, cols*0.6), radius
+    min(rows, cols)/10, on slices in the middle third.
+    """
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    body = ((yy - rows / 2) / (rows * 0.42)) ** 2 + ((xx - cols / 2) / (cols * 0.45)) ** 2 <= 1.0
+    pixels = np.zeros((rows, cols), dtype=np.int16)  # -1000 HU air
+    pixels[body] = 1040  # 40 HU soft tissue
+    if n_slices // 3 <= index < max(2 * n_slices // 3, n_slices // 3 + 1):
+        pixels[lesion_mask(rows, cols)] = 1300
+    return pixels
+
+
+def lesion_mask(rows: int, cols: int) -> npt.NDArray[np.bool_]:
+    """Where :func:`ct_phantom` puts the lesion on a slice."""
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    radius = min(rows, cols) / 10
+    result: npt.NDArray[np.bool_] = (yy - rows * 0.4) ** 2 + (xx - cols * 0.6) ** 2 <= radius**2
+    return result
+
+
+def ct_series(
+    n: int,
+    *,
+    rows: int = 64,
+    cols: int = 64,
+    patient_id: str = "SYN001",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    accession: str = "ACC001",
+    body_part: str = "ABDOMEN",
+    spacing: float = 0.7,
+    thickness: float = 2.5,
+) -> list[Dataset]:
+    """A CT series of ``n`` axial slices with a phantom body and a lesion, dciodvfy-clean."""
+    study_uid = study_uid or generate_uid(prefix=UID_ROOT)
+    series_uid = series_uid or generate_uid(prefix=UID_ROOT)
+    frame_of_reference = generate_uid(prefix=UID_ROOT)
+    out = []
+    for i in range(n):
+        sop_uid = generate_uid(prefix=UID_ROOT)
+        ds = Dataset()
+        ds.file_meta = _file_meta(CTImageStorage, sop_uid)
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = sop_uid
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        _patient_study(ds, patient_id=patient_id, study_uid=study_uid, accession=accession)
+        ds.Modality = "CT"
+        ds.Manufacturer = "Synthetic"
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesNumber = 1
+        ds.SeriesDescription = "Synthetic CT"
+        ds.BodyPartExamined = body_part
+        ds.PatientPosition = "HFS"
+        ds.FrameOfReferenceUID = frame_of_reference
+        ds.PositionReferenceIndicator = ""
+        ds.InstanceNumber = i + 1
+        ds.AcquisitionNumber = 1
+        ds.ContentDate = "20260101"
+        ds.ContentTime = "120000"
+        ds.ImagePositionPatient = [-cols * spacing / 2, -rows * spacing / 2, -i * thickness]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [spacing, spacing]
+        ds.SliceThickness = thickness
+        ds.KVP = 120
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = rows
+        ds.Columns = cols
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 1
+        ds.RescaleIntercept = -1000
+        ds.RescaleSlope = 1
+        ds.RescaleType = "HU"
+        ds.WindowCenter = 40
+        ds.WindowWidth = 400
+        ds.PixelData = ct_phantom(rows, cols, i, n).tobytes()
+        out.append(ds)
+    return out
+
+
+def rgb_secondary_capture(
+    rows: int = 96, cols: int = 128, *, patient_id: str = "SYN003", accession: str = "ACC003"
+) -> Dataset:
+    """An RGB secondary capture (e.g. a dermatology photo) with a coloured disc on grey."""
+    sop_uid = generate_uid(prefix=UID_ROOT)
+    ds = Dataset()
+    ds.file_meta = _file_meta(SecondaryCaptureImageStorage, sop_uid)
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = sop_uid
+    _patient_study(
+        ds, patient_id=patient_id, study_uid=generate_uid(prefix=UID_ROOT), accession=accession
+    )
+    ds.Modality = "XC"
+    ds.ConversionType = "DI"
+    ds.Laterality = ""
+    ds.SeriesInstanceUID = generate_uid(prefix=UID_ROOT)
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.PatientOrientation = ""
+    ds.ContentDate = "20260101"
+    ds.ContentTime = "120000"
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.PlanarConfiguration = 0
+    ds.Rows = rows
+    ds.Columns = cols
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    pixels = np.full((rows, cols, 3), 128, dtype=np.uint8)
+    disc = (yy - rows / 2) ** 2 + (xx - cols / 2) ** 2 <= (min(rows, cols) / 4) ** 2
+    pixels[disc] = (180, 60, 50)
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def write_series(datasets: Sequence[Dataset], folder: Path) -> list[Path]:
+    """Write datasets as DICOM files (``IMG0001.dcm``...) into ``folder``; return the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, ds in enumerate(datasets, start=1):
+        path = folder / f"IMG{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Write a synthetic CT series: ``python tests/factory.py OUT -n 200 --rows 512 --cols 512``."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("-n", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--cols", type=int, default=64)
+    args = parser.parse_args(argv)
+    write_series(ct_series(args.n, rows=args.rows, cols=args.cols), args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Real DICOM peers for tests and benchmarks: Orthanc as the PACS, DCMTK storescp as a receiver.
+
+Each peer runs as its own process on free loopback ports with TCP_NODELAY=1 (DCMTK and Orthanc keep
+Nagle's algorithm on otherwise, and every C-STORE then waits for a delayed ACK).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    """Return a TCP port that is free on the loopback interface right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def nodelay_env(**extra: str) -> dict[str, str]:
+    """The environment for DCMTK tools and Orthanc: ours plus TCP_NODELAY=1."""
+    env = dict(os.environ)
+    env["TCP_NODELAY"] = "1"
+    env.update(extra)
+    return env
+
+
+def wait_for_port(
+    port: int, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None
+) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if the process has not gone after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+@dataclass
+class Orthanc:
+    """A running Orthanc: its AE title, DICOM port and REST client."""
+
+    aet: str
+    dicom_port: int
+    http_port: int
+    client: httpx.Client
+
+    def get(self, path: str) -> Any:
+        response = self.client.get(path)
+        response.raise_for_status()
+        return response.json()
+
+    def find(self, level: str, query: dict[str, str]) -> list[dict[str, Any]]:
+        """Orthanc's /tools/find with expanded answers."""
+        response = self.client.post(
+            "/tools/find", json={"Level": level, "Query": query, "Expand": True}
+        )
+        response.raise_for_status()
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+    def instance_count(self) -> int:
+        return int(self.get("/statistics")["CountInstances"])
+
+
+@contextmanager
+def run_orthanc(workdir: Path, aet: str = "ORTHANC", **config: Any) -> Iterator[Orthanc]:
+    """Start Debian's Orthanc with a private storage folder and free ports; stop it afterwards."""
+    exe = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+    workdir.mkdir(parents=True, exist_ok=True)
+    dicom_port, http_port = free_port(), free_port()
+    settings: dict[str, Any] = {
+        "Name": "test-pacs",
+        "StorageDirectory": str(workdir / "db"),
+        "IndexDirectory": str(workdir / "db"),
+        "DicomAet": aet,
+        "DicomPort": dicom_port,
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomAlwaysAllowEcho": True,
+        "DicomAlwaysAllowStore": True,
+        "DicomCheckCalledAet": False,
+        "StableAge": 2,
+        "Plugins": [],
+    }
+    settings.update(config)
+    config_path = workdir / "orthanc.json"
+    config_path.write_text(json.dumps(settings, indent=2))
+    log = (workdir / "orthanc.log").open("wb")
+    proc = subprocess.Popen(
+        [exe, f"--logdir={workdir}", str(config_path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=nodelay_env(),
+        start_new_session=True,
+    )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=30)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {proc.returncode}; see {workdir}")
+            try:
+                if client.get("/system").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("Orthanc did not answer within 30 s")
+            time.sleep(0.05)
+        yield Orthanc(aet=aet, dicom_port=dicom_port, http_port=http_port, client=client)
+    finally:
+        client.close()
+        stop_process(proc, timeout=15)
+        log.close()
+
+
+@dataclass
+class StoreSCP:
+    """A running DCMTK storescp writing what it receives into ``folder``."""
+
+    aet: str
+    port: int
+    folder: Path
+    proc: subprocess.Popen[bytes]
+
+
+@contextmanager
+def run_storescp(folder: Path, aet: str = "STORESCP", *extra_args: str) -> Iterator[StoreSCP]:
+    """Start DCMTK's storescp (bit-preserving, accepting every storage SOP class)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    args = ["storescp", "-aet", aet, "+B", "-od", str(folder), "-pm", "+xa", *extra_args, str(port)]
+    proc = subprocess.Popen(
+        args, env=nodelay_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_for_port(port, proc=proc)
+        yield StoreSCP(aet=aet, port=port, folder=folder, proc=proc)
+    finally:
+        stop_process(proc)
