@@ -154,6 +154,9 @@ class Settings(BaseSettings):
         default_factory=list, description="empty: any calling AE is accepted"
     )
     max_associations: int = Field(default=16, ge=1, le=1000)
+    receive_processes: int = Field(
+        default=2, ge=1, le=64, description="receive processes sharing the port (SO_REUSEPORT)"
+    )
     max_pdu_size: int = Field(default=0, ge=0, description="0: unlimited")
     acse_timeout_s: float = Field(default=30.0, gt=0)
     dimse_timeout_s: float = Field(default=60.0, gt=0)
