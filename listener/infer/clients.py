@@ -1,0 +1,217 @@
+"""The four model clients the pipeline calls, and the factory that builds them from settings.
+
+Each client builds the exact request the official client sends (azure-models.md §1.1, §2.1,
+§3.1, §4.1), hands it to its :class:`~listener.infer.transport.ModelTransport` (auth, limits,
+retries, breaker) and decodes the answer into the typed results of
+:mod:`converters.model_outputs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Self
+
+from pydantic import SecretStr
+
+from converters.model_outputs import (
+    CxrReport,
+    Embeddings,
+    ModelIdentity,
+    Parse3DResult,
+    ParseResult,
+)
+from listener.errors import ConfigError
+from listener.infer import _wire
+from listener.infer.auth import Authorizer, EntraAuth, KeyAuth
+from listener.infer.transport import ModelTransport
+from listener.settings import ModelName, ModelSettings, ModelsSettings
+
+
+class _Client:
+    """What every client shares: its transport, identity and closing."""
+
+    model: ModelName
+
+    def __init__(self, transport: ModelTransport) -> None:
+        self.transport = transport
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return self.transport.identity
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+class MedImageInsightClient(_Client):
+    """Image and text embeddings (§1). Requests hold at most ``batch_size`` rows (within the
+    documented 1024) and only one kind of row, the cases the server-side wrapper lists."""
+
+    model: ModelName = "medimageinsight"
+
+    def __init__(self, transport: ModelTransport, *, batch_size: int) -> None:
+        super().__init__(transport)
+        self.batch_size = min(batch_size, _wire.MI_MAX_ROWS)
+
+    async def embed_images(self, pngs: Sequence[bytes]) -> list[Embeddings]:
+        """One unit-norm vector per image, in input order."""
+        return await self._embed([[_wire.encode_b64(png), ""] for png in pngs])
+
+    async def embed_texts(self, texts: Sequence[str]) -> list[Embeddings]:
+        """One unit-norm vector per text (the server cuts text after 77 tokens), in order."""
+        return await self._embed([["", text] for text in texts])
+
+    async def _embed(self, rows: list[list[str]]) -> list[Embeddings]:
+        batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+        answers = await asyncio.gather(*(self._embed_batch(batch) for batch in batches))
+        return [embedding for answer in answers for embedding in answer]
+
+    async def _embed_batch(self, rows: list[list[str]]) -> list[Embeddings]:
+        body = _wire.envelope(["image", "text"], rows, {"get_scaling_factor": True})
+        return _wire.decode_embeddings(await self.transport.score(body), len(rows))
+
+
+class CxrReportGenClient(_Client):
+    """Grounded chest X-ray findings (§2)."""
+
+    model: ModelName = "cxrreportgen"
+
+    async def generate(
+        self,
+        frontal: bytes,
+        *,
+        lateral: bytes | None = None,
+        prior: bytes | None = None,
+        indication: str = "",
+        technique: str = "",
+        comparison: str = "None",
+        prior_report: str | None = None,
+    ) -> CxrReport:
+        """Draft findings for one study, with boxes on the frontal image.
+
+        Columns as the official client sends them: frontal_image, indication, technique,
+        comparison (the literal "None" when there is none), then lateral_image, prior_image and
+        prior_report only when given.
+        """
+        row: dict[str, str] = {
+            "frontal_image": _wire.encode_b64(frontal),
+            "indication": indication,
+            "technique": technique,
+            "comparison": comparison or "None",
+        }
+        if lateral:
+            row["lateral_image"] = _wire.encode_b64(lateral)
+        if prior:
+            row["prior_image"] = _wire.encode_b64(prior)
+        if prior_report:
+            row["prior_report"] = prior_report
+        body = _wire.envelope(list(row), [list(row.values())], {})
+        return _wire.decode_cxr_report(await self.transport.score(body))
+
+
+class MedImageParseClient(_Client):
+    """2D text-prompted segmentation (§3); the image must already be 1024×1024."""
+
+    model: ModelName = "medimageparse"
+
+    async def segment(self, png: bytes, prompts: Sequence[str]) -> ParseResult:
+        """One 0/255 mask per prompt (in prompt order) and the category the model gave each."""
+        text = _wire.join_prompts(prompts)
+        body = _wire.envelope(["image", "text"], [[_wire.encode_b64(png), text]], {})
+        answer = await self.transport.score(body)
+        return _wire.decode_parse(answer, tuple(text.split(_wire.PROMPT_SEPARATOR)))
+
+
+class MedImageParse3DClient(_Client):
+    """Volumetric segmentation of a NIfTI volume (§4)."""
+
+    model: ModelName = "medimageparse3d"
+
+    async def segment(self, nifti_gz: bytes, prompts: Sequence[str]) -> Parse3DResult:
+        """A label volume in the input's geometry: 0 background, k for the k-th prompt."""
+        text = _wire.join_prompts(prompts)
+        body = _wire.envelope(["image", "text"], [[_wire.encode_b64(nifti_gz), text]], {})
+        answer = await self.transport.score(body)
+        return _wire.decode_parse3d(answer, tuple(text.split(_wire.PROMPT_SEPARATOR)))
+
+
+@dataclass
+class ModelClients:
+    """One client per model, as the pipeline uses them; close with :meth:`aclose`."""
+
+    medimageinsight: MedImageInsightClient
+    cxrreportgen: CxrReportGenClient
+    medimageparse: MedImageParseClient
+    medimageparse3d: MedImageParse3DClient
+
+    async def aclose(self) -> None:
+        for client in (
+            self.medimageinsight,
+            self.cxrreportgen,
+            self.medimageparse,
+            self.medimageparse3d,
+        ):
+            await client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+
+def _transport(
+    name: ModelName,
+    settings: ModelSettings,
+    emulator_url: str | None,
+    emulator_key: SecretStr | None,
+    transport_options: dict[str, Any],
+) -> ModelTransport:
+    emulated = settings.endpoint is None
+    authorizer: Authorizer
+    if emulated:
+        if emulator_url is None:
+            raise ConfigError(f"models.{name}.endpoint: not set, and no emulator is running")
+        endpoint = f"{emulator_url.rstrip('/')}/{name}/score"
+        authorizer = KeyAuth(settings.key or emulator_key)
+    else:
+        endpoint = str(settings.endpoint)
+        authorizer = (
+            EntraAuth(setting=f"models.{name}.auth")
+            if settings.auth == "entra"
+            else KeyAuth(settings.key)
+        )
+    return ModelTransport(
+        name,
+        settings,
+        endpoint=endpoint,
+        emulated=emulated,
+        authorizer=authorizer,
+        **transport_options,
+    )
+
+
+def build_clients(
+    models: ModelsSettings,
+    emulator_url: str | None,
+    *,
+    emulator_key: SecretStr | None = None,
+    **transport_options: Any,
+) -> ModelClients:
+    """Clients for all four models; a model without an endpoint is pointed at
+    ``{emulator_url}/<model>/score``. ``transport_options`` go to every
+    :class:`ModelTransport` (backoff, clocks, sleep: for tests and benchmarks)."""
+
+    def transport(name: ModelName) -> ModelTransport:
+        return _transport(name, models.get(name), emulator_url, emulator_key, transport_options)
+
+    return ModelClients(
+        medimageinsight=MedImageInsightClient(
+            transport("medimageinsight"), batch_size=models.medimageinsight.batch_size
+        ),
+        cxrreportgen=CxrReportGenClient(transport("cxrreportgen")),
+        medimageparse=MedImageParseClient(transport("medimageparse")),
+        medimageparse3d=MedImageParse3DClient(transport("medimageparse3d")),
+    )
