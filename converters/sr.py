@@ -1,0 +1,240 @@
+"""TID 1500 Measurement Report documents (Comprehensive 3D SR), and the SEG-linked report.
+
+Shared pieces for every SR the gateway writes (PS3.16 TID 1500 "Measurement Report"): the device
+observer context (TID 1002/1004: the gateway and model, not a person), algorithm identification
+(TID 4019), references to source images, free text next to coded content, and the document
+itself, which is always left unverified and partial (PS3.3 C.17.2: Verification Flag UNVERIFIED,
+Completion Flag PARTIAL), so nobody mistakes a draft from a model for a signed report.
+
+:func:`build_seg_sr` links a SEG's segments from volumetric measurement groups (TID 1411
+"Volumetric ROI Measurements", Referenced Segment) and records prompts that found nothing as
+image-level groups (TID 1501) with a qualitative evaluation of "Absent".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom import Dataset
+from pydicom.sr.coding import Code
+
+from converters.codes import (
+    ABSENT,
+    AI_FAMILY,
+    DEVICE_OBSERVER,
+    IMAGING_PROCEDURE,
+    QUALITATIVE_EVALUATIONS,
+    clip_text,
+    segment_property,
+)
+from converters.provenance import MANUFACTURER, Provenance, ResultKind, study_uid_of
+from converters.seg import Prompt, SegOutcome, segment_tracking_uid
+
+Group = (
+    hd.sr.MeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+)
+
+
+def observation_context(provenance: Provenance) -> hd.sr.ObservationContext:
+    """TID 1002 with a device observer (TID 1004): the gateway running the model."""
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=provenance.device_uid(),
+        name=f"{MANUFACTURER} {provenance.model_name}",
+        manufacturer_name=MANUFACTURER,
+        model_name=provenance.model_name,
+        serial_number=provenance.device_serial_number,
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=DEVICE_OBSERVER, observer_identifying_attributes=device
+        )
+    )
+
+
+def sr_algorithm(provenance: Provenance) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 Algorithm Identification: model name, version, family (AI), rule as parameter."""
+    return hd.sr.AlgorithmIdentification(
+        name=provenance.model_name,
+        version=clip_text(provenance.model.version),
+        parameters=[clip_text(f"rule: {provenance.rule}")],
+        family=AI_FAMILY,
+        manufacturer=MANUFACTURER,
+    )
+
+
+def frame_numbers(image: Dataset) -> list[int] | None:
+    """All 1-based frame numbers of a multi-frame image; None for a single-frame one."""
+    frames = int(image.get("NumberOfFrames") or 1)
+    return list(range(1, frames + 1)) if frames > 1 else None
+
+
+def group_sources(
+    images: Sequence[Dataset],
+) -> list[hd.sr.SourceImageForMeasurementGroup]:
+    """Source image references for an image-level group (TID 1501), every frame."""
+    return [
+        hd.sr.SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=ds.SOPClassUID,
+            referenced_sop_instance_uid=ds.SOPInstanceUID,
+            referenced_frame_numbers=frame_numbers(ds),
+        )
+        for ds in images
+    ]
+
+
+def add_texts(group: Group, texts: Sequence[str], name: Code = QUALITATIVE_EVALUATIONS) -> None:
+    """Append TEXT items (e.g. a finding sentence) to a measurement group's container.
+
+    highdicom only takes coded qualitative evaluations; TID 1501/1410/1411 also allow them as
+    TEXT, which is how a model's free-text finding is kept next to the coded content.
+    """
+    container = group[0]
+    for text in texts:
+        container.ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=name, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+            )
+        )
+
+
+def _library_images(images: Sequence[Dataset]) -> list[Dataset]:
+    """The images highdicom can describe in the Image Library (TID 1600).
+
+    The library is optional (TID 1500 row 4, U). highdicom's entry descriptors need attributes
+    some real images lack (a CR without Imager Pixel Spacing); such images stay referenced from
+    the measurement groups and the evidence sequence, just not listed in the library.
+    """
+    usable = []
+    for image in images:
+        try:
+            hd.sr.ImageLibraryEntryDescriptors(image)
+        except (AttributeError, ValueError):
+            continue
+        usable.append(image)
+    return usable
+
+
+def measurement_report(
+    groups: Sequence[Group],
+    provenance: Provenance,
+    images: Sequence[Dataset],
+    procedure: Code = IMAGING_PROCEDURE,
+    root_texts: Sequence[tuple[Code, str]] = (),
+) -> hd.sr.MeasurementReport:
+    """The TID 1500 root with an image library of ``images`` and optional root-level text.
+
+    Root-level text goes in the "Qualitative Evaluations" container of TID 1500 (row 12).
+    """
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context(provenance),
+        procedure_reported=procedure,
+        imaging_measurements=list(groups),
+        referenced_images=_library_images(images) or None,
+    )
+    if root_texts:
+        container = hd.sr.ContainerContentItem(
+            name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+        container.ContentSequence = hd.sr.ContentSequence(
+            [
+                hd.sr.TextContentItem(
+                    name=name, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+                )
+                for name, text in root_texts
+            ]
+        )
+        report[0].ContentSequence.append(container)
+    return report
+
+
+def sr_document(
+    evidence: Sequence[Dataset],
+    report: hd.sr.MeasurementReport,
+    provenance: Provenance,
+    kind: ResultKind,
+) -> Dataset:
+    """A Comprehensive 3D SR holding ``report``: unverified, partial, preliminary, stamped."""
+    study_uid = study_uid_of([ds for ds in evidence if ds.Modality not in ("SEG", "SR")])
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=list(evidence),
+        content=report[0],
+        series_instance_uid=provenance.series_uid(study_uid, kind),
+        series_number=kind.series_number,
+        sop_instance_uid=provenance.instance_uid(study_uid, kind),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=False,
+        is_final=False,
+        is_verified=False,
+    )
+    provenance.stamp(sr, kind)
+    return sr
+
+
+def _segment_group(
+    seg: Dataset, number: int, prompt: Prompt, sources: Sequence[Dataset], provenance: Provenance
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    # Built by hand: ReferencedSegment.from_segmentation fails on single-segment SEGs in
+    # highdicom 0.28.2 (it looks for the segment identification in the per-frame groups only).
+    referenced = hd.sr.ReferencedSegment(
+        sop_class_uid=seg.SOPClassUID,
+        sop_instance_uid=seg.SOPInstanceUID,
+        segment_number=number,
+        source_images=[
+            hd.sr.SourceImageForSegmentation(ds.SOPClassUID, ds.SOPInstanceUID, frame_numbers(ds))
+            for ds in sources
+        ],
+    )
+    prop = segment_property(prompt.category)
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=segment_tracking_uid(provenance, seg.StudyInstanceUID, number, prompt),
+            identifier=clip_text(prompt.text),
+        ),
+        referenced_segment=referenced,
+        finding_type=prop.type,
+        finding_category=prop.category,
+        algorithm_id=sr_algorithm(provenance),
+    )
+
+
+def not_found_group(
+    prompt: Prompt, sources: Sequence[Dataset], provenance: Provenance, study_uid: str
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """An image-level group (TID 1501) saying the prompt's target is absent from the images."""
+    prop = segment_property(prompt.category)
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=provenance.tracking_uid(study_uid, ResultKind.SEG_SR, f"absent:{prompt.text}"),
+            identifier=clip_text(f"not found: {prompt.text}"),
+        ),
+        finding_type=prop.type,
+        finding_category=prop.category,
+        algorithm_id=sr_algorithm(provenance),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=prop.type, value=ABSENT)],
+        source_images=group_sources(sources),
+    )
+    add_texts(group, [f"not found: {prompt.text}"])
+    return group
+
+
+def build_seg_sr(
+    sources: Sequence[Dataset], outcome: SegOutcome, provenance: Provenance
+) -> Dataset:
+    """The TID 1500 SR for a MedImageParse run: segments referenced, misses as "Absent"."""
+    study_uid = study_uid_of(sources)
+    groups: list[Group] = []
+    if outcome.seg is not None:
+        groups += [
+            _segment_group(outcome.seg, number, prompt, sources, provenance)
+            for number, prompt in enumerate(outcome.segments, start=1)
+        ]
+    groups += [not_found_group(p, sources, provenance, study_uid) for p in outcome.not_found]
+    if not groups:
+        raise ValueError("a segmentation report needs at least one prompt")
+    report = measurement_report(groups, provenance, sources)
+    evidence = [*sources, *([outcome.seg] if outcome.seg is not None else [])]
+    return sr_document(evidence, report, provenance, ResultKind.SEG_SR)
