@@ -1,0 +1,445 @@
+"""The SQLite journal: what has been received, each study's quiet-period timer and state.
+
+The journal is the hand-over point between the receive processes and the workers (they never
+share memory). It runs in WAL mode with ``synchronous=NORMAL``: a commit is not fsynced, but the
+spool file it describes was fsynced before the C-STORE was answered, and :meth:`Journal.reconcile`
+re-indexes any spool file the journal lost (power failure) at start-up. A process crash (kill -9)
+loses nothing either way, because WAL pages are written to the OS before the commit returns.
+
+Study life cycle (see ``listener/assemble.py`` for the timer rules)::
+
+    receiving --(quiet period over)--> ready --(worker took it)--> dispatched
+        ^                                                               |
+        +---------------- a later instance opens a follow-up -----------+
+
+Each study carries a ``generation``: 0 for the first release, 1 for the first follow-up, and so on;
+every instance records the generation it arrived in.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0,
+    quiet_period_s REAL NOT NULL,
+    first_received_at REAL NOT NULL,
+    last_received_at REAL NOT NULL,
+    due_at REAL NOT NULL,
+    released_at REAL,
+    calling_ae TEXT,
+    called_ae TEXT,
+    patient_id TEXT,
+    patient_name TEXT
+);
+CREATE INDEX IF NOT EXISTS studies_due ON studies (state, due_at);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    sop_class_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    modality TEXT,
+    transfer_syntax TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    generation INTEGER NOT NULL,
+    association_id TEXT
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid, series_uid);
+CREATE TABLE IF NOT EXISTS associations (
+    id TEXT PRIMARY KEY,
+    peer_host TEXT NOT NULL,
+    peer_port INTEGER NOT NULL,
+    calling_ae TEXT NOT NULL,
+    called_ae TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    duration_s REAL,
+    received INTEGER NOT NULL DEFAULT 0,
+    stored INTEGER NOT NULL DEFAULT 0,
+    duplicates INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    ended TEXT
+);
+"""
+
+
+class StudyState(StrEnum):
+    """Where a study is in the assemble stage."""
+
+    RECEIVING = "receiving"
+    READY = "ready"
+    DISPATCHED = "dispatched"
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One stored instance: identifiers, where its file is, when and how it came."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    modality: str | None
+    transfer_syntax: str
+    path: str
+    size: int
+    received_at: float
+    generation: int
+    association_id: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """A study's row: state, timer, counts (patient fields only for explicit display)."""
+
+    study_uid: str
+    state: StudyState
+    generation: int
+    first_received_at: float
+    last_received_at: float
+    due_at: float
+    released_at: float | None
+    calling_ae: str | None
+    called_ae: str | None
+    instance_count: int
+    series_count: int
+    patient_id: str | None = None
+    patient_name: str | None = None
+
+
+@dataclass(frozen=True)
+class ReleasedStudy:
+    """A study whose quiet period ended: handed to the worker side exactly once per generation.
+
+    ``generation`` 0 is the first release; a higher one is a follow-up holding late instances
+    (``new_instances`` of ``instance_count`` arrived in this generation).
+    """
+
+    study_uid: str
+    generation: int
+    released_at: float
+    instance_count: int
+    new_instances: int
+    calling_ae: str | None
+    called_ae: str | None
+
+
+@dataclass
+class AssociationRecord:
+    """Counters of one association, written when it starts and when it ends."""
+
+    id: str
+    peer_host: str
+    peer_port: int
+    calling_ae: str
+    called_ae: str
+    started_at: float
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    failed: int = 0
+
+
+class Journal:
+    """Thread-safe access to the journal file; one instance per process.
+
+    Every method that changes state runs in one ``BEGIN IMMEDIATE`` transaction, so several
+    processes (receivers, the worker) can share the file.
+    """
+
+    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._lock:
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            return list(self._db.execute(sql, params).fetchall())
+
+    # --- instances -----------------------------------------------------------------------------
+
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        """Whether an instance with this SOP Instance UID is already stored."""
+        rows = self._read("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        return bool(rows)
+
+    def record_instance(
+        self,
+        record: InstanceRecord,
+        *,
+        quiet_period_s: float,
+        calling_ae: str | None = None,
+        called_ae: str | None = None,
+        patient_id: str | None = None,
+        patient_name: str | None = None,
+    ) -> bool:
+        """Record a stored instance and (re)start its study's quiet period; False if a duplicate.
+
+        The study's timer becomes ``received_at + quiet_period_s``. An instance for a study that
+        was already released opens a follow-up: the study's generation goes up by one and it is
+        receiving again, so it will be released once more with the late instances marked.
+        """
+        now = record.received_at
+        due = now + quiet_period_s
+        with self._write() as db:
+            if db.execute(
+                "SELECT 1 FROM instances WHERE sop_instance_uid = ?", (record.sop_instance_uid,)
+            ).fetchone():
+                return False
+            row = db.execute(
+                "SELECT state, generation, due_at FROM studies WHERE study_uid = ?",
+                (record.study_uid,),
+            ).fetchone()
+            if row is None:
+                generation = 0
+                db.execute(
+                    "INSERT INTO studies (study_uid, state, generation, quiet_period_s,"
+                    " first_received_at, last_received_at, due_at, calling_ae, called_ae,"
+                    " patient_id, patient_name) VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.study_uid,
+                        StudyState.RECEIVING,
+                        quiet_period_s,
+                        now,
+                        now,
+                        due,
+                        calling_ae,
+                        called_ae,
+                        patient_id,
+                        patient_name,
+                    ),
+                )
+            else:
+                state, generation, due_at = row
+                if state != StudyState.RECEIVING:
+                    generation += 1
+                else:
+                    due = max(due, due_at)
+                db.execute(
+                    "UPDATE studies SET state = ?, generation = ?, quiet_period_s = ?,"
+                    " last_received_at = MAX(last_received_at, ?), due_at = ?"
+                    " WHERE study_uid = ?",
+                    (StudyState.RECEIVING, generation, quiet_period_s, now, due, record.study_uid),
+                )
+            db.execute(
+                "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.sop_instance_uid,
+                    record.sop_class_uid,
+                    record.study_uid,
+                    record.series_uid,
+                    record.modality,
+                    record.transfer_syntax,
+                    record.path,
+                    record.size,
+                    now,
+                    generation,
+                    record.association_id,
+                ),
+            )
+        return True
+
+    def instances(
+        self, study_uid: str, *, series_uid: str | None = None, generation: int | None = None
+    ) -> list[InstanceRecord]:
+        """The stored instances of a study (optionally one series or one generation)."""
+        sql = "SELECT * FROM instances WHERE study_uid = ?"
+        params: list[object] = [study_uid]
+        if series_uid is not None:
+            sql += " AND series_uid = ?"
+            params.append(series_uid)
+        if generation is not None:
+            sql += " AND generation = ?"
+            params.append(generation)
+        rows = self._read(sql + " ORDER BY series_uid, received_at", tuple(params))
+        return [InstanceRecord(*row) for row in rows]  # type: ignore[arg-type]
+
+    def known_paths(self) -> set[str]:
+        """The spool paths (relative to the spool root) of every recorded instance."""
+        return {str(row[0]) for row in self._read("SELECT path FROM instances")}
+
+    # --- studies -------------------------------------------------------------------------------
+
+    _STUDY_SQL = (
+        "SELECT s.study_uid, s.state, s.generation, s.first_received_at, s.last_received_at,"
+        " s.due_at, s.released_at, s.calling_ae, s.called_ae,"
+        " (SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid),"
+        " (SELECT COUNT(DISTINCT series_uid) FROM instances i WHERE i.study_uid = s.study_uid),"
+        " s.patient_id, s.patient_name FROM studies s"
+    )
+
+    def studies(self) -> list[StudyInfo]:
+        """Every study the journal holds, oldest first."""
+        rows = self._read(self._STUDY_SQL + " ORDER BY s.first_received_at")
+        return [_study_info(row) for row in rows]
+
+    def study(self, study_uid: str) -> StudyInfo | None:
+        """One study, or None if the journal does not know it."""
+        rows = self._read(self._STUDY_SQL + " WHERE s.study_uid = ?", (study_uid,))
+        return _study_info(rows[0]) if rows else None
+
+    def next_due_at(self) -> float | None:
+        """When the next receiving study's quiet period ends (None: nothing is waiting)."""
+        rows = self._read(
+            "SELECT MIN(due_at) FROM studies WHERE state = ?", (StudyState.RECEIVING,)
+        )
+        value = rows[0][0] if rows else None
+        return float(value) if isinstance(value, int | float) else None
+
+    def release_due_studies(self, now: float) -> list[ReleasedStudy]:
+        """Move every study whose quiet period ended by ``now`` to ready, and return them.
+
+        One transaction selects and updates, so a study is released exactly once per generation
+        even with several workers or a crash between two calls.
+        """
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT study_uid, generation FROM studies WHERE state = ? AND due_at <= ?"
+                " ORDER BY due_at",
+                (StudyState.RECEIVING, now),
+            ).fetchall()
+            for study_uid, _ in rows:
+                db.execute(
+                    "UPDATE studies SET state = ?, released_at = ? WHERE study_uid = ?",
+                    (StudyState.READY, now, study_uid),
+                )
+            return [self._released(db, study_uid) for study_uid, _ in rows]
+
+    def ready_studies(self) -> list[ReleasedStudy]:
+        """Studies released but not yet taken by a worker (e.g. the worker crashed in between)."""
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT study_uid FROM studies WHERE state = ? ORDER BY released_at",
+                (StudyState.READY,),
+            ).fetchall()
+            return [self._released(db, row[0]) for row in rows]
+
+    def mark_dispatched(self, study_uid: str, generation: int) -> bool:
+        """Record that the worker took this release; False if a follow-up superseded it."""
+        return self.set_study_state(
+            study_uid, StudyState.DISPATCHED, expect=StudyState.READY, generation=generation
+        )
+
+    def set_study_state(
+        self,
+        study_uid: str,
+        state: str,
+        *,
+        expect: str | None = None,
+        generation: int | None = None,
+    ) -> bool:
+        """Set a study's state (only from ``expect`` / for ``generation`` when given)."""
+        sql = "UPDATE studies SET state = ? WHERE study_uid = ?"
+        params: list[object] = [state, study_uid]
+        if expect is not None:
+            sql += " AND state = ?"
+            params.append(expect)
+        if generation is not None:
+            sql += " AND generation = ?"
+            params.append(generation)
+        with self._write() as db:
+            return db.execute(sql, tuple(params)).rowcount == 1
+
+    @staticmethod
+    def _released(db: sqlite3.Connection, study_uid: str) -> ReleasedStudy:
+        generation, released_at, calling, called = db.execute(
+            "SELECT generation, released_at, calling_ae, called_ae FROM studies"
+            " WHERE study_uid = ?",
+            (study_uid,),
+        ).fetchone()
+        total, new = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(generation = ?), 0) FROM instances WHERE study_uid = ?",
+            (generation, study_uid),
+        ).fetchone()
+        return ReleasedStudy(study_uid, generation, released_at, total, new, calling, called)
+
+    # --- associations --------------------------------------------------------------------------
+
+    def start_association(self, record: AssociationRecord) -> None:
+        """Record an accepted association."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO associations (id, peer_host, peer_port, calling_ae, called_ae,"
+                " started_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.peer_host,
+                    record.peer_port,
+                    record.calling_ae,
+                    record.called_ae,
+                    record.started_at,
+                ),
+            )
+
+    def end_association(self, record: AssociationRecord, *, ended: str, now: float) -> None:
+        """Record how an association ended (released, aborted) with its counters."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE associations SET ended_at = ?, duration_s = ?, received = ?, stored = ?,"
+                " duplicates = ?, failed = ?, ended = ? WHERE id = ?",
+                (
+                    now,
+                    now - record.started_at,
+                    record.received,
+                    record.stored,
+                    record.duplicates,
+                    record.failed,
+                    ended,
+                    record.id,
+                ),
+            )
+
+    def close_open_associations(self, *, ended: str, now: float) -> int:
+        """Mark associations left open by a crashed process as ended; return how many."""
+        with self._write() as db:
+            return db.execute(
+                "UPDATE associations SET ended = ?, ended_at = ?, duration_s = ? - started_at"
+                " WHERE ended IS NULL",
+                (ended, now, now),
+            ).rowcount
+
+    def associations(self) -> list[dict[str, object]]:
+        """Every association record, newest first, as plain dictionaries."""
+        with self._lock:
+            cursor = self._db.execute("SELECT * FROM associations ORDER BY started_at DESC")
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _study_info(row: tuple[object, ...]) -> StudyInfo:
+    values = list(row)
+    values[1] = StudyState(str(values[1]))
+    return StudyInfo(*values)  # type: ignore[arg-type]
