@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from listener.errors import ConfigError
+from listener.rules_cli import add_rules
 from listener.settings import Settings, load_settings
 
 EXIT_OK = 0
@@ -150,6 +151,7 @@ def _cmd_studies(args: argparse.Namespace) -> int:
 # --- parser and entry point ----------------------------------------------------------------
 
 ADDERS: list[Callable[[Subparsers], None]] = [_add_serve, _add_echo, _add_send, _add_studies]
+ADDERS.append(add_rules)
 
 
 def build_parser() -> argparse.ArgumentParser:
