@@ -28,7 +28,9 @@ sides = st.integers(min_value=16, max_value=2048)
 fractions = st.floats(min_value=0.0, max_value=1.0)
 
 
-def ellipse(rows: int, cols: int, cy: float, cx: float, ry: float, rx: float) -> npt.NDArray:
+def ellipse(
+    rows: int, cols: int, cy: float, cx: float, ry: float, rx: float
+) -> npt.NDArray[np.bool_]:
     """A filled ellipse drawn on a rows x cols grid (pixel centres inside)."""
     yy, xx = np.mgrid[0:rows, 0:cols] + 0.5
     inside: npt.NDArray[np.bool_] = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0

@@ -41,7 +41,9 @@ def gray_image(
     return ds
 
 
-def ramp(rows: int = 32, cols: int = 64, low: int = -1200, high: int = 1500) -> npt.NDArray:
+def ramp(
+    rows: int = 32, cols: int = 64, low: int = -1200, high: int = 1500
+) -> npt.NDArray[np.int16]:
     """A horizontal ramp of stored values from ``low`` to ``high``."""
     return np.tile(np.linspace(low, high, cols).round().astype(np.int16), (rows, 1))
 
