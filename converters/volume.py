@@ -144,20 +144,30 @@ def _affine(slices: list[_Slice], view: Dataset) -> npt.NDArray[np.float64]:
     return result
 
 
-def _voxels(slices: list[_Slice], preset: str | None) -> npt.NDArray[Any]:
-    """Stack the slices as (columns, rows, slices), in the dtype the module docstring gives."""
-    planes = [
-        modality_values(frame_view(s.source, s.ref.frame), stored_values(s.source, s.ref.frame))
-        for s in slices
-    ]
-    values = np.stack(planes, axis=-1).transpose(1, 0, 2)
+def _compact(values: npt.NDArray[np.float64], preset: str | None) -> npt.NDArray[Any]:
+    """One slice in its final dtype: uint8 windowed, int16 when exact, else float32."""
     if preset is not None:
         low, high = CT_PRESETS[preset]
         return range_to_uint8(values, low, high)
     info = np.iinfo(np.int16)
-    if np.all(values == np.round(values)) and info.min <= values.min() <= values.max() <= info.max:
+    whole = np.array_equal(values, np.round(values))
+    if whole and info.min <= values.min() and values.max() <= info.max:
         return values.astype(np.int16)
     return values.astype(np.float32)
+
+
+def _voxels(slices: list[_Slice], preset: str | None) -> npt.NDArray[Any]:
+    """Stack the slices as (columns, rows, slices), in the dtype the module docstring gives.
+
+    Each slice is narrowed as it is read, so a long series never sits in memory as float64;
+    stacking int16 with any float32 slice gives float32 for the whole volume.
+    """
+    planes = []
+    for s in slices:
+        view = frame_view(s.source, s.ref.frame)
+        values = modality_values(view, stored_values(s.source, s.ref.frame))
+        planes.append(_compact(values, preset))
+    return np.stack(planes, axis=-1).transpose(1, 0, 2)
 
 
 def nifti_bytes(voxels: npt.NDArray[Any], affine: npt.NDArray[np.float64]) -> bytes:
@@ -166,7 +176,7 @@ def nifti_bytes(voxels: npt.NDArray[Any], affine: npt.NDArray[np.float64]) -> by
     image.header.set_xyzt_units("mm")
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
-    return gzip.compress(image.to_bytes(), mtime=0)
+    return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
 
 
 def build_volume(datasets: Sequence[Dataset], preset: str | None = None) -> PreparedVolume:
