@@ -182,12 +182,13 @@ def decode_array(value: Any, model: str, field: str) -> npt.NDArray[Any]:
 
 
 def as_mask_255(array: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
-    """Masks as 0/255 uint8: uint8 is kept (the official overlay thresholds at >128), anything
-    else (bool, 0/1 integers, probabilities) is thresholded at half its range."""
-    if array.dtype == np.uint8:
+    """Masks as 0..255 uint8: 0..255 uint8 is kept (the official overlay thresholds at >128);
+    0/1 or boolean masks become 0/255; other types (probabilities) are thresholded at 0.5."""
+    if array.dtype == np.uint8 and array.max(initial=0) > 1:
         return array
-    limit = 0.5 if array.dtype.kind in "bf" or array.max(initial=0) <= 1 else 127.5
-    return np.where(array > limit, 255, 0).astype(np.uint8)
+    if array.dtype.kind in "biu" and array.max(initial=0) > 1:
+        return np.where(array > 127, 255, 0).astype(np.uint8)
+    return np.where(array > 0.5, 255, 0).astype(np.uint8)
 
 
 def decode_nifti_labels(data: bytes, model: str) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:

@@ -166,6 +166,7 @@ class ModelTransport:
         async with self._semaphore:
             probe = self.breaker.acquire()
             decided = False
+            started = self._clock()
             try:
                 response = await self._post(payload, request_id)
                 if is_endpoint_failure(response.status_code):
@@ -201,7 +202,7 @@ class ModelTransport:
             "model_call_done",
             request_id=request_id,
             attempt=attempt,
-            elapsed_ms=round(response.elapsed.total_seconds() * 1000, 1),
+            elapsed_ms=round((self._clock() - started) * 1000, 1),
         )
         return answer
 
