@@ -128,9 +128,11 @@ def own_voi(view: Dataset, values: FloatImage) -> UInt8Image | None:
     if center in (None, "") or width in (None, ""):
         return None
     function = str(view.get("VOILUTFunction", "") or "LINEAR").upper()
+    if function not in _WINDOW_FUNCTIONS:
+        function = "LINEAR"  # the standard's default when the function is absent (C.11.2.1.3)
     width_value = _first(width)
-    if width_value <= 0.0:
-        return None  # invalid window (C.11.2.1.2 requires width >= 1); fall back to policy
+    if width_value <= 0.0 or (function == "LINEAR" and width_value < 1.0):
+        return None  # an invalid window (C.11.2.1.2) is ignored; the policy applies instead
     return window_to_uint8(values, _first(center), width_value, function)
 
 
@@ -148,8 +150,8 @@ def colour_to_uint8(rgb: npt.NDArray[np.generic], view: Dataset) -> UInt8Image:
     """Decoded colour pixels as 8-bit RGB (palette output and 16-bit RGB are scaled down)."""
     if rgb.dtype == np.uint8:
         return np.ascontiguousarray(rgb)
-    bits = 16 if str(view.get("PhotometricInterpretation")) == "PALETTE COLOR" else None
-    bits = bits or int(view.get("BitsStored", 16))
+    palette = str(view.get("PhotometricInterpretation")) == "PALETTE COLOR"
+    bits = 16 if palette else int(view.get("BitsStored", 16))
     return range_to_uint8(rgb.astype(np.float64), 0.0, float(2**bits - 1))
 
 

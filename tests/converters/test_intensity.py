@@ -172,3 +172,11 @@ def test_unknown_preset_is_refused() -> None:
     """A preset name outside the spec's list is a configuration error, not a silent default."""
     with pytest.raises(ValueError, match="unknown intensity preset"):
         IntensityPolicy(preset="ct-brain")
+
+
+def test_invalid_window_falls_back_to_the_policy() -> None:
+    """A Window Width under 1 (invalid for LINEAR) is ignored and the percentile clip applies."""
+    ds = gray_image(ramp())
+    ds.WindowCenter, ds.WindowWidth = 40, 0.5
+    plain = gray_image(ramp())
+    assert np.array_equal(display_pixels(ds), display_pixels(plain))
