@@ -15,6 +15,7 @@ from enum import Enum
 
 from pydicom import Dataset
 
+from converters.codes import PRIVATE_SCHEME
 from converters.model_outputs import ModelIdentity
 from converters.uids import derive_uid
 
@@ -102,12 +103,30 @@ class Provenance:
     def stamp(self, obj: Dataset, kind: ResultKind) -> None:
         """Set what highdicom leaves to us: description, content time, equipment."""
         obj.SeriesDescription = self.series_description(kind)
-        obj.ContentDate = self.created.strftime("%Y%m%d")
-        obj.ContentTime = self.created.strftime("%H%M%S")
+        date, time = self.created.strftime("%Y%m%d"), self.created.strftime("%H%M%S")
+        if (
+            kind is ResultKind.FINDINGS_PR
+        ):  # PS3.3 C.11.10: presentation states have no Content Date
+            obj.PresentationCreationDate, obj.PresentationCreationTime = date, time
+        else:
+            obj.ContentDate, obj.ContentTime = date, time
+        if any(
+            PRIVATE_SCHEME in str(element.value) for element in obj.iterall() if element.VR == "SH"
+        ):
+            obj.CodingSchemeIdentificationSequence = [private_scheme_identification()]
         obj.Manufacturer = MANUFACTURER
         obj.ManufacturerModelName = self.model_name
         obj.SoftwareVersions = list(self.software_versions)
         obj.DeviceSerialNumber = self.device_serial_number
+
+
+def private_scheme_identification() -> Dataset:
+    """Coding Scheme Identification item for the private scheme (PS3.3 C.12.1.1.2)."""
+    item = Dataset()
+    item.CodingSchemeDesignator = PRIVATE_SCHEME
+    item.CodingSchemeName = "pacs-ai-listener local codes"
+    item.CodingSchemeResponsibleOrganization = MANUFACTURER
+    return item
 
 
 def study_uid_of(sources: Sequence[Dataset]) -> str:

@@ -1,0 +1,126 @@
+"""The gate every result object passes before it may leave: a pure self-check.
+
+The object is encoded the way it will travel (Part 10 file, its own transfer syntax), read back
+with pydicom and with highdicom's reader for its SOP class, and then checked: the identity
+attributes the PACS files it by are present and equal to the source study's (PS3.3 C.7.1.1
+Patient, C.7.2.1 General Study), it has its own series and instance UIDs, and every SOP instance
+it references is one of the sources (or a companion result built with it, e.g. the SEG an SR
+points to). A failure raises :class:`ResultCheckError`, which the pipeline maps to a failed job;
+messages name attributes, never their values (they may identify the patient).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from io import BytesIO
+from typing import Any
+
+import highdicom as hd
+from pydicom import Dataset, dcmread
+from pydicom.uid import (
+    ColorSoftcopyPresentationStateStorage,
+    Comprehensive3DSRStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    SegmentationStorage,
+)
+
+# Attributes a result must share with its source study (the PACS files results by them).
+IDENTITY_KEYWORDS = (
+    "StudyInstanceUID",
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+)
+REQUIRED_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality")
+
+
+def _read_presentation_state(ds: Dataset) -> None:
+    """highdicom 0.28 has no presentation state reader: check the graphic layer references."""
+    layers = {str(item.GraphicLayer) for item in ds.get("GraphicLayerSequence", [])}
+    for annotation in ds.get("GraphicAnnotationSequence", []):
+        if str(annotation.GraphicLayer) not in layers:
+            raise ValueError("graphic annotation on an undeclared graphic layer")
+        if not annotation.get("ReferencedImageSequence"):
+            raise ValueError("graphic annotation references no image")
+        for graphic in annotation.get("GraphicObjectSequence", []):
+            if len(graphic.GraphicData) != 2 * int(graphic.NumberOfGraphicPoints):
+                raise ValueError("graphic data does not match its number of points")
+
+
+_READERS: dict[str, Callable[[Dataset], Any]] = {
+    SegmentationStorage: hd.seg.Segmentation.from_dataset,
+    Comprehensive3DSRStorage: hd.sr.Comprehensive3DSR.from_dataset,
+    GrayscaleSoftcopyPresentationStateStorage: _read_presentation_state,
+    ColorSoftcopyPresentationStateStorage: _read_presentation_state,
+}
+
+
+class ResultCheckError(ValueError):
+    """A built result object failed its self-check and must not be sent."""
+
+
+def encode(obj: Dataset) -> bytes:
+    """The object as a DICOM Part 10 file, exactly as it would be written or sent."""
+    buffer = BytesIO()
+    obj.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _read_back(obj: Dataset) -> Dataset:
+    try:
+        back = dcmread(BytesIO(encode(obj)))
+    except Exception as exc:  # any encoding or parsing failure means the object is unusable
+        raise ResultCheckError(f"result does not encode and read back: {exc}") from exc
+    reader = _READERS.get(str(back.get("SOPClassUID", "")))
+    if reader is None:
+        raise ResultCheckError(f"unexpected result SOP class {back.get('SOPClassUID')}")
+    try:
+        reader(back)
+    except Exception as exc:  # highdicom raises many types for malformed objects
+        raise ResultCheckError(f"highdicom cannot read the result back: {exc}") from exc
+    return back
+
+
+def _check_identity(back: Dataset, source: Dataset) -> None:
+    for keyword in REQUIRED_KEYWORDS:
+        if not back.get(keyword):
+            raise ResultCheckError(f"result lacks {keyword}")
+    for keyword in IDENTITY_KEYWORDS:
+        if keyword not in back:
+            raise ResultCheckError(f"result lacks {keyword}")
+        if str(back.get(keyword, "")) != str(source.get(keyword, "")):
+            raise ResultCheckError(f"result's {keyword} differs from the source study's")
+
+
+def _referenced_instances(back: Dataset) -> set[str]:
+    found = set()
+    for element in back.iterall():
+        if element.keyword == "ReferencedSOPInstanceUID":
+            found.add(str(element.value))
+    return found
+
+
+def check_result(
+    obj: Dataset, sources: Sequence[Dataset], companions: Sequence[Dataset] = ()
+) -> Dataset:
+    """Check ``obj`` against its sources; return it unchanged, or raise ResultCheckError."""
+    if not sources:
+        raise ResultCheckError("no source images to check the result against")
+    back = _read_back(obj)
+    _check_identity(back, sources[0])
+    source_uids = {str(ds.SOPInstanceUID) for ds in sources}
+    source_series = {str(ds.SeriesInstanceUID) for ds in sources}
+    if str(back.SOPInstanceUID) in source_uids or str(back.SeriesInstanceUID) in source_series:
+        raise ResultCheckError("result reuses a source instance or series UID")
+    known = source_uids | {str(ds.SOPInstanceUID) for ds in companions}
+    unknown = _referenced_instances(back) - known
+    if unknown:
+        raise ResultCheckError(
+            f"result references {len(unknown)} instance(s) not among its sources"
+        )
+    return obj

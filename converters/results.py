@@ -1,0 +1,86 @@
+"""One call per model answer: build the result objects and pass each through the gate.
+
+The pipeline calls these and sends what they return; every object returned has passed
+:func:`converters.check.check_result`, and a failure raises
+:class:`~converters.check.ResultCheckError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from pydicom import Dataset
+
+from converters.check import check_result
+from converters.cxr import build_report_sr
+from converters.grounding import ImageFrame, PixelFinding
+from converters.insight import build_classification_sr, zero_shot_probabilities
+from converters.model_outputs import Embeddings
+from converters.pr import build_findings_pr
+from converters.provenance import Provenance
+from converters.seg import Prompt, SourceMasks, build_seg
+from converters.sr import build_seg_sr
+
+
+@dataclass(frozen=True)
+class ParseResults:
+    """Checked objects (the SEG when any prompt found something, then the SR) and the misses."""
+
+    objects: tuple[Dataset, ...]
+    not_found: tuple[Prompt, ...]
+    seg_built: bool
+
+
+@dataclass(frozen=True)
+class ClassificationResults:
+    """The checked classification SR and the probabilities it records, one per label."""
+
+    objects: tuple[Dataset, ...]
+    probabilities: npt.NDArray[np.float64]
+
+
+def build_parse_results(
+    sources: Sequence[Dataset], masks: SourceMasks, provenance: Provenance
+) -> ParseResults:
+    """MedImageParse: SEG of the found prompts (if any) and the SR linking it and the misses."""
+    outcome = build_seg(sources, masks, provenance)
+    objects: list[Dataset] = []
+    if outcome.seg is not None:
+        objects.append(check_result(outcome.seg, sources))
+    sr = build_seg_sr(sources, outcome, provenance)
+    objects.append(check_result(sr, sources, companions=objects))
+    return ParseResults(tuple(objects), outcome.not_found, outcome.seg is not None)
+
+
+def build_report_results(
+    sources: Sequence[Dataset],
+    frontal: ImageFrame,
+    findings: Sequence[PixelFinding],
+    provenance: Provenance,
+) -> list[Dataset]:
+    """CXRReportGen: the draft report SR, and a presentation state when findings have boxes."""
+    objects = [check_result(build_report_sr(sources, frontal, findings, provenance), sources)]
+    pr = build_findings_pr(sources, frontal, findings, provenance)
+    if pr is not None:
+        objects.append(check_result(pr, sources))
+    return objects
+
+
+def build_classification_results(
+    sources: Sequence[Dataset],
+    image: ImageFrame,
+    labels: Sequence[str],
+    embeddings: Embeddings,
+    provenance: Provenance,
+) -> ClassificationResults:
+    """MedImageInsight zero-shot: probabilities of ``labels`` and the SR that records them."""
+    if embeddings.image is None or embeddings.text is None:
+        raise ValueError("zero-shot classification needs image and text embeddings")
+    probabilities = zero_shot_probabilities(
+        embeddings.image, embeddings.text, embeddings.scaling_factor
+    )
+    sr = build_classification_sr(sources, image, labels, list(probabilities), provenance)
+    return ClassificationResults((check_result(sr, sources),), probabilities)
