@@ -132,10 +132,10 @@ def mask_to_source(mask: npt.NDArray[Any], grid: GridMap) -> BoolMask:
     if mask.shape != (grid.model_rows, grid.model_cols):
         raise ValueError(f"mask shape {mask.shape} is not the model grid's")
     binary = binarize(mask)
-    rows = np.clip(_sample_indices(grid.source_rows, grid.offset_y, grid.scale_y), 0, None)
-    cols = np.clip(_sample_indices(grid.source_cols, grid.offset_x, grid.scale_x), 0, None)
-    rows = np.minimum(rows, grid.model_rows - 1)
-    cols = np.minimum(cols, grid.model_cols - 1)
+    rows = _sample_indices(grid.source_rows, grid.offset_y, grid.scale_y)
+    cols = _sample_indices(grid.source_cols, grid.offset_x, grid.scale_x)
+    rows = np.clip(rows, 0, grid.model_rows - 1)
+    cols = np.clip(cols, 0, grid.model_cols - 1)
     return np.asarray(binary[np.ix_(rows, cols)], dtype=np.bool_)
 
 
