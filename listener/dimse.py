@@ -22,6 +22,20 @@ class StoreStatus(IntEnum):
     CANNOT_UNDERSTAND = 0xC000
     # PS3.7 C.5.7: general processing failure.
     PROCESSING_FAILURE = 0x0110
+    # PS3.4 B.2.3 warnings: the instance was stored, with a remark.
+    WARNING_COERCION_OF_DATA_ELEMENTS = 0xB000
+    WARNING_ELEMENTS_DISCARDED = 0xB006
+    WARNING_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xB007
+
+
+STORED_STATUSES = frozenset(
+    {
+        StoreStatus.SUCCESS,
+        StoreStatus.WARNING_COERCION_OF_DATA_ELEMENTS,
+        StoreStatus.WARNING_ELEMENTS_DISCARDED,
+        StoreStatus.WARNING_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    }
+)
 
 
 class EchoStatus(IntEnum):

@@ -10,20 +10,24 @@ any presentation context is negotiated (PS3.8 §7.1.1.9 A-ASSOCIATE-RJ reasons).
 from __future__ import annotations
 
 import ipaddress
+import queue
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from copy import deepcopy
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.acse import ACSE
+from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from listener.dimse import EchoStatus, StoreStatus
 from listener.errors import InvalidDatasetError, StorageFullError
@@ -33,6 +37,8 @@ from listener.settings import AllowedCaller, Settings
 from listener.spool import InstanceHeader, Spool, encode_file_meta, read_header
 
 VERIFICATION = "1.2.840.10008.1.1"
+REACTOR_WAIT_S = 0.001
+DUL_LOOP_DELAY_S = 0.0001
 # Storage SOP classes the gateway must accept even if a pynetdicom release drops them.
 REQUIRED_STORAGE_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
@@ -453,12 +459,85 @@ class _AdmissionACSE(ACSE):
         super()._negotiate_as_acceptor()
 
 
+class _Association(Association):
+    """pynetdicom 3.0's acceptor with a reactor that waits on its message queue.
+
+    The stock reactor sleeps a fixed 1 ms per loop and then polls the queue of decoded DIMSE
+    messages, and its DUL thread sleeps 1 ms whenever it is idle: two polling delays per
+    C-STORE, which cap one association at a few hundred instances per second. Here the reactor
+    blocks on the queue for up to that millisecond (so a message is served the moment it is
+    decoded) and the DUL polls ten times as often. The release/abort/timeout checks are
+    pynetdicom's own, unchanged.
+    """
+
+    def _run_reactor(self) -> None:
+        self._is_paused = False
+        self.dul._run_loop_delay = DUL_LOOP_DELAY_S
+        while not self._kill:
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            try:
+                context_id, msg = self.dimse.msg_queue.get(timeout=REACTOR_WAIT_S)
+            except queue.Empty:
+                context_id, msg = None, None
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+            if self._finished():
+                return
+
+    def _finished(self) -> bool:
+        if self.is_established and self.acse.is_release_requested():
+            self.acse.send_release(is_response=True)
+            self.is_released = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_RELEASED, {})
+            self.kill()
+            return True
+        if self.acse.is_aborted():
+            self.dul.receive_pdu(wait=False)
+            self.is_aborted = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_ABORTED, {})
+            self.kill()
+            return True
+        if not self.dul.is_alive():
+            self.kill()
+            return True
+        if self.dul.idle_timer_expired():
+            self.abort()
+            self.kill()
+            return True
+        return False
+
+
 class _RequestHandler(RequestHandler):
+    """pynetdicom's request handler, making our association and ACSE classes."""
+
     receiver: Receiver
 
     def _create_association(self) -> Any:
-        assoc = super()._create_association()
+        # As RequestHandler._create_association in pynetdicom 3.0, with our classes.
+        assoc = _Association(self.ae, MODE_ACCEPTOR)
+        assoc._server = self.server
+        assoc.name = f"Acceptor@{self.client_address[0]}:{self.client_address[1]}"
+        assoc.set_socket(AssociationSocket(assoc, client_socket=self.request))
         assoc.acse = _AdmissionACSE(assoc, self.receiver)
+        acceptor = assoc.acceptor
+        acceptor.maximum_length = self.ae.maximum_pdu_size
+        acceptor.ae_title = self.server.ae_title
+        acceptor.address_info = self.local
+        acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        acceptor.implementation_version_name = self.ae.implementation_version_name
+        acceptor.supported_contexts = deepcopy(self.server.contexts)
+        assoc.requestor.address_info = self.remote
+        bound: dict[Any, Any] = self.server._handlers
+        for event, handlers in bound.items():
+            if event.is_intervention and handlers:
+                assoc.bind(event, *handlers)
+            elif isinstance(event, evt.NotificationEvent):
+                for handler, args in handlers:
+                    assoc.bind(event, handler, args)
         return assoc
 
 

@@ -1,0 +1,84 @@
+"""Assemble: decide when a study is complete and hand it to the worker side.
+
+A study is ready when no instance has arrived for its quiet period. The timer is a due time
+stored in the journal (``studies.due_at``), pushed forward by every new instance, so a restart in
+the middle of a quiet period resumes the same timer: the study is released once, when it falls
+due, whichever process is running then. Releasing is one journal transaction
+(:meth:`~listener.journal.Journal.release_due_studies`), so it happens exactly once per
+generation even with several workers.
+
+Late instances: an instance that arrives after its study was released opens a *follow-up*. The
+study goes back to ``receiving`` with its generation raised by one, gets a fresh quiet period,
+and is released again; the :class:`~listener.journal.ReleasedStudy` then has the new generation
+and counts the late instances in ``new_instances`` (``Journal.instances(uid, generation=g)``
+lists them). What a follow-up triggers (re-run, amend, ignore) is the routing rules' decision.
+
+Delivery to the worker callback is at least once: a study stays ``ready`` until its callback
+returned and :meth:`~listener.journal.Journal.mark_dispatched` ran, and a worker that starts
+hands every ``ready`` study over again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from listener.journal import Journal, ReleasedStudy
+from listener.logging import get_logger
+
+StudyCallback = Callable[[ReleasedStudy], None]
+
+
+def log_study_ready(study: ReleasedStudy) -> None:
+    """The default callback until the pipeline is wired: log the release."""
+    get_logger("assemble", study_uid=study.study_uid).info(
+        "study_ready",
+        generation=study.generation,
+        follow_up=study.generation > 0,
+        instances=study.instance_count,
+        new_instances=study.new_instances,
+        calling_ae=study.calling_ae,
+    )
+
+
+def dispatch(journal: Journal, studies: list[ReleasedStudy], on_ready: StudyCallback) -> int:
+    """Hand released studies to the callback and mark each dispatched; return how many."""
+    for study in studies:
+        on_ready(study)
+        journal.mark_dispatched(study.study_uid, study.generation)
+    return len(studies)
+
+
+def release_step(journal: Journal, now: float, on_ready: StudyCallback) -> int:
+    """Release the studies due at ``now`` and dispatch them; return how many."""
+    return dispatch(journal, journal.release_due_studies(now), on_ready)
+
+
+def next_wait(journal: Journal, now: float, poll_interval_s: float) -> float:
+    """How long to sleep: until the next due time, at most the poll interval."""
+    due = journal.next_due_at()
+    if due is None:
+        return poll_interval_s
+    return max(0.0, min(poll_interval_s, due - now))
+
+
+def worker_loop(
+    journal: Journal,
+    stop: threading.Event,
+    *,
+    on_ready: StudyCallback = log_study_ready,
+    clock: Callable[[], float] = time.time,
+    poll_interval_s: float = 0.5,
+) -> None:
+    """Release studies as their quiet periods end until ``stop`` is set.
+
+    Studies left ``ready`` by a previous run (released, callback not finished) go first.
+    """
+    log = get_logger("assemble")
+    redelivered = dispatch(journal, journal.ready_studies(), on_ready)
+    log.info("worker_started", redelivered=redelivered)
+    while not stop.is_set():
+        release_step(journal, clock(), on_ready)
+        stop.wait(next_wait(journal, clock(), poll_interval_s))
+    log.info("worker_stopped")
