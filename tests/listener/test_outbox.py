@@ -1,0 +1,228 @@
+"""The durable outbox against a real pynetdicom SCP on a loopback port (a fake PACS).
+
+The fake PACS records, per association, which SOP instances it was sent, and answers with a
+status chosen by the test, so these tests see exactly what went over the wire.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from factory import ct_series, rgb_secondary_capture, write_series
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+from listener.dimse import StoreStatus
+from listener.outbox import Backoff, EntryState, Outbox
+from listener.rules import Destination
+from listener.send import StoreSender
+
+T0 = 1_000_000.0  # an arbitrary "now"; time is a parameter, nothing sleeps
+
+
+@dataclass
+class FakePacs:
+    """A pynetdicom storage SCP whose answers a test decides, recording what it receives."""
+
+    ae: Any
+    port: int
+    policy: Callable[[int, int], StoreStatus]
+    received: list[list[str]] = field(default_factory=list)  # per association, SOP UIDs
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _assoc_index: dict[int, int] = field(default_factory=dict)
+
+    def handle_store(self, event: Any) -> int:
+        with self.lock:
+            index = self._assoc_index.setdefault(id(event.assoc), len(self._assoc_index))
+            while len(self.received) <= index:
+                self.received.append([])
+            self.received[index].append(str(event.request.AffectedSOPInstanceUID))
+            position = len(self.received[index]) - 1
+        return int(self.policy(index, position))
+
+    def all_received(self) -> list[str]:
+        return [uid for association in self.received for uid in association]
+
+    def destination(self, **extra: Any) -> Destination:
+        return Destination(ae_title="FAKEPACS", host="127.0.0.1", port=self.port, **extra)
+
+
+@pytest.fixture
+def fake_pacs() -> Iterator[Callable[..., FakePacs]]:
+    """Start fake PACS servers on free loopback ports; shut them all down afterwards."""
+    servers: list[Any] = []
+
+    def start(
+        policy: Callable[[int, int], StoreStatus] = lambda a, i: StoreStatus.SUCCESS,
+        contexts: Any = AllStoragePresentationContexts,
+    ) -> FakePacs:
+        ae = AE(ae_title="FAKEPACS")
+        ae.supported_contexts = contexts
+        pacs = FakePacs(ae=ae, port=0, policy=policy)
+        server = ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, pacs.handle_store)]
+        )
+        servers.append(server)
+        pacs.port = server.server_address[1]
+        return pacs
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+def series_files(tmp_path: Path, n: int) -> list[tuple[Path, str]]:
+    datasets = ct_series(n)
+    paths = write_series(datasets, tmp_path / "series")
+    return [(p, str(ds.SOPInstanceUID)) for p, ds in zip(paths, datasets, strict=True)]
+
+
+def make_outbox(tmp_path: Path, dest: Destination, **backoff: Any) -> Outbox:
+    return Outbox(
+        tmp_path / "journal.sqlite",
+        {"pacs": dest},
+        StoreSender("PACSAI"),
+        Backoff(base_s=10, factor=2, max_s=100, **backoff),
+    )
+
+
+def test_enqueue_is_idempotent(tmp_path: Path, fake_pacs: Callable[..., FakePacs]) -> None:
+    """Queueing the same job and SOP instance twice keeps one entry; unknown names are refused."""
+    outbox = make_outbox(tmp_path, fake_pacs().destination())
+    ((path, uid),) = series_files(tmp_path, 1)
+    assert outbox.enqueue("pacs", path, uid, 7, now=T0)
+    assert not outbox.enqueue("pacs", path, uid, 7, now=T0 + 1)
+    assert outbox.enqueue("pacs", path, uid, 8, now=T0)  # another job is another entry
+    assert outbox.counts() == {"pending": 2}
+    with pytest.raises(ValueError, match="unknown destination"):
+        outbox.enqueue("nowhere", path, uid, 7, now=T0)
+
+
+def test_delivers_and_never_resends(tmp_path: Path, fake_pacs: Callable[..., FakePacs]) -> None:
+    """Due entries are sent once; later calls send nothing more."""
+    pacs = fake_pacs()
+    outbox = make_outbox(tmp_path, pacs.destination())
+    files = series_files(tmp_path, 5)
+    for path, uid in files:
+        outbox.enqueue("pacs", path, uid, "job-1", now=T0)
+    report = outbox.deliver_due(now=T0)
+    assert report.sent == {"pacs": 5}
+    assert outbox.deliver_due(now=T0 + 10_000).total_sent == 0
+    assert sorted(pacs.all_received()) == sorted(uid for _, uid in files)
+    assert outbox.counts("job-1") == {"sent": 5}
+
+
+def test_out_of_resources_resends_only_unconfirmed(
+    tmp_path: Path, fake_pacs: Callable[..., FakePacs]
+) -> None:
+    """Out of Resources (A700) is retried after the backoff, sending only unconfirmed instances."""
+
+    def policy(association: int, position: int) -> StoreStatus:
+        if association == 0 and position >= 3:
+            return StoreStatus.OUT_OF_RESOURCES
+        return StoreStatus.SUCCESS
+
+    pacs = fake_pacs(policy)
+    outbox = make_outbox(tmp_path, pacs.destination(max_associations=1))
+    files = series_files(tmp_path, 8)
+    for path, uid in files:
+        outbox.enqueue("pacs", path, uid, "job-1", now=T0)
+
+    first = outbox.deliver_due(now=T0)
+    assert (first.sent, first.retrying) == ({"pacs": 3}, {"pacs": 5})
+    pending = outbox.entries(EntryState.PENDING)
+    assert {e.next_attempt_at for e in pending} == {T0 + 10}
+    assert all("out of resources" in (e.last_error or "") for e in pending)
+
+    assert outbox.deliver_due(now=T0 + 5).total_sent == 0  # not due yet
+    second = outbox.deliver_due(now=T0 + 10)
+    assert second.sent == {"pacs": 5}
+    assert pacs.received[1] == [e.sop_instance_uid for e in pending]
+    assert sorted(pacs.received[0][:3] + pacs.received[1]) == sorted(uid for _, uid in files)
+
+
+def test_backoff_grows_until_dead_letter(tmp_path: Path) -> None:
+    """A refused connection backs off 10, 20, 40 s and gives up after max_attempts."""
+    from peers import free_port
+
+    dest = Destination(ae_title="NOBODY", host="127.0.0.1", port=free_port())
+    outbox = make_outbox(tmp_path, dest, max_attempts=4)
+    ((path, uid),) = series_files(tmp_path, 1)
+    outbox.enqueue("pacs", path, uid, "job-1", now=T0)
+    now = T0
+    for expected_delay in (10, 20, 40):
+        assert outbox.deliver_due(now=now).retrying == {"pacs": 1}
+        (entry,) = outbox.entries(EntryState.PENDING)
+        assert entry.next_attempt_at == now + expected_delay
+        assert "cannot connect" in (entry.last_error or "")
+        now = entry.next_attempt_at
+    assert outbox.deliver_due(now=now).dead == {"pacs": 1}
+    (dead,) = outbox.dead_letters()
+    assert dead.attempts == 4 and (dead.last_error or "").startswith("gave up after 4 attempts")
+
+
+def test_rejected_calling_ae_is_dead_until_resubmitted(
+    tmp_path: Path, fake_pacs: Callable[..., FakePacs]
+) -> None:
+    """A permanent association rejection goes to dead-letter; resubmit delivers once fixed."""
+    pacs = fake_pacs()
+    pacs.ae.require_calling_aet = ["MODALITY1"]
+    outbox = make_outbox(tmp_path, pacs.destination())
+    files = series_files(tmp_path, 3)
+    for path, uid in files:
+        outbox.enqueue("pacs", path, uid, "job-1", now=T0)
+
+    assert outbox.deliver_due(now=T0).dead == {"pacs": 3}
+    dead = outbox.dead_letters(job_id="job-1")
+    assert len(dead) == 3
+    assert all("Calling AE title not recognised" in (e.last_error or "") for e in dead)
+    assert outbox.deliver_due(now=T0 + 10_000).total_sent == 0  # dead letters stay put
+
+    pacs.ae.require_calling_aet = ["MODALITY1", "PACSAI"]  # the operator fixes the cause
+    assert outbox.resubmit(dead, now=T0 + 20_000) == 3
+    assert outbox.deliver_due(now=T0 + 20_000).sent == {"pacs": 3}
+    assert outbox.counts() == {"sent": 3}
+    assert pacs.all_received() == [uid for _, uid in files]
+
+
+def test_unsupported_sop_class_is_permanent(
+    tmp_path: Path, fake_pacs: Callable[..., FakePacs]
+) -> None:
+    """An instance whose SOP class the peer refuses is dead-lettered; the others are delivered."""
+    from pynetdicom import build_context
+
+    pacs = fake_pacs(contexts=[build_context(CTImageStorage)])
+    outbox = make_outbox(tmp_path, pacs.destination())
+    files = series_files(tmp_path, 2)
+    sc = rgb_secondary_capture()
+    sc_path = tmp_path / "sc.dcm"
+    sc.save_as(sc_path, enforce_file_format=True)
+    for path, uid in [*files, (sc_path, str(sc.SOPInstanceUID))]:
+        outbox.enqueue("pacs", path, uid, "job-1", now=T0)
+    report = outbox.deliver_due(now=T0)
+    assert (report.sent, report.dead) == ({"pacs": 2}, {"pacs": 1})
+    (dead,) = outbox.dead_letters()
+    assert dead.sop_instance_uid == str(sc.SOPInstanceUID)
+    assert "no accepted presentation context" in (dead.last_error or "")
+
+
+def test_missing_file_and_removed_destination_are_dead(
+    tmp_path: Path, fake_pacs: Callable[..., FakePacs]
+) -> None:
+    """A file gone from disk, or a destination no longer configured, is a dead letter."""
+    pacs = fake_pacs()
+    outbox = make_outbox(tmp_path, pacs.destination())
+    ((path, uid),) = series_files(tmp_path, 1)
+    outbox.enqueue("pacs", tmp_path / "gone.dcm", "1.2.3", "job-1", now=T0)
+    outbox.enqueue("pacs", path, uid, "job-1", now=T0)
+    assert outbox.deliver_due(now=T0).dead == {"pacs": 1}
+    reconfigured = Outbox(tmp_path / "journal.sqlite", {}, StoreSender("PACSAI"))
+    (entry,) = outbox.dead_letters()
+    reconfigured.resubmit([entry.id], now=T0)
+    assert reconfigured.deliver_due(now=T0).dead == {"pacs": 1}
+    assert "not configured" in (reconfigured.dead_letters()[0].last_error or "")
