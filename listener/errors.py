@@ -29,6 +29,10 @@ class InvalidDatasetError(GatewayError):
     quarantine = True
 
 
+class MissingIdentifierError(InvalidDatasetError):
+    """A readable dataset lacks a Type 1 identifying UID (SOP Instance, Study, Series...)."""
+
+
 class StorageFullError(GatewayError):
     """Free disk space is under the watermark; new work is refused until space returns."""
 

@@ -30,7 +30,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from listener.dimse import EchoStatus, StoreStatus
-from listener.errors import InvalidDatasetError, StorageFullError
+from listener.errors import InvalidDatasetError, MissingIdentifierError, StorageFullError
 from listener.journal import AssociationRecord, InstanceRecord, Journal
 from listener.logging import get_logger
 from listener.settings import AllowedCaller, Settings
@@ -305,14 +305,15 @@ class Receiver:
                 StoreStatus.SOP_CLASS_NOT_SUPPORTED,
                 f"command SOP class {command_class} differs from the negotiated {negotiated}",
             )
+        syntax = str(event.context.transfer_syntax)
+        header = self._checked_header(data, syntax, request, negotiated)
         meta = encode_file_meta(
             sop_class_uid=command_class,
-            sop_instance_uid=str(request.AffectedSOPInstanceUID),
-            transfer_syntax=str(event.context.transfer_syntax),
+            sop_instance_uid=header.sop_instance_uid,
+            transfer_syntax=syntax,
             source_ae=record.calling_ae if record else "",
         )
         chunks = [meta, data]
-        header = self._checked_header(b"".join(chunks), request, negotiated)
         if self.journal.has_instance(header.sop_instance_uid):
             return self._duplicate(header, record)
         relative, size = self.spool.write(header, chunks)
@@ -349,14 +350,16 @@ class Receiver:
         )
         return StoreStatus.SUCCESS
 
-    def _checked_header(self, data: bytes, request: Any, negotiated: str) -> InstanceHeader:
+    def _checked_header(
+        self, data: bytes, syntax: str, request: Any, negotiated: str
+    ) -> InstanceHeader:
         try:
-            header = read_header(data)
+            header = read_header(data, syntax)
         except InvalidDatasetError as exc:
             status = (
-                StoreStatus.CANNOT_UNDERSTAND
-                if "cannot be parsed" in str(exc)
-                else StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
+                StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
+                if isinstance(exc, MissingIdentifierError)
+                else StoreStatus.CANNOT_UNDERSTAND
             )
             raise StoreFailedError(status, str(exc)) from exc
         if header.sop_class_uid != negotiated:

@@ -18,16 +18,13 @@ import re
 import shutil
 import struct
 import uuid
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from io import BytesIO
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
-
-from listener.errors import InvalidDatasetError, StorageFullError
+from listener.errors import InvalidDatasetError, MissingIdentifierError, StorageFullError
 from listener.journal import InstanceRecord, Journal
 
 TMP_DIR = ".tmp"
@@ -63,42 +60,54 @@ def is_uid(value: str) -> bool:
     return len(value) <= 64 and bool(_UID_RE.match(value))
 
 
-def read_header(data: bytes) -> InstanceHeader:
-    """Parse the header of a PS3.10 file (preamble, meta, dataset), stopping before PixelData.
+def read_header(dataset: bytes, transfer_syntax: str) -> InstanceHeader:
+    """The identifying attributes of an encoded dataset (no file meta), checking it is whole.
 
-    Raises InvalidDatasetError when the bytes are not a readable dataset or lack one of the
-    identifying UIDs (SOP Class/Instance, Study and Series Instance UID are Type 1, PS3.3 C.12.1
-    and C.7.2.1/C.7.3.1).
+    Raises InvalidDatasetError when the bytes are not a complete dataset or lack one of the
+    identifying UIDs (SOP Class/Instance, Study and Series Instance UID are Type 1, PS3.3 C.12.1,
+    C.7.2.1 and C.7.3.1). Values are read from the encoded bytes; nothing is decoded into a
+    pydicom dataset, and pixel data is skipped, not read.
     """
     try:
-        ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-        values = {tag: ds.get(tag) for tag in _HEADER_TAGS}
-        transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise InvalidDatasetError(f"dataset cannot be parsed: {type(exc).__name__}") from exc
+        values = walk_dataset(dataset, transfer_syntax)
+    except struct.error as exc:
+        raise InvalidDatasetError("dataset cannot be parsed") from exc
     uids = {}
     for tag in _HEADER_TAGS[:4]:
-        value = str(values[tag] or "").strip("\0 ")
+        value = values.get(tag, "")
         if not value:
-            raise InvalidDatasetError(f"dataset has no {tag}")
+            raise MissingIdentifierError(f"dataset has no {tag}")
         if not is_uid(value):
-            raise InvalidDatasetError(f"dataset {tag} is not a valid UID")
+            raise MissingIdentifierError(f"dataset {tag} is not a valid UID")
         uids[tag] = value
-    name = values["PatientName"]
     return InstanceHeader(
         sop_class_uid=uids["SOPClassUID"],
         sop_instance_uid=uids["SOPInstanceUID"],
         study_uid=uids["StudyInstanceUID"],
         series_uid=uids["SeriesInstanceUID"],
         transfer_syntax=transfer_syntax,
-        modality=_text(values["Modality"]),
-        patient_id=_text(values["PatientID"]),
-        patient_name=_text(name),
+        modality=values.get("Modality") or None,
+        patient_id=values.get("PatientID") or None,
+        patient_name=values.get("PatientName") or None,
     )
 
 
-def _text(value: object) -> str | None:
-    return None if value is None or str(value) == "" else str(value)
+def split_file(data: bytes) -> tuple[str, bytes]:
+    """(transfer syntax, dataset bytes) of a PS3.10 file (preamble, DICM, meta, dataset)."""
+    if len(data) < 144 or data[128:132] != b"DICM":
+        raise InvalidDatasetError("not a DICOM file (no DICM prefix)")
+    (meta_length,) = struct.unpack_from("<I", data, 140)
+    meta = _Walker(data[144 : 144 + meta_length], implicit=False, little=True)
+    syntax = ""
+    pos = 0
+    while pos < len(meta.data):
+        tag, vr, start, length = meta.element(pos)
+        pos = meta.skip_value(tag, vr, start, length)
+        if tag == 0x00020010:
+            syntax = meta.data[start:pos].decode("ascii").strip("\0 ")
+    if not syntax:
+        raise InvalidDatasetError("file meta has no Transfer Syntax UID")
+    return syntax, data[144 + meta_length :]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -215,7 +224,8 @@ def reindex(spool: Spool, journal: Journal, *, quiet_period_s: float, now: float
             continue
         path = spool.root / relative
         try:
-            header = read_header(path.read_bytes())
+            syntax, dataset = split_file(path.read_bytes())
+            header = read_header(dataset, syntax)
         except InvalidDatasetError as exc:
             reason = {"reason": str(exc), "spool_path": relative, "time_utc": _utc(now)}
             spool.quarantine([path.read_bytes()], reason)
@@ -285,3 +295,115 @@ def encode_file_meta(
         body += _element(0x0002, 0x0016, b"AE", _padded(source_ae, b" "))
     length = _element(0x0002, 0x0000, b"UL", struct.pack("<I", len(body)))
     return b"\0" * 128 + b"DICM" + length + body
+
+
+# --- a header walk that checks the dataset is complete -------------------------------------
+
+# PS3.5 §7.1.2: VRs with a 2-byte reserved field and a 4-byte length in explicit VR.
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN"})
+_LONG_VRS |= frozenset({b"UR", b"UT", b"UV"})
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
+
+
+class _Walker:
+    """Walks encoded elements (PS3.5 §7) without decoding values; raises on truncation."""
+
+    def __init__(self, data: bytes, *, implicit: bool, little: bool) -> None:
+        self.data = data
+        self.implicit = implicit
+        self.order = "<" if little else ">"
+
+    def element(self, pos: int) -> tuple[int, bytes, int, int]:
+        """(tag, VR or b"", value offset, value length) of the element at ``pos``."""
+        data = self.data
+        if pos + 8 > len(data):
+            raise InvalidDatasetError("dataset is truncated in an element header")
+        group, elem = struct.unpack_from(self.order + "HH", data, pos)
+        tag = group << 16 | elem
+        if self.implicit or group == 0xFFFE:
+            (length,) = struct.unpack_from(self.order + "I", data, pos + 4)
+            return tag, b"", pos + 8, length
+        vr = data[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            if pos + 12 > len(data):
+                raise InvalidDatasetError("dataset is truncated in an element header")
+            (length,) = struct.unpack_from(self.order + "I", data, pos + 8)
+            return tag, vr, pos + 12, length
+        (length,) = struct.unpack_from(self.order + "H", data, pos + 6)
+        return tag, vr, pos + 8, length
+
+    def skip(self, pos: int, end_tag: int | None = None) -> int:
+        """Walk elements from ``pos`` to the end (or past ``end_tag``); return the end offset."""
+        while pos < len(self.data):
+            tag, vr, start, length = self.element(pos)
+            if tag == end_tag:
+                return start
+            pos = self.skip_value(tag, vr, start, length)
+        if end_tag is not None:
+            raise InvalidDatasetError("dataset is truncated inside a sequence")
+        return pos
+
+    def skip_value(self, tag: int, vr: bytes, start: int, length: int) -> int:
+        if length != _UNDEFINED:
+            end = start + length
+            if end > len(self.data):
+                raise InvalidDatasetError("dataset is truncated inside an element value")
+            return end
+        return self._skip_items(start)
+
+    def _skip_items(self, pos: int) -> int:
+        # Undefined length (PS3.5 §7.5): items until a Sequence Delimitation Item; works for
+        # sequences and for encapsulated pixel data, whose fragments are defined-length items.
+        while True:
+            tag, _, start, length = self.element(pos)
+            if tag == _SEQ_END:
+                return start
+            if tag != _ITEM:
+                raise InvalidDatasetError("malformed sequence or encapsulated pixel data")
+            pos = start + length if length != _UNDEFINED else self.skip(start, _ITEM_END)
+            if pos > len(self.data):
+                raise InvalidDatasetError("dataset is truncated inside an item")
+
+
+_WANTED = {
+    0x00080016: "SOPClassUID",
+    0x00080018: "SOPInstanceUID",
+    0x0020000D: "StudyInstanceUID",
+    0x0020000E: "SeriesInstanceUID",
+    0x00080060: "Modality",
+    0x00100020: "PatientID",
+    0x00100010: "PatientName",
+}
+
+
+def walk_dataset(data: bytes, transfer_syntax: str) -> dict[str, str]:
+    """The top-level values :data:`_WANTED` of an encoded dataset, checking it is complete.
+
+    Every element is walked (values skipped), so a dataset cut short anywhere, including in
+    its pixel data, is refused rather than stored. Deflated datasets are inflated first.
+    """
+    if transfer_syntax in DEFLATED:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            data = inflater.decompress(data)
+        except zlib.error as exc:
+            raise InvalidDatasetError("deflated dataset cannot be inflated") from exc
+        if not inflater.eof:
+            raise InvalidDatasetError("deflated dataset is truncated")
+    walker = _Walker(
+        data,
+        implicit=transfer_syntax == IMPLICIT_VR_LE,
+        little=transfer_syntax != EXPLICIT_VR_BE,
+    )
+    found: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        tag, vr, start, length = walker.element(pos)
+        pos = walker.skip_value(tag, vr, start, length)
+        if tag in _WANTED and length != _UNDEFINED:
+            found[_WANTED[tag]] = data[start:pos].decode("latin-1").strip("\0 ")
+    return found
