@@ -4,9 +4,10 @@ the image, and fault injection for tests. It is not a clinical model, and says s
 response (``x-pacs-ai-emulator``) and in its start-up log line.
 
 Per request, in the order the real service would meet them: key check (401), requests in flight
-over ``max_in_flight`` (429 "Too many pending requests", §6), added latency, injected faults
-(408/429/503, with Retry-After when configured), envelope validation (400 naming the field),
+over ``max_in_flight`` (429 "Too many pending requests", §6), injected faults (408/429/503,
+with Retry-After when configured), envelope validation (400 naming the field),
 then the model's own validation (424 with ``ms-azureml-model-error-*`` headers) and answer.
+The added latency is a floor on the service time, the answer being computed while it runs.
 """
 
 from __future__ import annotations
@@ -209,14 +210,23 @@ class _Emulator:
             self.stats.in_flight -= 1
 
     async def _answer(self, model: str, request: Request) -> Response:
+        """Answer after at least ``latency_ms``: the answer is computed while that time runs, as
+        a real model's inference time would, so the latency is the service time floor."""
+        started = anyio.current_time()
         raw = await request.body()
-        if self.settings.latency_ms:
-            await anyio.sleep(self.settings.latency_ms / 1000)
         if self.settings.fault_statuses and self._rng.random() < self.settings.fault_rate:
             status = self._rng.choice(self.settings.fault_statuses)
             self.stats.faults += 1
             headers = self._retry_after() if status in _RETRY_AFTER_STATUSES else {}
-            return _error(status, "injected fault", headers)
+            response = _error(status, "injected fault", headers)
+        else:
+            response = await self._compute(model, raw)
+        remaining = self.settings.latency_ms / 1000 - (anyio.current_time() - started)
+        if remaining > 0:
+            await anyio.sleep(remaining)
+        return response
+
+    async def _compute(self, model: str, raw: bytes) -> Response:
         try:
             content = await run_in_threadpool(_encoded_answer, model, raw)
         except _emulated.EmulatorInputError as exc:
