@@ -347,6 +347,17 @@ class Journal:
             ).fetchall()
             return [self._released(db, row[0]) for row in rows]
 
+    def rearm_study(self, study_uid: str, generation: int, due_at: float) -> bool:
+        """Put a released study back to receiving until ``due_at`` (a rule wants to wait longer:
+        its own quiet period, or expected content not there yet); False if it moved on."""
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE studies SET state = ?, due_at = ? WHERE study_uid = ? AND generation = ?"
+                " AND state = ?",
+                (StudyState.RECEIVING, due_at, study_uid, generation, StudyState.READY),
+            )
+            return cursor.rowcount == 1
+
     def mark_dispatched(self, study_uid: str, generation: int) -> bool:
         """Record that the worker took this release; False if a follow-up superseded it."""
         return self.set_study_state(

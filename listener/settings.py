@@ -79,6 +79,21 @@ class AllowedCaller(_Section):
         return value
 
 
+class Destination(_Section):
+    """A DICOM peer results or originals go to (PS3.8 association parameters)."""
+
+    ae_title: AETitle
+    host: str
+    port: Port
+    max_associations: int = Field(default=2, ge=1, le=64)
+    calling_ae: AETitle | None = Field(
+        default=None, description="our AE title towards this peer; default: the service's first"
+    )
+
+    def describe(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
 class ModelSettings(_Section):
     """One hosted model endpoint. With no endpoint the built-in emulator serves the model."""
 
@@ -173,6 +188,12 @@ class Settings(BaseSettings):
     admin_port: int = Field(default=8080, ge=0, le=65535)
     admin_token: SecretStr | None = None
     rules_file: Path | None = None
+    destinations: dict[str, Destination] = Field(
+        default_factory=dict,
+        description="named DICOM peers; the rules' results and forwards refer to them by name",
+    )
+    workers: int = Field(default=2, ge=1, le=64, description="job worker processes")
+    jobs_per_worker: int = Field(default=4, ge=1, le=64, description="concurrent jobs each")
 
     @field_validator("ae_titles")
     @classmethod

@@ -8,12 +8,12 @@ from listener.rules.defaults import default_rules
 from listener.rules.load import load_rules, parse_rules
 from listener.rules.model import (
     WINDOW_PRESETS,
-    Destination,
     Expectation,
     ModelTask,
     Rule,
     RuleSet,
 )
+from listener.settings import Destination
 
 __all__ = [
     "WINDOW_PRESETS",

@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from listener.rules.model import Destination, RuleSet
+from listener.rules.model import RuleSet
+from listener.settings import Destination
 
 PACS = "pacs"
 CHEST_LABELS = [

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from listener.rules.conditions import Condition
-from listener.settings import AETitle, ModelName, Port
+from listener.settings import Destination, ModelName
 
 # CT window presets in HU the MedImageParse toolkit uses (center/width derived from its ranges).
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
@@ -40,21 +40,6 @@ def check_name(value: str) -> str:
     if not _NAME_RE.match(value):
         raise ValueError(f"{value!r} is not a valid name (letters, digits, _ . -; up to 64)")
     return value
-
-
-class Destination(_Section):
-    """A DICOM peer results or originals go to (PS3.8 association parameters)."""
-
-    ae_title: AETitle
-    host: str
-    port: Port
-    max_associations: int = Field(default=2, ge=1, le=64)
-    calling_ae: AETitle | None = Field(
-        default=None, description="our AE title towards this peer; default: the service's first"
-    )
-
-    def describe(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
 
 
 class ModelTask(_Section):
