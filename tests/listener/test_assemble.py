@@ -1,0 +1,65 @@
+"""The assemble worker: release by time, callbacks, redelivery after a crash."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from listener.assemble import next_wait, release_step, worker_loop
+from listener.journal import InstanceRecord, Journal, ReleasedStudy, StudyState
+
+
+def _add(journal: Journal, sop: str, at: float, quiet: float = 5.0) -> None:
+    journal.record_instance(
+        InstanceRecord(
+            sop,
+            "1.2.840.10008.5.1.4.1.1.2",
+            "9.9",
+            "9.9.1",
+            "CT",
+            "1.2.840.10008.1.2.1",
+            f"9.9/9.9.1/{sop}.dcm",
+            1,
+            at,
+            0,
+        ),
+        quiet_period_s=quiet,
+    )
+
+
+def test_release_step_calls_back_once_at_due_time(tmp_path: Path) -> None:
+    """release_step hands a study to the callback only when now reaches its due time."""
+    journal = Journal(tmp_path / "j.sqlite")
+    _add(journal, "1.1", 10.0)
+    seen: list[ReleasedStudy] = []
+    assert release_step(journal, 14.0, seen.append) == 0
+    assert release_step(journal, 15.0, seen.append) == 1
+    assert release_step(journal, 16.0, seen.append) == 0
+    assert [s.study_uid for s in seen] == ["9.9"]
+    study = journal.study("9.9")
+    assert study is not None and study.state is StudyState.DISPATCHED
+
+
+def test_next_wait_sleeps_until_due_within_poll_interval(tmp_path: Path) -> None:
+    """The worker sleeps until the next due time, bounded by the poll interval."""
+    journal = Journal(tmp_path / "j.sqlite")
+    assert next_wait(journal, 0.0, 0.5) == 0.5
+    _add(journal, "1.1", 10.0)
+    assert abs(next_wait(journal, 14.8, 0.5) - 0.2) < 1e-9
+    assert next_wait(journal, 16.0, 0.5) == 0.0
+
+
+def test_worker_redelivers_studies_left_ready(tmp_path: Path) -> None:
+    """A study released before a crash but never dispatched goes to the callback at start."""
+    journal = Journal(tmp_path / "j.sqlite")
+    _add(journal, "1.1", 10.0)
+    journal.release_due_studies(20.0)  # released, then the worker "crashed"
+    seen: list[ReleasedStudy] = []
+    stop = threading.Event()
+
+    def on_ready(study: ReleasedStudy) -> None:
+        seen.append(study)
+        stop.set()
+
+    worker_loop(journal, stop, on_ready=on_ready, clock=lambda: 20.0, poll_interval_s=0.01)
+    assert [s.study_uid for s in seen] == ["9.9"]
