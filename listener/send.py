@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -253,6 +254,7 @@ def _store_one(assoc: Any, prepared: _Prepared) -> InstanceOutcome:
         and cx.transfer_syntax[0] == prepared.transfer_syntax
         for cx in assoc.accepted_contexts
     )
+    started = time.monotonic()
     try:
         if exact:
             reply = assoc.send_c_store(item.path)
@@ -274,11 +276,23 @@ def _store_one(assoc: Any, prepared: _Prepared) -> InstanceOutcome:
         return InstanceOutcome(item, PermanentSendError(f"cannot read the file: {exc}"))
     status = reply.get("Status") if reply is not None else None
     if status is None:
-        if assoc.is_established:
-            assoc.abort()
-            return InstanceOutcome(item, TransientSendError("no C-STORE response in time"))
-        return InstanceOutcome(item, TransientSendError("association aborted during C-STORE"))
+        return InstanceOutcome(item, _no_response(assoc, time.monotonic() - started))
     return InstanceOutcome(item, _status_error(int(status)), int(status))
+
+
+def _no_response(assoc: Any, elapsed_s: float) -> TransientSendError:
+    """No C-STORE response: the DIMSE timeout ran out, or the peer aborted the association.
+
+    Some PACS (Orthanc, for one) refuse a calling AE they do not know by aborting the
+    association at the first C-STORE rather than rejecting it; that reads as an abort here.
+    """
+    limit = assoc.dimse_timeout
+    timed_out = limit is not None and elapsed_s >= limit * 0.9
+    if assoc.is_established:
+        assoc.abort()
+    if timed_out:
+        return TransientSendError(f"no C-STORE response within {elapsed_s:.0f} s")
+    return TransientSendError("the peer aborted the association during C-STORE")
 
 
 def _status_error(status: int) -> SendError | None:
