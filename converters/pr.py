@@ -19,7 +19,13 @@ import highdicom as hd
 from pydicom import Dataset
 
 from converters.grounding import ImageFrame, PixelFinding, clip_box, closed_rectangle, short_label
-from converters.provenance import MANUFACTURER, Provenance, ResultKind, study_uid_of
+from converters.provenance import (
+    MANUFACTURER,
+    Provenance,
+    ResultKind,
+    set_fresh,
+    study_uid_of,
+)
 from converters.uids import derive_uid
 
 LAYER = "AI_FINDINGS"
@@ -103,7 +109,7 @@ def build_findings_pr(
             **common, presentation_lut_transformation=_presentation_lut(frontal.image)
         )
     provenance.stamp(pr, ResultKind.FINDINGS_PR)
-    pr.Laterality = frontal.image.get("Laterality", "")  # Type 2C in General Series (C.7.3.1)
+    set_fresh(pr, "Laterality", frontal.image.get("Laterality", ""))  # Type 2C (C.7.3.1)
     return pr
 
 

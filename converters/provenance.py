@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from typing import Any
 
 from pydicom import Dataset
 
@@ -101,23 +102,36 @@ class Provenance:
         return f"AI {self.model_name} {kind.label}{suffix}"
 
     def stamp(self, obj: Dataset, kind: ResultKind) -> None:
-        """Set what highdicom leaves to us: description, content time, equipment."""
-        obj.SeriesDescription = self.series_description(kind)
+        """Set what highdicom leaves to us: description, creation times, equipment."""
         date, time = self.created.strftime("%Y%m%d"), self.created.strftime("%H%M%S")
-        if (
-            kind is ResultKind.FINDINGS_PR
-        ):  # PS3.3 C.11.10: presentation states have no Content Date
-            obj.PresentationCreationDate, obj.PresentationCreationTime = date, time
-        else:
-            obj.ContentDate, obj.ContentTime = date, time
-        if any(
-            PRIVATE_SCHEME in str(element.value) for element in obj.iterall() if element.VR == "SH"
-        ):
-            obj.CodingSchemeIdentificationSequence = [private_scheme_identification()]
-        obj.Manufacturer = MANUFACTURER
-        obj.ManufacturerModelName = self.model_name
-        obj.SoftwareVersions = list(self.software_versions)
-        obj.DeviceSerialNumber = self.device_serial_number
+        values: dict[str, Any] = {
+            "SeriesDescription": self.series_description(kind),
+            "InstanceCreationDate": date,
+            "InstanceCreationTime": time,
+            "Manufacturer": MANUFACTURER,
+            "ManufacturerModelName": self.model_name,
+            "SoftwareVersions": list(self.software_versions),
+            "DeviceSerialNumber": self.device_serial_number,
+        }
+        # PS3.3 C.11.10: a presentation state has a creation date, not a content date.
+        prefix = "PresentationCreation" if kind is ResultKind.FINDINGS_PR else "Content"
+        values[f"{prefix}Date"], values[f"{prefix}Time"] = date, time
+        if any(PRIVATE_SCHEME in str(el.value) for el in obj.iterall() if el.VR == "SH"):
+            values["CodingSchemeIdentificationSequence"] = [private_scheme_identification()]
+        for keyword, value in values.items():
+            set_fresh(obj, keyword, value)
+
+
+def set_fresh(obj: Dataset, keyword: str, value: Any) -> None:
+    """Set an attribute on a new data element rather than changing the existing one in place.
+
+    highdicom copies patient and study attributes from the sources by sharing their data
+    element objects; assigning through pydicom would change the element in place, and with it
+    the source dataset. Deleting first gives the result its own element.
+    """
+    if keyword in obj:
+        delattr(obj, keyword)
+    setattr(obj, keyword, value)
 
 
 def private_scheme_identification() -> Dataset:

@@ -24,7 +24,7 @@ from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from converters.codes import AI_FAMILY, clip_text, segment_property
-from converters.provenance import MANUFACTURER, Provenance, ResultKind, study_uid_of
+from converters.provenance import MANUFACTURER, Provenance, ResultKind, set_fresh, study_uid_of
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def _fix_projection_geometry(seg: Dataset, source: Dataset) -> None:
     """
     if "FrameOfReferenceUID" in source:
         return
-    seg.PatientOrientation = source.get("PatientOrientation", "")
+    set_fresh(seg, "PatientOrientation", source.get("PatientOrientation", ""))
     shared = seg.SharedFunctionalGroupsSequence[0]
     measures = shared.get("PixelMeasuresSequence")
     spacing = measures[0].get("PixelSpacing") if measures else None
