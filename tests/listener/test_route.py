@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from factory import ct_series
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
@@ -153,12 +153,14 @@ condition_st = st.recursive(
 )
 
 
+@settings(deadline=None)
 @given(condition_st, headers_st)
 def test_not_is_the_negation(data: dict[str, Any], headers: dict[str, Any]) -> None:
     """not(x) matches exactly when x does not."""
     assert cond({"not": data}).matches(headers) is not cond(data).matches(headers)
 
 
+@settings(deadline=None)
 @given(st.lists(condition_st, max_size=4), headers_st)
 def test_all_and_any_are_conjunction_and_disjunction(
     items: list[dict[str, Any]], headers: dict[str, Any]
@@ -169,6 +171,7 @@ def test_all_and_any_are_conjunction_and_disjunction(
     assert cond({"any": items}).matches(headers) is any(parts)
 
 
+@settings(deadline=None)
 @given(st.sampled_from(KEYWORDS), st.lists(st.sampled_from(TEXTS[:-1]), min_size=1), headers_st)
 def test_one_of_is_any_of_equals(keyword: str, values: list[str], headers: dict[str, Any]) -> None:
     """one_of [a, b] matches when equals a or equals b does."""
@@ -176,6 +179,7 @@ def test_one_of_is_any_of_equals(keyword: str, values: list[str], headers: dict[
     assert cond({"attribute": keyword, "one_of": values}).matches(headers) is any(equals)
 
 
+@settings(deadline=None)
 @given(st.sampled_from(KEYWORDS), headers_st)
 def test_present_splits_every_header_set(keyword: str, headers: dict[str, Any]) -> None:
     """present: true and present: false never both match, and one of them always does."""
@@ -184,6 +188,7 @@ def test_present_splits_every_header_set(keyword: str, headers: dict[str, Any]) 
     assert yes is not no
 
 
+@settings(deadline=None)
 @given(st.floats(-1e6, 1e6), st.floats(0, 1e3))
 def test_range_contains_its_centre(centre: float, half: float) -> None:
     """A value between min and max (inclusive) is in the range, and one beyond max is not."""
