@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from listener.commands import add_jobs, add_process
 from listener.errors import ConfigError
 from listener.rules_cli import add_rules
 from listener.settings import Settings, load_settings
@@ -152,6 +153,7 @@ def _cmd_studies(args: argparse.Namespace) -> int:
 
 ADDERS: list[Callable[[Subparsers], None]] = [_add_serve, _add_echo, _add_send, _add_studies]
 ADDERS.append(add_rules)
+ADDERS.extend([add_process, add_jobs])
 
 
 def build_parser() -> argparse.ArgumentParser:
