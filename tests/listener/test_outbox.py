@@ -31,7 +31,7 @@ class FakePacs:
 
     ae: Any
     port: int
-    policy: Callable[[int, int], StoreStatus]
+    policy: Callable[[int, int], int]
     received: list[list[str]] = field(default_factory=list)  # per association, SOP UIDs
     lock: threading.Lock = field(default_factory=threading.Lock)
     _assoc_index: dict[int, int] = field(default_factory=dict)
@@ -58,7 +58,7 @@ def fake_pacs() -> Iterator[Callable[..., FakePacs]]:
     servers: list[Any] = []
 
     def start(
-        policy: Callable[[int, int], StoreStatus] = lambda a, i: StoreStatus.SUCCESS,
+        policy: Callable[[int, int], int] = lambda a, i: StoreStatus.SUCCESS,
         contexts: Any = AllStoragePresentationContexts,
     ) -> FakePacs:
         ae = AE(ae_title="FAKEPACS")
@@ -226,3 +226,34 @@ def test_missing_file_and_removed_destination_are_dead(
     reconfigured.resubmit([entry.id], now=T0)
     assert reconfigured.deliver_due(now=T0).dead == {"pacs": 1}
     assert "not configured" in (reconfigured.dead_letters()[0].last_error or "")
+
+
+# PS3.4 B.2.3 statuses that StoreStatus does not name (the receiver never returns them).
+WARNING_COERCION = 0xB000
+OUT_OF_RESOURCES_SPECIFIC = 0xA7FF
+
+STATUS_TABLE: list[tuple[int, str]] = [
+    (StoreStatus.SUCCESS, "sent"),
+    (WARNING_COERCION, "sent"),
+    (StoreStatus.OUT_OF_RESOURCES, "retrying"),
+    (OUT_OF_RESOURCES_SPECIFIC, "retrying"),
+    (StoreStatus.SOP_CLASS_NOT_SUPPORTED, "dead"),
+    (StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, "dead"),
+    (StoreStatus.CANNOT_UNDERSTAND, "dead"),
+    (StoreStatus.PROCESSING_FAILURE, "dead"),
+]
+
+
+@pytest.mark.parametrize(("status", "state"), STATUS_TABLE)
+def test_each_store_status_is_classified(
+    tmp_path: Path, fake_pacs: Callable[..., FakePacs], status: int, state: str
+) -> None:
+    """Success and warnings confirm, Out of Resources retries, other failures dead-letter."""
+    pacs = fake_pacs(lambda association, position: status)
+    outbox = make_outbox(tmp_path, pacs.destination())
+    ((path, uid),) = series_files(tmp_path, 1)
+    outbox.enqueue("pacs", path, uid, "job-1", now=T0)
+    report = outbox.deliver_due(now=T0)
+    assert {"sent": report.sent, "retrying": report.retrying, "dead": report.dead}[state] == {
+        "pacs": 1
+    }
