@@ -117,7 +117,10 @@ class StoreSender:
             return self._limits[key]
 
     def send(self, dest: Destination, items: Sequence[StoreItem]) -> list[InstanceOutcome]:
-        """Send ``items`` over up to ``max_associations`` associations; one outcome per item."""
+        """Send ``items`` over up to ``max_associations`` associations; one outcome per item.
+
+        Outcomes are grouped by association, not in the order of ``items``.
+        """
         outcomes: list[InstanceOutcome] = []
         prepared: list[_Prepared] = []
         for item in items:
