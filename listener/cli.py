@@ -17,6 +17,7 @@ from typing import Any
 
 from listener.commands import add_jobs, add_process
 from listener.errors import ConfigError
+from listener.infer.command import add_emulator
 from listener.rules_cli import add_rules
 from listener.settings import Settings, load_settings
 
@@ -153,6 +154,7 @@ def _cmd_studies(args: argparse.Namespace) -> int:
 
 ADDERS: list[Callable[[Subparsers], None]] = [_add_serve, _add_echo, _add_send, _add_studies]
 ADDERS.append(add_rules)
+ADDERS.append(add_emulator)
 ADDERS.extend([add_process, add_jobs])
 
 
