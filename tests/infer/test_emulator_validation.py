@@ -11,9 +11,13 @@ import httpx
 import numpy as np
 import pytest
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
-from listener.infer import BackgroundServer
+from converters.model_outputs import PARSE_CATEGORIES
+from listener.infer import BackgroundServer, start_emulator
+from listener.infer._emulated import category
 from listener.infer._wire import EMULATOR_HEADER, EMULATOR_NOTICE
+from listener.settings import EmulatorSettings
 
 Start = Callable[..., BackgroundServer]
 
@@ -171,3 +175,35 @@ def test_undecodable_image_is_a_model_error(emulator: Start) -> None:
     answer = post(server, "cxrreportgen", body(["frontal_image"], [[not_png]]))
     assert answer.status_code == 424
     assert "cannot decode the image" in answer.headers["ms-azureml-model-error-reason"]
+
+
+def test_categories_are_among_the_sixteen() -> None:
+    """Prompt words map to one of MedImageParse's 16 categories, lesions before organs."""
+    prompts = [
+        "liver tumor",
+        "COVID-19 infection",
+        "pleural effusion",
+        "renal cyst",
+        "aorta",
+        "left ventricle",
+        "optic disc",
+        "neoplastic cells",
+        "brain",
+        "pancreas",
+        "bone",
+    ]
+    names = [category(prompt) for prompt in prompts]
+    assert set(names) <= set(PARSE_CATEGORIES)
+    assert names[:3] == ["tumor", "infection", "fluid disturbance"]
+    assert names[-1] == "other"
+
+
+def test_starting_the_emulator_logs_that_it_is_not_clinical() -> None:
+    """start_emulator logs an emulator_started event that says it is not a clinical model."""
+    with capture_logs() as logs:
+        server = start_emulator(EmulatorSettings())
+    try:
+        (event,) = [log for log in logs if log["event"] == "emulator_started"]
+        assert event["url"] == server.url and "not a clinical model" in event["notice"]
+    finally:
+        server.stop()

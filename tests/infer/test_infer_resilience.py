@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import re
 from dataclasses import dataclass
@@ -10,12 +11,14 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from listener.errors import CircuitOpenError, PermanentModelError, TransientModelError
 from listener.infer import MedImageInsightClient, ModelTransport
-from listener.infer._wire import join_prompts
+from listener.infer._wire import decode_b64, encode_b64, join_prompts
 from listener.infer.auth import ENTRA_SCOPE, EntraAuth, KeyAuth
 from listener.infer.resilience import (
     Backoff,
@@ -248,3 +251,14 @@ def test_key_auth_header() -> None:
     assert asyncio.run(KeyAuth(SecretStr("k")).header()) == "Bearer k"
     assert asyncio.run(KeyAuth(None).header()) is None
     assert "k)" not in repr(KeyAuth(SecretStr("k")))
+
+
+@given(data=st.binary(max_size=600), cut=st.integers(min_value=1, max_value=90))
+def test_base64_decodes_leniently(data: bytes, cut: int) -> None:
+    """MIME base64 (76-character lines) and any other line wrapping or missing padding decode
+    to the same bytes."""
+    plain = base64.b64encode(data).decode()
+    wrapped = "\n".join(plain[i : i + cut] for i in range(0, len(plain), cut))
+    assert decode_b64(encode_b64(data)) == data
+    assert decode_b64(wrapped) == data
+    assert decode_b64(plain.rstrip("=")) == data
