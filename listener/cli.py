@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from listener.commands import add_jobs, add_process
+from listener.commands import add_jobs, add_process, add_similar
 from listener.errors import ConfigError
 from listener.infer.command import add_emulator
 from listener.rules_cli import add_rules
@@ -155,7 +155,7 @@ def _cmd_studies(args: argparse.Namespace) -> int:
 ADDERS: list[Callable[[Subparsers], None]] = [_add_serve, _add_echo, _add_send, _add_studies]
 ADDERS.append(add_rules)
 ADDERS.append(add_emulator)
-ADDERS.extend([add_process, add_jobs])
+ADDERS.extend([add_process, add_jobs, add_similar])
 
 
 def build_parser() -> argparse.ArgumentParser:

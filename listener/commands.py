@@ -65,6 +65,34 @@ def cmd_process(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+# --- similar -------------------------------------------------------------------------------
+
+
+def add_similar(sub: Any) -> None:
+    parser = sub.add_parser(
+        "similar", help="instances most similar to one (MedImageInsight embeddings)"
+    )
+    parser.add_argument("sop_instance_uid")
+    parser.add_argument("--top", type=int, default=5)
+    _common(parser)
+    parser.set_defaults(func=cmd_similar)
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from listener.embeddings import EmbeddingStore
+
+    store = EmbeddingStore(_settings(args).journal_path)
+    try:
+        neighbours = store.similar(args.sop_instance_uid, args.top)
+    except KeyError:
+        print(f"pacs-ai: no embedding for {args.sop_instance_uid}", file=sys.stderr)
+        return EXIT_FAILED
+    print("SIMILARITY\tSOP INSTANCE\tSTUDY")
+    for neighbour in neighbours:
+        print(f"{neighbour.similarity:.4f}\t{neighbour.sop_instance_uid}\t{neighbour.study_uid}")
+    return EXIT_OK
+
+
 # --- jobs ----------------------------------------------------------------------------------
 
 

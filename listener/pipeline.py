@@ -29,12 +29,13 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmread
 
+from listener.embeddings import EmbeddingStore
 from listener.errors import GatewayError
 from listener.jobs import Job, JobStore
 from listener.journal import Journal, ReleasedStudy
 from listener.logging import get_logger
-from listener.outbox import Outbox
-from listener.route import StudyPlan, headers_from_dataset, plan_study
+from listener.outbox import Backoff, Outbox
+from listener.route import PlannedTask, StudyPlan, headers_from_dataset, plan_study
 from listener.rules import AssociationFacts
 from listener.rules.defaults import default_rules
 from listener.rules.load import load_rules
@@ -89,6 +90,7 @@ class Pipeline:
     journal: Journal
     jobs: JobStore
     outbox: Outbox
+    embeddings: EmbeddingStore
     clock: Callable[[], float] = time.time
 
     @property
@@ -173,8 +175,34 @@ class Pipeline:
 
         return load
 
+    def _forward_study(self, study_uid: str, destination: str, job_key: str, now: float) -> None:
+        for uid, path in self._paths(study_uid).items():
+            self.outbox.enqueue(destination, path, uid, job_key, now)
+
+    def _keep_embeddings(
+        self, job: Job, task: PlannedTask, outcome: TaskOutcome, now: float
+    ) -> None:
+        """Store the study's vectors; flag (and optionally route) an out-of-distribution study."""
+        threshold = task.parameters.get("ood_threshold")
+        for uid, vector in outcome.embeddings.items():
+            score = self.embeddings.study_ood_score(job.study_uid, vector, outcome.model_version)
+            self.embeddings.put(uid, job.study_uid, vector, outcome.model_version, now)
+            if score is None or threshold is None or score <= float(threshold):
+                continue
+            destination = task.parameters.get("ood_destination")
+            log.warning(
+                "study_out_of_distribution",
+                study_uid=job.study_uid,
+                score=round(score, 4),
+                threshold=float(threshold),
+                destination=destination,
+            )
+            if isinstance(destination, str) and destination:
+                self._forward_study(job.study_uid, destination, f"ood:{job.id}", now)
+
     def _act(self, job: Job, outcome: TaskOutcome, now: float) -> list[str]:
         task = task_from_payload(job.payload)
+        self._keep_embeddings(job, task, outcome, now)
         uids = []
         for obj in outcome.objects:
             uid = str(obj.SOPInstanceUID)
@@ -186,9 +214,7 @@ class Pipeline:
         if outcome.top_label is not None and (task.routes or task.default_route):
             target = task.routes.get(outcome.top_label) or task.default_route
             if target:
-                paths = self._paths(job.study_uid)
-                for uid, path in paths.items():
-                    self.outbox.enqueue(target, path, uid, f"route:{job.id}", now)
+                self._forward_study(job.study_uid, target, f"route:{job.id}", now)
                 log.info(
                     "study_routed",
                     study_uid=job.study_uid,
@@ -241,5 +267,11 @@ def build_pipeline(settings: Settings, journal: Journal | None = None) -> Pipeli
         rules=rules,
         journal=journal,
         jobs=JobStore(settings.journal_path),
-        outbox=Outbox(settings.journal_path, rules.destinations, sender),
+        outbox=Outbox(
+            settings.journal_path,
+            rules.destinations,
+            sender,
+            Backoff(base_s=settings.send_retry_base_s, max_attempts=settings.send_max_attempts),
+        ),
+        embeddings=EmbeddingStore(settings.journal_path),
     )

@@ -192,6 +192,15 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="named DICOM peers; the rules' results and forwards refer to them by name",
     )
+    send_retry_base_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="first backoff of a failed send; doubles, max 15 min",
+    )
+    send_max_attempts: int | None = Field(
+        default=None, ge=1, description="transient send failures before dead-letter (None: never)"
+    )
     workers: int = Field(default=2, ge=1, le=64, description="job worker processes")
     jobs_per_worker: int = Field(default=4, ge=1, le=64, description="concurrent jobs each")
 

@@ -73,6 +73,7 @@ class TaskOutcome:
     top_label: str | None = None
     embeddings: dict[str, list[float]] = field(default_factory=dict)
     not_found: tuple[str, ...] = ()
+    model_version: str = ""
 
 
 def _provenance(identity: ModelIdentity, task: PlannedTask, ctx: TaskContext) -> Provenance:
@@ -200,7 +201,12 @@ async def run_classification(task: PlannedTask, ctx: TaskContext) -> TaskOutcome
     )
     top = task.labels[int(np.argmax(results.probabilities))]
     vector = [float(v) for v in np.asarray(image_vector, dtype=np.float64).ravel()]
-    return TaskOutcome(results.objects, top, {str(image.SOPInstanceUID): vector})
+    return TaskOutcome(
+        results.objects,
+        top,
+        {str(image.SOPInstanceUID): vector},
+        model_version=client.identity.version,
+    )
 
 
 async def _parse_frame(
