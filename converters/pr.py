@@ -26,7 +26,6 @@ from converters.provenance import (
     set_fresh,
     study_uid_of,
 )
-from converters.uids import derive_uid
 
 LAYER = "AI_FINDINGS"
 CONTENT_LABEL = "AI_FINDINGS"  # CS, 16 characters at most
@@ -41,7 +40,7 @@ def _objects(
         for number, raw in enumerate(finding.boxes):
             box = clip_box(raw, frontal.image)
             item = f"finding {index + 1}.{number + 1}"
-            uid = derive_uid(study_uid, "pr", provenance.rule, item, root=provenance.uid_root)
+            uid = provenance.tracking_uid(study_uid, ResultKind.FINDINGS_PR, item)
             graphics.append(
                 hd.pr.GraphicObject(
                     graphic_type=hd.pr.GraphicTypeValues.POLYLINE,

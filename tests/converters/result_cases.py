@@ -20,6 +20,8 @@ import pydicom
 from pydicom import Dataset
 from pydicom.data import get_testdata_file
 
+from converters.geometry import PixelBox
+from converters.grounding import ImageFrame, PixelFinding
 from converters.model_outputs import ModelIdentity
 from converters.provenance import Provenance
 from converters.seg import frame_count
@@ -112,3 +114,41 @@ def masks_read_back(path: Path, sources: list[Dataset], n_segments: int) -> npt.
             assert_missing_frames_are_empty=True,
         )
     return np.moveaxis(np.asarray(pixels, dtype=np.bool_), -1, 0)
+
+
+def frontal_of(sources: list[Dataset]) -> ImageFrame:
+    """The image (and frame, for a multi-frame) the findings are drawn on."""
+    image = sources[len(sources) // 2]
+    return ImageFrame(image, 2 if frame_count([image]) > 1 else None)
+
+
+def findings_for(image: Dataset) -> list[PixelFinding]:
+    """Three findings: one without boxes, one with two boxes, one with one box."""
+    rows, cols = image.Rows, image.Columns
+    return [
+        PixelFinding("The heart size is normal."),
+        PixelFinding(
+            "A small right pleural effusion is present.",
+            (
+                PixelBox(cols * 0.1, rows * 0.5, cols * 0.4, rows * 0.8),
+                PixelBox(1.5, 2.25, 9.0, 7.5),
+            ),
+        ),
+        PixelFinding(
+            "The aorta is tortuous.", (PixelBox(cols * 0.4, rows * 0.2, cols * 0.6, rows * 0.7),)
+        ),
+    ]
+
+
+def rectangle(box: PixelBox) -> npt.NDArray[np.float32]:
+    """The closed five-point polyline expected for a box."""
+    return np.array(
+        [
+            [box.x_min, box.y_min],
+            [box.x_max, box.y_min],
+            [box.x_max, box.y_max],
+            [box.x_min, box.y_max],
+            [box.x_min, box.y_min],
+        ],
+        dtype=np.float32,
+    )

@@ -11,12 +11,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydicom import Dataset
-from result_cases import SOURCE_KINDS, block_masks, dciodvfy, load_sources, provenance, write
+from result_cases import (
+    SOURCE_KINDS,
+    block_masks,
+    dciodvfy,
+    findings_for,
+    frontal_of,
+    load_sources,
+    provenance,
+    rectangle,
+    write,
+)
 
 from converters.check import ResultCheckError, check_result
 from converters.codes import ABSENT, PROBABILITY, TOP_LABEL, YES, segment_property
-from converters.geometry import PixelBox
-from converters.grounding import ImageFrame, PixelFinding
 from converters.insight import zero_shot_probabilities
 from converters.model_outputs import Embeddings
 from converters.provenance import set_fresh
@@ -25,34 +33,10 @@ from converters.results import (
     build_parse_results,
     build_report_results,
 )
-from converters.seg import Prompt, SourceMasks, frame_count
+from converters.seg import Prompt, SourceMasks
 
 TEXT_CODE = "C0034375"  # Qualitative Evaluations, the concept of our TEXT items
 LABELS = ("normal chest radiograph", "pneumonia", "pleural effusion")
-
-
-def frontal_of(sources: list[Dataset]) -> ImageFrame:
-    """The image (and frame, for a multi-frame) the findings are drawn on."""
-    image = sources[len(sources) // 2]
-    return ImageFrame(image, 2 if frame_count([image]) > 1 else None)
-
-
-def findings_for(image: Dataset) -> list[PixelFinding]:
-    """Three findings: one without boxes, one with two boxes, one with one box."""
-    rows, cols = image.Rows, image.Columns
-    return [
-        PixelFinding("The heart size is normal."),
-        PixelFinding(
-            "A small right pleural effusion is present.",
-            (
-                PixelBox(cols * 0.1, rows * 0.5, cols * 0.4, rows * 0.8),
-                PixelBox(1.5, 2.25, 9.0, 7.5),
-            ),
-        ),
-        PixelFinding(
-            "The aorta is tortuous.", (PixelBox(cols * 0.4, rows * 0.2, cols * 0.6, rows * 0.7),)
-        ),
-    ]
 
 
 def texts_of(item: Dataset) -> list[str]:
@@ -62,19 +46,6 @@ def texts_of(item: Dataset) -> list[str]:
         for child in item.get("ContentSequence", [])
         if child.ValueType == "TEXT" and child.ConceptNameCodeSequence[0].CodeValue == TEXT_CODE
     ]
-
-
-def rectangle(box: PixelBox) -> np.ndarray:
-    return np.array(
-        [
-            [box.x_min, box.y_min],
-            [box.x_max, box.y_min],
-            [box.x_max, box.y_max],
-            [box.x_min, box.y_max],
-            [box.x_min, box.y_min],
-        ],
-        dtype=np.float32,
-    )
 
 
 @pytest.mark.parametrize("kind", SOURCE_KINDS)
@@ -217,7 +188,7 @@ def test_gate_refuses_a_result_that_left_the_source_study() -> None:
 
 def test_gate_refuses_references_to_unknown_instances() -> None:
     """A SEG-linked SR checked without its SEG references an unknown instance and fails."""
-    sources = load_sources("ct_series")
+    sources = load_sources("mr_small")
     prompts = (Prompt("liver", "liver"), Prompt("none", "other"))
     results = build_parse_results(
         sources, SourceMasks(prompts, block_masks(sources, 2)), provenance()
