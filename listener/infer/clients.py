@@ -121,7 +121,8 @@ class MedImageParseClient(_Client):
         text = _wire.join_prompts(prompts)
         body = _wire.envelope(["image", "text"], [[_wire.encode_b64(png), text]], {})
         answer = await self.transport.score(body)
-        return _wire.decode_parse(answer, tuple(text.split(_wire.PROMPT_SEPARATOR)))
+        prompt_tuple = tuple(text.split(_wire.PROMPT_SEPARATOR))
+        return await asyncio.to_thread(_wire.decode_parse, answer, prompt_tuple)
 
 
 class MedImageParse3DClient(_Client):
@@ -134,7 +135,8 @@ class MedImageParse3DClient(_Client):
         text = _wire.join_prompts(prompts)
         body = _wire.envelope(["image", "text"], [[_wire.encode_b64(nifti_gz), text]], {})
         answer = await self.transport.score(body)
-        return _wire.decode_parse3d(answer, tuple(text.split(_wire.PROMPT_SEPARATOR)))
+        prompt_tuple = tuple(text.split(_wire.PROMPT_SEPARATOR))
+        return await asyncio.to_thread(_wire.decode_parse3d, answer, prompt_tuple)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from listener.settings import ModelSettings
 
 Sleep = Callable[[float], Awaitable[None]]
 _CONNECT_TIMEOUT_S = 10.0
+_INLINE_JSON_BYTES = 256 * 1024
 
 
 def _gateway_version() -> str:
@@ -121,7 +122,7 @@ class ModelTransport:
         Raises PermanentModelError at once for answers a retry cannot fix, CircuitOpenError while
         the breaker is open, and the last TransientModelError when the retries are spent.
         """
-        payload = json.dumps(body).encode()
+        payload = await asyncio.to_thread(_encode, body)
         request_id = new_request_id()
         attempts = 0
 
@@ -193,7 +194,7 @@ class ModelTransport:
                 now_epoch_s=self._wall_clock(),
             )
         try:
-            answer = response.json()
+            answer = await _decode(response.content)
         except ValueError as exc:
             raise PermanentModelError(
                 f"malformed answer from {self.model} endpoint: {exc}"
@@ -228,6 +229,17 @@ class ModelTransport:
             raise TransientModelError(
                 f"cannot reach {self.model} endpoint {self.endpoint}: {type(exc).__name__} {exc}"
             ) from exc
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode()
+
+
+async def _decode(content: bytes) -> Any:
+    """Parse JSON; large answers (masks, volumes) are parsed off the event loop."""
+    if len(content) > _INLINE_JSON_BYTES:
+        return await asyncio.to_thread(json.loads, content)
+    return json.loads(content)
 
 
 def _new_http_client(settings: ModelSettings) -> httpx.AsyncClient:
