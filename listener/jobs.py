@@ -201,6 +201,25 @@ class JobStore:
             db.execute("COMMIT")
             return Job.from_row(claimed)
 
+    def requeue_host(self, host: str, now: float) -> int:
+        """Put back to SCHEDULED every IN PROGRESS job leased by a process of ``host``
+        (owners are ``host:pid``); used at start-up, when none of them can still be running."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            rows = db.execute(
+                "SELECT id FROM jobs WHERE state = ? AND lease_owner LIKE ?",
+                (JobState.IN_PROGRESS.value, f"{host}:%"),
+            ).fetchall()
+            for row in rows:
+                db.execute(
+                    "UPDATE jobs SET state = ?, not_before = ?, lease_owner = NULL,"
+                    " lease_until = NULL, updated_at = ? WHERE id = ?",
+                    (JobState.SCHEDULED.value, now, now, row["id"]),
+                )
+                self._event(db, row["id"], now, JobState.SCHEDULED.value, "requeued after crash")
+            db.execute("COMMIT")
+            return len(rows)
+
     def extend_lease(self, job_id: int, owner: str, until: float) -> None:
         """Keep a long job's lease alive while its worker is still busy with it."""
         with self._connect() as db:

@@ -31,6 +31,7 @@ from pydicom import Dataset, dcmread
 
 from listener.embeddings import EmbeddingStore
 from listener.errors import GatewayError
+from listener.infer import ModelClients
 from listener.jobs import Job, JobStore
 from listener.journal import Journal, ReleasedStudy
 from listener.logging import get_logger
@@ -42,11 +43,20 @@ from listener.rules.load import load_rules
 from listener.rules.model import RuleSet
 from listener.send import StoreSender
 from listener.settings import Settings
-from listener.tasks import TaskContext, TaskOutcome, run_task, task_from_payload, task_payload
+from listener.tasks import (
+    PriorImage,
+    TaskContext,
+    TaskOutcome,
+    run_task,
+    task_from_payload,
+    task_payload,
+)
 
 log = get_logger("pipeline")
 
 JOB_LEASE_S = 900.0
+FRONTAL_VIEWS = frozenset({"PA", "AP"})
+DRAFT_REPORT_CODE = "18782-3"  # LOINC "Radiology Study observation (narrative)"
 RETRY_BASE_S = 5.0
 RETRY_MAX_S = 600.0
 
@@ -245,12 +255,48 @@ class Pipeline:
         self.jobs.complete(job.id, outputs, self.clock())
         bound.info("job_completed", outputs=len(outputs), seconds=round(self.clock() - started, 3))
 
-    def context(self, clients: object, study_uid: str) -> TaskContext:
-        """The task context of one job: clients and a loader of its study's spooled files."""
-        from listener.infer import ModelClients
+    def prior_image(self, current: Dataset) -> PriorImage | None:
+        """The frontal chest image of the same patient's most recent earlier study the gateway
+        has seen, with the draft report text the gateway produced for it, if any."""
+        patient_id = str(current.get("PatientID", ""))
+        if not patient_id:
+            return None
+        current_date = str(current.get("StudyDate", ""))
+        best: tuple[str, float, Path, str] | None = None  # date, received, path, study
+        for info in self.journal.studies():
+            if info.patient_id != patient_id or info.study_uid == current.StudyInstanceUID:
+                continue
+            for path in self._paths(info.study_uid).values():
+                header = dcmread(path, stop_before_pixels=True)
+                date = str(header.get("StudyDate", ""))
+                if str(header.get("ViewPosition", "")).upper() not in FRONTAL_VIEWS:
+                    continue
+                if current_date and date and date >= current_date:
+                    continue
+                if best is None or (date, info.first_received_at) > best[:2]:
+                    best = (date, info.first_received_at, path, info.study_uid)
+                break
+        if best is None:
+            return None
+        date, _, path, study_uid = best
+        return PriorImage(dcmread(path), date or "unknown date", self._report_text(study_uid))
 
-        assert isinstance(clients, ModelClients)
-        return TaskContext(clients=clients, load=self._loader(study_uid))
+    def _report_text(self, study_uid: str) -> str | None:
+        """The draft report (LOINC 18782-3 text at the SR root) the gateway made for a study."""
+        folder = self.results_dir / study_uid
+        for path in sorted(folder.glob("*.dcm")) if folder.is_dir() else []:
+            sr = dcmread(path)
+            if sr.Modality != "SR":
+                continue
+            for item in sr.get("ContentSequence", []):
+                code = item.ConceptNameCodeSequence[0]
+                if code.CodeValue == DRAFT_REPORT_CODE and "TextValue" in item:
+                    return str(item.TextValue)
+        return None
+
+    def context(self, clients: ModelClients, study_uid: str) -> TaskContext:
+        """The task context of one job: clients, its study's spooled files, prior lookup."""
+        return TaskContext(clients=clients, load=self._loader(study_uid), prior=self.prior_image)
 
     def deliver(self) -> int:
         """Send what the outbox holds due now; return how many instances were confirmed."""

@@ -93,3 +93,16 @@ def test_cancel_only_unfinished(tmp_path: Path) -> None:
     store.complete(a, [], now=1)
     assert not store.cancel(a, now=2)
     assert store.cancel(b, now=2)
+
+
+def test_requeue_host_takes_back_only_that_hosts_leases(tmp_path: Path) -> None:
+    """After a crash, jobs leased by the host's dead processes are scheduled again at once."""
+    store = _store(tmp_path)
+    a = _schedule(store, "a")
+    _schedule(store, "b")
+    store.claim("here:101", now=0, lease_s=900)
+    store.claim("elsewhere:7", now=0, lease_s=900)
+    assert store.requeue_host("here", now=5) == 1
+    again = store.claim("here:202", now=5, lease_s=900)
+    assert again is not None and again.id == a
+    assert store.claim("here:202", now=5, lease_s=900) is None

@@ -1,0 +1,79 @@
+"""Worker-side loops: job runners (infer + convert) and the outbox deliverer.
+
+``pacs-ai serve`` starts ``settings.workers`` job-runner processes; each claims jobs from the
+journal (highest priority first) and runs up to ``settings.jobs_per_worker`` of them at once, so
+one slow or failing study never holds up the others. The deliverer sends what the outbox holds
+due. All of them take their work from the journal only, so they can be killed at any time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable
+
+from listener.infer import build_clients
+from listener.jobs import JobStore
+from listener.logging import get_logger
+from listener.pipeline import JOB_LEASE_S, Pipeline, build_pipeline, worker_id
+from listener.settings import Settings
+
+log = get_logger("workers")
+
+
+def recover_after_crash(settings: Settings, now: float) -> int:
+    """Requeue jobs that workers of this host held when the service last stopped.
+
+    Called by the supervisor before it starts any worker: no job can be in progress on this host
+    then, so every ``IN PROGRESS`` lease of this host belongs to a process that is gone.
+    """
+    count = JobStore(settings.journal_path).requeue_host(socket.gethostname(), now)
+    if count:
+        log.warning("jobs_requeued_after_crash", count=count)
+    return count
+
+
+async def _job_loop(
+    pipeline: Pipeline, emulator_url: str | None, stop: threading.Event, clock: Callable[[], float]
+) -> None:
+    settings = pipeline.settings
+    owner = worker_id()
+    slots = asyncio.Semaphore(settings.jobs_per_worker)
+    running: set[asyncio.Task[None]] = set()
+    async with build_clients(
+        settings.models, emulator_url, emulator_key=settings.emulator.key
+    ) as clients:
+        while not stop.is_set():
+            await slots.acquire()
+            job = pipeline.jobs.claim(owner, clock(), JOB_LEASE_S)
+            if job is None:
+                slots.release()
+                await asyncio.sleep(settings.poll_interval_s)
+                continue
+            task = asyncio.create_task(
+                pipeline.run_job(job, pipeline.context(clients, job.study_uid))
+            )
+            running.add(task)
+            task.add_done_callback(running.discard)
+            task.add_done_callback(lambda _t: slots.release())
+        if running:
+            await asyncio.wait(running, timeout=30)
+
+
+def run_job_worker(settings: Settings, emulator_url: str | None, stop: threading.Event) -> None:
+    """Run jobs until ``stop`` is set (the body of a job-runner process)."""
+    pipeline = build_pipeline(settings)
+    log.info("job_worker_started", owner=worker_id(), concurrency=settings.jobs_per_worker)
+    asyncio.run(_job_loop(pipeline, emulator_url, stop, pipeline.clock))
+    log.info("job_worker_stopped", owner=worker_id())
+
+
+def run_deliverer(pipeline: Pipeline, stop: threading.Event) -> None:
+    """Send what the outbox holds due until ``stop`` is set (a thread of the worker process)."""
+    while not stop.is_set():
+        try:
+            pipeline.deliver()
+        except Exception:  # one destination's bug must not stop delivery for good
+            log.exception("delivery_crashed")
+        stop.wait(pipeline.settings.poll_interval_s)
