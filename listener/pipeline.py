@@ -62,12 +62,16 @@ RETRY_MAX_S = 600.0
 
 
 def effective_rules(settings: Settings) -> RuleSet:
-    """The rules file's rules (with the settings' destinations added), or the embedded defaults."""
+    """The rules file's rules, or the embedded defaults.
+
+    Destinations in the settings override those of the same name in the rules file, so one rules
+    file serves several sites whose peers differ (``PACSAI_DESTINATIONS__PACS__HOST=...``).
+    """
     destinations = dict(settings.destinations)
     if settings.rules_file is None:
         return default_rules(destinations)
     rules = load_rules(settings.rules_file)
-    merged = {**destinations, **rules.destinations}
+    merged = {**rules.destinations, **destinations}
     return rules.model_copy(update={"destinations": merged})
 
 

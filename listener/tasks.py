@@ -39,7 +39,8 @@ from listener.errors import ConversionError
 from listener.infer import ModelClients
 from listener.route import DEFAULT_ROLE, PlannedTask
 
-# Attributes read, in order, for CXRReportGen's text inputs (task parameters can override).
+# Attributes read, in order, for CXRReportGen's text inputs; the task parameters
+# ``indication_from`` / ``technique_from`` (comma-separated keywords) override them.
 INDICATION_ATTRIBUTES = ("ReasonForTheRequestedProcedure", "ReasonForStudy", "StudyComments")
 TECHNIQUE_ATTRIBUTES = ("PerformedProcedureStepDescription", "StudyDescription")
 FRONTAL_ROLE, LATERAL_ROLE = "frontal", "lateral"
@@ -144,10 +145,10 @@ async def run_cxr(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
         lateral=prepare_image(lateral, ImageModel.CXRREPORTGEN).png if lateral else None,
         prior=prepare_image(prior.dataset, ImageModel.CXRREPORTGEN).png if prior else None,
         indication=_first_present(
-            frontal, _attribute_list(task, "indication_attributes", INDICATION_ATTRIBUTES)
+            frontal, _attribute_list(task, "indication_from", INDICATION_ATTRIBUTES)
         ),
         technique=_first_present(
-            frontal, _attribute_list(task, "technique_attributes", TECHNIQUE_ATTRIBUTES)
+            frontal, _attribute_list(task, "technique_from", TECHNIQUE_ATTRIBUTES)
         ),
         comparison=f"Prior study of {prior.study_date}" if prior else "None",
         prior_report=prior.report if prior else None,
