@@ -37,6 +37,13 @@ from listener.settings import AllowedCaller, Settings
 from listener.spool import InstanceHeader, Spool, encode_file_meta, read_header
 
 VERIFICATION = "1.2.840.10008.1.1"
+UNCOMPRESSED = frozenset(
+    {
+        "1.2.840.10008.1.2",  # Implicit VR Little Endian
+        "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+        "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+    }
+)
 REACTOR_WAIT_S = 0.001
 DUL_LOOP_DELAY_S = 0.0001
 # Storage SOP classes the gateway must accept even if a pynetdicom release drops them.
@@ -60,6 +67,32 @@ def storage_contexts() -> list[PresentationContext]:
     contexts = [build_context(uid, syntaxes) for uid in classes]
     contexts.append(build_context(VERIFICATION, syntaxes))
     return contexts
+
+
+def prefer_requested_syntaxes(
+    requested: Sequence[PresentationContext], supported: Sequence[PresentationContext]
+) -> None:
+    """Order each supported context's transfer syntaxes by the requestor's preference.
+
+    pynetdicom accepts the first transfer syntax in the *acceptor's* list that was proposed;
+    a sender proposes its preferred one (usually the one its file is in) first, so following
+    the sender keeps the data as received and spares the sender a conversion it may not be able
+    to do (PS3.8 §9.3.2.2 leaves the choice to the acceptor). Where two proposals of the same
+    SOP class rank syntaxes equally, compressed ones go first: an uncompressed-only context
+    still gets an uncompressed syntax, and the context that offers compression gets it.
+    """
+    ranks: dict[str, dict[str, int]] = {}
+    for context in requested:
+        rank = ranks.setdefault(str(context.abstract_syntax), {})
+        for index, syntax in enumerate(context.transfer_syntax):
+            rank[str(syntax)] = min(rank.get(str(syntax), index), index)
+    for context in supported:
+        rank = ranks.get(str(context.abstract_syntax), {})
+        if rank:
+            context.transfer_syntax = sorted(
+                context.transfer_syntax,
+                key=lambda syntax: (rank.get(str(syntax), len(rank) + 1), syntax in UNCOMPRESSED),
+            )
 
 
 # --- admission -----------------------------------------------------------------------------
@@ -459,6 +492,9 @@ class _AdmissionACSE(ACSE):
             return
         self._receiver.counter.publish(local)
         self.acceptor.ae_title = called
+        prefer_requested_syntaxes(
+            self.requestor.requested_contexts, self.acceptor.supported_contexts
+        )
         super()._negotiate_as_acceptor()
 
 

@@ -114,6 +114,7 @@ def run_orthanc(workdir: Path, aet: str = "ORTHANC", **config: Any) -> Iterator[
         "Plugins": [],
     }
     settings.update(config)
+    dicom_port = int(settings["DicomPort"])
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(settings, indent=2))
     log = (workdir / "orthanc.log").open("wb")
@@ -169,3 +170,63 @@ def run_storescp(folder: Path, aet: str = "STORESCP", *extra_args: str) -> Itera
         yield StoreSCP(aet=aet, port=port, folder=folder, proc=proc)
     finally:
         stop_process(proc)
+
+
+@dataclass
+class Gateway:
+    """A running ``pacs-ai serve`` (its own process group) with JSON logs in ``log_path``."""
+
+    port: int
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The JSON log events written so far (optionally only those called ``name``)."""
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                event = json.loads(line)
+                if name is None or event.get("event") == name:
+                    out.append(event)
+        return out
+
+    def kill_hard(self) -> None:
+        """SIGKILL the whole process group (supervisor and children), like a power cut."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+@contextmanager
+def run_gateway(
+    data_dir: Path, *args: str, port: int | None = None, log_name: str = "serve.log"
+) -> Iterator[Gateway]:
+    """Start ``pacs-ai serve`` on a free loopback port with JSON logs; SIGTERM it afterwards."""
+    import sys
+
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir.parent / log_name
+    log = log_path.open("ab")
+    command = [sys.executable, "-m", "listener.cli", "serve", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--data-dir", str(data_dir), *args]
+    proc = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=nodelay_env(PACSAI_LOG_FORMAT="json", PACSAI_DISK_MIN_FREE_MB="0"),
+        start_new_session=True,
+    )
+    gateway = Gateway(port=port, data_dir=data_dir, proc=proc, log_path=log_path)
+    try:
+        deadline = time.monotonic() + 30
+        while not gateway.events("receiver_listening"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text()[-2000:]
+                raise RuntimeError(f"pacs-ai serve did not start ({proc.poll()}): {tail}")
+            time.sleep(0.05)
+        yield gateway
+    finally:
+        if proc.poll() is None:
+            stop_process(proc, timeout=20)
+        log.close()
