@@ -23,7 +23,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from converters.model_outputs import ModelIdentity
-from listener.errors import PermanentModelError, TransientModelError
+from listener.errors import CircuitOpenError, PermanentModelError, TransientModelError
 from listener.infer._wire import EMULATOR_HEADER
 from listener.infer.auth import Authorizer, KeyAuth
 from listener.infer.resilience import (
@@ -37,6 +37,9 @@ from listener.logging import get_logger
 from listener.settings import ModelSettings
 
 Sleep = Callable[[float], Awaitable[None]]
+# Told of every finished call: (model, seconds, outcome, attempts); outcome is "ok",
+# "transient", "permanent", "circuit_open" or "error". listener.admin.records keeps them.
+CallObserver = Callable[[str, float, str, int], None]
 _CONNECT_TIMEOUT_S = 10.0
 _INLINE_JSON_BYTES = 256 * 1024
 
@@ -59,7 +62,8 @@ class ModelTransport:
     ``http`` may be passed in (tests give one with ``httpx.MockTransport``); otherwise one is
     created and closed by :meth:`aclose`. ``clock`` (monotonic seconds) drives the breaker,
     ``wall_clock`` (epoch seconds) reads HTTP-date Retry-After values, ``sleep`` and ``rng`` drive
-    the backoff, so tests control time.
+    the backoff, so tests control time. ``on_call``, when given, is told of every finished call
+    (latency, outcome, attempts) for the metrics.
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class ModelTransport:
         wall_clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        on_call: CallObserver | None = None,
     ) -> None:
         url = endpoint or settings.endpoint
         if url is None:
@@ -92,6 +97,7 @@ class ModelTransport:
         self._wall_clock = wall_clock
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
+        self._on_call = on_call
         self._semaphore = asyncio.Semaphore(settings.concurrency)
         self._log = get_logger("infer", model=model, endpoint=url)
         self.breaker = CircuitBreaker(
@@ -139,13 +145,23 @@ class ModelTransport:
             before_sleep=lambda state: self._log_retry(state, request_id),
             reraise=True,
         )
+        started, outcome = self._clock(), "error"
         try:
-            return await retrying(attempt)
+            answer: Any = await retrying(attempt)
+            outcome = "ok"
+            return answer
         except (TransientModelError, PermanentModelError) as exc:
+            outcome = "transient" if isinstance(exc, TransientModelError) else "permanent"
             self._log.warning(
                 "model_call_failed", request_id=request_id, attempts=attempts, error=str(exc)
             )
             raise
+        except CircuitOpenError:
+            outcome = "circuit_open"
+            raise
+        finally:
+            if self._on_call is not None:
+                self._on_call(self.model, self._clock() - started, outcome, attempts)
 
     def _wait(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome is not None else None

@@ -1,0 +1,57 @@
+"""The admin HTTP API, Prometheus metrics and the operator dashboard.
+
+``pacs-ai serve`` starts it with :func:`start_admin` (a uvicorn server on a background thread,
+``admin_host``:``admin_port``); tests build the app with :func:`create_admin_app`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from listener.admin.app import create_admin_app
+from listener.admin.records import AdminRecords, ModelCallRecorder, rules_fingerprint
+from listener.admin.security import required_token
+from listener.admin.state import AdminState, open_state
+from listener.infer.server import BackgroundServer
+from listener.logging import get_logger
+from listener.settings import Settings
+
+
+class AdminServer(BackgroundServer):
+    """The admin app on its background thread; :meth:`stop` also closes its journal handle."""
+
+    def __init__(self, state: AdminState, host: str, port: int, token: str | None) -> None:
+        super().__init__(create_admin_app(state, token=token), host, port)
+        self.state = state
+
+    def stop(self) -> None:
+        super().stop()
+        self.state.close()
+
+
+def start_admin(settings: Settings, clock: Callable[[], float] = time.time) -> AdminServer:
+    """Start the admin server for ``settings`` and return it (``.url``, ``.stop()``).
+
+    Raises ConfigError naming ``admin_token`` when ``admin_host`` is not loopback and no token
+    is set.
+    """
+    token = required_token(settings)
+    server = AdminServer(
+        open_state(settings, clock), settings.admin_host, settings.admin_port, token
+    )
+    server.start()
+    get_logger("admin").info("admin_listening", url=server.url, token_required=token is not None)
+    return server
+
+
+__all__ = [
+    "AdminRecords",
+    "AdminServer",
+    "AdminState",
+    "ModelCallRecorder",
+    "create_admin_app",
+    "open_state",
+    "rules_fingerprint",
+    "start_admin",
+]

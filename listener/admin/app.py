@@ -1,0 +1,179 @@
+"""The admin HTTP app: health, readiness, metrics, studies, jobs, rules reload, dashboard.
+
+Built by :func:`create_admin_app` from an :class:`~listener.admin.state.AdminState`; handlers
+are plain functions (Starlette runs them in its thread pool), since every answer comes from
+SQLite and files.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from listener.admin import views
+from listener.admin.dashboard import render_dashboard
+from listener.admin.metrics import JournalCollector, build_registry
+from listener.admin.openapi import openapi_schema
+from listener.admin.pictures import study_picture
+from listener.admin.readiness import problems
+from listener.admin.security import TokenGuard
+from listener.admin.state import AdminState
+from listener.errors import ConfigError
+from listener.jobs import JobState
+from listener.logging import get_logger
+from listener.pipeline import effective_rules
+
+_log = get_logger("admin")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+DEFAULT_LIMIT = 200
+
+
+def _flag(request: Request, name: str) -> bool:
+    return request.query_params.get(name, "").lower() in _TRUE
+
+
+def _limit(request: Request) -> int:
+    try:
+        return max(1, min(5000, int(request.query_params.get("limit", DEFAULT_LIMIT))))
+    except ValueError:
+        return DEFAULT_LIMIT
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class _Handlers:
+    """One method per path, over the admin state."""
+
+    def __init__(self, state: AdminState) -> None:
+        self.state = state
+        collector = JournalCollector(
+            state.db_path, state.spool.quarantine_dir, lambda: state.spool.free_mb() * 1024 * 1024
+        )
+        self.registry = build_registry(collector)
+
+    def healthz(self, _: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    def readyz(self, _: Request) -> Response:
+        reasons = problems(self.state, self.state.clock())
+        if reasons:
+            return JSONResponse({"status": "not ready", "reasons": reasons}, status_code=503)
+        return JSONResponse({"status": "ready", "reasons": []})
+
+    def metrics(self, _: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def studies(self, request: Request) -> Response:
+        show = _flag(request, "show_patient")
+        infos = list(reversed(self.state.journal.studies()))[: _limit(request)]
+        return JSONResponse([views.study_summary(self.state, i, show_patient=show) for i in infos])
+
+    def study(self, request: Request) -> Response:
+        info = self.state.journal.study(request.path_params["uid"])
+        if info is None:
+            return _error(404, "no such study")
+        show = _flag(request, "show_patient")
+        return JSONResponse(views.study_timeline(self.state, info, show_patient=show))
+
+    def overlay(self, request: Request) -> Response:
+        uid = request.path_params["uid"]
+        png = study_picture(self.state, uid) if self.state.journal.study(uid) is not None else None
+        if png is None:
+            return _error(404, "no drawable result for this study")
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    def jobs(self, request: Request) -> Response:
+        wanted = request.query_params.get("state")
+        try:
+            job_state = JobState(wanted) if wanted else None
+        except ValueError:
+            return _error(400, f"state: one of {', '.join(s.value for s in JobState)}")
+        found = self.state.jobs.list_jobs(
+            state=job_state, study_uid=request.query_params.get("study_uid")
+        )
+        return JSONResponse([views.job_json(job) for job in found[: _limit(request)]])
+
+    def job(self, request: Request) -> Response:
+        found = self.state.jobs.get(request.path_params["id"])
+        if found is None:
+            return _error(404, "no such job")
+        return JSONResponse(views.job_detail(self.state, found))
+
+    def job_action(self, request: Request) -> Response:
+        job_id, action = request.path_params["id"], request.path_params["action"]
+        found = self.state.jobs.get(job_id)
+        if found is None:
+            return _error(404, "no such job")
+        now = self.state.clock()
+        if action == "retry":
+            done = self.state.jobs.retry(job_id, now)
+        elif action == "cancel":
+            done = self.state.jobs.cancel(job_id, now)
+        else:
+            return _error(404, "unknown action: retry or cancel")
+        if not done:
+            return _error(409, f"cannot {action} a job in state {found.state.value}")
+        _log.info(f"job_{action}_requested", job_id=job_id, study_uid=found.study_uid)
+        updated = self.state.jobs.get(job_id)
+        assert updated is not None
+        return JSONResponse(views.job_detail(self.state, updated))
+
+    def rules_reload(self, _: Request) -> Response:
+        settings = self.state.settings
+        if settings.rules_file is None:
+            return _error(400, "rules_file: not set; the embedded default rules are in use")
+        try:
+            rules = effective_rules(settings)
+        except ConfigError as exc:
+            _log.warning("rules_reload_refused", error=str(exc))
+            return _error(400, str(exc))
+        reload = self.state.records.record_rules_reload(
+            rules, source=str(settings.rules_file), now=self.state.clock()
+        )
+        _log.info("rules_reload_requested", fingerprint=reload.fingerprint, rules=reload.rule_count)
+        return JSONResponse(
+            {"fingerprint": reload.fingerprint, "rules": reload.rule_count, "at": reload.at}
+        )
+
+    def associations(self, request: Request) -> Response:
+        return JSONResponse(self.state.journal.associations()[: _limit(request)])
+
+    def openapi(self, _: Request) -> Response:
+        return JSONResponse(openapi_schema())
+
+    def dashboard(self, request: Request) -> Response:
+        return HTMLResponse(
+            render_dashboard(self.state, show_patient=_flag(request, "show_patient"))
+        )
+
+
+def _routes(state: AdminState) -> list[Route]:
+    handlers = _Handlers(state)
+    return [
+        Route("/", handlers.dashboard),
+        Route("/healthz", handlers.healthz),
+        Route("/readyz", handlers.readyz),
+        Route("/metrics", handlers.metrics),
+        Route("/openapi.json", handlers.openapi),
+        Route("/api/studies", handlers.studies),
+        Route("/api/studies/{uid}", handlers.study),
+        Route("/api/studies/{uid}/overlay.png", handlers.overlay),
+        Route("/api/jobs", handlers.jobs),
+        Route("/api/jobs/{id:int}", handlers.job),
+        Route("/api/jobs/{id:int}/{action}", handlers.job_action, methods=["POST"]),
+        Route("/api/rules/reload", handlers.rules_reload, methods=["POST"]),
+        Route("/api/associations", handlers.associations),
+    ]
+
+
+def create_admin_app(state: AdminState, *, token: str | None = None) -> Starlette:
+    """The admin app over ``state``; with ``token`` every path but /healthz needs it."""
+    app = Starlette(routes=_routes(state))
+    if token:
+        app.add_middleware(TokenGuard, token=token)
+    return app

@@ -1,0 +1,79 @@
+"""Readiness: is every stage moving? Reasons why not, read from the journal and the disk.
+
+A stage is stuck when work it owns is overdue by far more than normal jitter:
+
+- disk: the spool's free space is under ``disk_min_free_mb`` (receivers refuse new instances);
+- assemble: a receiving study's quiet period ended long ago but it was not released (no assemble
+  worker is running);
+- infer: a job is IN PROGRESS past its lease (its worker died or hangs), or a scheduled job has
+  been due for long (no job worker is running);
+- send: an outbox entry has been due for long (no sender is running, or it is wedged).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass
+
+from listener.admin.state import AdminState
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """How late work may be before the stage counts as stuck, in seconds."""
+
+    release_late_s: float = 300.0
+    job_due_late_s: float = 900.0
+    lease_late_s: float = 60.0
+    send_late_s: float = 900.0
+
+
+def _count(db: sqlite3.Connection, sql: str, *params: object) -> int:
+    return int(db.execute(sql, params).fetchone()[0])
+
+
+def problems(state: AdminState, now: float, limits: Thresholds | None = None) -> list[str]:
+    """Every reason the gateway is not ready; empty when it is."""
+    limits = limits or Thresholds()
+    reasons = []
+    free = state.spool.free_mb()
+    if free < state.settings.disk_min_free_mb:
+        reasons.append(
+            f"disk: {free:.0f} MiB free on the spool, under disk_min_free_mb"
+            f" ({state.settings.disk_min_free_mb} MiB)"
+        )
+    with closing(sqlite3.connect(state.db_path, timeout=10)) as db:
+        late = _count(
+            db,
+            "SELECT COUNT(*) FROM studies WHERE state = 'receiving' AND due_at < ?",
+            now - limits.release_late_s,
+        )
+        if late:
+            reasons.append(f"assemble: {late} studies past their quiet period are not released")
+        stuck = _count(
+            db,
+            "SELECT COUNT(*) FROM jobs WHERE state = 'IN PROGRESS' AND lease_until < ?",
+            now - limits.lease_late_s,
+        )
+        if stuck:
+            reasons.append(f"infer: {stuck} jobs IN PROGRESS past their lease")
+        waiting = _count(
+            db,
+            "SELECT COUNT(*) FROM jobs WHERE state = 'SCHEDULED' AND not_before < ?",
+            now - limits.job_due_late_s,
+        )
+        if waiting:
+            reasons.append(
+                f"infer: {waiting} scheduled jobs overdue by over {limits.job_due_late_s:.0f} s"
+            )
+        unsent = _count(
+            db,
+            "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND next_attempt_at < ?",
+            now - limits.send_late_s,
+        )
+        if unsent:
+            reasons.append(
+                f"send: {unsent} outbox entries overdue by over {limits.send_late_s:.0f} s"
+            )
+    return reasons

@@ -1,0 +1,57 @@
+"""What the admin app reads and changes, passed in as one object (no globals)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from listener.admin.records import AdminRecords
+from listener.jobs import JobStore
+from listener.journal import Journal
+from listener.outbox import Outbox
+from listener.send import StoreSender
+from listener.settings import Settings
+from listener.spool import Spool
+
+
+@dataclass
+class AdminState:
+    """The journal's stores, the spool and the clock the admin app works with."""
+
+    settings: Settings
+    journal: Journal
+    jobs: JobStore
+    records: AdminRecords
+    spool: Spool
+    clock: Callable[[], float] = field(default=time.time)
+
+    @property
+    def db_path(self) -> Path:
+        return self.settings.journal_path
+
+    @property
+    def results_dir(self) -> Path:
+        return self.settings.data_dir / "results"
+
+    def close(self) -> None:
+        self.journal.close()
+
+
+def open_state(settings: Settings, clock: Callable[[], float] = time.time) -> AdminState:
+    """The admin state for ``settings``; every table it reads exists once this returns."""
+    journal = Journal(settings.journal_path)
+    # Creates the outbox table when no worker has yet; the admin app itself never sends.
+    Outbox(settings.journal_path, {}, StoreSender(settings.ae_titles[0]))
+    spool = Spool(
+        settings.spool_dir, settings.quarantine_dir, min_free_mb=settings.disk_min_free_mb
+    )
+    return AdminState(
+        settings=settings,
+        journal=journal,
+        jobs=JobStore(settings.journal_path),
+        records=AdminRecords(settings.journal_path),
+        spool=spool,
+        clock=clock,
+    )
