@@ -183,12 +183,20 @@ class Gateway:
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         """The JSON log events written so far (optionally only those called ``name``)."""
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                event = json.loads(line)
-                if name is None or event.get("event") == name:
-                    out.append(event)
+        # Several processes share the log file, and a logger writes an event and its newline
+        # separately, so events are decoded one after another rather than line by line.
+        text = self.log_path.read_text(errors="replace")
+        decoder = json.JSONDecoder()
+        out, pos = [], text.find("{")
+        while pos != -1:
+            try:
+                event, end = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError:
+                pos = text.find("{", pos + 1)
+                continue
+            if isinstance(event, dict) and (name is None or event.get("event") == name):
+                out.append(event)
+            pos = text.find("{", end)
         return out
 
     def kill_hard(self) -> None:
@@ -199,7 +207,11 @@ class Gateway:
 
 @contextmanager
 def run_gateway(
-    data_dir: Path, *args: str, port: int | None = None, log_name: str = "serve.log"
+    data_dir: Path,
+    *args: str,
+    port: int | None = None,
+    log_name: str = "serve.log",
+    env: dict[str, str] | None = None,
 ) -> Iterator[Gateway]:
     """Start ``pacs-ai serve`` on a free loopback port with JSON logs; SIGTERM it afterwards."""
     import sys
@@ -214,7 +226,7 @@ def run_gateway(
         command,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=nodelay_env(PACSAI_LOG_FORMAT="json", PACSAI_DISK_MIN_FREE_MB="0"),
+        env=nodelay_env(PACSAI_LOG_FORMAT="json", PACSAI_DISK_MIN_FREE_MB="0", **(env or {})),
         start_new_session=True,
     )
     gateway = Gateway(port=port, data_dir=data_dir, proc=proc, log_path=log_path)

@@ -1,0 +1,125 @@
+"""Receive throughput of ``pacs-ai serve`` against DCMTK storescp, both with TCP_NODELAY.
+
+The same synthetic CT series (default 200 slices of 512×512, 0.5 MB each) goes from DCMTK
+storescu to each receiver over one association, and split in four over four parallel
+associations (four storescu processes). Each run gets a fresh receiver (a new data folder for
+the gateway, so nothing is a duplicate; an empty folder for storescp). The figure is the wall
+time of the senders, best of ``--repeat`` runs; the ratios are gateway / storescp.
+
+    .venv/bin/python bench/receive_throughput.py --instances 200 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from factory import ct_series, write_series  # noqa: E402
+from peers import nodelay_env, run_gateway, run_storescp  # noqa: E402
+
+Receiver = Callable[[Path], AbstractContextManager[tuple[int, str]]]
+
+
+def send(port: int, aec: str, folders: list[Path]) -> float:
+    """Seconds for one storescu per folder, all at once, to finish (each one association)."""
+    start = time.perf_counter()
+    senders = [
+        subprocess.Popen(
+            ["storescu", "-aec", aec, "+sd", "127.0.0.1", str(port), str(folder)],
+            env=nodelay_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for folder in folders
+    ]
+    for sender in senders:
+        _, err = sender.communicate()
+        if sender.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-500:]}")
+    return time.perf_counter() - start
+
+
+def storescp(workdir: Path) -> AbstractContextManager[tuple[int, str]]:
+    from contextlib import contextmanager
+
+    @contextmanager
+    def running() -> Iterator[tuple[int, str]]:
+        with run_storescp(workdir) as scp:
+            yield scp.port, scp.aet
+
+    return running()
+
+
+def gateway(receivers: int) -> Receiver:
+    from contextlib import contextmanager
+
+    @contextmanager
+    def running(workdir: Path) -> Iterator[tuple[int, str]]:
+        args = ["--quiet-period", "3600", "--receivers", str(receivers)]
+        with run_gateway(workdir / "data", *args) as served:
+            time.sleep(1.0 + receivers)  # let every receive process bind
+            yield served.port, "PACSAI"
+
+    return running
+
+
+def best(receiver: Receiver, folders: list[Path], repeat: int, scratch: Path) -> float:
+    """Best wall time over ``repeat`` runs, each against a fresh receiver."""
+    times = []
+    for run in range(repeat):
+        workdir = scratch / f"run{time.monotonic_ns()}-{run}"
+        with receiver(workdir) as (port, aec):
+            times.append(send(port, aec, folders))
+        shutil.rmtree(workdir, ignore_errors=True)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=200)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--receivers", type=int, default=2, help="gateway receive processes")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        series = ct_series(args.instances, rows=args.size, cols=args.size)
+        whole = scratch / "series"
+        files = write_series(series, whole)
+        quarters = []
+        for index in range(4):
+            folder = scratch / f"part{index}"
+            folder.mkdir()
+            for path in files[index::4]:
+                shutil.copy(path, folder / path.name)
+            quarters.append(folder)
+        megabytes = sum(p.stat().st_size for p in files) / 1e6
+        rows = []
+        for label, folders in (("1 association", [whole]), ("4 associations", quarters)):
+            ref = best(storescp, folders, args.repeat, scratch)
+            ours = best(gateway(args.receivers), folders, args.repeat, scratch)
+            rows.append((label, ref, ours))
+        print(f"{args.instances} instances, {megabytes:.1f} MB, best of {args.repeat}")
+        print("| associations | storescp s (inst/s) | pacs-ai serve s (inst/s) | ratio |")
+        print("|---|---|---|---|")
+        for label, ref, ours in rows:
+            print(
+                f"| {label} | {ref:.3f} ({args.instances / ref:.0f}) "
+                f"| {ours:.3f} ({args.instances / ours:.0f}) | {ref / ours:.2f} |"
+            )
+        one, four = rows[0][2], rows[1][2]
+        print(f"gateway aggregate, 4 associations / 1 association: {one / four:.2f}")
+
+
+if __name__ == "__main__":
+    main()
