@@ -31,7 +31,8 @@ td,th{text-align:left;padding:3px 8px;border-bottom:1px solid #e3e5ea;font-size:
 padding:6px 12px;min-width:90px}.stage b{display:block;font-size:22px}.stage.failed b{color:#c62828}
 .uid{font-family:ui-monospace,monospace;font-size:12px}.pictures{display:flex;flex-wrap:wrap;gap:12px}
 figure{margin:0;background:#111;padding:6px;border-radius:6px;color:#ddd;max-width:420px}
-figure img{max-width:408px;display:block}figcaption{font-size:12px;padding-top:4px}
+figure img{max-width:408px;display:block}
+figcaption{font-size:12px;padding-top:4px;word-break:break-all}
 """
 
 _SCRIPT = """
@@ -40,6 +41,11 @@ box.checked = localStorage.getItem('pacsai-refresh') !== 'off';
 box.addEventListener('change',
   () => localStorage.setItem('pacsai-refresh', box.checked ? 'on' : 'off'));
 setInterval(() => { if (box.checked) location.reload(); }, 15000);
+for (const img of document.querySelectorAll('img.overlay')) {
+  const mark = () => { img.dataset.loaded = img.naturalWidth > 0 ? 'yes' : 'no'; };
+  if (img.complete) { mark(); } else { img.addEventListener('load', mark);
+    img.addEventListener('error', mark); }
+}
 """
 
 
@@ -60,9 +66,10 @@ def _stages(state: AdminState) -> str:
         for s in STAGES
     )
     jobs = _counts(state.jobs.counts())
+    outbox = _counts(views.outbox_counts(state))
     return (
         f'<section><h2>Studies by stage</h2><div class="stages">{cells}</div>'
-        f"<p>Jobs: {jobs}</p></section>"
+        f"<p>Jobs: {jobs}. Outbox: {outbox}.</p></section>"
     )
 
 
@@ -107,7 +114,7 @@ def _pictures(state: AdminState, summaries: list[dict[str, Any]]) -> str:
             continue
         uid = escape(s["study_uid"])
         figures.append(
-            f'<figure data-study-uid="{uid}"><img class="overlay" loading="lazy"'
+            f'<figure data-study-uid="{uid}"><img class="overlay"'
             f' src="/api/studies/{uid}/overlay.png" alt="results of study {uid}">'
             f"<figcaption class=uid>{uid} ({escape(s['stage'])})</figcaption></figure>"
         )

@@ -87,6 +87,13 @@ def _outbox_rows(path: Path, where: str, params: tuple[object, ...]) -> list[Jso
     return [dict(row) for row in rows]
 
 
+def outbox_counts(state: AdminState) -> dict[str, int]:
+    """Outbox entries per state, all destinations together."""
+    with closing(sqlite3.connect(state.db_path, timeout=10)) as db:
+        rows = db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+    return {str(name): int(count) for name, count in rows}
+
+
 def study_sends(state: AdminState, study_uid: str) -> list[Json]:
     """Outbox entries of a study: its results (``results/<study>/``) and forwarded originals."""
     return _outbox_rows(state.db_path, "instr(path, ?) > 0", (f"/{study_uid}/",))
