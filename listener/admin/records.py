@@ -115,6 +115,13 @@ class AdminRecords:
         return None if row is None else RulesReload(*row)
 
 
+def reload_requested(records: AdminRecords, current: RuleSet) -> bool:
+    """Whether an operator asked for rules other than ``current`` (a worker then reloads with
+    :func:`listener.pipeline.effective_rules`)."""
+    latest = records.latest_rules_reload()
+    return latest is not None and latest.fingerprint != rules_fingerprint(current)
+
+
 class ModelCallRecorder:
     """The model transport's ``on_call`` hook: records each call in :class:`AdminRecords`.
 

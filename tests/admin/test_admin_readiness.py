@@ -1,0 +1,76 @@
+"""Readiness turns red with a reason per stuck stage; the admin clock is passed in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from listener.admin import create_admin_app, open_state
+from listener.infer import BackgroundServer
+from listener.journal import InstanceRecord, Journal
+from listener.outbox import Outbox
+from listener.send import StoreSender
+from listener.settings import Destination, load_settings
+
+NOW = 1_800_000_000.0
+
+
+def _ready(tmp_path: Path, now: float) -> httpx.Response:
+    settings = load_settings(None, data_dir=tmp_path / "data", disk_min_free_mb=0)
+    state = open_state(settings, clock=lambda: now)
+    try:
+        with BackgroundServer(create_admin_app(state)) as server:
+            return httpx.get(f"{server.url}/readyz", timeout=30)
+    finally:
+        state.close()
+
+
+@pytest.mark.integration
+def test_stuck_stages_make_readiness_fail_with_reasons(tmp_path: Path) -> None:
+    """An unreleased study, a job past its lease, an overdue job and an overdue outbox entry
+    each add their reason to a 503; before they are late, the gateway is ready."""
+    path = tmp_path / "data" / "journal.sqlite"
+    journal = Journal(path)
+    record = InstanceRecord(
+        "1.2.3.1",
+        "1.2.840.10008.5.1.4.1.1.2",
+        "1.2.3",
+        "1.2.3.9",
+        "CT",
+        "1.2.840.10008.1.2.1",
+        "x.dcm",
+        10,
+        NOW,
+        0,
+    )
+    journal.record_instance(record, quiet_period_s=10.0)
+    journal.close()
+    state = open_state(load_settings(None, data_dir=tmp_path / "data", disk_min_free_mb=0))
+    for key in ("a", "b"):
+        state.jobs.schedule(
+            job_key=key,
+            study_uid="1.2.3",
+            episode=0,
+            rule="r",
+            task="t",
+            payload={},
+            priority=0,
+            now=NOW,
+        )
+    assert state.jobs.claim("worker", NOW, lease_s=60.0) is not None
+    state.close()
+    outbox = Outbox(
+        path,
+        {"pacs": Destination(ae_title="PACS", host="127.0.0.1", port=104)},
+        StoreSender("PACSAI"),
+    )
+    outbox.enqueue("pacs", tmp_path / "x.dcm", "1.2.3.1", "job", NOW)
+    assert _ready(tmp_path, NOW + 30).status_code == 200
+    answer = _ready(tmp_path, NOW + 3600)
+    assert answer.status_code == 503
+    reasons = answer.json()["reasons"]
+    assert [reason.split(":")[0] for reason in reasons] == ["assemble", "infer", "infer", "send"]
+    assert "1 jobs IN PROGRESS past their lease" in reasons[1]
+    assert "1 scheduled jobs overdue" in reasons[2]
