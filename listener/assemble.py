@@ -31,20 +31,21 @@ StudyCallback = Callable[[ReleasedStudy], None]
 
 
 def log_study_ready(study: ReleasedStudy) -> None:
-    """The default callback until the pipeline is wired: log the release."""
-    get_logger("assemble", study_uid=study.study_uid).info(
-        "study_ready",
-        generation=study.generation,
-        follow_up=study.generation > 0,
-        instances=study.instance_count,
-        new_instances=study.new_instances,
-        calling_ae=study.calling_ae,
-    )
+    """The default callback until a pipeline is wired: nothing beyond the release event."""
+    get_logger("assemble", study_uid=study.study_uid).debug("study_not_routed")
 
 
 def dispatch(journal: Journal, studies: list[ReleasedStudy], on_ready: StudyCallback) -> int:
-    """Hand released studies to the callback and mark each dispatched; return how many."""
+    """Log each released study, hand it to the callback, mark it dispatched; return how many."""
     for study in studies:
+        get_logger("assemble", study_uid=study.study_uid).info(
+            "study_ready",
+            generation=study.generation,
+            follow_up=study.generation > 0,
+            instances=study.instance_count,
+            new_instances=study.new_instances,
+            calling_ae=study.calling_ae,
+        )
         on_ready(study)
         journal.mark_dispatched(study.study_uid, study.generation)
     return len(studies)

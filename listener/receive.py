@@ -9,8 +9,11 @@ any presentation context is negotiated (PS3.8 §7.1.1.9 A-ASSOCIATE-RJ reasons).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
 import queue
+import select
 import socket
 import threading
 import time
@@ -26,6 +29,8 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
@@ -45,7 +50,7 @@ UNCOMPRESSED = frozenset(
     }
 )
 REACTOR_WAIT_S = 0.001
-DUL_LOOP_DELAY_S = 0.0001
+DUL_IDLE_WAIT_S = 0.05
 # Storage SOP classes the gateway must accept even if a pynetdicom release drops them.
 REQUIRED_STORAGE_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
@@ -498,20 +503,101 @@ class _AdmissionACSE(ACSE):
         super()._negotiate_as_acceptor()
 
 
-class _Association(Association):
-    """pynetdicom 3.0's acceptor with a reactor that waits on its message queue.
+class _EventDUL(DULServiceProvider):
+    """pynetdicom 3.0's DUL with its idle sleep replaced by a wait on the socket.
 
-    The stock reactor sleeps a fixed 1 ms per loop and then polls the queue of decoded DIMSE
-    messages, and its DUL thread sleeps 1 ms whenever it is idle: two polling delays per
-    C-STORE, which cap one association at a few hundred instances per second. Here the reactor
-    blocks on the queue for up to that millisecond (so a message is served the moment it is
-    decoded) and the DUL polls ten times as often. The release/abort/timeout checks are
+    The stock loop sleeps ``_run_loop_delay`` whenever it found nothing to do, so every PDU of
+    a C-STORE and every response waits out a sleep. Here it waits in ``select`` on the socket
+    and on a pipe that :meth:`send_pdu` writes to: it wakes the moment data arrives or a
+    response is queued, and sleeps up to :data:`DUL_IDLE_WAIT_S` when the association is idle.
+    The loop body is pynetdicom's own.
+    """
+
+    def __init__(self, assoc: Any) -> None:
+        super().__init__(assoc)
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+
+    def send_pdu(self, primitive: Any) -> None:
+        super().send_pdu(primitive)
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_write, b"\0")
+
+    def _wait(self) -> None:
+        watched = [self._wake_read]
+        sock = self.socket.socket if self.socket is not None else None
+        if sock is not None and sock.fileno() >= 0:
+            watched.append(sock.fileno())
+        ready, _, _ = select.select(watched, [], [], DUL_IDLE_WAIT_S)
+        if self._wake_read in ready:
+            os.read(self._wake_read, 4096)
+
+    def run_reactor(self) -> None:
+        try:
+            self._loop()
+        finally:
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+
+    def _loop(self) -> None:
+        # As DULServiceProvider.run_reactor in pynetdicom 3.0, with _wait() for the sleep.
+        self._idle_timer.start()
+        idle = False
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                idle = True
+            if idle:
+                self._wait()
+            if self._kill_thread:
+                return
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception:
+                self._abort_on_error()
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                idle = True
+                continue
+            self.state_machine.do_action(event)
+            idle = False
+
+    def _abort_on_error(self) -> None:
+        # As pynetdicom: bypass the state machine and send an A-ABORT.
+        get_logger("receive").exception("dul_failed")
+        abort = A_ABORT_RQ()
+        abort.source = 0x02  # PS3.8 Table 9-26: DICOM UL service provider
+        abort.reason_diagnostic = 0x00
+        if self.socket is not None:
+            self.socket.send(abort.encode())
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True
+
+
+class _Association(Association):
+    """pynetdicom 3.0's acceptor with event-driven waits instead of fixed sleeps.
+
+    The stock reactor sleeps 1 ms per loop before it polls the queue of decoded DIMSE messages;
+    here it blocks on that queue for up to the same millisecond, so a message is served the
+    moment it is decoded. Its DUL is :class:`_EventDUL`. The release/abort/timeout checks are
     pynetdicom's own, unchanged.
     """
 
+    def __init__(self, ae: Any, mode: str) -> None:
+        super().__init__(ae, mode)
+        self.dul = _EventDUL(self)
+
     def _run_reactor(self) -> None:
         self._is_paused = False
-        self.dul._run_loop_delay = DUL_LOOP_DELAY_S
         while not self._kill:
             self._is_paused = True
             self._reactor_checkpoint.wait()
