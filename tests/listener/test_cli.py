@@ -65,3 +65,15 @@ def test_every_command_is_registered() -> None:
     text = build_parser().format_help()
     for command in ("serve", "echo", "send", "studies"):
         assert command in text
+
+
+def test_example_settings_file_matches_the_defaults() -> None:
+    """config/pacs-ai.example.yaml loads and equals the embedded defaults, option for option."""
+    import yaml
+
+    from listener.settings import Settings, load_settings
+
+    example = Path(__file__).resolve().parents[2] / "config" / "pacs-ai.example.yaml"
+    loaded = load_settings(example)
+    assert loaded.model_dump() == Settings().model_dump()
+    assert set(yaml.safe_load(example.read_text())) == set(Settings.model_fields)
