@@ -1,15 +1,16 @@
 """An end-to-end run from real pieces, shared by the admin tests.
 
-A modality (DCMTK storescu) sends a synthetic CT series to the real receiver; the study is
-released by the assemble step and planned by the pipeline with the default rules; its jobs run
-against the built-in emulator over loopback HTTP (model calls recorded for the metrics); the
-outbox delivers the result objects to a DCMTK storescp as the PACS. The admin server then
-serves that data folder on a free loopback port.
+A modality (DCMTK storescu) sends a synthetic CT series and a chest CR to the real receiver;
+the studies are released by the assemble step and planned by the pipeline with the default
+rules; their jobs run against the built-in emulator over loopback HTTP (model calls recorded for
+the metrics); the outbox delivers the result objects to a DCMTK storescp as the PACS. The admin
+server then serves that data folder on a free loopback port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from pathlib import Path
 import pytest
 from factory import ct_series, write_series
 from peers import StoreSCP, free_port, nodelay_env, run_storescp
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
 
 from listener.admin import AdminServer, ModelCallRecorder, start_admin
 from listener.admin.records import AdminRecords
@@ -35,11 +38,15 @@ CT_SLICES = 6
 
 @dataclass
 class EndToEnd:
-    """The finished run: settings, what was sent and received, and the admin server."""
+    """The finished run: settings, what was sent and received, and the admin server.
+
+    ``study_uid`` is the CT study (segmented), ``chest_uid`` the chest CR (report with boxes).
+    """
 
     settings: Settings
     sent_files: list[Path]
     study_uid: str
+    chest_uid: str
     pacs: StoreSCP
     admin: AdminServer
     pipeline: Pipeline
@@ -89,6 +96,9 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EndToEnd]:
     root = tmp_path_factory.mktemp("e2e")
     series = ct_series(CT_SLICES, body_part="ABDOMEN")
     files = write_series(series, root / "modality")
+    chest = get_testdata_file("RG1_UNCR.dcm")
+    assert chest is not None, "install the dev dependency pydicom-data"
+    files.append(Path(shutil.copy(chest, root / "modality" / "chest.dcm")))
     with run_storescp(root / "pacs") as pacs:
         settings = load_settings(
             None,
@@ -105,7 +115,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EndToEnd]:
         due = pipeline.journal.next_due_at()
         assert due is not None
         time.sleep(max(0.0, due - time.time()))  # the quiet period, kept short here
-        assert release_step(pipeline.journal, time.time(), pipeline.on_study_ready) == 1
+        assert release_step(pipeline.journal, time.time(), pipeline.on_study_ready) == 2
         emulator = start_emulator(settings.emulator)
         try:
             asyncio.run(_run_jobs(pipeline, settings, emulator.url))
@@ -114,7 +124,9 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EndToEnd]:
         pipeline.deliver()
         admin = start_admin(settings)
         try:
-            yield EndToEnd(settings, files, str(series[0].StudyInstanceUID), pacs, admin, pipeline)
+            chest_uid = str(dcmread(chest, stop_before_pixels=True).StudyInstanceUID)
+            ct_uid = str(series[0].StudyInstanceUID)
+            yield EndToEnd(settings, files, ct_uid, chest_uid, pacs, admin, pipeline)
         finally:
             admin.stop()
             pipeline.journal.close()

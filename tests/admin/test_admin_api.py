@@ -58,17 +58,17 @@ def test_readiness_turns_red_under_the_disk_watermark(e2e: EndToEnd) -> None:
 
 def test_metrics_match_the_end_to_end_run(e2e: EndToEnd, api: httpx.Client) -> None:
     """Counters equal what the run did: instances and bytes received, results the PACS got,
-    one released association, one model call per CT slice, one study released."""
+    one association, one model call per CT slice, two studies released."""
     response = api.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     samples = _samples(response.text)
     spooled = [p for p in e2e.settings.spool_dir.rglob("*.dcm") if ".tmp" not in p.parts]
-    assert samples[("pacsai_instances_received_total", ())] == len(e2e.sent_files) == CT_SLICES
+    assert samples[("pacsai_instances_received_total", ())] == len(e2e.sent_files) == CT_SLICES + 1
     assert samples[("pacsai_received_bytes_total", ())] == sum(p.stat().st_size for p in spooled)
-    results = list((e2e.settings.data_dir / "results" / e2e.study_uid).glob("*.dcm"))
+    results = list((e2e.settings.data_dir / "results").glob("*/*.dcm"))
     pacs_got = e2e.pacs_files()
-    assert len(results) == len(pacs_got) >= 2  # the SEG and its SR
+    assert len(results) == len(pacs_got) >= 4  # SEG + SR; report SR + PR + classification SR
     sent = (("destination", "pacs"), ("outcome", "sent"))
     assert samples[("pacsai_sends_total", sent)] == len(pacs_got)
     assert samples[("pacsai_sends_total", (("destination", "pacs"), ("outcome", "dead")))] == 0
@@ -80,8 +80,8 @@ def test_metrics_match_the_end_to_end_run(e2e: EndToEnd, api: httpx.Client) -> N
     parse = (("model", "medimageparse"),)
     assert samples[("pacsai_model_call_duration_seconds_count", parse)] == CT_SLICES
     assert samples[("pacsai_model_call_duration_seconds_sum", parse)] > 0
-    assert samples[("pacsai_study_completion_wait_seconds_count", ())] == 1
-    assert samples[("pacsai_studies", (("state", "dispatched"),))] == 1
+    assert samples[("pacsai_study_completion_wait_seconds_count", ())] == 2
+    assert samples[("pacsai_studies", (("state", "dispatched"),))] == 2
     assert samples[("pacsai_jobs", (("state", "COMPLETED"),))] >= 1
     assert samples[("pacsai_quarantined_instances_total", ())] == 0
 
@@ -138,7 +138,7 @@ def test_association_log_and_openapi(e2e: EndToEnd, api: httpx.Client) -> None:
     """The association log shows the modality's association; OpenAPI lists every path."""
     log = api.get("/api/associations").json()
     assert [(a["calling_ae"], a["stored"], a["failed"]) for a in log] == [
-        ("MODALITY", CT_SLICES, 0)
+        ("MODALITY", len(e2e.sent_files), 0)
     ]
     assert log[0]["ended"] in ("released", "closed")  # how it ended is the receiver's to test
     paths = api.get("/openapi.json").json()["paths"]

@@ -47,30 +47,36 @@ def _chromium(profile: Path, *args: str) -> str:
     return result.stdout
 
 
-def test_dashboard_shows_the_processed_study_with_its_picture(
-    e2e: EndToEnd, tmp_path: Path
-) -> None:
-    """Chromium renders the dashboard with the study done, its overlay loaded, and a screenshot
-    of the page is saved under the test's output and test-output/."""
-    dom = _chromium(tmp_path / "profile", "--dump-dom", f"{e2e.admin.url}/")
-    uid = e2e.study_uid
-    assert re.search(rf'<tr data-study-uid="{re.escape(uid)}">.*?<td>done</td>', dom, re.S)
+def _coloured_pixels(png: bytes) -> int:
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    spread = pixels.max(axis=2) - pixels.min(axis=2)
+    return int((spread > 30).sum())
+
+
+def _picture_in_dom(dom: str, uid: str) -> str:
+    """The overlay URL of a study on the page, checking the browser loaded the picture."""
+    study_row = rf'<tr data-study-uid="{re.escape(uid)}">.*?<td>done</td>'
+    assert re.search(study_row, dom, re.S), f"study {uid} is not listed as done"
     image = re.search(
         rf'<img class="overlay" src="(/api/studies/{re.escape(uid)}/overlay.png)"'
         r'[^>]*data-loaded="(\w+)"',
         dom,
     )
-    assert image is not None, "the study's overlay picture is not on the page"
-    assert image.group(2) == "yes", "the browser could not load the overlay picture"
-    assert 'data-stage="done"><b>1</b>' in dom
+    assert image is not None, f"the overlay picture of {uid} is not on the page"
+    assert image.group(2) == "yes", f"the browser could not load the picture of {uid}"
+    return image.group(1)
 
-    picture = httpx.get(f"{e2e.admin.url}{image.group(1)}", timeout=30)
-    assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
-    pixels = np.asarray(Image.open(io.BytesIO(picture.content)).convert("RGB")).astype(int)
-    coloured = (np.abs(pixels[..., 0] - pixels[..., 1]) > 30) | (
-        np.abs(pixels[..., 1] - pixels[..., 2]) > 30
-    )
-    assert coloured.sum() > 100, "the overlay has no coloured (segment) pixels"
+
+def test_dashboard_shows_the_processed_studies_with_pictures(e2e: EndToEnd, tmp_path: Path) -> None:
+    """Chromium renders the dashboard with both studies done and their pictures loaded: the CT
+    with its coloured SEG overlay, the chest CR with its finding boxes; a screenshot of the page
+    is saved under the test's output and test-output/."""
+    dom = _chromium(tmp_path / "profile", "--dump-dom", f"{e2e.admin.url}/")
+    assert 'data-stage="done"><b>2</b>' in dom
+    for uid in (e2e.study_uid, e2e.chest_uid):
+        picture = httpx.get(f"{e2e.admin.url}{_picture_in_dom(dom, uid)}", timeout=30)
+        assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+        assert _coloured_pixels(picture.content) > 100, f"no coloured overlay on {uid}"
 
     screenshot = tmp_path / "dashboard.png"
     _chromium(
@@ -79,8 +85,7 @@ def test_dashboard_shows_the_processed_study_with_its_picture(
         "--window-size=1280,1000",
         f"{e2e.admin.url}/",
     )
-    shot = Image.open(screenshot)
-    assert shot.size == (1280, 1000)
+    assert Image.open(screenshot).size == (1280, 1000)
     out = REPO / "test-output"
     out.mkdir(exist_ok=True)
     shutil.copy(screenshot, out / "admin-dashboard.png")
