@@ -304,6 +304,15 @@ class Outbox:
             rows = db.execute(f"SELECT * FROM outbox{where} ORDER BY id", params).fetchall()
         return [OutboxEntry.from_row(row) for row in rows]
 
+    def release_claims(self, now: float) -> int:
+        """Make every pending entry due now: at start-up, entries a crashed sender had claimed
+        (and any waiting out a backoff) are tried again at once. Returns how many changed."""
+        with self._connect() as db:
+            return db.execute(
+                "UPDATE outbox SET next_attempt_at = ? WHERE state = ? AND next_attempt_at > ?",
+                (now, EntryState.PENDING, now),
+            ).rowcount
+
     def resubmit(self, entries: Iterable[OutboxEntry | int], now: float) -> int:
         """Put dead letters back in the queue, due at ``now`` with a fresh attempt count."""
         ids = [e.id if isinstance(e, OutboxEntry) else int(e) for e in entries]

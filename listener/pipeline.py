@@ -67,12 +67,20 @@ def effective_rules(settings: Settings) -> RuleSet:
     Destinations in the settings override those of the same name in the rules file, so one rules
     file serves several sites whose peers differ (``PACSAI_DESTINATIONS__PACS__HOST=...``).
     """
-    destinations = dict(settings.destinations)
     if settings.rules_file is None:
-        return default_rules(destinations)
+        return default_rules(dict(settings.destinations))
     rules = load_rules(settings.rules_file)
-    merged = {**rules.destinations, **destinations}
+    by_key = {_name_key(name): name for name in rules.destinations}
+    merged = dict(rules.destinations)
+    for name, destination in settings.destinations.items():
+        merged[by_key.get(_name_key(name), name)] = destination
     return rules.model_copy(update={"destinations": merged})
+
+
+def _name_key(name: str) -> str:
+    """Destination names compare without case and with ``-`` equal to ``_``: environment
+    variables can spell neither ``chest-reading`` nor upper case (``..._CHEST_READING__HOST``)."""
+    return name.lower().replace("-", "_")
 
 
 def worker_id() -> str:

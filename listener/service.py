@@ -6,7 +6,10 @@ closes association records left open, re-indexes spool files the journal lost), 
 * ``receive_processes`` receive processes, each a pynetdicom AE on the same port
   (``SO_REUSEPORT``: the kernel spreads new associations over them), so parallel associations
   use several cores and no worker CPU ever slows an association;
-* one worker process running the assemble loop (:func:`listener.assemble.worker_loop`).
+* one worker process running the assemble loop (:func:`listener.assemble.worker_loop`) with the
+  pipeline's routing as its callback, and the outbox deliverer;
+* ``workers`` job-runner processes (:mod:`listener.workers`), each running several jobs at once;
+* in the supervisor itself, the model emulator for models without an endpoint.
 
 Children are started with the ``spawn`` method. A child that exits unexpectedly is restarted
 after a backoff (1 s doubling to 30 s, reset once it has run for a minute). On SIGTERM or
@@ -30,9 +33,12 @@ from typing import Any
 from listener.assemble import worker_loop
 from listener.journal import Journal
 from listener.logging import configure_logging, get_logger
+from listener.pipeline import build_pipeline, effective_rules
+from listener.process import emulator_if_needed
 from listener.receive import AssociationCounter, Receiver, start_server
 from listener.settings import Settings
 from listener.spool import Spool, reindex
+from listener.workers import recover_after_crash, run_deliverer, run_job_worker
 
 STOP_GRACE_S = 10.0
 BACKOFF_START_S = 1.0
@@ -102,13 +108,31 @@ def run_receiver(settings: Settings, slot: int, shared: Any) -> None:
 
 
 def run_worker(settings: Settings) -> None:
-    """Entry point of the worker process (assemble loop; the pipeline will hook in here)."""
+    """Entry point of the worker process: the assemble loop, whose callback plans each released
+    study (route), and the outbox deliverer (send) in a thread beside it."""
     stop = _child_setup(settings, "worker")
     journal = Journal(settings.journal_path)
+    pipeline = build_pipeline(settings, journal)
+    deliverer = threading.Thread(
+        target=run_deliverer, args=(pipeline, stop), name="deliverer", daemon=True
+    )
+    deliverer.start()
     try:
-        worker_loop(journal, stop, poll_interval_s=settings.poll_interval_s)
+        worker_loop(
+            journal,
+            stop,
+            on_ready=pipeline.on_study_ready,
+            poll_interval_s=settings.poll_interval_s,
+        )
     finally:
+        deliverer.join(STOP_GRACE_S)
         journal.close()
+
+
+def run_jobs(settings: Settings, emulator_url: str | None) -> None:
+    """Entry point of a job-runner process (infer + convert)."""
+    stop = _child_setup(settings, "jobs")
+    run_job_worker(settings, emulator_url, stop)
 
 
 # --- supervisor ----------------------------------------------------------------------------
@@ -129,7 +153,7 @@ class _Child:
 class Supervisor:
     """Starts the children, restarts crashed ones with backoff, stops them on a signal."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, emulator_url: str | None = None) -> None:
         self.settings = settings
         self.ctx = multiprocessing.get_context("spawn")
         self.stop = threading.Event()
@@ -143,6 +167,10 @@ class Supervisor:
         for slot, child in enumerate(self.children):
             child.on_exit = self._zero_slot(slot)
         self.children.append(_Child("worker", run_worker, (settings,)))
+        self.children += [
+            _Child(f"jobs-{index}", run_jobs, (settings, emulator_url))
+            for index in range(settings.workers)
+        ]
 
     def _zero_slot(self, slot: int) -> Callable[[], None]:
         def zero() -> None:
@@ -206,9 +234,22 @@ class Supervisor:
 
 
 def serve(settings: Settings) -> int:
-    """Run the gateway until SIGTERM/SIGINT; return the exit status."""
-    prepare_data_dir(settings, time.time())
-    supervisor = Supervisor(settings)
+    """Run the gateway until SIGTERM/SIGINT; return the exit status.
+
+    The rules are validated first (a bad file stops start-up with a ConfigError naming the rule
+    and field). Models without an endpoint are served by the built-in emulator, started here on
+    a loopback port and called by the job runners over real HTTP.
+    """
+    effective_rules(settings)
+    now = time.time()
+    prepare_data_dir(settings, now)
+    recover_after_crash(settings, now)
+    with emulator_if_needed(settings) as emulator_url:
+        supervisor = Supervisor(settings, emulator_url)
+        return _supervise(supervisor)
+
+
+def _supervise(supervisor: Supervisor) -> int:
 
     def _on_signal(signum: int, _frame: object) -> None:
         supervisor.log.info("signal_received", signal=signal.Signals(signum).name)

@@ -23,7 +23,8 @@ log = get_logger("workers")
 
 
 def recover_after_crash(settings: Settings, now: float) -> int:
-    """Requeue jobs that workers of this host held when the service last stopped.
+    """Requeue jobs that workers of this host held when the service last stopped, and make the
+    outbox's pending sends due now.
 
     Called by the supervisor before it starts any worker: no job can be in progress on this host
     then, so every ``IN PROGRESS`` lease of this host belongs to a process that is gone.
@@ -31,6 +32,9 @@ def recover_after_crash(settings: Settings, now: float) -> int:
     count = JobStore(settings.journal_path).requeue_host(socket.gethostname(), now)
     if count:
         log.warning("jobs_requeued_after_crash", count=count)
+    released = build_pipeline(settings).outbox.release_claims(now)
+    if released:
+        log.info("outbox_claims_released", count=released)
     return count
 
 
