@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from listener.admin import start_admin
 from listener.assemble import worker_loop
 from listener.journal import Journal
 from listener.logging import configure_logging, get_logger
@@ -238,15 +239,20 @@ def serve(settings: Settings) -> int:
 
     The rules are validated first (a bad file stops start-up with a ConfigError naming the rule
     and field). Models without an endpoint are served by the built-in emulator, started here on
-    a loopback port and called by the job runners over real HTTP.
+    a loopback port and called by the job runners over real HTTP. The admin API (health,
+    metrics, dashboard) runs in this process too.
     """
     effective_rules(settings)
     now = time.time()
     prepare_data_dir(settings, now)
     recover_after_crash(settings, now)
-    with emulator_if_needed(settings) as emulator_url:
-        supervisor = Supervisor(settings, emulator_url)
-        return _supervise(supervisor)
+    admin = start_admin(settings)
+    try:
+        with emulator_if_needed(settings) as emulator_url:
+            supervisor = Supervisor(settings, emulator_url)
+            return _supervise(supervisor)
+    finally:
+        admin.stop()
 
 
 def _supervise(supervisor: Supervisor) -> int:

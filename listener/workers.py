@@ -13,10 +13,11 @@ import socket
 import threading
 from collections.abc import Callable
 
+from listener.admin.records import AdminRecords, ModelCallRecorder, reload_requested
 from listener.infer import build_clients
 from listener.jobs import JobStore
 from listener.logging import get_logger
-from listener.pipeline import JOB_LEASE_S, Pipeline, build_pipeline, worker_id
+from listener.pipeline import JOB_LEASE_S, Pipeline, build_pipeline, effective_rules, worker_id
 from listener.settings import Settings
 
 log = get_logger("workers")
@@ -45,10 +46,15 @@ async def _job_loop(
     owner = worker_id()
     slots = asyncio.Semaphore(settings.jobs_per_worker)
     running: set[asyncio.Task[None]] = set()
+    records = AdminRecords(settings.journal_path)
     async with build_clients(
-        settings.models, emulator_url, emulator_key=settings.emulator.key
+        settings.models,
+        emulator_url,
+        emulator_key=settings.emulator.key,
+        on_call=ModelCallRecorder(records),
     ) as clients:
         while not stop.is_set():
+            reload_rules_if_asked(pipeline, records)
             await slots.acquire()
             job = pipeline.jobs.claim(owner, clock(), JOB_LEASE_S)
             if job is None:
@@ -65,6 +71,14 @@ async def _job_loop(
             await asyncio.wait(running, timeout=30)
 
 
+def reload_rules_if_asked(pipeline: Pipeline, records: AdminRecords) -> None:
+    """Take up a rules file that the admin API validated and recorded for reload."""
+    if reload_requested(records, pipeline.rules):
+        pipeline.rules = effective_rules(pipeline.settings)
+        pipeline.outbox.destinations = dict(pipeline.rules.destinations)
+        log.info("rules_reloaded", rules=len(pipeline.rules.rules))
+
+
 def run_job_worker(settings: Settings, emulator_url: str | None, stop: threading.Event) -> None:
     """Run jobs until ``stop`` is set (the body of a job-runner process)."""
     pipeline = build_pipeline(settings)
@@ -75,7 +89,9 @@ def run_job_worker(settings: Settings, emulator_url: str | None, stop: threading
 
 def run_deliverer(pipeline: Pipeline, stop: threading.Event) -> None:
     """Send what the outbox holds due until ``stop`` is set (a thread of the worker process)."""
+    records = AdminRecords(pipeline.settings.journal_path)
     while not stop.is_set():
+        reload_rules_if_asked(pipeline, records)
         try:
             pipeline.deliver()
         except Exception:  # one destination's bug must not stop delivery for good

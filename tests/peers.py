@@ -199,6 +199,11 @@ class Gateway:
             pos = text.find("{", end)
         return out
 
+    @property
+    def admin_url(self) -> str:
+        """Where the admin API of this gateway listens (from its start-up log event)."""
+        return str(self.events("admin_listening")[0]["url"])
+
     def kill_hard(self) -> None:
         """SIGKILL the whole process group (supervisor and children), like a power cut."""
         os.killpg(self.proc.pid, signal.SIGKILL)
@@ -226,7 +231,14 @@ def run_gateway(
         command,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=nodelay_env(PACSAI_LOG_FORMAT="json", PACSAI_DISK_MIN_FREE_MB="0", **(env or {})),
+        env=nodelay_env(
+            **{
+                "PACSAI_LOG_FORMAT": "json",
+                "PACSAI_DISK_MIN_FREE_MB": "0",
+                "PACSAI_ADMIN_PORT": "0",
+                **(env or {}),
+            }
+        ),
         start_new_session=True,
     )
     gateway = Gateway(port=port, data_dir=data_dir, proc=proc, log_path=log_path)
