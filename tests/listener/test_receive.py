@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -46,6 +47,9 @@ def gateway(tmp_path: Path) -> Iterator[tuple[Settings, Journal, Spool]]:
     server = start_server(settings, Receiver(settings, spool, journal))
     yield settings, journal, spool
     server.shutdown()
+    deadline = time.monotonic() + 10
+    while server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.01)
     journal.close()
 
 
@@ -71,8 +75,16 @@ def _send_raw(assoc: object, context_class: str, command_class: str, sop: str, d
     request.AffectedSOPInstanceUID = sop
     request.Priority = 2
     request.DataSet = BytesIO(data)
-    assoc.dimse.send_msg(request, context.context_id)  # type: ignore[attr-defined]
-    _, response = assoc.dimse.get_msg(block=True)  # type: ignore[attr-defined]
+    # Pause the requestor's reactor while we wait, as pynetdicom's own send_c_*() do, so that it
+    # does not take the response off the queue first.
+    assoc._reactor_checkpoint.clear()  # type: ignore[attr-defined]
+    while not assoc._is_paused:  # type: ignore[attr-defined]
+        time.sleep(0.0001)
+    try:
+        assoc.dimse.send_msg(request, context.context_id)  # type: ignore[attr-defined]
+        _, response = assoc.dimse.get_msg(block=True)  # type: ignore[attr-defined]
+    finally:
+        assoc._reactor_checkpoint.set()  # type: ignore[attr-defined]
     return int(response.Status)
 
 
