@@ -284,6 +284,8 @@ class Receiver:
         self.counter.publish(len(self._acceptors(event.assoc)) - 1)
         if entry is None:
             return
+        if entry.ended == "closed":
+            entry.ended = _how_it_ended(event.assoc)
         now = self.clock()
         record = entry.record
         self.journal.end_association(record, ended=entry.ended, now=now)
@@ -452,6 +454,15 @@ class Receiver:
         )
 
 
+def _how_it_ended(assoc: Any) -> str:
+    """released / aborted / closed, for a connection that closed before the event said so."""
+    if getattr(assoc, "release_answered", False):
+        return "released"
+    if assoc.is_aborted or assoc.acse.is_aborted():
+        return "aborted"
+    return "closed"
+
+
 # --- the server ----------------------------------------------------------------------------
 
 
@@ -595,6 +606,7 @@ class _Association(Association):
     def __init__(self, ae: Any, mode: str) -> None:
         super().__init__(ae, mode)
         self.dul = _EventDUL(self)
+        self.release_answered = False
 
     def _run_reactor(self) -> None:
         self._is_paused = False
@@ -613,6 +625,7 @@ class _Association(Association):
 
     def _finished(self) -> bool:
         if self.is_established and self.acse.is_release_requested():
+            self.release_answered = True  # before the peer can close the connection
             self.acse.send_release(is_response=True)
             self.is_released = True
             self.is_established = False
