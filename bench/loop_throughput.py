@@ -1,0 +1,366 @@
+"""The whole loop, PACS to PACS: overhead per study and studies per hour, against DCMTK storescu
+storing the same studies straight into Orthanc.
+
+Every peer is real: DCMTK storescu is the modality, a fresh Orthanc is the PACS for every
+scenario, ``pacs-ai serve`` runs with its embedded default rules, a 1 s quiet period and the
+built-in emulator at zero latency, and sends its results to Orthanc (destination ``pacs``).
+
+Scenarios, each against a fresh gateway and a fresh Orthanc:
+
+1. one chest CR (``RG1_UNCR.dcm``, 1841×1955): report SR + presentation state from CXRReportGen,
+   classification SR from MedImageInsight;
+2. one CT of ``--ct-slices`` 512×512 CHEST slices: MedImageParse on every slice, SEG + SR;
+3. ``--studies`` distinct chest CR studies sent at once (one storescu process each).
+
+Overhead per study runs from the study's release (``studies.released_at``, so the quiet period
+is left out) to the acknowledgement of its last result by Orthanc: the ``outbox_delivered`` log
+event of the delivery pass that sent it (``outbox.sent_at`` is stamped when that pass starts,
+before the C-STOREs). Studies per hour run from the first storescu start to the last
+acknowledgement. The peer figure is storescu's wall time storing the same files into a fresh
+Orthanc (one association per study, the 20 at once). Ratios are gateway / peer.
+
+    .venv/bin/python bench/loop_throughput.py --ct-slices 200 --studies 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from factory import ct_series, write_series  # noqa: E402
+from peers import Gateway, nodelay_env, run_gateway, run_orthanc  # noqa: E402
+from pydicom import dcmread  # noqa: E402
+from pydicom.data import get_testdata_file  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
+
+UID_ROOT = "1.2.826.0.1.3680043.8.498."
+WAIT_S = 400.0
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def cr_studies(folder: Path, count: int) -> list[Path]:
+    """``count`` copies of the chest CR, each a distinct study (new study/series/SOP UIDs)."""
+    source = get_testdata_file("RG1_UNCR.dcm")
+    assert source is not None
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for index in range(count):
+        ds = dcmread(source)
+        ds.StudyInstanceUID = generate_uid(prefix=UID_ROOT)
+        ds.SeriesInstanceUID = generate_uid(prefix=UID_ROOT)
+        ds.SOPInstanceUID = generate_uid(prefix=UID_ROOT)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = folder / f"cr{index:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out.append(path)
+    return out
+
+
+def study_uid(path: Path) -> str:
+    return str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+
+
+# --- sending -----------------------------------------------------------------------------------
+
+
+def storescu_all(port: int, aec: str, studies: list[list[Path]]) -> tuple[float, float]:
+    """One storescu process per study, all at once; return (wall start, seconds to finish)."""
+    started, start = time.time(), time.perf_counter()
+    senders = [
+        subprocess.Popen(
+            ["storescu", "-aec", aec, "127.0.0.1", str(port), *map(str, files)],
+            env=nodelay_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for files in studies
+    ]
+    for sender in senders:
+        _, err = sender.communicate(timeout=300)
+        if sender.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-500:]}")
+    return started, time.perf_counter() - start
+
+
+def peer_seconds(scratch: Path, name: str, studies: list[list[Path]]) -> float:
+    """storescu into a fresh Orthanc: the PACS ingesting the originals, nothing else."""
+    with run_orthanc(scratch / f"peer-{name}") as pacs:
+        _, seconds = storescu_all(pacs.dicom_port, pacs.aet, studies)
+        expected = sum(len(files) for files in studies)
+        if pacs.instance_count() != expected:
+            raise RuntimeError(f"Orthanc holds {pacs.instance_count()} of {expected} instances")
+    return seconds
+
+
+# --- reading the gateway's journal and log -----------------------------------------------------
+
+
+def _query(db_path: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+    db.row_factory = sqlite3.Row
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
+
+
+def _done(db_path: Path, uids: list[str]) -> bool:
+    """Every study released, every job completed, every result of every job sent."""
+    marks = ",".join("?" * len(uids))
+    try:
+        studies = _query(
+            db_path, f"SELECT released_at FROM studies WHERE study_uid IN ({marks})", *uids
+        )
+        jobs = _query(
+            db_path, f"SELECT id, state, outputs FROM jobs WHERE study_uid IN ({marks})", *uids
+        )
+        sent = _query(db_path, "SELECT job_id, state FROM outbox")
+    except sqlite3.OperationalError:  # journal not created yet
+        return False
+    if len(studies) < len(uids) or any(s["released_at"] is None for s in studies) or not jobs:
+        return False
+    if {j["state"] for j in jobs} - {"COMPLETED"}:
+        if "CANCELED" in {j["state"] for j in jobs}:
+            raise RuntimeError("a job was canceled; see the gateway log")
+        return False
+    ids = {str(j["id"]) for j in jobs}
+    expected = sum(len(json.loads(j["outputs"] or "[]")) for j in jobs)
+    return sum(1 for row in sent if row["job_id"] in ids and row["state"] == "sent") == expected
+
+
+def wait_done(gateway: Gateway, uids: list[str]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    db_path = gateway.data_dir / "journal.sqlite"
+    while not _done(db_path, uids):
+        if time.monotonic() > deadline or gateway.proc.poll() is not None:
+            raise RuntimeError(f"the loop did not finish; see {gateway.log_path}")
+        time.sleep(0.2)
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def ack_times(gateway: Gateway) -> list[float]:
+    """When each delivery pass to ``pacs`` that sent something had its answers recorded."""
+    return sorted(
+        _epoch(e["timestamp"])
+        for e in gateway.events("outbox_delivered")
+        if e.get("destination") == "pacs" and int(e.get("sent", 0)) > 0
+    )
+
+
+@dataclass
+class Timeline:
+    """One study's way through the gateway, wall-clock seconds (epoch)."""
+
+    last_received: float
+    released: float
+    planned: float
+    first_start: float
+    last_start: float
+    last_end: float
+    last_enqueued: float
+    pass_start: float
+    acked: float
+    jobs: list[tuple[str, float, float]]  # task, start, end
+
+    @property
+    def overhead(self) -> float:
+        return self.acked - self.released
+
+
+def timeline(gateway: Gateway, uid: str, acks: list[float]) -> Timeline:
+    db_path = gateway.data_dir / "journal.sqlite"
+    study = _query(db_path, "SELECT * FROM studies WHERE study_uid = ?", uid)[0]
+    jobs = _query(
+        db_path,
+        "SELECT j.id, j.task, j.created_at, min(s.at) AS started, max(c.at) AS ended"
+        " FROM jobs j JOIN job_events s ON s.job_id = j.id AND s.state = 'IN PROGRESS'"
+        " JOIN job_events c ON c.job_id = j.id AND c.state = 'COMPLETED'"
+        " WHERE j.study_uid = ? GROUP BY j.id",
+        uid,
+    )
+    marks = ",".join("?" * len(jobs))
+    sends = _query(
+        db_path,
+        f"SELECT max(enqueued_at) AS enqueued, max(sent_at) AS sent FROM outbox"
+        f" WHERE destination = 'pacs' AND job_id IN ({marks})",
+        *(str(j["id"]) for j in jobs),
+    )[0]
+    acked = next(t for t in acks if t >= sends["sent"])
+    return Timeline(
+        last_received=study["last_received_at"],
+        released=study["released_at"],
+        planned=min(j["created_at"] for j in jobs),
+        first_start=min(j["started"] for j in jobs),
+        last_start=max(j["started"] for j in jobs),
+        last_end=max(j["ended"] for j in jobs),
+        last_enqueued=sends["enqueued"],
+        pass_start=sends["sent"],
+        acked=acked,
+        jobs=[(j["task"], j["started"], j["ended"]) for j in jobs],
+    )
+
+
+def model_calls(gateway: Gateway) -> dict[str, tuple[int, float]]:
+    """Per model: calls and summed call time, from the admin records."""
+    rows = _query(
+        gateway.data_dir / "journal.sqlite",
+        "SELECT model, count(*) AS n, sum(duration_s) AS s FROM model_calls GROUP BY model",
+    )
+    return {row["model"]: (int(row["n"]), float(row["s"])) for row in rows}
+
+
+# --- gateway scenarios -------------------------------------------------------------------------
+
+
+@dataclass
+class LoopRun:
+    """What one gateway scenario measured."""
+
+    send_started: float
+    send_seconds: float
+    timelines: list[Timeline]
+    calls: dict[str, tuple[int, float]]
+
+    @property
+    def span(self) -> float:
+        """First storescu start to last acknowledged result."""
+        return max(t.acked for t in self.timelines) - self.send_started
+
+
+def gateway_run(scratch: Path, name: str, studies: list[list[Path]]) -> LoopRun:
+    """Send the studies to a fresh gateway whose PACS is a fresh Orthanc; wait for every result."""
+    with run_orthanc(scratch / f"pacs-{name}") as pacs:
+        env = {
+            "PACSAI_DESTINATIONS__PACS__AE_TITLE": pacs.aet,
+            "PACSAI_DESTINATIONS__PACS__HOST": "127.0.0.1",
+            "PACSAI_DESTINATIONS__PACS__PORT": str(pacs.dicom_port),
+            "PACSAI_EMULATOR__LATENCY_MS": "0",
+        }
+        with run_gateway(scratch / f"gw-{name}" / "data", "--quiet-period", "1", env=env) as gw:
+            time.sleep(3.0)  # let every child process (receivers, worker, job runners) start
+            uids = [study_uid(files[0]) for files in studies]
+            started, seconds = storescu_all(gw.port, "PACSAI", studies)
+            wait_done(gw, uids)
+            acks = ack_times(gw)
+            run = LoopRun(started, seconds, [timeline(gw, u, acks) for u in uids], model_calls(gw))
+        results = pacs.instance_count()
+    if results == 0:
+        raise RuntimeError("no result reached Orthanc")
+    return run
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def _version(command: list[str]) -> str:
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "?"
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return lines[0] if lines else "?"
+
+
+def machine() -> str:
+    import pynetdicom
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, "
+        f"pynetdicom {pynetdicom.__version__}, {_version(['storescu', '--version'])}, "
+        f"load average {load}"
+    )
+
+
+def breakdown(t: Timeline) -> str:
+    steps = [
+        ("release lag after quiet period", t.released - t.last_received - 1.0),
+        ("release -> planned", t.planned - t.released),
+        ("planned -> first job start", t.first_start - t.planned),
+        ("first job start -> last job end", t.last_end - t.first_start),
+        ("last job end -> its send pass starts", t.pass_start - t.last_end),
+        ("send pass (C-STOREs to Orthanc)", t.acked - t.pass_start),
+    ]
+    lines = [f"    {label}: {seconds:.3f} s" for label, seconds in steps]
+    lines += [f"    job {task}: {end - start:.3f} s" for task, start, end in t.jobs]
+    return "\n".join(lines)
+
+
+def report(runs: dict[str, LoopRun], peers: dict[str, float], count: int) -> None:
+    print("| study | gateway: release -> last result acknowledged | storescu -> Orthanc | ratio |")
+    print("|---|---|---|---|")
+    for name in ("cr", "ct"):
+        t, peer = runs[name].timelines[0], peers[name]
+        print(f"| {name} | {t.overhead:.2f} s | {peer:.3f} s | {t.overhead / peer:.1f} |")
+    many, peer = runs["many"], peers["many"]
+    ours, theirs = count / many.span * 3600, count / peer * 3600
+    print(
+        f"\n{count} CR studies at once: gateway {many.span:.2f} s (first send -> last ack), "
+        f"{ours:.0f} studies/h; storescu -> Orthanc {peer:.3f} s, {theirs:.0f} studies/h; "
+        f"ratio {ours / theirs:.4f}"
+    )
+    overheads = sorted(t.overhead for t in many.timelines)
+    print(
+        f"  gateway senders' wall time {many.send_seconds:.2f} s; per-study overhead "
+        f"median {statistics.median(overheads):.2f} s, max {overheads[-1]:.2f} s"
+    )
+    for name in ("cr", "ct"):
+        print(f"\nbreakdown, {name}:\n{breakdown(runs[name].timelines[0])}")
+        for model, (calls, seconds) in sorted(runs[name].calls.items()):
+            print(f"    {model}: {calls} calls, {seconds:.3f} s summed")
+    for model, (calls, seconds) in sorted(many.calls.items()):
+        print(f"  {count} CR: {model}: {calls} calls, {seconds:.3f} s summed")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ct-slices", type=int, default=200)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--studies", type=int, default=20)
+    args = parser.parse_args()
+    print(machine())
+    begun = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        crs = cr_studies(scratch / "cr", args.studies + 1)
+        ct = write_series(
+            ct_series(args.ct_slices, rows=args.size, cols=args.size, body_part="CHEST"),
+            scratch / "ct",
+        )
+        scenarios = {"cr": [[crs[0]]], "ct": [ct], "many": [[p] for p in crs[1:]]}
+        peers = {name: peer_seconds(scratch, name, s) for name, s in scenarios.items()}
+        runs = {name: gateway_run(scratch, name, s) for name, s in scenarios.items()}
+    report(runs, peers, args.studies)
+    print(f"\nwhole benchmark: {time.perf_counter() - begun:.0f} s; {machine()}")
+
+
+if __name__ == "__main__":
+    main()
