@@ -188,7 +188,7 @@ def test_restart_during_quiet_period_releases_once_on_time(tmp_path: Path) -> No
     """A study whose quiet period spans a hard restart is released once, when it falls due."""
     files = write_series(ct_series(3), tmp_path / "ct")
     data_dir = tmp_path / "data"
-    quiet = 4.0
+    quiet = 8.0  # long enough for the restart to finish inside the quiet period
     with run_gateway(data_dir, "--quiet-period", str(quiet)) as gateway:
         sender = storescu(gateway, *files)
         output, _ = sender.communicate(timeout=60)
