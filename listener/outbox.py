@@ -15,13 +15,14 @@ runs out. Enqueueing is idempotent: the same (destination, job, SOP instance) is
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from listener.db import connect
 from listener.errors import PermanentSendError, TransientSendError
 from listener.logging import get_logger
 from listener.rules import Destination
@@ -144,16 +145,8 @@ class Outbox:
         with self._connect() as db:
             db.executescript(_SCHEMA)
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
-            yield db
-        finally:
-            db.close()
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return connect(self.path, self.busy_timeout_s)
 
     def enqueue(
         self, destination: str, path: Path, sop_instance_uid: str, job_id: str | int, now: float

@@ -24,6 +24,7 @@ from listener.route import headers_from_dataset, plan_study
 from listener.rules.model import RuleSet
 from listener.settings import MODEL_NAMES, Settings
 from listener.tasks import TaskContext, TaskOutcome, run_task
+from listener.tools import dicom_files
 
 log = get_logger("process")
 
@@ -41,19 +42,10 @@ def emulator_if_needed(settings: Settings) -> Iterator[str | None]:
         server.stop()
 
 
-def dicom_files(paths: Sequence[Path]) -> Iterator[Path]:
-    """Every file under the given files and folders, in a stable order."""
-    for path in paths:
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file())
-        elif path.is_file():
-            yield path
-
-
 def read_studies(paths: Sequence[Path]) -> dict[str, list[Dataset]]:
     """Readable DICOM files grouped by Study Instance UID; unreadable files are logged, skipped."""
     studies: dict[str, list[Dataset]] = {}
-    for path in dicom_files(paths):
+    for path in dicom_files(list(paths)):
         try:
             ds = dcmread(path)
         except (InvalidDicomError, OSError, ValueError) as exc:

@@ -148,7 +148,7 @@ class StoreSender:
 
         def on_open(event: Any) -> None:
             opened.set()
-            _set_nodelay(event.assoc)
+            set_nodelay(event.assoc)
 
         ae = AE(ae_title=dest.calling_ae or self.calling_ae)
         ae.acse_timeout = self.timeouts.acse_s
@@ -226,7 +226,9 @@ def _contexts(chunk: Sequence[_Prepared]) -> list[Any]:
     return contexts
 
 
-def _set_nodelay(assoc: Any) -> None:
+def set_nodelay(assoc: Any) -> None:
+    """Turn Nagle's algorithm off on an association's socket (pynetdicom never does; without
+    it every C-STORE waits for the peer's delayed ACK)."""
     sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

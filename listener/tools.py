@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,14 +15,8 @@ from tqdm import tqdm
 
 from listener.dimse import STORED_STATUSES, EchoStatus
 from listener.journal import Journal
+from listener.send import set_nodelay
 from listener.settings import Settings
-
-
-def set_nodelay(assoc: object) -> None:
-    """Turn Nagle's algorithm off on an association's socket (pynetdicom never does)."""
-    sock = assoc.dul.socket.socket  # type: ignore[attr-defined]
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def echo(host: str, port: int, *, aet: str, aec: str, timeout: float) -> tuple[bool, str]:
