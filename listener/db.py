@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 
@@ -24,3 +24,20 @@ def connect(path: Path, busy_timeout_s: float = 30.0) -> Iterator[sqlite3.Connec
         yield db
     finally:
         db.close()
+
+
+class JournalTables:
+    """Base of a stage's own tables in the journal database: creates them (``schema``, idempotent
+    ``CREATE ... IF NOT EXISTS``) and hands out connections."""
+
+    schema = ""
+
+    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = path
+        self.busy_timeout_s = busy_timeout_s
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.executescript(self.schema)
+
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return connect(self.path, self.busy_timeout_s)

@@ -13,16 +13,13 @@ has no notion of normal yet.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from listener.db import connect
+from listener.db import JournalTables
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -62,17 +59,10 @@ def ood_score(
     return float(1.0 - nearest.mean())
 
 
-class EmbeddingStore:
+class EmbeddingStore(JournalTables):
     """The embeddings table in the journal database."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-
-    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
-        return connect(self._path)
+    schema = _SCHEMA
 
     def put(
         self,

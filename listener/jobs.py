@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
-from listener.db import connect
+from listener.db import JournalTables
 
 
 class JobState(StrEnum):
@@ -108,17 +106,10 @@ class Job:
         )
 
 
-class JobStore:
+class JobStore(JournalTables):
     """The job table in the journal database (SQLite, WAL)."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-
-    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
-        return connect(self._path)
+    schema = _SCHEMA
 
     def _event(
         self, db: sqlite3.Connection, job_id: int, now: float, state: str, detail: str | None

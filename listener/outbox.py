@@ -17,12 +17,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from listener.db import connect
+from listener.db import JournalTables
 from listener.errors import PermanentSendError, TransientSendError
 from listener.logging import get_logger
 from listener.rules import Destination
@@ -121,8 +120,10 @@ class DeliveryReport:
         return sum(self.sent.values())
 
 
-class Outbox:
+class Outbox(JournalTables):
     """The per-destination outbox in the journal database at ``path``."""
+
+    schema = _SCHEMA
 
     def __init__(
         self,
@@ -135,18 +136,12 @@ class Outbox:
         lease_s: float = 600.0,
         busy_timeout_s: float = 30.0,
     ) -> None:
-        self.path = path
+        super().__init__(path, busy_timeout_s=busy_timeout_s)
         self.destinations = dict(destinations)
         self.sender = sender
         self.backoff = backoff or Backoff()
         self.batch_size = batch_size
         self.lease_s = lease_s
-        self.busy_timeout_s = busy_timeout_s
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-
-    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
-        return connect(self.path, self.busy_timeout_s)
 
     def enqueue(
         self, destination: str, path: Path, sop_instance_uid: str, job_id: str | int, now: float

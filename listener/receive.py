@@ -36,7 +36,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from listener.dimse import EchoStatus, StoreStatus
 from listener.errors import InvalidDatasetError, MissingIdentifierError, StorageFullError
-from listener.journal import AssociationRecord, InstanceRecord, Journal
+from listener.journal import AssociationRecord, Journal
 from listener.logging import get_logger
 from listener.settings import AllowedCaller, Settings
 from listener.spool import InstanceHeader, Spool, encode_file_meta, read_header
@@ -358,19 +358,7 @@ class Receiver:
             return self._duplicate(header, record)
         relative, size = self.spool.write(header, chunks)
         stored = self.journal.record_instance(
-            InstanceRecord(
-                sop_instance_uid=header.sop_instance_uid,
-                sop_class_uid=header.sop_class_uid,
-                study_uid=header.study_uid,
-                series_uid=header.series_uid,
-                modality=header.modality,
-                transfer_syntax=header.transfer_syntax,
-                path=relative,
-                size=size,
-                received_at=self.clock(),
-                generation=0,
-                association_id=record.id if record else None,
-            ),
+            header.record(relative, size, self.clock(), record.id if record else None),
             quiet_period_s=self.settings.quiet_period_s,
             calling_ae=record.calling_ae if record else None,
             called_ae=record.called_ae if record else None,

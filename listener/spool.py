@@ -54,6 +54,28 @@ class InstanceHeader:
     patient_id: str | None
     patient_name: str | None
 
+    def record(
+        self,
+        path: str,
+        size: int,
+        received_at: float,
+        association_id: str | None = None,
+    ) -> InstanceRecord:
+        """The journal row of this instance, stored at ``path`` (relative to the spool)."""
+        return InstanceRecord(
+            sop_instance_uid=self.sop_instance_uid,
+            sop_class_uid=self.sop_class_uid,
+            study_uid=self.study_uid,
+            series_uid=self.series_uid,
+            modality=self.modality,
+            transfer_syntax=self.transfer_syntax,
+            path=path,
+            size=size,
+            received_at=received_at,
+            generation=0,
+            association_id=association_id,
+        )
+
 
 def is_uid(value: str) -> bool:
     """Whether ``value`` is a syntactically valid UID (PS3.5 §9.1)."""
@@ -231,18 +253,7 @@ def reindex(spool: Spool, journal: Journal, *, quiet_period_s: float, now: float
             spool.quarantine([path.read_bytes()], reason)
             path.unlink()
             continue
-        record = InstanceRecord(
-            sop_instance_uid=header.sop_instance_uid,
-            sop_class_uid=header.sop_class_uid,
-            study_uid=header.study_uid,
-            series_uid=header.series_uid,
-            modality=header.modality,
-            transfer_syntax=header.transfer_syntax,
-            path=relative,
-            size=path.stat().st_size,
-            received_at=now,
-            generation=0,
-        )
+        record = header.record(relative, path.stat().st_size, now)
         added += journal.record_instance(
             record,
             quiet_period_s=quiet_period_s,

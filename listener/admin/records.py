@@ -14,11 +14,9 @@ import hashlib
 import sqlite3
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 
-from listener.db import connect
+from listener.db import JournalTables
 from listener.logging import get_logger
 from listener.rules.model import RuleSet
 
@@ -63,18 +61,10 @@ class RulesReload:
     rule_count: int
 
 
-class AdminRecords:
+class AdminRecords(JournalTables):
     """The two admin tables in the journal database at ``path`` (SQLite, WAL)."""
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
-        self.path = path
-        self.busy_timeout_s = busy_timeout_s
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-
-    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
-        return connect(self.path, self.busy_timeout_s)
+    schema = _SCHEMA
 
     def record_model_call(
         self, model: str, *, at: float, duration_s: float, outcome: str, attempts: int
