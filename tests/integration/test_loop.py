@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -136,10 +137,11 @@ def test_cr_and_ct_results_reach_the_pacs_and_originals_are_forwarded(
         forwarded = {dcmread(p).SOPInstanceUID: _dataset_bytes(p) for p in archive.folder.iterdir()}
         for sent in ct_files:
             assert forwarded[dcmread(sent).SOPInstanceUID] == _dataset_bytes(sent)
-        seg_series = [
-            s for s in pacs.find("Series", {"StudyInstanceUID": ct_uid, "Modality": "SEG"})
-        ]
-        assert len(seg_series) == 1
+        (seg_series,) = pacs.find("Series", {"StudyInstanceUID": ct_uid, "Modality": "SEG"})
+        (instance_id,) = seg_series["Instances"]
+        seg = dcmread(BytesIO(pacs.client.get(f"/instances/{instance_id}/file").content))
+        labels = {str(segment.SegmentLabel) for segment in seg.SegmentSequence}
+        assert labels and labels <= {"lung", "tumor"}  # the prompts of rule ct-mr-chest
 
 
 def test_routing_by_classification_sends_each_study_to_its_label(
