@@ -222,6 +222,19 @@ def timeline(gateway: Gateway, uid: str, acks: list[float]) -> Timeline:
     )
 
 
+def trouble(gateway: Gateway) -> list[str]:
+    """Job retries and failed sends: each one costs a backoff, so the figures name them."""
+    db_path = gateway.data_dir / "journal.sqlite"
+    failed = _query(
+        db_path,
+        "SELECT e.detail, j.task FROM job_events e JOIN jobs j ON j.id = e.job_id"
+        " WHERE e.state = 'SCHEDULED' AND e.detail IS NOT NULL",
+    )
+    resent = _query(db_path, "SELECT count(*) AS n FROM outbox WHERE attempts > 1")[0]["n"]
+    out = [f"job {row['task']} retried: {row['detail'][:200]}" for row in failed]
+    return out + ([f"{resent} outbox entries needed more than one attempt"] if resent else [])
+
+
 def model_calls(gateway: Gateway) -> dict[str, tuple[int, float]]:
     """Per model: calls and summed call time, from the admin records."""
     rows = _query(
@@ -243,6 +256,7 @@ class LoopRun:
     timelines: list[Timeline]
     calls: dict[str, tuple[int, float]]
     cold: Timeline
+    trouble: list[str]
 
     @property
     def span(self) -> float:
@@ -287,6 +301,7 @@ def gateway_run(scratch: Path, name: str, warmup: list[Path], studies: list[list
                 [timeline(gw, uid, acks) for uid in uids],
                 _calls_since(before, model_calls(gw)),
                 cold=timeline(gw, study_uid(warmup[0]), acks),
+                trouble=trouble(gw),
             )
         results = pacs.instance_count()
     if results == 0:
@@ -373,6 +388,9 @@ def report(runs: dict[str, LoopRun], peers: dict[str, float], count: int) -> Non
         f"median {statistics.median(overheads):.2f} s, max {overheads[-1]:.2f} s"
     )
     print(f"  {_jobs_line(many)}")
+    for name, run in runs.items():
+        for line in run.trouble:
+            print(f"  {name}: {line}")
     for model, (calls, seconds) in sorted(many.calls.items()):
         print(f"  {model}: {calls} calls, {seconds:.3f} s summed (queueing included)")
     for name in ("cr", "ct"):
