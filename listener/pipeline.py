@@ -165,10 +165,17 @@ class Pipeline:
             bound.info("study_discarded", rules=list(plan.matched))
             return
         paths = self._paths(study.study_uid)
+        # A follow-up forwards only its late instances; the earlier ones went with their release.
+        late = (
+            {r.sop_instance_uid for r in self.journal.instances(study.study_uid, generation=g)}
+            if (g := study.generation) > 0
+            else None
+        )
         for forward in plan.forwards:
             job_id = f"forward:{study.study_uid}:{study.generation}:{forward.rule}"
             for uid in forward.instance_uids:
-                self.outbox.enqueue(forward.destination, paths[uid], uid, job_id, now)
+                if late is None or uid in late:
+                    self.outbox.enqueue(forward.destination, paths[uid], uid, job_id, now)
         for task in plan.tasks:
             self.jobs.schedule(
                 job_key=f"{study.study_uid}:{study.generation}:{task.rule}:{task.name}",

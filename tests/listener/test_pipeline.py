@@ -1,0 +1,167 @@
+"""Routing a released study: forwards, jobs, per-rule waits, expected content, follow-ups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from factory import ct_series
+from pydicom import Dataset
+
+from listener.journal import InstanceRecord, StudyState
+from listener.pipeline import Pipeline, build_pipeline, effective_rules
+from listener.rules import parse_rules
+from listener.settings import Settings
+
+RULES = """
+destinations:
+  archive: {ae_title: ARCHIVE, host: 127.0.0.1, port: 11199}
+  pacs: {ae_title: PACS, host: 127.0.0.1, port: 11198}
+rules:
+  - name: ct
+    match: {attribute: Modality, equals: CT}
+    quiet_period_s: 30
+    forward_to: [archive]
+    tasks:
+      - {name: segment, model: medimageparse, prompts: [liver]}
+    results_to: [pacs]
+  - name: chest-pair
+    match: {attribute: Modality, equals: CR}
+    expect:
+      conditions:
+        - {attribute: ViewPosition, one_of: [PA]}
+        - {attribute: ViewPosition, one_of: [LL]}
+      max_wait_s: 60
+      on_timeout: discard
+    tasks:
+      - {name: classify, model: medimageinsight, labels: [a, b]}
+"""
+
+
+class Clock:
+    """A settable clock for the pipeline."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _pipeline(tmp_path: Path) -> tuple[Pipeline, Clock]:
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(RULES)
+    settings = Settings(data_dir=tmp_path / "var", rules_file=rules_file, quiet_period_s=5)
+    pipeline = build_pipeline(settings)
+    clock = Clock()
+    pipeline.clock = clock
+    return pipeline, clock
+
+
+def _store(pipeline: Pipeline, datasets: list[Dataset], at: float) -> None:
+    """Put instances in the spool and the journal as the receiver would."""
+    journal = pipeline.journal
+    for ds in datasets:
+        relative = f"{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
+        path = pipeline.settings.spool_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        journal.record_instance(
+            InstanceRecord(
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                sop_class_uid=str(ds.SOPClassUID),
+                study_uid=str(ds.StudyInstanceUID),
+                series_uid=str(ds.SeriesInstanceUID),
+                modality=str(ds.Modality),
+                transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+                path=relative,
+                size=path.stat().st_size,
+                received_at=at,
+                generation=0,
+            ),
+            quiet_period_s=pipeline.settings.quiet_period_s,
+            patient_id=str(ds.PatientID),
+        )
+
+
+def _release(pipeline: Pipeline, clock: Clock) -> None:
+    for study in pipeline.journal.release_due_studies(clock.now):
+        pipeline.on_study_ready(study)
+        pipeline.journal.mark_dispatched(study.study_uid, study.generation)
+
+
+def test_rule_quiet_period_rearms_then_plans_forwards_and_jobs(tmp_path: Path) -> None:
+    """A rule's longer quiet period re-arms the study; then originals are queued for the
+    archive and one job is scheduled per task, once."""
+    pipeline, clock = _pipeline(tmp_path)
+    series = ct_series(4)
+    _store(pipeline, series, at=clock.now)
+    clock.now += 6  # global quiet period (5 s) over, the rule's 30 s not
+    _release(pipeline, clock)
+    study = pipeline.journal.study(str(series[0].StudyInstanceUID))
+    assert study is not None and study.state is StudyState.RECEIVING
+    assert pipeline.jobs.list_jobs() == [] and pipeline.outbox.entries() == []
+    clock.now += 25
+    _release(pipeline, clock)
+    assert len(pipeline.outbox.entries(destination="archive")) == 4
+    (job,) = pipeline.jobs.list_jobs()
+    assert (job.rule, job.task, job.payload["result_destinations"]) == ("ct", "segment", ["pacs"])
+
+
+def test_follow_up_forwards_only_late_instances(tmp_path: Path) -> None:
+    """An instance arriving after release opens a follow-up that forwards just that instance
+    and schedules the tasks again for the new generation."""
+    pipeline, clock = _pipeline(tmp_path)
+    series = ct_series(4)
+    _store(pipeline, series[:3], at=clock.now)
+    clock.now += 31
+    _release(pipeline, clock)
+    _store(pipeline, series[3:], at=clock.now)
+    clock.now += 31
+    _release(pipeline, clock)
+    forwarded = [e.sop_instance_uid for e in pipeline.outbox.entries(destination="archive")]
+    assert sorted(forwarded) == sorted(str(ds.SOPInstanceUID) for ds in series)
+    assert len(pipeline.jobs.list_jobs()) == 2
+
+
+def _cr(view: str, study_uid: str) -> Dataset:
+    ds = ct_series(1, study_uid=study_uid)[0]
+    ds.Modality = "CR"
+    ds.ViewPosition = view
+    return ds
+
+
+def test_expected_content_waits_then_discards_on_timeout(tmp_path: Path) -> None:
+    """A chest pair missing its lateral waits up to max_wait_s, then is discarded as configured."""
+    pipeline, clock = _pipeline(tmp_path)
+    _store(pipeline, [_cr("PA", "1.2.3.4.5")], at=clock.now)
+    clock.now += 6
+    _release(pipeline, clock)
+    study = pipeline.journal.study("1.2.3.4.5")
+    assert study is not None and study.state is StudyState.RECEIVING
+    clock.now += 60
+    _release(pipeline, clock)
+    assert pipeline.jobs.list_jobs() == []
+
+
+def test_expected_content_present_plans_at_once(tmp_path: Path) -> None:
+    """With both views present the study is planned at its first release."""
+    pipeline, clock = _pipeline(tmp_path)
+    _store(pipeline, [_cr("PA", "1.2.3.4.6"), _cr("LL", "1.2.3.4.6")], at=clock.now)
+    clock.now += 6
+    _release(pipeline, clock)
+    assert [j.task for j in pipeline.jobs.list_jobs()] == ["classify"]
+
+
+def test_settings_destinations_override_the_rules_file(tmp_path: Path) -> None:
+    """A destination given in the settings (e.g. by environment) replaces the file's, whatever
+    the spelling of its name."""
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(RULES)
+    settings = Settings(
+        rules_file=rules_file,
+        destinations={"ARCHIVE": {"ae_title": "REAL", "host": "10.0.0.9", "port": 104}},
+    )
+    rules = effective_rules(settings)
+    assert rules.destinations["archive"].ae_title == "REAL"
+    assert set(rules.destinations) == {"archive", "pacs"}
+    assert parse_rules(RULES).destinations["archive"].ae_title == "ARCHIVE"
