@@ -3,17 +3,13 @@
 The C-STORE handler does one thing (STYLE principle 2): check the request, hand the encoded bytes
 to the spool, record them in the journal and return a named status. No pixel decoding, no HTTP,
 no waiting on workers. Association admission (calling AE and host allow-list, called AE titles,
-the association limit shared by all receive processes) is decided by :func:`admission` before
-any presentation context is negotiated (PS3.8 §7.1.1.9 A-ASSOCIATE-RJ reasons).
+the association limit shared by all receive processes) is decided by
+:func:`listener.admission.admission` before any presentation context is negotiated (PS3.8
+§7.1.1.9 A-ASSOCIATE-RJ reasons).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
-import os
-import queue
-import select
 import socket
 import threading
 import time
@@ -22,23 +18,25 @@ from collections.abc import Callable, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.acse import ACSE
-from pynetdicom.association import Association
-from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from listener.admission import (
+    AssociationCounter,
+    admission,
+)
 from listener.dimse import EchoStatus, StoreStatus
+from listener.dimse_io import EventAssociation
 from listener.errors import InvalidDatasetError, MissingIdentifierError, StorageFullError
 from listener.journal import AssociationRecord, Journal
 from listener.logging import get_logger
-from listener.settings import AllowedCaller, Settings
+from listener.settings import Settings
 from listener.spool import InstanceHeader, Spool, encode_file_meta, read_header
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -49,8 +47,6 @@ UNCOMPRESSED = frozenset(
         "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
     }
 )
-REACTOR_WAIT_S = 0.001
-DUL_IDLE_WAIT_S = 0.05
 # Storage SOP classes the gateway must accept even if a pynetdicom release drops them.
 REQUIRED_STORAGE_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
@@ -98,94 +94,6 @@ def prefer_requested_syntaxes(
                 context.transfer_syntax,
                 key=lambda syntax: (rank.get(str(syntax), len(rank) + 1), syntax in UNCOMPRESSED),
             )
-
-
-# --- admission -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """An A-ASSOCIATE-RJ (PS3.8 §9.3.4): result, source, reason, and why in words."""
-
-    result: int
-    source: int
-    reason: int
-    why: str
-
-
-# PS3.8 Table 9-21: result 1 = rejected-permanent, 2 = rejected-transient; source 1 = service
-# user, 3 = service provider (presentation); reasons for source 1: 3 = calling AE title not
-# recognized, 7 = called AE title not recognized; for source 3: 2 = local limit exceeded.
-REJECT_CALLING_AE = (1, 1, 3)
-REJECT_CALLED_AE = (1, 1, 7)
-REJECT_LIMIT = (2, 3, 2)
-
-
-def admission(
-    *,
-    calling_ae: str,
-    called_ae: str,
-    peer_host: str,
-    ae_titles: Sequence[str],
-    allowed: Sequence[AllowedCaller],
-    active: int,
-    limit: int,
-) -> Rejection | None:
-    """Decide whether to accept an association request; None accepts it.
-
-    ``active`` counts the associations already open (in every receive process) including this
-    one. An empty allow-list accepts any calling AE; an entry with a host also requires the peer
-    address to be in that host or network.
-    """
-    calling, called = calling_ae.strip(), called_ae.strip()
-    if called not in ae_titles:
-        return Rejection(*REJECT_CALLED_AE, why=f"called AE {called!r} is not one of ours")
-    if allowed and not any(_caller_matches(entry, calling, peer_host) for entry in allowed):
-        known = any(entry.ae_title == calling for entry in allowed)
-        why = (
-            f"calling AE {calling!r} is not allowed from {peer_host}"
-            if known
-            else f"calling AE {calling!r} is not on the allow-list"
-        )
-        return Rejection(*REJECT_CALLING_AE, why=why)
-    if active > limit:
-        return Rejection(*REJECT_LIMIT, why=f"association limit of {limit} reached")
-    return None
-
-
-def _caller_matches(entry: AllowedCaller, calling_ae: str, peer_host: str) -> bool:
-    if entry.ae_title != calling_ae:
-        return False
-    if entry.host is None:
-        return True
-    try:
-        return ipaddress.ip_address(peer_host) in ipaddress.ip_network(entry.host, strict=False)
-    except ValueError:
-        return False
-
-
-class AssociationCounter:
-    """How many associations are open across receive processes.
-
-    ``shared`` is one integer slot per receive process (a ``multiprocessing.Array`` from the
-    supervisor, which zeroes the slot of a crashed child); without it the count is local.
-    """
-
-    def __init__(self, shared: Any = None, slot: int = 0) -> None:
-        self._shared = shared
-        self._slot = slot
-
-    def total(self, local: int) -> int:
-        """The open associations of every process, counting ``local`` for this one."""
-        if self._shared is None:
-            return local
-        others = sum(value for i, value in enumerate(self._shared[:]) if i != self._slot)
-        return int(others) + local
-
-    def publish(self, local: int) -> None:
-        """Tell the other processes how many associations this one has open."""
-        if self._shared is not None:
-            self._shared[self._slot] = local
 
 
 # --- the C-STORE / C-ECHO handlers ---------------------------------------------------------
@@ -502,141 +410,6 @@ class _AdmissionACSE(ACSE):
         super()._negotiate_as_acceptor()
 
 
-class _EventDUL(DULServiceProvider):
-    """pynetdicom 3.0's DUL with its idle sleep replaced by a wait on the socket.
-
-    The stock loop sleeps ``_run_loop_delay`` whenever it found nothing to do, so every PDU of
-    a C-STORE and every response waits out a sleep. Here it waits in ``select`` on the socket
-    and on a pipe that :meth:`send_pdu` writes to: it wakes the moment data arrives or a
-    response is queued, and sleeps up to :data:`DUL_IDLE_WAIT_S` when the association is idle.
-    The loop body is pynetdicom's own.
-    """
-
-    def __init__(self, assoc: Any) -> None:
-        super().__init__(assoc)
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_write, False)
-
-    def send_pdu(self, primitive: Any) -> None:
-        super().send_pdu(primitive)
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_write, b"\0")
-
-    def _wait(self) -> None:
-        watched = [self._wake_read]
-        sock = self.socket.socket if self.socket is not None else None
-        if sock is not None and sock.fileno() >= 0:
-            watched.append(sock.fileno())
-        ready, _, _ = select.select(watched, [], [], DUL_IDLE_WAIT_S)
-        if self._wake_read in ready:
-            os.read(self._wake_read, 4096)
-
-    def run_reactor(self) -> None:
-        try:
-            self._loop()
-        finally:
-            os.close(self._wake_read)
-            os.close(self._wake_write)
-
-    def _loop(self) -> None:
-        # As DULServiceProvider.run_reactor in pynetdicom 3.0, with _wait() for the sleep.
-        self._idle_timer.start()
-        idle = False
-        while True:
-            if not self.assoc._dul_ready.is_set():
-                self.assoc._dul_ready.set()
-                idle = True
-            if idle:
-                self._wait()
-            if self._kill_thread:
-                return
-            if self.artim_timer.expired:
-                self.event_queue.put("Evt18")
-            try:
-                if self._process_recv_primitive():
-                    pass
-                elif self._is_transport_event():
-                    self._idle_timer.restart()
-            except Exception:
-                self._abort_on_error()
-                return
-            try:
-                event = self.event_queue.get(block=False)
-            except queue.Empty:
-                idle = True
-                continue
-            self.state_machine.do_action(event)
-            idle = False
-
-    def _abort_on_error(self) -> None:
-        # As pynetdicom: bypass the state machine and send an A-ABORT.
-        get_logger("receive").exception("dul_failed")
-        abort = A_ABORT_RQ()
-        abort.source = 0x02  # PS3.8 Table 9-26: DICOM UL service provider
-        abort.reason_diagnostic = 0x00
-        if self.socket is not None:
-            self.socket.send(abort.encode())
-        self.assoc.is_aborted = True
-        self.assoc.is_established = False
-        self.assoc._kill = True
-        self._kill_thread = True
-
-
-class _Association(Association):
-    """pynetdicom 3.0's acceptor with event-driven waits instead of fixed sleeps.
-
-    The stock reactor sleeps 1 ms per loop before it polls the queue of decoded DIMSE messages;
-    here it blocks on that queue for up to the same millisecond, so a message is served the
-    moment it is decoded. Its DUL is :class:`_EventDUL`. The release/abort/timeout checks are
-    pynetdicom's own, unchanged.
-    """
-
-    def __init__(self, ae: Any, mode: str) -> None:
-        super().__init__(ae, mode)
-        self.dul = _EventDUL(self)
-        self.release_answered = False
-
-    def _run_reactor(self) -> None:
-        self._is_paused = False
-        while not self._kill:
-            self._is_paused = True
-            self._reactor_checkpoint.wait()
-            self._is_paused = False
-            try:
-                context_id, msg = self.dimse.msg_queue.get(timeout=REACTOR_WAIT_S)
-            except queue.Empty:
-                context_id, msg = None, None
-            if msg:
-                self._serve_request(msg, cast(int, context_id))
-            if self._finished():
-                return
-
-    def _finished(self) -> bool:
-        if self.is_established and self.acse.is_release_requested():
-            self.release_answered = True  # before the peer can close the connection
-            self.acse.send_release(is_response=True)
-            self.is_released = True
-            self.is_established = False
-            evt.trigger(self, evt.EVT_RELEASED, {})
-            self.kill()
-            return True
-        if self.acse.is_aborted():
-            self.dul.receive_pdu(wait=False)
-            self.is_aborted = True
-            self.is_established = False
-            evt.trigger(self, evt.EVT_ABORTED, {})
-            self.kill()
-            return True
-        if not self.dul.is_alive():
-            self.kill()
-            return True
-        if self.dul.idle_timer_expired():
-            self.abort()
-            self.kill()
-            return True
-        return False
-
-
 class _RequestHandler(RequestHandler):
     """pynetdicom's request handler, making our association and ACSE classes."""
 
@@ -644,7 +417,7 @@ class _RequestHandler(RequestHandler):
 
     def _create_association(self) -> Any:
         # As RequestHandler._create_association in pynetdicom 3.0, with our classes.
-        assoc = _Association(self.ae, MODE_ACCEPTOR)
+        assoc = EventAssociation(self.ae, MODE_ACCEPTOR)
         assoc._server = self.server
         assoc.name = f"Acceptor@{self.client_address[0]}:{self.client_address[1]}"
         assoc.set_socket(AssociationSocket(assoc, client_socket=self.request))

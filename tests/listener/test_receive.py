@@ -17,14 +17,11 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 
+from listener.admission import REJECT_CALLED_AE, REJECT_CALLING_AE, REJECT_LIMIT, admission
 from listener.dimse import StoreStatus
 from listener.journal import Journal
 from listener.receive import (
-    REJECT_CALLED_AE,
-    REJECT_CALLING_AE,
-    REJECT_LIMIT,
     Receiver,
-    admission,
     start_server,
 )
 from listener.settings import AllowedCaller, Settings, load_settings
