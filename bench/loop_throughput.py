@@ -5,7 +5,8 @@ Every peer is real: DCMTK storescu is the modality, a fresh Orthanc is the PACS 
 scenario, ``pacs-ai serve`` runs with its embedded default rules, a 1 s quiet period and the
 built-in emulator at zero latency, and sends its results to Orthanc (destination ``pacs``).
 
-Scenarios, each against a fresh gateway and a fresh Orthanc:
+Scenarios, each against a fresh gateway and a fresh Orthanc, each after one warm-up study of the
+same kind (measured too, as the first study after start-up):
 
 1. one chest CR (``RG1_UNCR.dcm``, 1841×1955): report SR + presentation state from CXRReportGen,
    classification SR from MedImageInsight;
@@ -17,7 +18,8 @@ is left out) to the acknowledgement of its last result by Orthanc: the ``outbox_
 event of the delivery pass that sent it (``outbox.sent_at`` is stamped when that pass starts,
 before the C-STOREs). Studies per hour run from the first storescu start to the last
 acknowledgement. The peer figure is storescu's wall time storing the same files into a fresh
-Orthanc (one association per study, the 20 at once). Ratios are gateway / peer.
+Orthanc (one association per study, the 20 at once). Ratios are gateway / peer. Job retries and
+results that needed a second attempt are listed, since each one costs a backoff.
 
     .venv/bin/python bench/loop_throughput.py --ct-slices 200 --studies 20
 """
