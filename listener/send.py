@@ -148,7 +148,7 @@ class StoreSender:
 
         def on_open(event: Any) -> None:
             opened.set()
-            set_nodelay(event.assoc)
+            prepare_requestor(event.assoc)
 
         ae = AE(ae_title=dest.calling_ae or self.calling_ae)
         ae.acse_timeout = self.timeouts.acse_s
@@ -224,6 +224,28 @@ def _contexts(chunk: Sequence[_Prepared]) -> list[Any]:
     contexts = [build_context(sop, [ts]) for sop, ts in exact]
     contexts += [build_context(sop, list(_UNCOMPRESSED_LE)) for sop in fallback]
     return contexts
+
+
+def prepare_requestor(assoc: Any) -> None:
+    """Ready an outgoing association (bind it to ``EVT_CONN_OPEN``, so it runs before pynetdicom
+    starts the association's reactor): TCP_NODELAY, and responses kept for the caller.
+
+    pynetdicom 3.0's reactor polls the DIMSE queue without blocking; between a ``send_*()`` call's
+    check that the reactor is paused and the reactor really pausing, it can take the peer's
+    response off the queue ("Received unexpected C-STORE service message"), and ``send_c_store``
+    then waits out the DIMSE timeout (pynetdicom issue #875; over loopback with TCP_NODELAY the
+    response is quick enough to hit the window). Our SCU associations never serve requests from
+    the peer, so the reactor's non-blocking polls get nothing and every response goes to the call
+    that waits for it.
+    """
+    set_nodelay(assoc)
+    dimse = assoc.dimse
+    get_msg = dimse.get_msg
+
+    def blocking_only(block: bool = False) -> Any:
+        return get_msg(block=True) if block else (None, None)
+
+    dimse.get_msg = blocking_only
 
 
 def set_nodelay(assoc: Any) -> None:

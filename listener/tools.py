@@ -6,16 +6,17 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from tqdm import tqdm
 
 from listener.dimse import STORED_STATUSES, EchoStatus
 from listener.journal import Journal
-from listener.send import set_nodelay
+from listener.send import prepare_requestor
 from listener.settings import Settings
 
 
@@ -24,7 +25,7 @@ def echo(host: str, port: int, *, aet: str, aec: str, timeout: float) -> tuple[b
     ae = AE(ae_title=aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(Verification)
-    assoc = ae.associate(host, port, ae_title=aec)
+    assoc = ae.associate(host, port, ae_title=aec, evt_handlers=[(evt.EVT_CONN_OPEN, _on_open)])
     if not assoc.is_established:
         return False, f"association with {aec}@{host}:{port} was rejected or failed"
     try:
@@ -101,11 +102,10 @@ def send_files(
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     for sop, syntaxes in _contexts_for(datasets)[:128]:
         ae.add_requested_context(sop, syntaxes)
-    assoc = ae.associate(host, port, ae_title=aec)
+    assoc = ae.associate(host, port, ae_title=aec, evt_handlers=[(evt.EVT_CONN_OPEN, _on_open)])
     if not assoc.is_established:
         report.failed += [(path, "association rejected or failed") for path, _ in datasets]
         return report
-    set_nodelay(assoc)
     try:
         for path, ds in tqdm(datasets, unit="file", disable=not progress):
             status = assoc.send_c_store(ds)
@@ -120,6 +120,10 @@ def send_files(
         if assoc.is_established:
             assoc.release()
     return report
+
+
+def _on_open(event: Any) -> None:
+    prepare_requestor(event.assoc)
 
 
 def print_studies(settings: Settings, *, as_json: bool, show_patient: bool) -> int:

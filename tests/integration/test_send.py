@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,7 @@ from pynetdicom.dsutils import split_dataset
 
 from listener.outbox import Backoff, Outbox
 from listener.rules import Destination
-from listener.send import StoreItem, StoreSender
+from listener.send import SendTimeouts, StoreItem, StoreSender
 
 pytestmark = pytest.mark.integration
 T0 = 2_000_000.0
@@ -154,3 +155,32 @@ def test_orthanc_refusing_the_calling_ae(tmp_path: Path) -> None:
         assert outbox.resubmit(outbox.dead_letters(job_id="job-3"), now=T0 + 60) == 3
         assert outbox.deliver_due(now=T0 + 60).sent == {"pacs": 3}
         assert server.instance_count() == 3
+
+
+@contextmanager
+def busy_cores(count: int, seconds: float) -> Iterator[None]:
+    """Keep ``count`` other processes spinning (bounded in time) so thread scheduling is uneven."""
+    spin = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def test_every_response_reaches_its_c_store_under_load(tmp_path: Path, orthanc: Orthanc) -> None:
+    """On a loaded machine, every C-STORE on one association gets its own response: pynetdicom's
+    reactor must not take a response off the queue before send_c_store reads it (if it did, that
+    store would wait out the DIMSE timeout and the rest of the association would fail)."""
+    files = write_series(ct_series(120, rows=256, cols=256), tmp_path / "ct")
+    items = [item(p) for p in files]
+    dest = Destination(
+        ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port, max_associations=1
+    )
+    sender = StoreSender("PACSAI", SendTimeouts(dimse_s=3.0))
+    with busy_cores(3, seconds=60):
+        for _ in range(6):
+            outcomes = sender.send(dest, items)
+            assert [str(o.error) for o in outcomes if not o.confirmed] == []
