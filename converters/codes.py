@@ -70,11 +70,19 @@ YES = codes.SCT.Yes
 NO = codes.SCT.No
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 12
 DRAFT_REPORT = Code("18782-3", "LN", "Radiology Study observation (narrative)")
-CHEST_IMAGING = codes.SCT.ChestImaging
+# TID 1500 row 4 "Procedure reported" is DCID 100 (Quantitative Diagnostic Imaging Procedure);
+# "Imaging procedure" is in that group for every modality, "Chest imaging" is not.
 IMAGING_PROCEDURE = codes.SCT.ImagingProcedure
+# CID 29 Acquisition Modality: the values TID 1602 (Image Library Entry Descriptors) row 1 takes
+# for Modality. Modalities of derived images such as OT (secondary capture) are not among them.
+ACQUISITION_MODALITIES = frozenset(code.value for code in codes.cid29.concepts.values())
+MODALITY = codes.DCM.Modality  # (121139, DCM), TID 1602 row 1
 AI_FAMILY = codes.cid7162.ArtificialIntelligence  # CID 7162 Algorithm Family
 DEVICE_OBSERVER = codes.DCM.Device
 TOP_LABEL = Code("TOPLABEL", PRIVATE_SCHEME, "Highest probability label")
+# highdicom 0.28.2 writes this concept's meaning as "Source Image for Segmentation"; PS3.16
+# Table D-1 has it in sentence case, and SR validators compare meanings case by case.
+SOURCE_IMAGE_FOR_SEGMENTATION = codes.DCM.SourceImageForSegmentation  # (121233, DCM)
 
 
 def clip_text(text: str, limit: int = MAX_CODE_MEANING) -> str:

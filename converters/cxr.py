@@ -5,7 +5,9 @@ One measurement group per finding: a finding with boxes gets one planar ROI grou
 C.18.6.1.1: five points, the last equal to the first); a finding without boxes gets an image-level
 group (TID 1501) that references the frontal image. Each group holds the sentence as text, the
 algorithm identification, and a tracking identifier and UID that stay the same on a re-run. The
-whole draft report goes once more, as one text, in the root's qualitative evaluations.
+whole draft report goes once more, as one text, in the root's qualitative evaluations. The
+procedure reported is the generic "Imaging procedure": TID 1500 row 4 takes its value from
+CID 100, which has no chest radiography concept.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Sequence
 import highdicom as hd
 from pydicom import Dataset
 
-from converters.codes import CHEST_IMAGING, DRAFT_REPORT
+from converters.codes import DRAFT_REPORT
 from converters.grounding import ImageFrame, PixelFinding, clip_box, closed_rectangle
 from converters.provenance import Provenance, ResultKind, study_uid_of
 from converters.sr import Group, add_texts, measurement_report, sr_algorithm, sr_document
@@ -92,12 +94,6 @@ def build_report_sr(
         else:
             groups.append(_image_group(index, finding, frontal, provenance, study_uid))
     text = " ".join(finding.text for finding in findings)
-    report = measurement_report(
-        groups,
-        provenance,
-        sources,
-        procedure=CHEST_IMAGING,
-        root_texts=[(DRAFT_REPORT, text)],
-    )
+    report = measurement_report(groups, provenance, sources, root_texts=[(DRAFT_REPORT, text)])
     sr = sr_document(sources, report, provenance, ResultKind.REPORT_SR)
     return sr

@@ -21,10 +21,13 @@ from pydicom.sr.coding import Code
 
 from converters.codes import (
     ABSENT,
+    ACQUISITION_MODALITIES,
     AI_FAMILY,
     DEVICE_OBSERVER,
     IMAGING_PROCEDURE,
+    MODALITY,
     QUALITATIVE_EVALUATIONS,
+    SOURCE_IMAGE_FOR_SEGMENTATION,
     clip_text,
     segment_property,
 )
@@ -103,17 +106,25 @@ def add_texts(group: Group, texts: Sequence[str], name: Code = QUALITATIVE_EVALU
 def _library_images(images: Sequence[Dataset]) -> list[Dataset]:
     """The images highdicom can describe in the Image Library (TID 1600).
 
-    The library is optional (TID 1500 row 4, U). highdicom's entry descriptors need attributes
-    some real images lack (a CR without Imager Pixel Spacing); such images stay referenced from
-    the measurement groups and the evidence sequence, just not listed in the library.
+    The library is optional (TID 1500 row 5, U). highdicom's entry descriptors need attributes
+    some real images lack (a CR without Imager Pixel Spacing), and an entry's Modality must be
+    an acquisition modality (TID 1602 row 1, DCID 29), which the OT highdicom derives from a
+    secondary capture's SOP class is not. Such images stay referenced from the measurement
+    groups and the evidence sequence, just not listed in the library.
     """
     usable = []
     for image in images:
         try:
-            hd.sr.ImageLibraryEntryDescriptors(image)
+            entry = hd.sr.ImageLibraryEntryDescriptors(image)
         except (AttributeError, ValueError):
             continue
-        usable.append(image)
+        modalities = [
+            item.ConceptCodeSequence[0].CodeValue
+            for item in entry
+            if item.ConceptNameCodeSequence[0].CodeValue == MODALITY.value
+        ]
+        if all(value in ACQUISITION_MODALITIES for value in modalities):
+            usable.append(image)
     return usable
 
 
@@ -174,6 +185,15 @@ def sr_document(
     return sr
 
 
+def _source_for_segmentation(image: Dataset) -> hd.sr.SourceImageForSegmentation:
+    """A TID 1411 row 11 reference to a segmented image, with the concept's standard meaning."""
+    item = hd.sr.SourceImageForSegmentation(
+        image.SOPClassUID, image.SOPInstanceUID, frame_numbers(image)
+    )
+    item.ConceptNameCodeSequence[0].CodeMeaning = SOURCE_IMAGE_FOR_SEGMENTATION.meaning
+    return item
+
+
 def _segment_group(
     seg: Dataset, number: int, prompt: Prompt, sources: Sequence[Dataset], provenance: Provenance
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
@@ -183,10 +203,7 @@ def _segment_group(
         sop_class_uid=seg.SOPClassUID,
         sop_instance_uid=seg.SOPInstanceUID,
         segment_number=number,
-        source_images=[
-            hd.sr.SourceImageForSegmentation(ds.SOPClassUID, ds.SOPInstanceUID, frame_numbers(ds))
-            for ds in sources
-        ],
+        source_images=[_source_for_segmentation(ds) for ds in sources],
     )
     prop = segment_property(prompt.category)
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
