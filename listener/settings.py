@@ -168,7 +168,7 @@ class Settings(BaseSettings):
     allowed_callers: list[AllowedCaller] = Field(
         default_factory=list, description="empty: any calling AE is accepted"
     )
-    max_associations: int = Field(default=16, ge=1, le=1000)
+    max_associations: int = Field(default=64, ge=1, le=1000)
     receive_processes: int = Field(
         default=2, ge=1, le=64, description="receive processes sharing the port (SO_REUSEPORT)"
     )
