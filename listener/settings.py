@@ -147,6 +147,10 @@ class EmulatorSettings(_Section):
     fault_statuses: list[int] = Field(default_factory=lambda: [408, 429, 503])
     retry_after_s: float | None = Field(default=None, ge=0)
     max_in_flight: int = Field(default=64, ge=1)
+    deployments: list[str] = Field(
+        default_factory=list,
+        description="deployment names it answers to (azureml-model-deployment); empty: any",
+    )
     seed: int = 0
 
 

@@ -199,6 +199,10 @@ class _Emulator:
         self.stats.per_model[model] = self.stats.per_model.get(model, 0) + 1
         if self._expected_auth and request.headers.get("authorization") != self._expected_auth:
             return _error(HTTP_UNAUTHORIZED, "missing or wrong endpoint key")
+        deployment = request.headers.get("azureml-model-deployment")
+        if deployment and self.settings.deployments and deployment not in self.settings.deployments:
+            # As an online endpoint answers a deployment it does not have (azure-models.md §6).
+            return _error(HTTP_NOT_FOUND, f"no deployment named {deployment!r} at this endpoint")
         if self.stats.in_flight >= self.settings.max_in_flight:
             self.stats.rejected_busy += 1
             return _error(HTTP_TOO_MANY_REQUESTS, "Too many pending requests", self._retry_after())

@@ -133,6 +133,17 @@ def test_key_auth(emulator: Start) -> None:
     assert post(server, "medimageinsight", payload, Authorization="Bearer k1").status_code == 200
 
 
+def test_unknown_deployment_gets_404(emulator: Start) -> None:
+    """With deployments configured, a request pinned to another deployment gets 404 naming it."""
+    server = emulator(deployments=["mi-v12"])
+    payload = body(["image", "text"], [["", "chest"]])
+    wrong = post(server, "medimageinsight", payload, **{"azureml-model-deployment": "mi-v1"})
+    assert wrong.status_code == 404 and "mi-v1" in wrong.text
+    right = post(server, "medimageinsight", payload, **{"azureml-model-deployment": "mi-v12"})
+    assert right.status_code == 200
+    assert post(server, "medimageinsight", payload).status_code == 200  # unpinned: any
+
+
 def test_every_response_says_it_is_an_emulator(emulator: Start) -> None:
     """Answers, errors and unknown paths all carry the not-a-clinical-model header."""
     server = emulator()
