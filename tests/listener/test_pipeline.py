@@ -6,6 +6,8 @@ from pathlib import Path
 
 from factory import ct_series
 from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from listener.journal import InstanceRecord, StudyState
 from listener.pipeline import Pipeline, build_pipeline, effective_rules
@@ -165,3 +167,49 @@ def test_settings_destinations_override_the_rules_file(tmp_path: Path) -> None:
     assert rules.destinations["archive"].ae_title == "REAL"
     assert set(rules.destinations) == {"archive", "pacs"}
     assert parse_rules(RULES).destinations["archive"].ae_title == "ARCHIVE"
+
+
+def _report(study_uid: str, text: str) -> Dataset:
+    """A minimal SR holding a draft report text at its root, as the report SR builder writes it."""
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = "18782-3", "LN"
+    code.CodeMeaning = "Radiology Study observation (narrative)"
+    item = Dataset()
+    item.ValueType, item.ConceptNameCodeSequence, item.TextValue = "TEXT", [code], text
+    sr = Dataset()
+    sr.file_meta = FileMetaDataset()
+    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    sr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.34"
+    sr.SOPInstanceUID = generate_uid()
+    sr.StudyInstanceUID, sr.Modality, sr.ContentSequence = study_uid, "SR", [item]
+    return sr
+
+
+def test_prior_is_the_latest_earlier_frontal_of_the_same_patient(tmp_path: Path) -> None:
+    """CXRReportGen's prior: the same patient's most recent earlier frontal image, with the draft
+    report the gateway made for it; later studies and other patients are not priors."""
+    pipeline, clock = _pipeline(tmp_path)
+    studies = {}
+    for uid, date, patient in (
+        ("1.9.1", "20240101", "P1"),
+        ("1.9.2", "20250101", "P1"),
+        ("1.9.3", "20270101", "P1"),
+        ("1.9.4", "20251201", "P2"),
+    ):
+        ds = _cr("PA", uid)
+        ds.StudyDate, ds.PatientID = date, patient
+        studies[uid] = ds
+        _store(pipeline, [ds], at=clock.now)
+    pipeline.results_dir.joinpath("1.9.2").mkdir(parents=True)
+    _report("1.9.2", "Small left effusion.").save_as(
+        pipeline.results_dir / "1.9.2" / "report.dcm", enforce_file_format=True
+    )
+    current = _cr("PA", "1.9.9")
+    current.StudyDate, current.PatientID = "20260101", "P1"
+    prior = pipeline.prior_image(current)
+    assert prior is not None
+    assert prior.dataset.StudyInstanceUID == "1.9.2"
+    assert (prior.study_date, prior.report) == ("20250101", "Small left effusion.")
+    stranger = _cr("PA", "1.9.8")
+    stranger.StudyDate, stranger.PatientID = "20260101", "P3"
+    assert pipeline.prior_image(stranger) is None
