@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from factory import ct_series
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
@@ -11,8 +12,10 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from listener.journal import InstanceRecord, StudyState
 from listener.pipeline import Pipeline, build_pipeline, effective_rules
+from listener.route import PlannedTask
 from listener.rules import parse_rules
 from listener.settings import Settings
+from listener.tasks import TaskOutcome, task_payload
 
 RULES = """
 destinations:
@@ -213,3 +216,45 @@ def test_prior_is_the_latest_earlier_frontal_of_the_same_patient(tmp_path: Path)
     stranger = _cr("PA", "1.9.8")
     stranger.StudyDate, stranger.PatientID = "20260101", "P3"
     assert pipeline.prior_image(stranger) is None
+
+
+def test_out_of_distribution_study_is_forwarded_for_review(tmp_path: Path) -> None:
+    """A classified study whose embedding is far from every earlier study's exceeds the rule's
+    threshold and is forwarded to the rule's OOD destination; embeddings are kept either way."""
+    pipeline, clock = _pipeline(tmp_path)
+    series = ct_series(2)
+    _store(pipeline, series, at=clock.now)
+    study_uid = str(series[0].StudyInstanceUID)
+    rng = np.random.default_rng(3)
+    common = rng.normal(size=1024)
+    for i in range(6):  # the reference: earlier studies that look alike
+        vector = common + rng.normal(size=1024) * 0.05
+        pipeline.embeddings.put(f"ref{i}", f"1.8.{i}", list(vector), "v1", now=clock.now)
+    task = PlannedTask(
+        rule="r",
+        name="classify",
+        model="medimageinsight",
+        inputs={"images": (str(series[0].SOPInstanceUID),)},
+        labels=("a", "b"),
+        parameters={"ood_threshold": 0.5, "ood_destination": "archive"},
+    )
+    job_id = pipeline.jobs.schedule(
+        job_key="k",
+        study_uid=study_uid,
+        episode=0,
+        rule="r",
+        task="classify",
+        payload=task_payload(task),
+        priority=0,
+        now=clock.now,
+    )
+    job = pipeline.jobs.claim("w", clock.now, 60)
+    assert job is not None and job.id == job_id
+    strange = list(rng.normal(size=1024))
+    outcome = TaskOutcome((), "a", {str(series[0].SOPInstanceUID): strange}, model_version="v1")
+    assert pipeline._act(job, outcome, clock.now) == []
+    forwarded = pipeline.outbox.entries(destination="archive")
+    assert sorted(e.sop_instance_uid for e in forwarded) == sorted(
+        str(ds.SOPInstanceUID) for ds in series
+    )
+    assert pipeline.embeddings.count() == 7
