@@ -24,7 +24,7 @@ from converters.check import ResultCheckError
 from converters.frames import number_of_frames
 from converters.geometry import cxr_box_to_source, mask_to_source
 from converters.grounding import ImageFrame, PixelFinding
-from converters.model_outputs import PARSE_CATEGORIES, Embeddings, ModelIdentity, ParseResult
+from converters.model_outputs import PARSE_CATEGORIES, Embeddings, ModelIdentity
 from converters.prepare import ImageModel, prepare_image
 from converters.provenance import Provenance
 from converters.results import (
@@ -210,13 +210,25 @@ async def run_classification(task: PlannedTask, ctx: TaskContext) -> TaskOutcome
     )
 
 
+# Frames of one task prepared and in flight at once: bounds memory (a 1024x1024 PNG and a
+# prompts x 1024 x 1024 answer per frame) however long the series; the client's own limit
+# bounds the requests.
+FRAMES_IN_FLIGHT = 8
+
+
 async def _parse_frame(
-    ctx: TaskContext, ds: Dataset, frame: int, prompts: Sequence[str], window: str | None
-) -> tuple[ParseResult, npt.NDArray[np.bool_]]:
-    prepared = prepare_image(ds, ImageModel.MEDIMAGEPARSE, frame=frame, preset=window)
-    answer = await ctx.clients.medimageparse.segment(prepared.png, prompts)
-    masks = np.stack([mask_to_source(mask, prepared.transform) for mask in answer.masks])
-    return answer, masks
+    ctx: TaskContext,
+    ds: Dataset,
+    frame: int,
+    task: PlannedTask,
+    slots: asyncio.Semaphore,
+) -> tuple[tuple[str, ...], npt.NDArray[np.bool_]]:
+    """One frame through MedImageParse: its categories and its masks on the source grid."""
+    async with slots:
+        prepared = prepare_image(ds, ImageModel.MEDIMAGEPARSE, frame=frame, preset=task.window)
+        answer = await ctx.clients.medimageparse.segment(prepared.png, task.prompts)
+        masks = np.stack([mask_to_source(mask, prepared.transform) for mask in answer.masks])
+    return answer.categories, masks
 
 
 async def run_parse(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
@@ -229,10 +241,9 @@ async def run_parse(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
     frames = [(ds, i) for ds in sources for i in range(number_of_frames(ds))]
     if len(sources) > 1 and len(frames) != len(sources):
         raise ConversionError(f"task {task.name}: a series mixing multi-frame images")
-    answers = await asyncio.gather(
-        *(_parse_frame(ctx, ds, i, task.prompts, task.window) for ds, i in frames)
-    )
-    categories = answers[0][0].categories
+    slots = asyncio.Semaphore(FRAMES_IN_FLIGHT)
+    answers = await asyncio.gather(*(_parse_frame(ctx, ds, i, task, slots) for ds, i in frames))
+    categories = answers[0][0]
     prompts = tuple(Prompt(text, cat) for text, cat in zip(task.prompts, categories, strict=False))
     masks = np.stack([mask for _, mask in answers], axis=1)  # (prompts, frames, rows, cols)
     provenance = _provenance(ctx.clients.medimageparse.identity, task, ctx)
