@@ -13,6 +13,8 @@ import contextlib
 import os
 import queue
 import select
+import struct
+import threading
 from typing import Any, cast
 
 from pynetdicom import evt
@@ -20,10 +22,15 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 
+from listener.dimse_codec import P_DATA_TF
+from listener.dimse_store import StorePath, lean_path_allowed
 from listener.logging import get_logger
 
 REACTOR_WAIT_S = 0.001
 DUL_IDLE_WAIT_S = 0.05
+# PS3.8 §9.3.1: the PDU types a peer may send (A-ASSOCIATE-RQ .. A-ABORT).
+_PDU_TYPES = range(0x01, 0x08)
+_PDU_HEADER = struct.Struct(">BBL")
 
 
 class EventDUL(DULServiceProvider):
@@ -34,12 +41,77 @@ class EventDUL(DULServiceProvider):
     and on a pipe that :meth:`send_pdu` writes to: it wakes the moment data arrives or a
     response is queued, and sleeps up to :data:`DUL_IDLE_WAIT_S` when the association is idle.
     The loop body is pynetdicom's own.
+
+    In the data transfer state (Sta6) it reads P-DATA-TF PDUs itself and hands their PDVs to a
+    :class:`~listener.dimse_store.StorePath`, which serves C-STOREs in this thread; every other
+    PDU, and every PDU in another state, is read and decoded as pynetdicom does.
     """
 
     def __init__(self, assoc: Any) -> None:
         super().__init__(assoc)
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
+        self._store = StorePath(self)
+        self._lean: bool | None = None  # decided at the first PDU in Sta6
+
+    def _read_pdu_data(self) -> None:
+        if self.state_machine.current_state != "Sta6":
+            super()._read_pdu_data()
+            return
+        if self._lean is None:
+            self._lean = lean_path_allowed(self.assoc)
+        if not self._lean:
+            super()._read_pdu_data()
+            return
+        header = self._recv_exact(6)
+        if header is None:
+            self.event_queue.put("Evt17")  # PS3.8 §9.2: transport connection closed
+            return
+        pdu_type, _, length = _PDU_HEADER.unpack(header)
+        if pdu_type != P_DATA_TF:
+            self._read_other_pdu(header, pdu_type, length)
+            return
+        body = self._recv_exact(length)
+        if body is None:
+            self.event_queue.put("Evt17")
+            return
+        self._store.on_pdu(memoryview(body))
+
+    def _recv_exact(self, size: int) -> bytearray | None:
+        """``size`` bytes from the socket, or None if it closed or failed first."""
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        received = 0
+        sock = self.socket.socket if self.socket is not None else None
+        if sock is None:
+            return None
+        try:
+            while received < size:
+                count = sock.recv_into(view[received:])
+                if not count:
+                    return None
+                received += count
+        except OSError:  # TimeoutError included
+            return None
+        return buffer
+
+    def _read_other_pdu(self, header: bytearray, pdu_type: int, length: int) -> None:
+        # As the rest of DULServiceProvider._read_pdu_data in pynetdicom 3.0.
+        if pdu_type not in _PDU_TYPES:
+            self.event_queue.put("Evt19")  # PS3.8 §9.2: unrecognised or invalid PDU
+            return
+        body = self._recv_exact(length)
+        if body is None:
+            self.event_queue.put("Evt17")
+            return
+        try:
+            pdu, event = self._decode_pdu(header + body)
+        except Exception:
+            get_logger("receive").warning("pdu_undecodable", pdu_type=pdu_type)
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
@@ -119,8 +191,13 @@ class EventAssociation(Association):
         super().__init__(ae, mode)
         self.dul = EventDUL(self)
         self.release_answered = False
+        self.serving = threading.Event()  # set once EVT_ESTABLISHED has been handled
 
     def _run_reactor(self) -> None:
+        self.serving.set()
+        self._reactor()
+
+    def _reactor(self) -> None:
         self._is_paused = False
         while not self._kill:
             self._is_paused = True
