@@ -1,0 +1,122 @@
+"""C-STOREs served in the DUL thread, and the messages it leaves to pynetdicom, over loopback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from factory import ct_series
+from peers import free_port
+from pydicom import dcmread
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.dsutils import encode
+
+from listener.dimse import EchoStatus, StoreStatus
+from listener.journal import Journal
+from listener.receive import Receiver, start_server
+from listener.settings import Settings, load_settings
+from listener.spool import Spool
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+def _serve(tmp_path: Path, **overrides: object) -> Iterator[tuple[Settings, Journal, Spool]]:
+    settings = load_settings(
+        None,
+        host="127.0.0.1",
+        port=free_port(),
+        data_dir=tmp_path,
+        disk_min_free_mb=0,
+        **overrides,
+    )
+    spool = Spool(settings.spool_dir, settings.quarantine_dir)
+    journal = Journal(settings.journal_path)
+    server = start_server(settings, Receiver(settings, spool, journal))
+    yield settings, journal, spool
+    server.shutdown()
+    deadline = time.monotonic() + 10
+    while server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.01)
+    journal.close()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[tuple[Settings, Journal, Spool]]:
+    """A receiver with default settings on a free loopback port."""
+    yield from _serve(tmp_path)
+
+
+@pytest.fixture
+def small_pdu_gateway(tmp_path: Path) -> Iterator[tuple[Settings, Journal, Spool]]:
+    """A receiver that accepts P-DATA-TF PDUs of at most 4096 bytes."""
+    yield from _serve(tmp_path, max_pdu_size=4096)
+
+
+def _associate(settings: Settings, max_pdu: int = 0) -> object:
+    ae = AE(ae_title="MODALITY")
+    ae.maximum_pdu_size = max_pdu
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    ae.add_requested_context(VERIFICATION)
+    return ae.associate("127.0.0.1", settings.port, ae_title="PACSAI")
+
+
+def test_echo_between_stores_on_one_association(
+    gateway: tuple[Settings, Journal, Spool],
+) -> None:
+    """A C-ECHO between two C-STOREs is answered, and both instances are stored."""
+    settings, journal, spool = gateway
+    first, second = ct_series(2)
+    assoc = _associate(settings)
+    assert assoc.send_c_store(first).Status == StoreStatus.SUCCESS  # type: ignore[attr-defined]
+    assert assoc.send_c_echo().Status == EchoStatus.SUCCESS  # type: ignore[attr-defined]
+    assert assoc.send_c_store(second).Status == StoreStatus.SUCCESS  # type: ignore[attr-defined]
+    assert assoc.send_c_echo().Status == EchoStatus.SUCCESS  # type: ignore[attr-defined]
+    assoc.release()  # type: ignore[attr-defined]
+    assert len(spool.files()) == 2
+    (record,) = journal.associations()
+    assert (record["received"], record["stored"], record["ended"]) == (2, 2, "released")
+
+
+def test_store_fragmented_over_many_pdus_is_kept_byte_for_byte(
+    small_pdu_gateway: tuple[Settings, Journal, Spool],
+) -> None:
+    """An instance sent in many 4 KB PDUs is stored with exactly the bytes that were sent."""
+    settings, _, spool = small_pdu_gateway
+    ds = ct_series(1, rows=128, cols=128)[0]
+    assoc = _associate(settings)
+    assert assoc.send_c_store(ds).Status == StoreStatus.SUCCESS  # type: ignore[attr-defined]
+    assoc.release()  # type: ignore[attr-defined]
+    (stored,) = spool.files()
+    sent = encode(ds, False, True)
+    assert sent is not None and len(sent) > 8 * 4096
+    on_disk = (spool.root / stored).read_bytes()
+    assert on_disk.endswith(sent)
+    assert dcmread(spool.root / stored).SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_response_is_fragmented_for_a_peer_with_a_small_pdu_limit(
+    gateway: tuple[Settings, Journal, Spool],
+) -> None:
+    """A peer that takes only 128-byte PDUs still gets a C-STORE-RSP it can read."""
+    settings, _, spool = gateway
+    ds = ct_series(1)[0]
+    assoc = _associate(settings, max_pdu=128)
+    assert assoc.send_c_store(ds).Status == StoreStatus.SUCCESS  # type: ignore[attr-defined]
+    assoc.release()  # type: ignore[attr-defined]
+    assert len(spool.files()) == 1
+
+
+def test_handler_failure_answers_processing_failure(
+    gateway: tuple[Settings, Journal, Spool],
+) -> None:
+    """A store that raises (journal gone) is answered with a failure; the association lives."""
+    settings, journal, _ = gateway
+    assoc = _associate(settings)
+    journal.close()
+    status = assoc.send_c_store(ct_series(1)[0]).Status  # type: ignore[attr-defined]
+    assert status == StoreStatus.PROCESSING_FAILURE
+    assert assoc.send_c_echo().Status == EchoStatus.SUCCESS  # type: ignore[attr-defined]
+    assoc.release()  # type: ignore[attr-defined]
