@@ -115,8 +115,10 @@ def build_seg(sources: Sequence[Dataset], masks: SourceMasks, provenance: Proven
     segments = tuple(masks.prompts[i] for i in found)
     if not found:
         return SegOutcome(None, (), not_found)
-    # highdicom wants (frames, rows, columns, segments) for several binary segments.
-    pixels = np.moveaxis(np.asarray(masks.masks[found], dtype=np.bool_), 0, -1)
+    # highdicom wants (frames, rows, columns, segments) for several binary segments; a view
+    # when every prompt found something (no copy of the whole mask stack), else the found ones.
+    kept = masks.masks if len(found) == len(masks.prompts) else masks.masks[found]
+    pixels = np.moveaxis(np.asarray(kept, dtype=np.bool_), 0, -1)
     descriptions = [
         _description(n, p, provenance, study_uid) for n, p in enumerate(segments, start=1)
     ]

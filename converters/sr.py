@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import highdicom as hd
 from pydicom import Dataset
+from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from converters.codes import (
@@ -33,6 +34,8 @@ from converters.codes import (
 )
 from converters.provenance import MANUFACTURER, Provenance, ResultKind, study_uid_of
 from converters.seg import Prompt, SegOutcome, segment_tracking_uid
+
+IMAGE_LIBRARY = codes.DCM.ImageLibrary  # (111028, DCM), TID 1600 row 1
 
 Group = (
     hd.sr.MeasurementsAndQualitativeEvaluations
@@ -128,6 +131,52 @@ def _library_images(images: Sequence[Dataset]) -> list[Dataset]:
     return usable
 
 
+def _library_modalities(report: hd.sr.MeasurementReport) -> list[str]:
+    """The Modality code (TID 1602 row 1) of every entry in a report's Image Library."""
+    values = []
+    for item in report[0].ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue != IMAGE_LIBRARY.value:
+            continue
+        for group in item.ContentSequence:  # TID 1600 Image Library Groups
+            for entry in group.get("ContentSequence", []):  # TID 1601 entries
+                values += [
+                    descriptor.ConceptCodeSequence[0].CodeValue
+                    for descriptor in entry.get("ContentSequence", [])
+                    if descriptor.ConceptNameCodeSequence[0].CodeValue == MODALITY.value
+                ]
+    return values
+
+
+def _report_with_library(
+    groups: Sequence[Group], provenance: Provenance, images: Sequence[Dataset], procedure: Code
+) -> hd.sr.MeasurementReport:
+    """The TID 1500 root whose image library lists the usable ``images``.
+
+    Describing an image is the costly part of a library (about 4 ms an image), so the report
+    is first built with every image, which is what happens for a usable series; only when
+    that fails or lists a modality the library may not hold are the images sorted one by one
+    (:func:`_library_images`) and the report built again.
+    """
+
+    def build(library: Sequence[Dataset]) -> hd.sr.MeasurementReport:
+        return hd.sr.MeasurementReport(
+            observation_context=observation_context(provenance),
+            procedure_reported=procedure,
+            imaging_measurements=list(groups),
+            referenced_images=list(library) or None,
+        )
+
+    if images:
+        try:
+            report = build(images)
+        except (AttributeError, ValueError):
+            pass
+        else:
+            if all(value in ACQUISITION_MODALITIES for value in _library_modalities(report)):
+                return report
+    return build(_library_images(images))
+
+
 def measurement_report(
     groups: Sequence[Group],
     provenance: Provenance,
@@ -139,12 +188,7 @@ def measurement_report(
 
     Root-level text goes in the "Qualitative Evaluations" container of TID 1500 (row 12).
     """
-    report = hd.sr.MeasurementReport(
-        observation_context=observation_context(provenance),
-        procedure_reported=procedure,
-        imaging_measurements=list(groups),
-        referenced_images=_library_images(images) or None,
-    )
+    report = _report_with_library(groups, provenance, images, procedure)
     if root_texts:
         container = hd.sr.ContainerContentItem(
             name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
