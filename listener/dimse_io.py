@@ -3,8 +3,10 @@
 Stock pynetdicom sleeps on a fixed timer in its association reactor (1 ms per loop) and in its
 DUL loop whenever it is idle, so every PDU of a C-STORE and every response waits out a sleep.
 These subclasses wait on the message queue, on the socket and on a wake-up pipe instead; the loop
-bodies and the release/abort/timeout checks are pynetdicom's own. They copy pynetdicom 3.0
-internals, which is why the dependency is pinned below 3.1.
+bodies and the release/abort/timeout checks are pynetdicom's own. In the data transfer state
+the DUL reads P-DATA-TF PDUs itself and serves C-STOREs in its own thread
+(:mod:`listener.dimse_store`). They copy pynetdicom 3.0 internals, which is why the dependency
+is pinned below 3.1.
 """
 
 from __future__ import annotations
