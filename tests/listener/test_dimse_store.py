@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from peers import free_port
 from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
 from listener.dimse import EchoStatus, StoreStatus
@@ -120,3 +123,39 @@ def test_handler_failure_answers_processing_failure(
     assert status == StoreStatus.PROCESSING_FAILURE
     assert assoc.send_c_echo().Status == EchoStatus.SUCCESS  # type: ignore[attr-defined]
     assoc.release()  # type: ignore[attr-defined]
+
+
+def test_abort_in_the_middle_of_a_store_keeps_nothing(
+    gateway: tuple[Settings, Journal, Spool],
+) -> None:
+    """A peer that aborts halfway through a C-STORE leaves no file and an aborted association."""
+    settings, journal, spool = gateway
+    ds = ct_series(1, rows=128, cols=128)[0]
+    assoc = _associate(settings)
+    context = next(cx for cx in assoc.accepted_contexts if cx.abstract_syntax == CTImageStorage)  # type: ignore[attr-defined]
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 2
+    request.DataSet = BytesIO(encode(ds, context.transfer_syntax[0].is_implicit_VR, True))
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    fragments = list(message.encode_msg(context.context_id, 4096))
+    assert len(fragments) > 4
+    for primitive in fragments[:3]:
+        assoc.dul.send_pdu(primitive)  # type: ignore[attr-defined]
+    assoc.abort()  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        records = journal.associations()
+        if records and records[0]["ended"]:
+            break
+        time.sleep(0.02)
+    (record,) = journal.associations()
+    assert (record["ended"], record["received"]) == ("aborted", 0)
+    assert spool.files() == []
+    again = _associate(settings)
+    assert again.send_c_store(ds).Status == StoreStatus.SUCCESS  # type: ignore[attr-defined]
+    again.release()  # type: ignore[attr-defined]
+    assert len(spool.files()) == 1
