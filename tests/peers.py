@@ -254,3 +254,32 @@ def run_gateway(
         if proc.poll() is None:
             stop_process(proc, timeout=20)
         log.close()
+
+
+@contextmanager
+def run_receiver(data_dir: Path, **overrides: Any) -> Iterator[tuple[Any, Any, Any]]:
+    """The receiver alone, in this process, on a free loopback port: (settings, journal, spool)."""
+    from listener.journal import Journal
+    from listener.receive import Receiver, start_server
+    from listener.settings import load_settings
+    from listener.spool import Spool
+
+    settings = load_settings(
+        None,
+        host="127.0.0.1",
+        port=free_port(),
+        data_dir=data_dir,
+        disk_min_free_mb=0,
+        **overrides,
+    )
+    spool = Spool(settings.spool_dir, settings.quarantine_dir)
+    journal = Journal(settings.journal_path)
+    server = start_server(settings, Receiver(settings, spool, journal))
+    try:
+        yield settings, journal, spool
+    finally:
+        server.shutdown()
+        deadline = time.monotonic() + 10
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.01)
+        journal.close()

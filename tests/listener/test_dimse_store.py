@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from factory import ct_series
-from peers import free_port
+from peers import run_receiver
 from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
@@ -19,31 +19,15 @@ from pynetdicom.dsutils import encode
 
 from listener.dimse import EchoStatus, StoreStatus
 from listener.journal import Journal
-from listener.receive import Receiver, start_server
-from listener.settings import Settings, load_settings
+from listener.settings import Settings
 from listener.spool import Spool
 
 VERIFICATION = "1.2.840.10008.1.1"
 
 
 def _serve(tmp_path: Path, **overrides: object) -> Iterator[tuple[Settings, Journal, Spool]]:
-    settings = load_settings(
-        None,
-        host="127.0.0.1",
-        port=free_port(),
-        data_dir=tmp_path,
-        disk_min_free_mb=0,
-        **overrides,
-    )
-    spool = Spool(settings.spool_dir, settings.quarantine_dir)
-    journal = Journal(settings.journal_path)
-    server = start_server(settings, Receiver(settings, spool, journal))
-    yield settings, journal, spool
-    server.shutdown()
-    deadline = time.monotonic() + 10
-    while server.active_associations and time.monotonic() < deadline:
-        time.sleep(0.01)
-    journal.close()
+    with run_receiver(tmp_path, **overrides) as served:
+        yield served
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from factory import ct_series
-from peers import free_port
+from peers import free_port, run_receiver
 from pydicom import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
@@ -31,23 +31,8 @@ from listener.spool import Spool
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[tuple[Settings, Journal, Spool]]:
     """A receiver on a free loopback port with a tmp data dir, allowing calling AE MODALITY."""
-    settings = load_settings(
-        None,
-        host="127.0.0.1",
-        port=free_port(),
-        data_dir=tmp_path,
-        disk_min_free_mb=0,
-        allowed_callers=[{"ae_title": "MODALITY"}],
-    )
-    spool = Spool(settings.spool_dir, settings.quarantine_dir)
-    journal = Journal(settings.journal_path)
-    server = start_server(settings, Receiver(settings, spool, journal))
-    yield settings, journal, spool
-    server.shutdown()
-    deadline = time.monotonic() + 10
-    while server.active_associations and time.monotonic() < deadline:
-        time.sleep(0.01)
-    journal.close()
+    with run_receiver(tmp_path, allowed_callers=[{"ae_title": "MODALITY"}]) as served:
+        yield served
 
 
 def _associate(settings: Settings, calling: str = "MODALITY") -> object:
