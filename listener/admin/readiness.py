@@ -29,8 +29,30 @@ class Thresholds:
     send_late_s: float = 900.0
 
 
-def _count(db: sqlite3.Connection, sql: str, *params: object) -> int:
-    return int(db.execute(sql, params).fetchone()[0])
+def _overdue(limits: Thresholds) -> list[tuple[str, float, str]]:
+    """Per check: a count query taking one "due before" time, the lateness allowed, the reason."""
+    return [
+        (
+            "SELECT COUNT(*) FROM studies WHERE state = 'receiving' AND due_at < ?",
+            limits.release_late_s,
+            "assemble: {n} studies past their quiet period are not released",
+        ),
+        (
+            "SELECT COUNT(*) FROM jobs WHERE state = 'IN PROGRESS' AND lease_until < ?",
+            limits.lease_late_s,
+            "infer: {n} jobs IN PROGRESS past their lease",
+        ),
+        (
+            "SELECT COUNT(*) FROM jobs WHERE state = 'SCHEDULED' AND not_before < ?",
+            limits.job_due_late_s,
+            f"infer: {{n}} scheduled jobs overdue by over {limits.job_due_late_s:.0f} s",
+        ),
+        (
+            "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND next_attempt_at < ?",
+            limits.send_late_s,
+            f"send: {{n}} outbox entries overdue by over {limits.send_late_s:.0f} s",
+        ),
+    ]
 
 
 def problems(state: AdminState, now: float, limits: Thresholds | None = None) -> list[str]:
@@ -44,36 +66,8 @@ def problems(state: AdminState, now: float, limits: Thresholds | None = None) ->
             f" ({state.settings.disk_min_free_mb} MiB)"
         )
     with closing(sqlite3.connect(state.db_path, timeout=10)) as db:
-        late = _count(
-            db,
-            "SELECT COUNT(*) FROM studies WHERE state = 'receiving' AND due_at < ?",
-            now - limits.release_late_s,
-        )
-        if late:
-            reasons.append(f"assemble: {late} studies past their quiet period are not released")
-        stuck = _count(
-            db,
-            "SELECT COUNT(*) FROM jobs WHERE state = 'IN PROGRESS' AND lease_until < ?",
-            now - limits.lease_late_s,
-        )
-        if stuck:
-            reasons.append(f"infer: {stuck} jobs IN PROGRESS past their lease")
-        waiting = _count(
-            db,
-            "SELECT COUNT(*) FROM jobs WHERE state = 'SCHEDULED' AND not_before < ?",
-            now - limits.job_due_late_s,
-        )
-        if waiting:
-            reasons.append(
-                f"infer: {waiting} scheduled jobs overdue by over {limits.job_due_late_s:.0f} s"
-            )
-        unsent = _count(
-            db,
-            "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND next_attempt_at < ?",
-            now - limits.send_late_s,
-        )
-        if unsent:
-            reasons.append(
-                f"send: {unsent} outbox entries overdue by over {limits.send_late_s:.0f} s"
-            )
+        for sql, allowed, reason in _overdue(limits):
+            count = int(db.execute(sql, (now - allowed,)).fetchone()[0])
+            if count:
+                reasons.append(reason.format(n=count))
     return reasons
