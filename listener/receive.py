@@ -153,6 +153,20 @@ class Receiver:
 
     # association life cycle
 
+    def record_rejection(self, assoc: Any, calling_ae: str, called_ae: str, why: str) -> None:
+        """Journal a refused association, so the association log and metrics count it."""
+        now = self.clock()
+        record = AssociationRecord(
+            id=uuid.uuid4().hex[:16],
+            peer_host=str(assoc.requestor.address),
+            peer_port=int(assoc.requestor.port or 0),
+            calling_ae=calling_ae,
+            called_ae=called_ae,
+            started_at=now,
+        )
+        self.journal.start_association(record)
+        self.journal.end_association(record, ended="rejected", now=now)
+
     def on_established(self, event: Any) -> None:
         assoc = event.assoc
         record = AssociationRecord(
@@ -397,6 +411,7 @@ class _AdmissionACSE(ACSE):
                 source=rejection.source,
                 diagnostic=rejection.reason,
             )
+            self._receiver.record_rejection(self.assoc, calling, called, rejection.why)
             self.requestor.ae_title = request.calling_ae_title
             self.send_reject(rejection.result, rejection.source, rejection.reason)
             evt.trigger(self.assoc, evt.EVT_REJECTED, {})

@@ -82,7 +82,9 @@ class JournalCollector(Collector):
             f"{PREFIX}_received_bytes", "Bytes of the instances stored by the receiver", size
         )
         assoc = CounterMetricFamily(
-            f"{PREFIX}_associations", "Associations accepted, by how they ended", labels=["outcome"]
+            f"{PREFIX}_associations",
+            "Associations by how they ended (released, aborted, closed, rejected)",
+            labels=["outcome"],
         )
         for outcome, n in db.execute(
             "SELECT COALESCE(ended, 'open'), COUNT(*) FROM associations GROUP BY 1"

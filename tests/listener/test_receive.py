@@ -143,12 +143,15 @@ def test_duplicate_is_acknowledged_and_stored_once(
 
 
 def test_unknown_calling_ae_is_rejected(gateway: tuple[Settings, Journal, Spool]) -> None:
-    """A calling AE not on the allow-list gets A-ASSOCIATE-RJ, calling AE not recognized."""
-    settings, _, _ = gateway
+    """A calling AE not on the allow-list gets A-ASSOCIATE-RJ, calling AE not recognized, and
+    the refusal is in the association log."""
+    settings, journal, _ = gateway
     assoc = _associate(settings, calling="INTRUDER")
     assert assoc.is_rejected  # type: ignore[attr-defined]
     rejection = assoc.acceptor.primitive  # type: ignore[attr-defined]
     assert (rejection.result, rejection.result_source, rejection.diagnostic) == REJECT_CALLING_AE
+    (logged,) = journal.associations()
+    assert (logged["calling_ae"], logged["ended"], logged["stored"]) == ("INTRUDER", "rejected", 0)
 
 
 def test_storage_full_refuses_with_out_of_resources(tmp_path: Path) -> None:
