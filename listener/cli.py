@@ -160,7 +160,10 @@ ADDERS.extend([add_process, add_jobs, add_similar])
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pacs-ai`` parser with every subcommand in :data:`ADDERS`."""
-    parser = argparse.ArgumentParser(prog="pacs-ai", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="pacs-ai",
+        description="DICOM gateway between a PACS and hosted medical imaging models.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in ADDERS:
         add(sub)
