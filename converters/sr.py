@@ -7,8 +7,10 @@ itself, which is always left unverified and partial (PS3.3 C.17.2: Verification 
 Completion Flag PARTIAL), so nobody mistakes a draft from a model for a signed report.
 
 :func:`build_seg_sr` links a SEG's segments from volumetric measurement groups (TID 1411
-"Volumetric ROI Measurements", Referenced Segment) and records prompts that found nothing as
-image-level groups (TID 1501) with a qualitative evaluation of "Absent".
+"Volumetric ROI Measurements", Referenced Segment) and records prompts that found nothing at the
+document root, in TID 1500's "Qualitative Evaluations" container: a coded "Absent" for the
+prompt's target and a text naming the prompt and the model. Kept out of Imaging Measurements,
+they are not mistaken for volumetric groups that lack a region (TID 1411 rows 5, 7 and 10).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from converters.codes import (
     ACQUISITION_MODALITIES,
     AI_FAMILY,
     DEVICE_OBSERVER,
+    FINDING,
     IMAGING_PROCEDURE,
     MODALITY,
     QUALITATIVE_EVALUATIONS,
@@ -36,6 +39,7 @@ from converters.provenance import MANUFACTURER, Provenance, ResultKind, study_ui
 from converters.seg import Prompt, SegOutcome, segment_tracking_uid
 
 IMAGE_LIBRARY = codes.DCM.ImageLibrary  # (111028, DCM), TID 1600 row 1
+IMAGING_MEASUREMENTS = codes.DCM.ImagingMeasurements  # (126010, DCM), TID 1500 row 6
 
 Group = (
     hd.sr.MeasurementsAndQualitativeEvaluations
@@ -75,20 +79,6 @@ def frame_numbers(image: Dataset) -> list[int] | None:
     """All 1-based frame numbers of a multi-frame image; None for a single-frame one."""
     frames = int(image.get("NumberOfFrames") or 1)
     return list(range(1, frames + 1)) if frames > 1 else None
-
-
-def group_sources(
-    images: Sequence[Dataset],
-) -> list[hd.sr.SourceImageForMeasurementGroup]:
-    """Source image references for an image-level group (TID 1501), every frame."""
-    return [
-        hd.sr.SourceImageForMeasurementGroup(
-            referenced_sop_class_uid=ds.SOPClassUID,
-            referenced_sop_instance_uid=ds.SOPInstanceUID,
-            referenced_frame_numbers=frame_numbers(ds),
-        )
-        for ds in images
-    ]
 
 
 def add_texts(group: Group, texts: Sequence[str], name: Code = QUALITATIVE_EVALUATIONS) -> None:
@@ -183,26 +173,57 @@ def measurement_report(
     images: Sequence[Dataset],
     procedure: Code = IMAGING_PROCEDURE,
     root_texts: Sequence[tuple[Code, str]] = (),
+    root_codes: Sequence[tuple[Code, Code]] = (),
 ) -> hd.sr.MeasurementReport:
-    """The TID 1500 root with an image library of ``images`` and optional root-level text.
+    """The TID 1500 root with an image library of ``images`` and optional root-level content.
 
-    Root-level text goes in the "Qualitative Evaluations" container of TID 1500 (row 12).
+    Root-level content goes in the "Qualitative Evaluations" container of TID 1500 (row 12):
+    ``root_codes`` as name-value CODE items (row 13), then ``root_texts`` as TEXT items
+    (row 14). Without ``groups`` the report has no Imaging Measurements container, which
+    TID 1500 allows when the Qualitative Evaluations one is there (row 6 is required only
+    when neither row 10 nor row 12 is present).
     """
-    report = _report_with_library(groups, provenance, images, procedure)
-    if root_texts:
-        container = hd.sr.ContainerContentItem(
-            name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    if not groups and not (root_codes or root_texts):
+        raise ValueError("a measurement report needs a group or a root-level evaluation")
+    report = _report_with_library(groups or [_placeholder_group()], provenance, images, procedure)
+    if not groups:
+        root = report[0]
+        root.ContentSequence = hd.sr.ContentSequence(
+            [item for item in root.ContentSequence if not _is_imaging_measurements(item)]
         )
-        container.ContentSequence = hd.sr.ContentSequence(
-            [
-                hd.sr.TextContentItem(
-                    name=name, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-                )
-                for name, text in root_texts
-            ]
-        )
-        report[0].ContentSequence.append(container)
+    if root_codes or root_texts:
+        report[0].ContentSequence.append(_root_evaluations(root_codes, root_texts))
     return report
+
+
+def _placeholder_group() -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """A group that only lets highdicom build a report it insists on; removed right after."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="placeholder")
+    )
+
+
+def _is_imaging_measurements(item: Dataset) -> bool:
+    """Whether a root content item is the Imaging Measurements container (TID 1500 row 6)."""
+    return bool(item.ConceptNameCodeSequence[0].CodeValue == IMAGING_MEASUREMENTS.value)
+
+
+def _root_evaluations(
+    root_codes: Sequence[tuple[Code, Code]], root_texts: Sequence[tuple[Code, str]]
+) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12 container holding CODE (row 13) and TEXT (row 14) items."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=contains)
+    items: list[hd.sr.ContentItem] = [
+        hd.sr.CodeContentItem(name=name, value=value, relationship_type=contains)
+        for name, value in root_codes
+    ]
+    items += [
+        hd.sr.TextContentItem(name=name, value=text, relationship_type=contains)
+        for name, text in root_texts
+    ]
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
 
 
 def sr_document(
@@ -262,40 +283,40 @@ def _segment_group(
     )
 
 
-def not_found_group(
-    prompt: Prompt, sources: Sequence[Dataset], provenance: Provenance, study_uid: str
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """An image-level group (TID 1501) saying the prompt's target is absent from the images."""
-    prop = segment_property(prompt.category)
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=provenance.tracking_uid(study_uid, ResultKind.SEG_SR, f"absent:{prompt.text}"),
-            identifier=clip_text(f"not found: {prompt.text}"),
-        ),
-        finding_type=prop.type,
-        finding_category=prop.category,
-        algorithm_id=sr_algorithm(provenance),
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=prop.type, value=ABSENT)],
-        source_images=group_sources(sources),
-    )
-    add_texts(group, [f"not found: {prompt.text}"])
-    return group
+def not_found_text(prompt: Prompt, provenance: Provenance) -> str:
+    """The root-level text recording that ``prompt`` found nothing, naming the model."""
+    return f"{provenance.model_name} found nothing for prompt: {prompt.text}"
+
+
+def not_found_evaluations(
+    prompts: Sequence[Prompt], provenance: Provenance
+) -> tuple[list[tuple[Code, Code]], list[tuple[Code, str]]]:
+    """Root-level items (TID 1500 rows 13 and 14) for prompts that found nothing.
+
+    Each prompt gives a CODE item, its target's Segmented Property Type valued "Absent", and a
+    TEXT "Finding" with the prompt's own words and the model's name (the document's device
+    observer context, TID 1004, identifies the model and its version as well).
+    """
+    codes_ = [(segment_property(p.category).type, ABSENT) for p in prompts]
+    texts = [(FINDING, not_found_text(p, provenance)) for p in prompts]
+    return codes_, texts
 
 
 def build_seg_sr(
     sources: Sequence[Dataset], outcome: SegOutcome, provenance: Provenance
 ) -> Dataset:
     """The TID 1500 SR for a MedImageParse run: segments referenced, misses as "Absent"."""
-    study_uid = study_uid_of(sources)
     groups: list[Group] = []
     if outcome.seg is not None:
         groups += [
             _segment_group(outcome.seg, number, prompt, sources, provenance)
             for number, prompt in enumerate(outcome.segments, start=1)
         ]
-    groups += [not_found_group(p, sources, provenance, study_uid) for p in outcome.not_found]
-    if not groups:
+    root_codes, root_texts = not_found_evaluations(outcome.not_found, provenance)
+    if not groups and not root_codes:
         raise ValueError("a segmentation report needs at least one prompt")
-    report = measurement_report(groups, provenance, sources)
+    report = measurement_report(
+        groups, provenance, sources, root_texts=root_texts, root_codes=root_codes
+    )
     evidence = [*sources, *([outcome.seg] if outcome.seg is not None else [])]
     return sr_document(evidence, report, provenance, ResultKind.SEG_SR)

@@ -20,6 +20,7 @@ import pydicom
 from pydicom import Dataset
 from pydicom.data import get_testdata_file
 
+from converters.codes import QUALITATIVE_EVALUATIONS
 from converters.geometry import PixelBox
 from converters.grounding import ImageFrame, PixelFinding
 from converters.model_outputs import ModelIdentity
@@ -93,6 +94,25 @@ def dciodvfy(path: Path) -> list[str]:
     unknown = [w for w in warnings if not any(re.search(p, w) for p in ACCEPTED_WARNINGS)]
     assert not unknown, f"unexpected dciodvfy warnings on {path.name}: {unknown}"
     return warnings
+
+
+def root_evaluations(sr: Dataset) -> tuple[list[tuple[str, str]], list[str]]:
+    """The root-level Qualitative Evaluations (TID 1500 row 12) of an SR, as written.
+
+    Returns (concept meaning, value meaning) of its CODE items and the values of its TEXT items.
+    """
+    coded: list[tuple[str, str]] = []
+    texts: list[str] = []
+    for container in sr.ContentSequence:
+        if container.ConceptNameCodeSequence[0].CodeValue != QUALITATIVE_EVALUATIONS.value:
+            continue
+        for item in container.ContentSequence:
+            if item.ValueType == "CODE":
+                name, value = item.ConceptNameCodeSequence[0], item.ConceptCodeSequence[0]
+                coded.append((str(name.CodeMeaning), str(value.CodeMeaning)))
+            elif item.ValueType == "TEXT":
+                texts.append(str(item.TextValue))
+    return coded, texts
 
 
 def masks_read_back(path: Path, sources: list[Dataset], n_segments: int) -> npt.NDArray[np.bool_]:

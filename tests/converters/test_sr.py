@@ -20,6 +20,7 @@ from result_cases import (
     load_sources,
     provenance,
     rectangle,
+    root_evaluations,
     write,
 )
 
@@ -35,6 +36,7 @@ from converters.results import (
 )
 from converters.seg import Prompt, SourceMasks
 
+IMAGING_MEASUREMENTS = "126010"  # TID 1500 row 6
 TEXT_CODE = "C0034375"  # Qualitative Evaluations, the concept of our TEXT items
 LABELS = ("normal chest radiograph", "pneumonia", "pleural effusion")
 
@@ -153,7 +155,7 @@ def test_classification_sr_records_each_label_probability(kind: str, tmp_path: P
 
 @pytest.mark.parametrize("kind", SOURCE_KINDS)
 def test_seg_sr_links_segments_and_records_the_misses(kind: str, tmp_path: Path) -> None:
-    """Volumetric groups reference the SEG's segments; the empty prompt is an "Absent" group."""
+    """Volumetric groups reference the SEG's segments; the empty prompt is "Absent" at the root."""
     sources = load_sources(kind)
     prompts = (Prompt("liver", "liver"), Prompt("mass", "tumor"), Prompt("stone", "other lesion"))
     results = build_parse_results(
@@ -169,10 +171,31 @@ def test_seg_sr_links_segments_and_records_the_misses(kind: str, tmp_path: Path)
         assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID  # type: ignore[union-attr]
     seg_tracking = [d.TrackingUID for d in seg.SegmentSequence]
     assert [g.tracking_uid for g in volumetric] == seg_tracking
-    (absent,) = sr.content.get_image_measurement_groups()
-    (evaluation,) = absent.get_qualitative_evaluations(name=segment_property("other lesion").type)
-    assert evaluation.value == ABSENT
-    assert texts_of(absent[0]) == ["not found: stone"]
+    assert sr.content.get_image_measurement_groups() == []
+    assert root_evaluations(sr) == misses_recorded(prompts[2:])
+
+
+def misses_recorded(prompts: tuple[Prompt, ...]) -> tuple[list[tuple[str, str]], list[str]]:
+    """The root-level items expected for prompts that found nothing, as root_evaluations reads."""
+    model = provenance().model_name
+    coded = [(segment_property(p.category).type.meaning, ABSENT.meaning) for p in prompts]
+    return coded, [f"{model} found nothing for prompt: {p.text}" for p in prompts]
+
+
+def test_seg_sr_with_every_prompt_missed_records_them_all(tmp_path: Path) -> None:
+    """With no SEG the SR has no measurement groups and lists every prompt as "Absent"."""
+    sources = load_sources("mr_small")
+    prompts = (Prompt("stone", "other lesion"), Prompt("liver", "liver"), Prompt("cyst", "other"))
+    empty = np.zeros((3, 1, sources[0].Rows, sources[0].Columns), dtype=np.bool_)
+    results = build_parse_results(sources, SourceMasks(prompts, empty), provenance())
+    (sr_ds,) = results.objects
+    path = write(sr_ds, tmp_path, "sr")
+    dciodvfy(path)
+    sr = hd.sr.srread(path)
+    assert IMAGING_MEASUREMENTS not in [
+        i.ConceptNameCodeSequence[0].CodeValue for i in sr.ContentSequence
+    ]
+    assert root_evaluations(sr) == misses_recorded(prompts)
 
 
 def test_gate_refuses_a_result_that_left_the_source_study() -> None:

@@ -8,7 +8,13 @@ loading the template tables, so a small Java runner validates all files in one J
 Warnings it gives on our SRs, accepted (PixelMed's 2022-06 tables predate or omit them):
 "Content Item not in template" for Algorithm Manufacturer (TID 4019 row 2b, newer than the
 tables), for qualitative evaluations and free-text findings in measurement groups, and for the
-items of a group that it checks against a template the group does not follow (see below).
+Finding Category and Algorithm Identification items of volumetric groups (its TID 1411 table
+lacks them).
+
+Prompts that MedImageParse found nothing for are recorded at the document root (TID 1500 rows 12
+to 14), not as image-level groups beside the volumetric ones: PixelMed checks every group of an
+Imaging Measurements container that references a segment against TID 1411, and an image-level
+group there fails its region rows (5, 7 and 10) with "Missing conditional content item".
 """
 
 from __future__ import annotations
@@ -22,7 +28,15 @@ import factory
 import numpy as np
 import pytest
 from pydicom import Dataset
-from result_cases import block_masks, findings_for, frontal_of, load_sources, provenance, write
+from result_cases import (
+    block_masks,
+    findings_for,
+    frontal_of,
+    load_sources,
+    provenance,
+    root_evaluations,
+    write,
+)
 
 from converters.grounding import PixelFinding
 from converters.model_outputs import Embeddings
@@ -58,27 +72,11 @@ public class ValidateAll {
 }
 """.replace("SEPARATOR", SEPARATOR)
 
-IMAGING_MEASUREMENTS = "126010"
-# TID 1411 rows 5, 7 and 10: a volumetric group needs one of an image region, a referenced segment
-# or a volume surface ("Missing conditional content item" when it has none).
-TID_1411_REGION_ROWS = {
-    "111030": '[Row 5] SCOORD (111030,DCM,"Image Region")',
-    "121191": '[Row 7] IMAGE (121191,DCM,"Referenced Segment")',
-    "121231": '[Row 10] SCOORD3D (121231,DCM,"Volume Surface")',
-}
-# Known PixelMed quirk, the only Error lines we accept. TID 1500 rows 7 to 9 let Imaging
-# Measurements hold planar (TID 1410), volumetric (TID 1411) and image-level (TID 1501) groups side
-# by side, and the SEG-linked SR does that: a volumetric group per found segment, an image-level
-# "Absent" group per prompt that found nothing. Once any group has a Referenced Segment, PixelMed
-# checks every group of the container against TID 1411 (and none against TID 1501), so each
-# image-level group gets one of these lines per TID 1411 region row; dciodvfy is clean on the same
-# files. Each accepted line is built in full for one group that truly is image-level.
-QUIRK_LINE = (
-    "Error: Template 1411 VolumetricROIMeasurements/"
-    '[Row 1] CONTAINER (125007,DCM,"Measurement Group")/{row}: within {position}: '
+# How PixelMed names the root-level container (TID 1500 row 12) where missed prompts go, in the
+# path of any line about one of its items.
+ROOT_EVALUATIONS = (
     '/CONTAINER (126000,DCM,"Imaging Measurement Report")'
-    '/CONTAINER (126010,DCM,"Imaging Measurements")'
-    '/CONTAINER (125007,DCM,"Measurement Group"): Missing conditional content item'
+    '/CONTAINER (C0034375,UMLS,"Qualitative Evaluations")'
 )
 LABELS = ("normal chest radiograph", "pneumonia", "pleural effusion")
 
@@ -121,6 +119,13 @@ def seg_sr(sources: list[Dataset], missed: bool) -> Dataset:
     return build_parse_results(sources, SourceMasks(prompts, masks), provenance()).objects[-1]
 
 
+def all_missed_sr(sources: list[Dataset]) -> Dataset:
+    """MedImageParse SR without a SEG: both prompts found nothing."""
+    prompts = (Prompt("mass", "tumor"), Prompt("stone", "other lesion"))
+    masks = np.zeros((2, *block_masks(sources, 1).shape[1:]), dtype=np.bool_)
+    return build_parse_results(sources, SourceMasks(prompts, masks), provenance()).objects[-1]
+
+
 CASES: dict[str, Callable[[], Dataset]] = {
     "report_with_boxes": lambda: report_sr("cr_chest", boxes=True),
     "report_without_boxes": lambda: report_sr("cr_chest", boxes=False),
@@ -128,6 +133,7 @@ CASES: dict[str, Callable[[], Dataset]] = {
     "classification_capture": lambda: classification_sr("rgb_capture"),
     "seg_found_and_missed_ct": lambda: seg_sr(factory.ct_series(4), missed=True),
     "seg_found_multiframe": lambda: seg_sr(load_sources("enhanced_ct"), missed=False),
+    "seg_all_missed": lambda: all_missed_sr(factory.ct_series(4)),
 }
 
 
@@ -157,35 +163,21 @@ def validated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Validated]:
     return {name: Validated(sr, output.get(name, [])) for name, sr in srs.items()}
 
 
-def concepts_under(item: Dataset) -> set[str]:
-    """Code values of the concept names directly under a content item."""
-    return {child.ConceptNameCodeSequence[0].CodeValue for child in item.get("ContentSequence", [])}
-
-
-def accepted_quirk_lines(sr: Dataset) -> set[str]:
-    """The quirk's Error lines for this SR: none unless a group references a segment."""
-    accepted: set[str] = set()
-    for i, container in enumerate(sr.ContentSequence, start=1):
-        if container.ConceptNameCodeSequence[0].CodeValue != IMAGING_MEASUREMENTS:
-            continue
-        groups = list(container.ContentSequence)
-        if not any("121191" in concepts_under(group) for group in groups):
-            continue
-        for j, group in enumerate(groups, start=1):
-            if concepts_under(group).isdisjoint(TID_1411_REGION_ROWS):
-                accepted |= {
-                    QUIRK_LINE.format(row=row, position=f"1.{i}.{j}")
-                    for row in TID_1411_REGION_ROWS.values()
-                }
-    return accepted
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_pixelmed_finds_no_template_errors(case: str, validated: dict[str, Validated]) -> None:
-    """PixelMed checks the SR as TID 1500 and prints no Error line outside the known quirk."""
+    """PixelMed checks the SR as TID 1500 and prints no Error line."""
     result = validated[case]
     assert "Found Root Template TID_1500 (MeasurementReport)" in result.lines, result.lines[:5]
     assert "IOD validation complete" in result.lines, result.lines[-5:]
     errors = [line for line in result.lines if line.startswith("Error")]
-    unexpected = [line for line in errors if line not in accepted_quirk_lines(result.sr)]
-    assert not unexpected, "\n".join(unexpected)
+    assert not errors, "\n".join(errors)
+
+
+def test_missed_prompts_sit_in_template_at_the_root(validated: dict[str, Validated]) -> None:
+    """Missed prompts are root-level Qualitative Evaluations that PixelMed finds in template."""
+    for case in ("seg_found_and_missed_ct", "seg_all_missed"):
+        result = validated[case]
+        coded, texts = root_evaluations(result.sr)
+        assert coded and len(coded) == len(texts), case
+        flagged = [line for line in result.lines if ROOT_EVALUATIONS in line]
+        assert not flagged, "\n".join(flagged)
