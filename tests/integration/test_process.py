@@ -66,3 +66,35 @@ def test_process_twice_gives_same_uids(tmp_path: Path) -> None:
     uids_a = sorted(_uids(line[2]) for line in first)
     uids_b = sorted(_uids(line[2]) for line in second)
     assert uids_a == uids_b and len(uids_a) >= 5
+
+
+@pytest.mark.integration
+def test_example_rules_segment_a_thin_abdominal_ct_in_3d(tmp_path: Path) -> None:
+    """With config/rules.yaml a thin-slice abdominal CT goes to MedImageParse 3D as one NIfTI
+    volume; its SEG carries the rule's prompts, references every slice and passes dciodvfy."""
+    series = ct_series(12, body_part="ABDOMEN")
+    write_series(series, tmp_path / "in")
+    rules = Path(__file__).resolve().parents[2] / "config" / "rules.yaml"
+    command = [PACS_AI, "process", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    result = subprocess.run(
+        [*command, "--rules", str(rules)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert {line[1] for line in lines} == {"ct-abdomen-3d/segment3d"}
+    (seg_path,) = [line[2] for line in lines if dcmread(line[2]).Modality == "SEG"]
+    seg = dcmread(seg_path)
+    labels = {str(s.SegmentLabel) for s in seg.SegmentSequence}
+    assert labels and labels <= {"liver", "kidney", "pancreas", "spleen", "tumor"}
+    referenced = {
+        str(ref.ReferencedSOPInstanceUID)
+        for item in seg.ReferencedSeriesSequence
+        for ref in item.ReferencedInstanceSequence
+    }
+    assert referenced == {str(ds.SOPInstanceUID) for ds in series}
+    check = subprocess.run(["dciodvfy", seg_path], capture_output=True, text=True, check=False)
+    assert not [line for line in check.stderr.splitlines() if line.startswith("Error")]
