@@ -11,6 +11,7 @@ import pytest
 from factory import ct_series, write_series
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
 PACS_AI = str(Path(sys.executable).parent / "pacs-ai")
 
@@ -98,3 +99,36 @@ def test_example_rules_segment_a_thin_abdominal_ct_in_3d(tmp_path: Path) -> None
     assert referenced == {str(ds.SOPInstanceUID) for ds in series}
     check = subprocess.run(["dciodvfy", seg_path], capture_output=True, text=True, check=False)
     assert not [line for line in check.stderr.splitlines() if line.startswith("Error")]
+
+
+@pytest.mark.integration
+def test_chest_pair_sends_frontal_and_lateral_and_references_both(tmp_path: Path) -> None:
+    """A PA and a lateral view of one study both go to CXRReportGen; the report SR references both
+    images and its presentation state draws on the frontal one."""
+    source = get_testdata_file("RG1_UNCR.dcm")
+    assert source is not None
+    (tmp_path / "in").mkdir()
+    frontal = dcmread(source)
+    lateral = dcmread(source)
+    lateral.SOPInstanceUID = generate_uid()
+    lateral.file_meta.MediaStorageSOPInstanceUID = lateral.SOPInstanceUID
+    lateral.ViewPosition = "LL"
+    frontal.save_as(tmp_path / "in" / "pa.dcm")
+    lateral.save_as(tmp_path / "in" / "ll.dcm")
+    lines = _run(tmp_path / "in", tmp_path / "out")
+    report = [dcmread(line[2]) for line in lines if line[1] == "chest-xray/report"]
+    sr = next(obj for obj in report if obj.Modality == "SR")
+    pr = next(obj for obj in report if obj.Modality == "PR")
+    evidence = {
+        str(ref.ReferencedSOPInstanceUID)
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+    assert evidence == {str(frontal.SOPInstanceUID), str(lateral.SOPInstanceUID)}
+    drawn_on = {
+        str(ref.ReferencedSOPInstanceUID)
+        for series in pr.ReferencedSeriesSequence
+        for ref in series.ReferencedImageSequence
+    }
+    assert drawn_on == {str(frontal.SOPInstanceUID)}
