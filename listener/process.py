@@ -9,8 +9,7 @@ objects into DIR, one line per result on stdout.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,28 +17,16 @@ from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
 from listener.errors import GatewayError
-from listener.infer import build_clients, start_emulator
+from listener.infer import build_clients
+from listener.infer.server import emulator_if_needed
 from listener.logging import get_logger
 from listener.route import headers_from_dataset, plan_study
 from listener.rules.model import RuleSet
-from listener.settings import MODEL_NAMES, Settings
+from listener.settings import Settings
 from listener.tasks import TaskContext, TaskOutcome, run_task
 from listener.tools import dicom_files
 
 log = get_logger("process")
-
-
-@contextmanager
-def emulator_if_needed(settings: Settings) -> Iterator[str | None]:
-    """Start the built-in emulator when some model has no endpoint; yield its URL (or None)."""
-    if all(settings.models.get(name).endpoint for name in MODEL_NAMES):
-        yield None
-        return
-    server = start_emulator(settings.emulator)
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def read_studies(paths: Sequence[Path]) -> dict[str, list[Dataset]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -91,7 +91,9 @@ def read_studies(paths: Iterable[Path]) -> tuple[dict[str, list[dict[str, Any]]]
 
     studies: dict[str, list[dict[str, Any]]] = {}
     skipped = 0
-    for file in _files(paths):
+    from listener.tools import dicom_files
+
+    for file in dicom_files(list(paths)):
         try:
             ds = dcmread(file, stop_before_pixels=True)
         except Exception:  # any unreadable file (not DICOM, truncated, ...) counts as skipped
@@ -100,14 +102,6 @@ def read_studies(paths: Iterable[Path]) -> tuple[dict[str, list[dict[str, Any]]]
         headers = headers_from_dataset(ds)
         studies.setdefault(str(headers.get("StudyInstanceUID", "")), []).append(headers)
     return studies, skipped
-
-
-def _files(paths: Iterable[Path]) -> Iterator[Path]:
-    for path in paths:
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file())
-        else:
-            yield path
 
 
 def describe_plan(

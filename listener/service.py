@@ -33,10 +33,10 @@ from typing import Any
 from listener.admin import start_admin
 from listener.admission import AssociationCounter
 from listener.assemble import worker_loop
+from listener.infer.server import emulator_if_needed
 from listener.journal import Journal
 from listener.logging import configure_logging, get_logger
 from listener.pipeline import build_pipeline, effective_rules
-from listener.process import emulator_if_needed
 from listener.receive import Receiver, start_server
 from listener.settings import Settings
 from listener.spool import Spool, reindex

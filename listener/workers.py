@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 from listener.admin.records import AdminRecords, ModelCallRecorder, reload_requested
 from listener.infer import build_clients
-from listener.jobs import JobStore
 from listener.logging import get_logger
 from listener.pipeline import JOB_LEASE_S, Pipeline, build_pipeline, effective_rules, worker_id
 from listener.settings import Settings
@@ -30,10 +29,14 @@ def recover_after_crash(settings: Settings, now: float) -> int:
     Called by the supervisor before it starts any worker: no job can be in progress on this host
     then, so every ``IN PROGRESS`` lease of this host belongs to a process that is gone.
     """
-    count = JobStore(settings.journal_path).requeue_host(socket.gethostname(), now)
+    pipeline = build_pipeline(settings)
+    try:
+        count = pipeline.jobs.requeue_host(socket.gethostname(), now)
+        released = pipeline.outbox.release_claims(now)
+    finally:
+        pipeline.journal.close()
     if count:
         log.warning("jobs_requeued_after_crash", count=count)
-    released = build_pipeline(settings).outbox.release_claims(now)
     if released:
         log.info("outbox_claims_released", count=released)
     return count

@@ -10,6 +10,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Self
 
@@ -19,7 +21,7 @@ from starlette.types import ASGIApp
 from listener.infer._wire import EMULATOR_NOTICE
 from listener.infer.emulator import create_app
 from listener.logging import get_logger
-from listener.settings import EmulatorSettings
+from listener.settings import MODEL_NAMES, EmulatorSettings, Settings
 
 _START_TIMEOUT_S = 10.0
 
@@ -120,3 +122,16 @@ def run_emulator(settings: EmulatorSettings) -> None:
     host, port = sock.getsockname()[:2]
     _announce(settings, f"http://{host}:{port}")
     uvicorn.Server(_config(create_app(settings))).run(sockets=[sock])
+
+
+@contextmanager
+def emulator_if_needed(settings: Settings) -> Iterator[str | None]:
+    """Start the built-in emulator when some model has no endpoint; yield its URL (or None)."""
+    if all(settings.models.get(name).endpoint for name in MODEL_NAMES):
+        yield None
+        return
+    server = start_emulator(settings.emulator)
+    try:
+        yield server.url
+    finally:
+        server.stop()
