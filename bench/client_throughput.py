@@ -27,7 +27,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from listener.infer import build_clients, start_emulator
+from listener.emulator import start_emulator
+from listener.infer import build_clients
 from listener.logging import configure_logging
 from listener.settings import EmulatorSettings, ModelSettings, ModelsSettings
 
@@ -56,7 +57,7 @@ def _emulator(latency_ms: float, in_process: bool) -> Iterator[str]:
             server.stop()
         return
     port = _free_port()
-    command = [sys.executable, "-m", "listener.infer", "--port", str(port)]
+    command = [sys.executable, "-m", "listener.emulator", "--port", str(port)]
     command += ["--latency-ms", str(latency_ms), "--max-in-flight", "1024"]
     env = {**os.environ, "PACSAI_LOG_LEVEL": "error"}
     process = subprocess.Popen(command, env=env)

@@ -4,17 +4,18 @@ A study is ready when no instance has arrived for its quiet period. The timer is
 stored in the journal (``studies.due_at``), pushed forward by every new instance, so a restart in
 the middle of a quiet period resumes the same timer: the study is released once, when it falls
 due, whichever process is running then. Releasing is one journal transaction
-(:meth:`~listener.journal.Journal.release_due_studies`), so it happens exactly once per
+(:meth:`~listener.store.journal.Journal.release_due_studies`), so it happens exactly once per
 generation even with several workers.
 
 Late instances: an instance that arrives after its study was released opens a *follow-up*. The
 study goes back to ``receiving`` with its generation raised by one, gets a fresh quiet period,
-and is released again; the :class:`~listener.journal.ReleasedStudy` then has the new generation
-and counts the late instances in ``new_instances`` (``Journal.instances(uid, generation=g)``
-lists them). What a follow-up triggers (re-run, amend, ignore) is the routing rules' decision.
+and is released again; the :class:`~listener.store.journal.ReleasedStudy` then has the new
+generation and counts the late instances in ``new_instances``
+(``Journal.instances(uid, generation=g)`` lists them). What a follow-up triggers (re-run,
+amend, ignore) is the routing rules' decision.
 
 Delivery to the worker callback is at least once: a study stays ``ready`` until its callback
-returned and :meth:`~listener.journal.Journal.mark_dispatched` ran, and a worker that starts
+returned and :meth:`~listener.store.journal.Journal.mark_dispatched` ran, and a worker that starts
 hands every ``ready`` study over again.
 """
 
@@ -24,8 +25,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from listener.journal import Journal, ReleasedStudy
 from listener.logging import get_logger
+from listener.store.journal import Journal, ReleasedStudy
 
 StudyCallback = Callable[[ReleasedStudy], None]
 

@@ -3,16 +3,18 @@
     PACS/modality --C-STORE--> receive --> spool --> assemble --> route --> infer --> convert
         --> send --C-STORE--> PACS
 
-- receive + spool (:mod:`listener.receive`, :mod:`listener.spool`): the C-STORE handler writes
-  the instance durably and records it in the journal; nothing else.
+- receive + spool (:mod:`listener.receive.scp`, :mod:`listener.store.spool`): the C-STORE
+  handler writes the instance durably and records it in the journal; nothing else.
 - assemble (:mod:`listener.assemble`): the quiet-period timer in the journal releases a study
   once; :meth:`Pipeline.on_study_ready` is its callback.
-- route (:mod:`listener.route`): :meth:`Pipeline.on_study_ready` plans the study with the rules,
-  honours per-rule quiet periods and expected content (re-arming the study's timer), queues the
-  forwarding of originals in the outbox and schedules one job per model task.
-- infer + convert (:mod:`listener.tasks`): :meth:`Pipeline.run_job` runs a claimed job, writes
-  the checked result objects durably under ``results/`` and queues them for their destinations.
-- send (:mod:`listener.outbox`, :mod:`listener.send`): :meth:`Pipeline.deliver` sends what is due.
+- route (:mod:`listener.route.plan`): :meth:`Pipeline.on_study_ready` plans the study with the
+  rules, honours per-rule quiet periods and expected content (re-arming the study's timer),
+  queues the forwarding of originals in the outbox and schedules one job per model task.
+- infer + convert (:mod:`listener.infer.tasks`): :meth:`Pipeline.run_job` runs a claimed job,
+  writes the checked result objects durably under ``results/`` and queues them for their
+  destinations.
+- send (:mod:`listener.store.outbox`, :mod:`listener.send.scu`): :meth:`Pipeline.deliver`
+  sends what is due.
 
 Stages hand work over only through the journal database (jobs, outbox, studies) and files, never
 through memory, so any of these loops can run in its own process and a crash loses nothing.
@@ -29,21 +31,9 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmread
 
-from listener.embeddings import EmbeddingStore
 from listener.errors import GatewayError
 from listener.infer import ModelClients
-from listener.jobs import Job, JobStore
-from listener.journal import Journal, ReleasedStudy
-from listener.logging import get_logger
-from listener.outbox import Backoff, Outbox
-from listener.route import PlannedTask, StudyPlan, headers_from_dataset, plan_study
-from listener.rules import AssociationFacts
-from listener.rules.defaults import default_rules
-from listener.rules.load import load_rules
-from listener.rules.model import RuleSet
-from listener.send import StoreSender
-from listener.settings import Settings
-from listener.tasks import (
+from listener.infer.tasks import (
     PriorImage,
     TaskContext,
     TaskOutcome,
@@ -51,6 +41,18 @@ from listener.tasks import (
     task_from_payload,
     task_payload,
 )
+from listener.logging import get_logger
+from listener.route import AssociationFacts
+from listener.route.defaults import default_rules
+from listener.route.load import load_rules
+from listener.route.model import RuleSet
+from listener.route.plan import PlannedTask, StudyPlan, headers_from_dataset, plan_study
+from listener.send.scu import StoreSender
+from listener.settings import Settings
+from listener.store.embeddings import EmbeddingStore
+from listener.store.jobs import Job, JobStore
+from listener.store.journal import Journal, ReleasedStudy
+from listener.store.outbox import Backoff, Outbox
 
 log = get_logger("pipeline")
 

@@ -259,10 +259,10 @@ def run_gateway(
 @contextmanager
 def run_receiver(data_dir: Path, **overrides: Any) -> Iterator[tuple[Any, Any, Any]]:
     """The receiver alone, in this process, on a free loopback port: (settings, journal, spool)."""
-    from listener.journal import Journal
-    from listener.receive import Receiver, start_server
+    from listener.receive.scp import Receiver, start_server
     from listener.settings import load_settings
-    from listener.spool import Spool
+    from listener.store.journal import Journal
+    from listener.store.spool import Spool
 
     settings = load_settings(
         None,

@@ -10,12 +10,12 @@ import time
 from collections.abc import Callable
 
 from listener.admin.app import create_admin_app
-from listener.admin.records import AdminRecords, ModelCallRecorder, rules_fingerprint
 from listener.admin.security import required_token
 from listener.admin.state import AdminState, open_state
-from listener.infer.server import BackgroundServer
+from listener.asgi import BackgroundServer
 from listener.logging import get_logger
 from listener.settings import Settings
+from listener.store.records import AdminRecords, ModelCallRecorder, rules_fingerprint
 
 
 class AdminServer(BackgroundServer):

@@ -22,9 +22,9 @@ from listener.admin.readiness import problems
 from listener.admin.security import TokenGuard
 from listener.admin.state import AdminState
 from listener.errors import ConfigError
-from listener.jobs import JobState
 from listener.logging import get_logger
 from listener.pipeline import effective_rules
+from listener.store.jobs import JobState
 
 _log = get_logger("admin")
 _TRUE = frozenset({"1", "true", "yes", "on"})

@@ -7,13 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from listener.admin.records import AdminRecords
-from listener.jobs import JobStore
-from listener.journal import Journal
-from listener.outbox import Outbox
-from listener.send import StoreSender
+from listener.send.scu import StoreSender
 from listener.settings import Settings
-from listener.spool import Spool
+from listener.store.jobs import JobStore
+from listener.store.journal import Journal
+from listener.store.outbox import Outbox
+from listener.store.records import AdminRecords
+from listener.store.spool import Spool
 
 
 @dataclass

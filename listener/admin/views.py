@@ -16,8 +16,8 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from listener.admin.state import AdminState
-from listener.jobs import Job, JobState
-from listener.journal import StudyInfo, StudyState
+from listener.store.jobs import Job, JobState
+from listener.store.journal import StudyInfo, StudyState
 
 Json = dict[str, Any]
 _ACTIVE_JOBS = (JobState.SCHEDULED, JobState.IN_PROGRESS)

@@ -23,7 +23,7 @@ from converters.model_outputs import (
     ParseResult,
 )
 from listener.errors import ConfigError
-from listener.infer import _wire
+from listener.infer import wire as _wire
 from listener.infer.auth import Authorizer, EntraAuth, KeyAuth
 from listener.infer.transport import ModelTransport
 from listener.settings import ModelName, ModelSettings, ModelsSettings

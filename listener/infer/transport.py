@@ -24,7 +24,6 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from converters.model_outputs import ModelIdentity
 from listener.errors import CircuitOpenError, PermanentModelError, TransientModelError
-from listener.infer._wire import EMULATOR_HEADER
 from listener.infer.auth import Authorizer, KeyAuth
 from listener.infer.resilience import (
     Backoff,
@@ -33,12 +32,13 @@ from listener.infer.resilience import (
     is_endpoint_failure,
     status_error,
 )
+from listener.infer.wire import EMULATOR_HEADER
 from listener.logging import get_logger
 from listener.settings import ModelSettings
 
 Sleep = Callable[[float], Awaitable[None]]
 # Told of every finished call: (model, seconds, outcome, attempts); outcome is "ok",
-# "transient", "permanent", "circuit_open" or "error". listener.admin.records keeps them.
+# "transient", "permanent", "circuit_open" or "error". listener.store.records keeps them.
 CallObserver = Callable[[str, float, str, int], None]
 _CONNECT_TIMEOUT_S = 10.0
 _INLINE_JSON_BYTES = 256 * 1024

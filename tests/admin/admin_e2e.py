@@ -24,14 +24,15 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from listener.admin import AdminServer, ModelCallRecorder, start_admin
-from listener.admin.records import AdminRecords
 from listener.assemble import release_step
-from listener.infer import build_clients, start_emulator
-from listener.journal import Journal
+from listener.emulator import start_emulator
+from listener.infer import build_clients
 from listener.pipeline import Pipeline, build_pipeline, worker_id
-from listener.receive import Receiver, start_server
+from listener.receive.scp import Receiver, start_server
 from listener.settings import Settings, load_settings
-from listener.spool import Spool
+from listener.store.journal import Journal
+from listener.store.records import AdminRecords
+from listener.store.spool import Spool
 
 CT_SLICES = 6
 

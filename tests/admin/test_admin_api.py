@@ -12,9 +12,9 @@ from admin_e2e import CT_SLICES, EndToEnd
 from prometheus_client.parser import text_string_to_metric_families
 
 from listener.admin import create_admin_app, open_state
-from listener.infer import BackgroundServer
-from listener.jobs import JobState
+from listener.asgi import BackgroundServer
 from listener.pipeline import worker_id
+from listener.store.jobs import JobState
 
 pytestmark = pytest.mark.integration
 

@@ -8,11 +8,11 @@ import httpx
 import pytest
 
 from listener.admin import create_admin_app, open_state
-from listener.infer import BackgroundServer
-from listener.journal import InstanceRecord, Journal
-from listener.outbox import Outbox
-from listener.send import StoreSender
+from listener.asgi import BackgroundServer
+from listener.send.scu import StoreSender
 from listener.settings import Destination, load_settings
+from listener.store.journal import InstanceRecord, Journal
+from listener.store.outbox import Outbox
 
 NOW = 1_800_000_000.0
 

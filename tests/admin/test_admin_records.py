@@ -13,8 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from listener.admin import AdminRecords, ModelCallRecorder, open_state
 from listener.admin.metrics import JournalCollector, build_registry
+from listener.asgi import BackgroundServer
+from listener.emulator import create_app
 from listener.errors import TransientModelError
-from listener.infer import BackgroundServer, ModelTransport, create_app
+from listener.infer import ModelTransport
 from listener.infer.resilience import Backoff
 from listener.settings import EmulatorSettings, ModelSettings, load_settings
 

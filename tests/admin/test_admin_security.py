@@ -11,12 +11,12 @@ import pytest
 from peers import free_port
 
 from listener.admin import AdminRecords, create_admin_app, open_state, start_admin
-from listener.admin.records import rules_fingerprint
 from listener.admin.security import is_loopback, presented_token
+from listener.asgi import BackgroundServer
 from listener.errors import ConfigError
-from listener.infer import BackgroundServer
 from listener.pipeline import effective_rules
 from listener.settings import Settings, load_settings
+from listener.store.records import rules_fingerprint
 
 TOKEN = "correct-horse-battery-staple"
 EXAMPLE_RULES = Path(__file__).resolve().parents[2] / "config" / "rules.yaml"

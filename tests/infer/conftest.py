@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from listener.infer import BackgroundServer, create_app
+from listener.asgi import BackgroundServer
+from listener.emulator import create_app
 from listener.infer.resilience import Backoff
 from listener.settings import EmulatorSettings
 

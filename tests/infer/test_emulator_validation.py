@@ -14,9 +14,10 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from converters.model_outputs import PARSE_CATEGORIES
-from listener.infer import BackgroundServer, start_emulator
-from listener.infer._emulated import category
-from listener.infer._wire import EMULATOR_HEADER, EMULATOR_NOTICE
+from listener.asgi import BackgroundServer
+from listener.emulator import start_emulator
+from listener.emulator.answers import category
+from listener.infer.wire import EMULATOR_HEADER, EMULATOR_NOTICE
 from listener.settings import EmulatorSettings
 
 Start = Callable[..., BackgroundServer]

@@ -1,4 +1,5 @@
-"""The emulator as a command: ``python -m listener.infer`` serves over HTTP and says what it is."""
+"""The emulator as a command: ``python -m listener.emulator`` serves over HTTP and says what it
+is."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from listener.infer._wire import EMULATOR_HEADER, EMULATOR_NOTICE
+from listener.infer.wire import EMULATOR_HEADER, EMULATOR_NOTICE
 
 
 def free_port() -> int:
@@ -28,7 +29,7 @@ def test_module_runs_the_emulator_on_the_given_port() -> None:
     port = free_port()
     env = {**os.environ, "PACSAI_LOG_FORMAT": "json"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "listener.infer", "--port", str(port), "--latency-ms", "1"],
+        [sys.executable, "-m", "listener.emulator", "--port", str(port), "--latency-ms", "1"],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
@@ -57,7 +58,7 @@ def test_module_runs_the_emulator_on_the_given_port() -> None:
 def test_a_bad_option_names_the_setting() -> None:
     """An out-of-range port ends the command with status 2 and a message naming the setting."""
     done = subprocess.run(
-        [sys.executable, "-m", "listener.infer", "--port", "70000"],
+        [sys.executable, "-m", "listener.emulator", "--port", "70000"],
         capture_output=True,
         text=True,
         timeout=60,

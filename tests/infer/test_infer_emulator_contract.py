@@ -17,9 +17,10 @@ import pytest
 from PIL import Image
 
 from converters.model_outputs import PARSE_CATEGORIES
+from listener.asgi import BackgroundServer
+from listener.emulator.answers import EMULATOR_SENTENCE
 from listener.errors import ConfigError
-from listener.infer import BackgroundServer, ModelTransport, build_clients
-from listener.infer._emulated import EMULATOR_SENTENCE
+from listener.infer import ModelTransport, build_clients
 from listener.settings import ModelSettings, ModelsSettings
 
 Start = Callable[..., BackgroundServer]

@@ -19,14 +19,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from listener.asgi import BackgroundServer
+from listener.emulator import create_app
 from listener.errors import CircuitOpenError, PermanentModelError, TransientModelError
-from listener.infer import (
-    BackgroundServer,
-    MedImageInsightClient,
-    ModelTransport,
-    build_clients,
-    create_app,
-)
+from listener.infer import MedImageInsightClient, ModelTransport, build_clients
 from listener.infer.resilience import Backoff, CircuitState
 from listener.settings import EmulatorSettings, ModelSettings, ModelsSettings
 

@@ -18,7 +18,6 @@ from structlog.testing import capture_logs
 
 from listener.errors import CircuitOpenError, PermanentModelError, TransientModelError
 from listener.infer import MedImageInsightClient, ModelTransport
-from listener.infer._wire import decode_b64, encode_b64, join_prompts
 from listener.infer.auth import ENTRA_SCOPE, EntraAuth, KeyAuth
 from listener.infer.resilience import (
     Backoff,
@@ -29,6 +28,7 @@ from listener.infer.resilience import (
     status_error,
 )
 from listener.infer.transport import new_request_id
+from listener.infer.wire import decode_b64, encode_b64, join_prompts
 from listener.settings import ModelSettings
 
 

@@ -25,9 +25,9 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 from pynetdicom.dsutils import split_dataset
 
-from listener.outbox import Backoff, Outbox
-from listener.rules import Destination
-from listener.send import SendTimeouts, StoreItem, StoreSender
+from listener.route import Destination
+from listener.send.scu import SendTimeouts, StoreItem, StoreSender
+from listener.store.outbox import Backoff, Outbox
 
 pytestmark = pytest.mark.integration
 T0 = 2_000_000.0

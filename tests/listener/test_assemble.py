@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 from listener.assemble import next_wait, release_step, worker_loop
-from listener.journal import InstanceRecord, Journal, ReleasedStudy, StudyState
+from listener.store.journal import InstanceRecord, Journal, ReleasedStudy, StudyState
 
 
 def _add(journal: Journal, sop: str, at: float, quiet: float = 5.0) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from listener.cli import EXIT_CONFIG, build_parser, main
+from listener.cli.main import EXIT_CONFIG, build_parser, main
 
 LONG_TITLE = "A" * 17
 

@@ -9,13 +9,13 @@ from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu import P_DATA_TF
 
-from listener.dimse import StoreStatus
-from listener.dimse_codec import (
+from listener.receive.fastpath.codec import (
     StoreCommand,
     encode_store_response,
     parse_store_request,
     split_pdvs,
 )
+from listener.receive.status import StoreStatus
 
 
 def _command_bytes(message: DIMSEMessage) -> bytes:

@@ -17,10 +17,10 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from listener.dimse import EchoStatus, StoreStatus
-from listener.journal import Journal
+from listener.receive.status import EchoStatus, StoreStatus
 from listener.settings import Settings
-from listener.spool import Spool
+from listener.store.journal import Journal
+from listener.store.spool import Spool
 
 VERIFICATION = "1.2.840.10008.1.1"
 

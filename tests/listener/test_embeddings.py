@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from listener.embeddings import EmbeddingStore, ood_score, unit
+from listener.store.embeddings import EmbeddingStore, ood_score, unit
 
 
 def _vector(seed: int, base: np.ndarray | None = None, noise: float = 1.0) -> list[float]:

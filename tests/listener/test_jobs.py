@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from listener.jobs import JobState, JobStore
+from listener.store.jobs import JobState, JobStore
 
 
 def _store(tmp_path: Path) -> JobStore:

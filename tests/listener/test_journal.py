@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from listener.journal import InstanceRecord, Journal, StudyState
+from listener.store.journal import InstanceRecord, Journal, StudyState
 
 
 def _record(sop: str, at: float, study: str = "1.2.3", series: str = "1.2.3.1") -> InstanceRecord:

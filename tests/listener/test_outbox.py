@@ -17,10 +17,10 @@ from factory import ct_series, rgb_secondary_capture, write_series
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from listener.dimse import StoreStatus
-from listener.outbox import Backoff, EntryState, Outbox
-from listener.rules import Destination
-from listener.send import StoreSender
+from listener.receive.status import StoreStatus
+from listener.route import Destination
+from listener.send.scu import StoreSender
+from listener.store.outbox import Backoff, EntryState, Outbox
 
 T0 = 1_000_000.0  # an arbitrary "now"; time is a parameter, nothing sleeps
 

@@ -10,12 +10,12 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from listener.journal import InstanceRecord, StudyState
+from listener.infer.tasks import TaskOutcome, task_payload
 from listener.pipeline import Pipeline, build_pipeline, effective_rules
-from listener.route import PlannedTask
-from listener.rules import parse_rules
+from listener.route import parse_rules
+from listener.route.plan import PlannedTask
 from listener.settings import Settings
-from listener.tasks import TaskOutcome, task_payload
+from listener.store.journal import InstanceRecord, StudyState
 
 RULES = """
 destinations:

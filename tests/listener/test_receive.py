@@ -17,15 +17,15 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 
-from listener.admission import REJECT_CALLED_AE, REJECT_CALLING_AE, REJECT_LIMIT, admission
-from listener.dimse import StoreStatus
-from listener.journal import Journal
-from listener.receive import (
+from listener.receive.admission import REJECT_CALLED_AE, REJECT_CALLING_AE, REJECT_LIMIT, admission
+from listener.receive.scp import (
     Receiver,
     start_server,
 )
+from listener.receive.status import StoreStatus
 from listener.settings import AllowedCaller, Settings, load_settings
-from listener.spool import Spool
+from listener.store.journal import Journal
+from listener.store.spool import Spool
 
 
 @pytest.fixture

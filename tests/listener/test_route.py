@@ -13,8 +13,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from listener.errors import ConfigError
-from listener.route import headers_from_dataset, plan_study
-from listener.rules import (
+from listener.route import (
     AssociationFacts,
     Condition,
     Destination,
@@ -23,6 +22,7 @@ from listener.rules import (
     load_rules,
     parse_rules,
 )
+from listener.route.plan import headers_from_dataset, plan_study
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ import pytest
 from factory import ct_series, write_series
 from pydicom.data import get_testdata_file
 
-from listener.cli import main
+from listener.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,8 @@ from pydicom.data import get_testdata_file
 from pydicom.filewriter import dcmwrite
 
 from listener.errors import InvalidDatasetError, MissingIdentifierError
-from listener.journal import Journal
-from listener.spool import Spool, encode_file_meta, read_header, reindex, split_file
+from listener.store.journal import Journal
+from listener.store.spool import Spool, encode_file_meta, read_header, reindex, split_file
 
 SAMPLES = [
     "CT_small.dcm",  # explicit VR little endian

@@ -1,0 +1,348 @@
+"""Run one planned model task: prepare the images, call the model, build the result objects.
+
+This is the infer + convert step of the pipeline for one job. It takes its inputs through a
+:class:`TaskContext` (clients, a loader of source datasets by SOP Instance UID, the provenance
+clock), so the same code serves ``pacs-ai serve`` (datasets from the spool) and
+``pacs-ai process`` (datasets from local files). Everything it returns has passed the converters'
+result gate; a model or conversion failure raises the matching :mod:`listener.errors` class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydicom import Dataset
+
+from converters.check import ResultCheckError
+from converters.frames import number_of_frames
+from converters.geometry import cxr_box_to_source, mask_to_source
+from converters.grounding import ImageFrame, PixelFinding
+from converters.model_outputs import PARSE_CATEGORIES, Embeddings, ModelIdentity
+from converters.prepare import ImageModel, prepare_image
+from converters.provenance import Provenance
+from converters.results import (
+    build_classification_results,
+    build_parse_results,
+    build_report_results,
+)
+from converters.seg import Prompt, SourceMasks
+from converters.volume import FrameRef, VolumeError, build_volume, frame_masks
+from listener import __version__
+from listener.errors import ConversionError
+from listener.infer import ModelClients
+from listener.route.plan import DEFAULT_ROLE, PlannedTask
+
+# Attributes read, in order, for CXRReportGen's text inputs; the task parameters
+# ``indication_from`` / ``technique_from`` (comma-separated keywords) override them.
+INDICATION_ATTRIBUTES = ("ReasonForTheRequestedProcedure", "ReasonForStudy", "StudyComments")
+TECHNIQUE_ATTRIBUTES = ("PerformedProcedureStepDescription", "StudyDescription")
+FRONTAL_ROLE, LATERAL_ROLE = "frontal", "lateral"
+
+
+@dataclass(frozen=True)
+class PriorImage:
+    """The prior frontal image of the same patient and, when the gateway holds one, its report."""
+
+    dataset: Dataset
+    study_date: str
+    report: str | None = None
+
+
+@dataclass
+class TaskContext:
+    """What a task needs from outside: model clients, source data and the clock."""
+
+    clients: ModelClients
+    load: Callable[[str], Dataset]
+    clock: Callable[[], datetime] = field(default_factory=lambda: lambda: datetime.now(UTC))
+    uid_root: str | None = None
+    prior: Callable[[Dataset], PriorImage | None] | None = None
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """The checked result objects, and what the pipeline acts on besides sending them."""
+
+    objects: tuple[Dataset, ...]
+    top_label: str | None = None
+    embeddings: dict[str, list[float]] = field(default_factory=dict)
+    not_found: tuple[str, ...] = ()
+    model_version: str = ""
+
+
+def _provenance(identity: ModelIdentity, task: PlannedTask, ctx: TaskContext) -> Provenance:
+    return Provenance(
+        model=identity,
+        rule=task.rule,
+        gateway_version=__version__,
+        created=ctx.clock(),
+        uid_root=ctx.uid_root,
+    )
+
+
+def _images(task: PlannedTask, ctx: TaskContext, role: str | None = None) -> list[Dataset]:
+    roles = [role] if role else list(task.inputs)
+    uids = [uid for name in roles for uid in task.inputs.get(name, ())]
+    datasets = [ctx.load(uid) for uid in dict.fromkeys(uids)]
+    return [ds for ds in datasets if "PixelData" in ds]
+
+
+def main_series(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """The largest series among ``datasets`` whose images share one size, in slice order.
+
+    A SEG describes one series on one pixel grid (PS3.3 C.8.20), so a study with several series is
+    segmented on its main one (the most images).
+    """
+    if not datasets:
+        return []
+    series = Counter(str(ds.SeriesInstanceUID) for ds in datasets).most_common(1)[0][0]
+    members = [ds for ds in datasets if str(ds.SeriesInstanceUID) == series]
+    size = Counter((int(ds.Rows), int(ds.Columns)) for ds in members).most_common(1)[0][0]
+    members = [ds for ds in members if (int(ds.Rows), int(ds.Columns)) == size]
+    return sorted(members, key=_slice_order)
+
+
+def _slice_order(ds: Dataset) -> tuple[float, int]:
+    position = ds.get("ImagePositionPatient")
+    orientation = ds.get("ImageOrientationPatient")
+    if position is not None and orientation is not None and len(orientation) == 6:
+        normal = np.cross(np.array(orientation[:3], float), np.array(orientation[3:], float))
+        return (-float(np.dot(normal, np.array(position, float))), int(ds.get("InstanceNumber", 0)))
+    return (0.0, int(ds.get("InstanceNumber") or 0))
+
+
+def _first_present(ds: Dataset, names: Sequence[str]) -> str:
+    for name in names:
+        value = ds.get(name)
+        if value not in (None, ""):
+            return str(value)
+    return ""
+
+
+def _attribute_list(task: PlannedTask, key: str, default: Sequence[str]) -> list[str]:
+    value = task.parameters.get(key)
+    return [part.strip() for part in str(value).split(",")] if value else list(default)
+
+
+async def run_cxr(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
+    """CXRReportGen on the frontal (and lateral, prior) image: report SR and findings GSPS."""
+    frontal_images = _images(task, ctx, FRONTAL_ROLE) or _images(task, ctx)
+    if not frontal_images:
+        raise ConversionError(f"task {task.name}: no frontal chest image among the inputs")
+    frontal = frontal_images[0]
+    lateral = next(iter(_images(task, ctx, LATERAL_ROLE)), None)
+    prior = ctx.prior(frontal) if ctx.prior else None
+    client = ctx.clients.cxrreportgen
+    report = await client.generate(
+        prepare_image(frontal, ImageModel.CXRREPORTGEN).png,
+        lateral=prepare_image(lateral, ImageModel.CXRREPORTGEN).png if lateral else None,
+        prior=prepare_image(prior.dataset, ImageModel.CXRREPORTGEN).png if prior else None,
+        indication=_first_present(
+            frontal, _attribute_list(task, "indication_from", INDICATION_ATTRIBUTES)
+        ),
+        technique=_first_present(
+            frontal, _attribute_list(task, "technique_from", TECHNIQUE_ATTRIBUTES)
+        ),
+        comparison=f"Prior study of {prior.study_date}" if prior else "None",
+        prior_report=prior.report if prior else None,
+    )
+    rows, cols = int(frontal.Rows), int(frontal.Columns)
+    findings = [
+        PixelFinding(f.text, tuple(cxr_box_to_source(box, rows, cols) for box in f.boxes))
+        for f in report.findings
+    ]
+    sources = [frontal, *([lateral] if lateral is not None else [])]
+    objects = build_report_results(
+        sources, ImageFrame(frontal), findings, _provenance(client.identity, task, ctx)
+    )
+    return TaskOutcome(tuple(objects))
+
+
+def _representative(datasets: Sequence[Dataset]) -> tuple[Dataset, int]:
+    """The image (and frame) a study is classified on: the middle of its main series."""
+    series = main_series(datasets)
+    if len(series) == 1:
+        return series[0], number_of_frames(series[0]) // 2
+    return series[len(series) // 2], 0
+
+
+async def run_classification(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
+    """MedImageInsight zero-shot classification of the study on its labels; SR with the
+    probabilities; the top label picks the routing destination."""
+    if not task.labels:
+        raise ConversionError(f"task {task.name}: a classification needs labels")
+    images = _images(task, ctx)
+    if not images:
+        raise ConversionError(f"task {task.name}: no image among the inputs")
+    image, frame = _representative(images)
+    client = ctx.clients.medimageinsight
+    prepared = prepare_image(image, ImageModel.MEDIMAGEINSIGHT, frame=frame)
+    image_answer, text_answers = await asyncio.gather(
+        client.embed_images([prepared.png]), client.embed_texts(list(task.labels))
+    )
+    image_vector = image_answer[0].image
+    texts = [answer.text for answer in text_answers]
+    if image_vector is None or any(text is None for text in texts):
+        raise ConversionError(f"task {task.name}: the model returned no embedding")
+    embeddings = Embeddings(
+        image=image_vector,
+        text=np.stack([t for t in texts if t is not None]),
+        scaling_factor=image_answer[0].scaling_factor or text_answers[0].scaling_factor,
+    )
+    frame_ref = ImageFrame(image, frame + 1 if number_of_frames(image) > 1 else None)
+    results = build_classification_results(
+        [image], frame_ref, task.labels, embeddings, _provenance(client.identity, task, ctx)
+    )
+    top = task.labels[int(np.argmax(results.probabilities))]
+    vector = [float(v) for v in np.asarray(image_vector, dtype=np.float64).ravel()]
+    return TaskOutcome(
+        results.objects,
+        top,
+        {str(image.SOPInstanceUID): vector},
+        model_version=client.identity.version,
+    )
+
+
+# Frames of one task prepared and in flight at once: bounds memory (a 1024x1024 PNG and a
+# prompts x 1024 x 1024 answer per frame) however long the series; the client's own limit
+# bounds the requests.
+FRAMES_IN_FLIGHT = 8
+
+
+async def _parse_frame(
+    ctx: TaskContext,
+    ds: Dataset,
+    frame: int,
+    task: PlannedTask,
+    slots: asyncio.Semaphore,
+) -> tuple[tuple[str, ...], npt.NDArray[np.bool_]]:
+    """One frame through MedImageParse: its categories and its masks on the source grid."""
+    async with slots:
+        prepared = prepare_image(ds, ImageModel.MEDIMAGEPARSE, frame=frame, preset=task.window)
+        answer = await ctx.clients.medimageparse.segment(prepared.png, task.prompts)
+        masks = np.stack([mask_to_source(mask, prepared.transform) for mask in answer.masks])
+    return answer.categories, masks
+
+
+async def run_parse(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
+    """MedImageParse on every frame of the main series: SEG of what was found, SR linking it."""
+    if not task.prompts:
+        raise ConversionError(f"task {task.name}: segmentation needs prompts")
+    sources = main_series(_images(task, ctx))
+    if not sources:
+        raise ConversionError(f"task {task.name}: no image among the inputs")
+    frames = [(ds, i) for ds in sources for i in range(number_of_frames(ds))]
+    if len(sources) > 1 and len(frames) != len(sources):
+        raise ConversionError(f"task {task.name}: a series mixing multi-frame images")
+    slots = asyncio.Semaphore(FRAMES_IN_FLIGHT)
+    answers = await asyncio.gather(*(_parse_frame(ctx, ds, i, task, slots) for ds, i in frames))
+    categories = answers[0][0]
+    prompts = tuple(Prompt(text, cat) for text, cat in zip(task.prompts, categories, strict=False))
+    masks = np.stack([mask for _, mask in answers], axis=1)  # (prompts, frames, rows, cols)
+    provenance = _provenance(ctx.clients.medimageparse.identity, task, ctx)
+    results = build_parse_results(sources, SourceMasks(prompts, masks), provenance)
+    return TaskOutcome(results.objects, not_found=tuple(p.text for p in results.not_found))
+
+
+async def run_parse3d(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
+    """MedImageParse 3D on the main series as one NIfTI volume: SEG and SR as for 2D."""
+    if not task.prompts:
+        raise ConversionError(f"task {task.name}: segmentation needs prompts")
+    sources = main_series(_images(task, ctx))
+    try:
+        volume = build_volume(sources, preset=task.window)
+    except VolumeError as exc:
+        raise ConversionError(f"task {task.name}: {exc}") from exc
+    client = ctx.clients.medimageparse3d
+    answer = await client.segment(volume.nifti, task.prompts)
+    refs = [
+        FrameRef(str(ds.SOPInstanceUID), i) for ds in sources for i in range(number_of_frames(ds))
+    ]
+    per_prompt = []
+    for label in range(1, len(task.prompts) + 1):
+        by_frame = frame_masks(answer.labels, volume, label=label, labels_affine=answer.affine)
+        per_prompt.append(np.stack([by_frame[ref] for ref in refs]))
+    prompts = tuple(Prompt(text, _category3d(text)) for text in task.prompts)
+    provenance = _provenance(client.identity, task, ctx)
+    results = build_parse_results(sources, SourceMasks(prompts, np.stack(per_prompt)), provenance)
+    return TaskOutcome(results.objects, not_found=tuple(p.text for p in results.not_found))
+
+
+def _category3d(prompt: str) -> str:
+    """MedImageParse 3D answers no category; use the prompt when it names one, else "other"."""
+    lowered = prompt.lower().strip()
+    return next((c for c in PARSE_CATEGORIES if c.split()[0] == lowered), "other")
+
+
+RUNNERS: dict[str, Callable[[PlannedTask, TaskContext], Any]] = {
+    "cxrreportgen": run_cxr,
+    "medimageinsight": run_classification,
+    "medimageparse": run_parse,
+    "medimageparse3d": run_parse3d,
+}
+
+
+async def run_task(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
+    """Run ``task`` with the runner of its model; result-gate failures become ConversionError."""
+    try:
+        outcome: TaskOutcome = await RUNNERS[task.model](task, ctx)
+    except (ResultCheckError, ValueError) as exc:
+        if isinstance(exc, ConversionError):
+            raise
+        raise ConversionError(f"task {task.name}: {exc}") from exc
+    return outcome
+
+
+def task_payload(task: PlannedTask) -> dict[str, Any]:
+    """A planned task as JSON-ready data (the job payload)."""
+    return {
+        "rule": task.rule,
+        "name": task.name,
+        "model": task.model,
+        "inputs": {role: list(uids) for role, uids in task.inputs.items()},
+        "prompts": list(task.prompts),
+        "labels": list(task.labels),
+        "window": task.window,
+        "parameters": dict(task.parameters),
+        "routes": dict(task.routes),
+        "default_route": task.default_route,
+        "result_destinations": list(task.result_destinations),
+        "priority": task.priority,
+    }
+
+
+def task_from_payload(payload: dict[str, Any]) -> PlannedTask:
+    """The inverse of :func:`task_payload`."""
+    return PlannedTask(
+        rule=payload["rule"],
+        name=payload["name"],
+        model=payload["model"],
+        inputs={role: tuple(uids) for role, uids in payload["inputs"].items()},
+        prompts=tuple(payload.get("prompts", ())),
+        labels=tuple(payload.get("labels", ())),
+        window=payload.get("window"),
+        parameters=dict(payload.get("parameters", {})),
+        routes=dict(payload.get("routes", {})),
+        default_route=payload.get("default_route"),
+        result_destinations=tuple(payload.get("result_destinations", ())),
+        priority=int(payload.get("priority", 0)),
+    )
+
+
+__all__ = [
+    "DEFAULT_ROLE",
+    "PriorImage",
+    "TaskContext",
+    "TaskOutcome",
+    "main_series",
+    "run_task",
+    "task_from_payload",
+    "task_payload",
+]

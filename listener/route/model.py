@@ -1,0 +1,187 @@
+"""The routing rules file as pydantic models: destinations, rules and their actions.
+
+A rule says which studies it applies to (``match``, evaluated per instance), how long to wait for
+them (``quiet_period_s``, ``expect``), and what to do: model ``tasks``, ``forward_to``
+destinations (modality forwarding of the originals), ``results_to`` destinations, or ``discard``.
+A MedImageInsight task with ``labels`` and ``routes`` also forwards the study to the destination
+mapped to its top label. Cross references (destination names) are checked when the file loads, so
+a typo stops start-up instead of losing a study later.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from listener.route.conditions import Condition
+from listener.settings import Destination, ModelName
+
+# CT window presets in HU the MedImageParse toolkit uses (center/width derived from its ranges).
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "ct-abdomen": (50.0, 400.0),
+    "ct-lung": (0.0, 2000.0),
+    "ct-pelvis": (72.5, 255.0),
+    "ct-liver": (102.5, 255.0),
+    "ct-colon": (59.5, 255.0),
+    "ct-pancreas": (50.0, 300.0),
+}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_PROMPT_MODELS = ("medimageparse", "medimageparse3d")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def check_name(value: str) -> str:
+    """Rule, task and destination names: letters, digits, ``_ . -``; up to 64 characters."""
+    if not _NAME_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid name (letters, digits, _ . -; up to 64)")
+    return value
+
+
+class ModelTask(_Section):
+    """One model call over a selection of the rule's instances.
+
+    ``inputs`` names image roles (e.g. ``frontal``, ``lateral``) with the condition an instance
+    must meet to fill that role; without it the task gets every instance the rule matched, as the
+    role ``images``.
+    """
+
+    name: str | None = Field(default=None, description="unique within the rule; default: model")
+    model: ModelName
+    inputs: dict[str, Condition] | None = None
+    prompts: list[str] = Field(default_factory=list)
+    labels: list[str] = Field(default_factory=list)
+    window: str | None = Field(default=None, description="CT window preset, e.g. ct-abdomen")
+    parameters: dict[str, str | float | int | bool] = Field(default_factory=dict)
+    routes: dict[str, str] = Field(default_factory=dict, description="label -> destination")
+    default_route: str | None = Field(default=None, description="destination for other labels")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return None if value is None else check_name(value)
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value is not None and value not in WINDOW_PRESETS:
+            raise ValueError(
+                f"unknown window preset {value!r} (known: {', '.join(WINDOW_PRESETS)})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _fits_model(self) -> ModelTask:
+        if self.prompts and self.model not in _PROMPT_MODELS:
+            raise ValueError(f"prompts apply to medimageparse(3d), not {self.model}")
+        if self.model in _PROMPT_MODELS and not self.prompts:
+            raise ValueError(f"{self.model} needs prompts")
+        if self.labels and self.model != "medimageinsight":
+            raise ValueError(f"labels apply to medimageinsight, not {self.model}")
+        if (self.routes or self.default_route) and not self.labels:
+            raise ValueError("routes need labels to classify with")
+        unknown = sorted(set(self.routes) - set(self.labels))
+        if unknown:
+            raise ValueError(f"routes name labels that are not in labels: {', '.join(unknown)}")
+        return self
+
+    @property
+    def task_name(self) -> str:
+        return self.name or self.model
+
+
+class Expectation(_Section):
+    """Expected content: each condition needs at least one matching instance.
+
+    Until all are met (or ``max_wait_s`` runs out) the study is not ready, even after its quiet
+    period. ``on_timeout`` says what happens then: ``process`` what is there, or ``discard``.
+    """
+
+    conditions: list[Condition] = Field(min_length=1)
+    max_wait_s: float = Field(default=600.0, gt=0, le=7 * 86400)
+    on_timeout: Literal["process", "discard"] = "process"
+
+
+class Rule(_Section):
+    """One routing rule; see the module docstring."""
+
+    name: str
+    priority: int = Field(default=0, description="higher is evaluated (and scheduled) first")
+    match: Condition
+    quiet_period_s: float | None = Field(default=None, gt=0, le=86400)
+    expect: Expectation | None = None
+    tasks: list[ModelTask] = Field(default_factory=list)
+    forward_to: list[str] = Field(default_factory=list)
+    results_to: list[str] = Field(default_factory=list)
+    discard: bool = False
+    on_match: Literal["continue", "stop"] = "continue"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+    @model_validator(mode="after")
+    def _actions(self) -> Rule:
+        if self.discard and (self.tasks or self.forward_to or self.results_to):
+            raise ValueError("a discard rule has no tasks, forward_to or results_to")
+        if not self.discard and not (self.tasks or self.forward_to):
+            raise ValueError("a rule needs tasks, forward_to or discard: true")
+        names = [task.task_name for task in self.tasks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"task names must be unique in a rule: {', '.join(duplicates)}")
+        return self
+
+
+class RuleSet(_Section):
+    """The whole rules file: destinations by name and the rules."""
+
+    destinations: dict[str, Destination] = Field(default_factory=dict)
+    rules: list[Rule] = Field(default_factory=list)
+
+    @field_validator("destinations")
+    @classmethod
+    def _destination_names(cls, value: dict[str, Destination]) -> dict[str, Destination]:
+        for name in value:
+            check_name(name)
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> RuleSet:
+        problems = reference_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def ordered(self) -> list[Rule]:
+        """Rules in evaluation order: priority descending, then file order."""
+        return sorted(self.rules, key=lambda rule: -rule.priority)
+
+
+def reference_problems(ruleset: RuleSet) -> list[str]:
+    """Messages for duplicate rule names and unknown destination names, naming rule and field."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    known = ", ".join(sorted(ruleset.destinations)) or "none defined"
+    for rule in ruleset.rules:
+        if rule.name in seen:
+            problems.append(f"rule {rule.name!r} field name: duplicate rule name")
+        seen.add(rule.name)
+        refs = [(f"forward_to[{i}]", d) for i, d in enumerate(rule.forward_to)]
+        refs += [(f"results_to[{i}]", d) for i, d in enumerate(rule.results_to)]
+        for t, task in enumerate(rule.tasks):
+            refs += [(f"tasks[{t}].routes.{label}", d) for label, d in task.routes.items()]
+            if task.default_route is not None:
+                refs.append((f"tasks[{t}].default_route", task.default_route))
+        for field, dest in refs:
+            if dest not in ruleset.destinations:
+                problems.append(
+                    f"rule {rule.name!r} field {field}: unknown destination {dest!r} "
+                    f"(known: {known})"
+                )
+    return problems

@@ -1,0 +1,1 @@
+"""Send: the C-STORE SCU and the outbox deliverer."""

@@ -1,0 +1,335 @@
+"""Send: C-STORE SCU (PS3.4 Annex B, PS3.7 §9.1.1) to a destination, with a per-instance outcome.
+
+- TCP_NODELAY is set on every association socket as soon as the connection opens: pynetdicom
+  never sets it, and without it each C-STORE waits for the peer's delayed ACK (~40 ms).
+- Presentation contexts are proposed from the files themselves (PS3.8 §9.3.2.2): per SOP class
+  and transfer syntax a context with exactly the file's transfer syntax, so the stored bytes go
+  out unchanged, and per SOP class with an uncompressed file one more offering Explicit and
+  Implicit VR Little Endian as a fallback that pynetdicom converts to.
+- Files are streamed from disk without decoding (pynetdicom's chunked send), so what arrives is
+  byte-identical to what was stored.
+- At most ``Destination.max_associations`` associations are open to one destination at a time,
+  across every caller of the same :class:`StoreSender`.
+- Failures are classified per instance: refused connection, timeout, Out of Resources (A7xx),
+  aborted or transiently rejected association are :class:`TransientSendError`; a permanently
+  rejected association (e.g. calling AE not recognised, PS3.8 §9.3.4), no accepted presentation
+  context (SOP class or transfer syntax not supported) and other failure statuses are
+  :class:`PermanentSendError`.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, _config, build_context, evt
+from pynetdicom.status import code_to_category
+
+from listener.errors import PermanentSendError, SendError, TransientSendError
+from listener.logging import get_logger
+from listener.receive.status import StoreStatus
+from listener.route import Destination
+
+# PS3.8 §9.3.1: at most 128 presentation contexts in one A-ASSOCIATE-RQ (odd IDs 1..255).
+MAX_CONTEXTS = 128
+# Below this many instances per association, another association is not worth opening.
+MIN_INSTANCES_PER_ASSOCIATION = 16
+_UNCOMPRESSED_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+# PS3.4 B.2.3: "Refused: Out of Resources" is A7xx; compare the high byte.
+_STATUS_CLASS_MASK = 0xFF00
+# PS3.8 Table 9-21: A-ASSOCIATE-RJ result 2 is "rejected-transient".
+_REJECTED_TRANSIENT = 2
+
+_log = get_logger("send")
+
+
+@dataclass(frozen=True)
+class StoreItem:
+    """One stored file to send, with the SOP Instance UID it holds."""
+
+    path: Path
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class InstanceOutcome:
+    """What happened to one instance: confirmed (``error`` is None) or the classified failure."""
+
+    item: StoreItem
+    error: SendError | None = None
+    status: int | None = None
+
+    @property
+    def confirmed(self) -> bool:
+        return self.error is None
+
+    @property
+    def transient(self) -> bool:
+        return isinstance(self.error, TransientSendError)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    item: StoreItem
+    sop_class: UID
+    transfer_syntax: UID
+
+
+@dataclass(frozen=True)
+class SendTimeouts:
+    """Seconds pynetdicom waits for association replies, DIMSE replies and network reads."""
+
+    acse_s: float = 30.0
+    dimse_s: float = 60.0
+    network_s: float = 60.0
+
+
+class StoreSender:
+    """C-STORE SCU shared by every sender in a process; bounds associations per destination."""
+
+    def __init__(
+        self, calling_ae: str, timeouts: SendTimeouts | None = None, max_pdu: int = 0
+    ) -> None:
+        self.calling_ae = calling_ae
+        self.timeouts = timeouts or SendTimeouts()
+        self.max_pdu = max_pdu
+        self._limits: dict[tuple[str, str, int], threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+        # Send files from disk as stored, without decoding (byte-identical, little memory).
+        # Only affects send_c_store calls given a file path.
+        _config.STORE_SEND_CHUNKED_DATASET = True
+
+    def _limit(self, dest: Destination) -> threading.BoundedSemaphore:
+        key = (dest.ae_title, dest.host, dest.port)
+        with self._lock:
+            if key not in self._limits:
+                self._limits[key] = threading.BoundedSemaphore(dest.max_associations)
+            return self._limits[key]
+
+    def send(self, dest: Destination, items: Sequence[StoreItem]) -> list[InstanceOutcome]:
+        """Send ``items`` over up to ``max_associations`` associations; one outcome per item.
+
+        Outcomes are grouped by association, not in the order of ``items``.
+        """
+        outcomes: list[InstanceOutcome] = []
+        prepared: list[_Prepared] = []
+        for item in items:
+            try:
+                prepared.append(_prepare(item))
+            except (OSError, ValueError, AttributeError) as exc:
+                error = PermanentSendError(f"cannot read the file's meta information: {exc}")
+                outcomes.append(InstanceOutcome(item, error))
+        chunks = list(_chunks(prepared, dest.max_associations))
+        if len(chunks) <= 1:
+            for chunk in chunks:
+                outcomes += self._send_bounded(dest, chunk)
+            return outcomes
+        with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+            for result in pool.map(lambda chunk: self._send_bounded(dest, chunk), chunks):
+                outcomes += result
+        return outcomes
+
+    def _send_bounded(self, dest: Destination, chunk: list[_Prepared]) -> list[InstanceOutcome]:
+        with self._limit(dest):
+            return self._send_association(dest, chunk)
+
+    def _send_association(self, dest: Destination, chunk: list[_Prepared]) -> list[InstanceOutcome]:
+        opened = threading.Event()
+
+        def on_open(event: Any) -> None:
+            opened.set()
+            prepare_requestor(event.assoc)
+
+        ae = AE(ae_title=dest.calling_ae or self.calling_ae)
+        ae.acse_timeout = self.timeouts.acse_s
+        ae.dimse_timeout = self.timeouts.dimse_s
+        ae.network_timeout = self.timeouts.network_s
+        assoc = ae.associate(
+            dest.host,
+            dest.port,
+            contexts=_contexts(chunk),
+            ae_title=dest.ae_title,
+            max_pdu=self.max_pdu,
+            evt_handlers=[(evt.EVT_CONN_OPEN, on_open)],
+        )
+        if not assoc.is_established:
+            error = _association_error(assoc, opened.is_set(), dest)
+            _log.warning("send_association_failed", destination=dest.describe(), reason=str(error))
+            return [InstanceOutcome(p.item, error) for p in chunk]
+        outcomes: list[InstanceOutcome] = []
+        try:
+            for prepared in chunk:
+                if not assoc.is_established:
+                    error = TransientSendError("the association ended before this instance")
+                    outcomes.append(InstanceOutcome(prepared.item, error))
+                    continue
+                outcomes.append(_store_one(assoc, prepared))
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        sent = sum(o.confirmed for o in outcomes)
+        _log.info(
+            "send_association_done",
+            destination=dest.describe(),
+            sent=sent,
+            failed=len(outcomes) - sent,
+        )
+        return outcomes
+
+
+def _prepare(item: StoreItem) -> _Prepared:
+    meta = read_file_meta_info(item.path)
+    return _Prepared(item, UID(meta.MediaStorageSOPClassUID), UID(meta.TransferSyntaxUID))
+
+
+def _chunks(prepared: list[_Prepared], max_associations: int) -> Iterator[list[_Prepared]]:
+    """Split into at most ``max_associations`` parts of 16+ instances, each within 128 contexts."""
+    if not prepared:
+        return
+    wanted = min(max_associations, math.ceil(len(prepared) / MIN_INSTANCES_PER_ASSOCIATION))
+    size = math.ceil(len(prepared) / wanted)
+    for start in range(0, len(prepared), size):
+        yield from _within_context_limit(prepared[start : start + size])
+
+
+def _within_context_limit(chunk: list[_Prepared]) -> Iterator[list[_Prepared]]:
+    part: list[_Prepared] = []
+    for prepared in chunk:
+        if len(_contexts([*part, prepared])) > MAX_CONTEXTS:
+            yield part
+            part = []
+        part.append(prepared)
+    if part:
+        yield part
+
+
+def _contexts(chunk: Sequence[_Prepared]) -> list[Any]:
+    """Exact (SOP class, transfer syntax) contexts, plus an uncompressed fallback per SOP class."""
+    exact: dict[tuple[str, str], None] = {}
+    fallback: dict[str, None] = {}
+    for p in chunk:
+        exact[(p.sop_class, p.transfer_syntax)] = None
+        if p.transfer_syntax in _UNCOMPRESSED_LE:
+            fallback[p.sop_class] = None
+    contexts = [build_context(sop, [ts]) for sop, ts in exact]
+    contexts += [build_context(sop, list(_UNCOMPRESSED_LE)) for sop in fallback]
+    return contexts
+
+
+def prepare_requestor(assoc: Any) -> None:
+    """Ready an outgoing association (bind it to ``EVT_CONN_OPEN``, so it runs before pynetdicom
+    starts the association's reactor): TCP_NODELAY, and responses kept for the caller.
+
+    pynetdicom 3.0's reactor polls the DIMSE queue without blocking; between a ``send_*()`` call's
+    check that the reactor is paused and the reactor really pausing, it can take the peer's
+    response off the queue ("Received unexpected C-STORE service message"), and ``send_c_store``
+    then waits out the DIMSE timeout (pynetdicom issue #875; over loopback with TCP_NODELAY the
+    response is quick enough to hit the window). Our SCU associations never serve requests from
+    the peer, so the reactor's non-blocking polls get nothing and every response goes to the call
+    that waits for it.
+    """
+    set_nodelay(assoc)
+    dimse = assoc.dimse
+    get_msg = dimse.get_msg
+
+    def blocking_only(block: bool = False) -> Any:
+        return get_msg(block=True) if block else (None, None)
+
+    dimse.get_msg = blocking_only
+
+
+def set_nodelay(assoc: Any) -> None:
+    """Turn Nagle's algorithm off on an association's socket (pynetdicom never does; without
+    it every C-STORE waits for the peer's delayed ACK)."""
+    sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _association_error(assoc: Any, connected: bool, dest: Destination) -> SendError:
+    """Classify an association that did not come up."""
+    where = dest.describe()
+    if assoc.is_rejected:
+        rsp = assoc.acceptor.primitive
+        why = f"{rsp.result_str}, {rsp.source_str}: {rsp.reason_str}"
+        if rsp.result == _REJECTED_TRANSIENT:
+            return TransientSendError(f"association rejected by {where} ({why})")
+        return PermanentSendError(f"association rejected by {where} ({why})")
+    if not connected:
+        return TransientSendError(f"cannot connect to {where} (refused or unreachable)")
+    rsp = assoc.acceptor.primitive
+    if rsp is not None and getattr(rsp, "result", None) == 0 and not assoc.accepted_contexts:
+        return PermanentSendError(f"{where} accepted none of the presentation contexts")
+    return TransientSendError(f"association with {where} aborted or timed out")
+
+
+def _store_one(assoc: Any, prepared: _Prepared) -> InstanceOutcome:
+    """C-STORE one file on an established association and classify the answer."""
+    item = prepared.item
+    exact = any(
+        cx.abstract_syntax == prepared.sop_class
+        and cx.transfer_syntax[0] == prepared.transfer_syntax
+        for cx in assoc.accepted_contexts
+    )
+    started = time.monotonic()
+    try:
+        if exact:
+            reply = assoc.send_c_store(item.path)
+        elif prepared.transfer_syntax in _UNCOMPRESSED_LE and any(
+            cx.abstract_syntax == prepared.sop_class for cx in assoc.accepted_contexts
+        ):
+            reply = assoc.send_c_store(dcmread(item.path))
+        else:
+            return InstanceOutcome(
+                item,
+                PermanentSendError(
+                    f"no accepted presentation context for SOP class {prepared.sop_class.name} in "
+                    f"{prepared.transfer_syntax.name}"
+                ),
+            )
+    except (ValueError, AttributeError) as exc:
+        return InstanceOutcome(item, PermanentSendError(f"cannot send this instance: {exc}"))
+    except OSError as exc:
+        return InstanceOutcome(item, PermanentSendError(f"cannot read the file: {exc}"))
+    status = reply.get("Status") if reply is not None else None
+    if status is None:
+        return InstanceOutcome(item, _no_response(assoc, time.monotonic() - started))
+    return InstanceOutcome(item, _status_error(int(status)), int(status))
+
+
+def _no_response(assoc: Any, elapsed_s: float) -> TransientSendError:
+    """No C-STORE response: the DIMSE timeout ran out, or the peer aborted the association.
+
+    Some PACS (Orthanc, for one) refuse a calling AE they do not know by aborting the
+    association at the first C-STORE rather than rejecting it; that reads as an abort here.
+    """
+    limit = assoc.dimse_timeout
+    timed_out = limit is not None and elapsed_s >= limit * 0.9
+    if assoc.is_established:
+        assoc.abort()
+    if timed_out:
+        return TransientSendError(f"no C-STORE response within {elapsed_s:.0f} s")
+    return TransientSendError("the peer aborted the association during C-STORE")
+
+
+def _status_error(status: int) -> SendError | None:
+    """None for Success and Warning (stored, PS3.4 B.2.3); the classified error otherwise."""
+    category = code_to_category(status)
+    if category in ("Success", "Warning"):
+        return None
+    text = f"C-STORE status 0x{status:04X} ({category})"
+    if status & _STATUS_CLASS_MASK == StoreStatus.OUT_OF_RESOURCES:
+        return TransientSendError(f"{text}: out of resources")
+    if status == StoreStatus.SOP_CLASS_NOT_SUPPORTED:
+        return PermanentSendError(f"{text}: SOP class not supported")
+    return PermanentSendError(text)

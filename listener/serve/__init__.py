@@ -1,0 +1,1 @@
+"""``pacs-ai serve``: process supervision and the worker loops."""

@@ -1,0 +1,102 @@
+"""Worker-side loops: job runners (infer + convert) and the outbox deliverer.
+
+``pacs-ai serve`` starts ``settings.workers`` job-runner processes; each claims jobs from the
+journal (highest priority first) and runs up to ``settings.jobs_per_worker`` of them at once, so
+one slow or failing study never holds up the others. The deliverer sends what the outbox holds
+due. All of them take their work from the journal only, so they can be killed at any time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable
+
+from listener.infer import build_clients
+from listener.logging import get_logger
+from listener.pipeline import JOB_LEASE_S, Pipeline, build_pipeline, effective_rules, worker_id
+from listener.settings import Settings
+from listener.store.records import AdminRecords, ModelCallRecorder, reload_requested
+
+log = get_logger("workers")
+
+
+def recover_after_crash(settings: Settings, now: float) -> int:
+    """Requeue jobs that workers of this host held when the service last stopped, and make the
+    outbox's pending sends due now.
+
+    Called by the supervisor before it starts any worker: no job can be in progress on this host
+    then, so every ``IN PROGRESS`` lease of this host belongs to a process that is gone.
+    """
+    pipeline = build_pipeline(settings)
+    try:
+        count = pipeline.jobs.requeue_host(socket.gethostname(), now)
+        released = pipeline.outbox.release_claims(now)
+    finally:
+        pipeline.journal.close()
+    if count:
+        log.warning("jobs_requeued_after_crash", count=count)
+    if released:
+        log.info("outbox_claims_released", count=released)
+    return count
+
+
+async def _job_loop(
+    pipeline: Pipeline, emulator_url: str | None, stop: threading.Event, clock: Callable[[], float]
+) -> None:
+    settings = pipeline.settings
+    owner = worker_id()
+    slots = asyncio.Semaphore(settings.jobs_per_worker)
+    running: set[asyncio.Task[None]] = set()
+    records = AdminRecords(settings.journal_path)
+    async with build_clients(
+        settings.models,
+        emulator_url,
+        emulator_key=settings.emulator.key,
+        on_call=ModelCallRecorder(records),
+    ) as clients:
+        while not stop.is_set():
+            reload_rules_if_asked(pipeline, records)
+            await slots.acquire()
+            job = pipeline.jobs.claim(owner, clock(), JOB_LEASE_S)
+            if job is None:
+                slots.release()
+                await asyncio.sleep(settings.poll_interval_s)
+                continue
+            task = asyncio.create_task(
+                pipeline.run_job(job, pipeline.context(clients, job.study_uid))
+            )
+            running.add(task)
+            task.add_done_callback(running.discard)
+            task.add_done_callback(lambda _t: slots.release())
+        if running:
+            await asyncio.wait(running, timeout=30)
+
+
+def reload_rules_if_asked(pipeline: Pipeline, records: AdminRecords) -> None:
+    """Take up a rules file that the admin API validated and recorded for reload."""
+    if reload_requested(records, pipeline.rules):
+        pipeline.rules = effective_rules(pipeline.settings)
+        pipeline.outbox.destinations = dict(pipeline.rules.destinations)
+        log.info("rules_reloaded", rules=len(pipeline.rules.rules))
+
+
+def run_job_worker(settings: Settings, emulator_url: str | None, stop: threading.Event) -> None:
+    """Run jobs until ``stop`` is set (the body of a job-runner process)."""
+    pipeline = build_pipeline(settings)
+    log.info("job_worker_started", owner=worker_id(), concurrency=settings.jobs_per_worker)
+    asyncio.run(_job_loop(pipeline, emulator_url, stop, pipeline.clock))
+    log.info("job_worker_stopped", owner=worker_id())
+
+
+def run_deliverer(pipeline: Pipeline, stop: threading.Event) -> None:
+    """Send what the outbox holds due until ``stop`` is set (a thread of the worker process)."""
+    records = AdminRecords(pipeline.settings.journal_path)
+    while not stop.is_set():
+        reload_rules_if_asked(pipeline, records)
+        try:
+            pipeline.deliver()
+        except Exception:  # one destination's bug must not stop delivery for good
+            log.exception("delivery_crashed")
+        stop.wait(pipeline.settings.poll_interval_s)

@@ -1,0 +1,127 @@
+"""Facts only the admin side needs, kept in the journal database so every process sees them.
+
+- ``model_calls``: one row per model call (latency, outcome, attempts), written by the model
+  transport through :class:`ModelCallRecorder`, read by the metrics at scrape time. Rows older
+  than :data:`MODEL_CALLS_KEEP_S` are pruned as new ones arrive.
+- ``rules_reloads``: each validated rules reload an operator asked for, with the rules'
+  fingerprint; worker loops compare :meth:`AdminRecords.latest_rules_reload` with the
+  fingerprint of the rules they run and reload when it differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from listener.logging import get_logger
+from listener.route.model import RuleSet
+from listener.store.db import JournalTables
+
+MODEL_CALLS_KEEP_S = 7 * 24 * 3600.0
+_PRUNE_EVERY = 1000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS model_calls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model TEXT NOT NULL,
+    at REAL NOT NULL,
+    duration_s REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    attempts INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS model_calls_model ON model_calls (model, outcome);
+CREATE TABLE IF NOT EXISTS rules_reloads (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    fingerprint TEXT NOT NULL,
+    source TEXT NOT NULL,
+    rule_count INTEGER NOT NULL
+);
+"""
+
+_log = get_logger("admin")
+
+
+def rules_fingerprint(rules: RuleSet) -> str:
+    """A stable hash of validated rules (destinations included): equal rules, equal hash."""
+    return hashlib.sha256(rules.model_dump_json().encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RulesReload:
+    """One recorded rules reload request."""
+
+    id: int
+    at: float
+    fingerprint: str
+    source: str
+    rule_count: int
+
+
+class AdminRecords(JournalTables):
+    """The two admin tables in the journal database at ``path`` (SQLite, WAL)."""
+
+    schema = _SCHEMA
+
+    def record_model_call(
+        self, model: str, *, at: float, duration_s: float, outcome: str, attempts: int
+    ) -> None:
+        """Record one finished model call; now and then drop rows past the keep period."""
+        with self._connect() as db:
+            cursor = db.execute(
+                "INSERT INTO model_calls (model, at, duration_s, outcome, attempts)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (model, at, duration_s, outcome, attempts),
+            )
+            if (cursor.lastrowid or 0) % _PRUNE_EVERY == 0:
+                db.execute("DELETE FROM model_calls WHERE at < ?", (at - MODEL_CALLS_KEEP_S,))
+
+    def record_rules_reload(self, rules: RuleSet, *, source: str, now: float) -> RulesReload:
+        """Record that workers should run ``rules`` (already validated) from now on."""
+        fingerprint = rules_fingerprint(rules)
+        with self._connect() as db:
+            cursor = db.execute(
+                "INSERT INTO rules_reloads (at, fingerprint, source, rule_count)"
+                " VALUES (?, ?, ?, ?)",
+                (now, fingerprint, source, len(rules.rules)),
+            )
+        return RulesReload(int(cursor.lastrowid or 0), now, fingerprint, source, len(rules.rules))
+
+    def latest_rules_reload(self) -> RulesReload | None:
+        """The most recent reload request, or None when nobody asked for one."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT id, at, fingerprint, source, rule_count FROM rules_reloads"
+                " ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else RulesReload(*row)
+
+
+def reload_requested(records: AdminRecords, current: RuleSet) -> bool:
+    """Whether an operator asked for rules other than ``current`` (a worker then reloads with
+    :func:`listener.pipeline.effective_rules`)."""
+    latest = records.latest_rules_reload()
+    return latest is not None and latest.fingerprint != rules_fingerprint(current)
+
+
+class ModelCallRecorder:
+    """The model transport's ``on_call`` hook: records each call in :class:`AdminRecords`.
+
+    Pass it as ``build_clients(..., on_call=ModelCallRecorder(records))``. A failure to record
+    is logged and swallowed: metrics must never fail a model call.
+    """
+
+    def __init__(self, records: AdminRecords, clock: Callable[[], float] = time.time) -> None:
+        self._records = records
+        self._clock = clock
+
+    def __call__(self, model: str, duration_s: float, outcome: str, attempts: int) -> None:
+        try:
+            self._records.record_model_call(
+                model, at=self._clock(), duration_s=duration_s, outcome=outcome, attempts=attempts
+            )
+        except sqlite3.Error as exc:
+            _log.warning("model_call_not_recorded", model=model, error=str(exc))
