@@ -23,7 +23,7 @@ from listener.admin.security import TokenGuard
 from listener.admin.state import AdminState
 from listener.errors import ConfigError
 from listener.logging import get_logger
-from listener.pipeline import effective_rules
+from listener.route.load import effective_rules
 from listener.store.jobs import JobState
 
 _log = get_logger("admin")
@@ -52,7 +52,9 @@ class _Handlers:
     def __init__(self, state: AdminState) -> None:
         self.state = state
         collector = JournalCollector(
-            state.db_path, state.spool.quarantine_dir, lambda: state.spool.free_mb() * 1024 * 1024
+            state.journal.db,
+            state.spool.quarantine_dir,
+            lambda: state.spool.free_mb() * 1024 * 1024,
         )
         self.registry = build_registry(collector)
 

@@ -8,9 +8,7 @@ journal holds (instances, associations, outbox entries, model calls).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import closing
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -22,12 +20,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from listener.store.db import Database
+from listener.store.stats import JOB_STATES, STUDY_STATES, Stats, read_stats
+
 PREFIX = "pacsai"
 COMPLETION_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 MODEL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-STUDY_STATES = ("receiving", "ready", "dispatched")
-JOB_STATES = ("SCHEDULED", "IN PROGRESS", "COMPLETED", "CANCELED")
-OUTBOX_STATES = ("pending", "sent", "dead")
 
 
 def histogram_buckets(
@@ -41,14 +39,16 @@ def histogram_buckets(
 
 
 class JournalCollector(Collector):
-    """Reads every gateway metric from the journal database at ``path`` at scrape time.
+    """Reads every gateway metric from the journal database at scrape time.
 
     ``quarantine_dir`` holds one JSON reason file per quarantined instance; ``free_bytes``
     gives the spool file system's free space.
     """
 
-    def __init__(self, path: Path, quarantine_dir: Path, free_bytes: Callable[[], float]) -> None:
-        self.path = path
+    def __init__(
+        self, database: Database, quarantine_dir: Path, free_bytes: Callable[[], float]
+    ) -> None:
+        self.database = database
         self.quarantine_dir = quarantine_dir
         self.free_bytes = free_bytes
 
@@ -56,13 +56,11 @@ class JournalCollector(Collector):
         return []  # no describe: the registry must not scrape the database when registering
 
     def collect(self) -> Iterator[Metric]:
-        with closing(sqlite3.connect(self.path, timeout=10)) as db:
-            db.execute("BEGIN")  # one snapshot for every table
-            yield from self._received(db)
-            yield from self._stages(db)
-            yield from self._models(db)
-            yield from self._sends(db)
-            db.execute("COMMIT")
+        stats = read_stats(self.database)
+        yield from _received(stats)
+        yield from _stages(stats)
+        yield from _models(stats)
+        yield from _sends(stats)
         quarantined = sum(1 for _ in self.quarantine_dir.glob("*.json"))
         yield CounterMetricFamily(
             f"{PREFIX}_quarantined_instances", "Instances set aside as unstorable", quarantined
@@ -71,109 +69,96 @@ class JournalCollector(Collector):
             f"{PREFIX}_spool_free_bytes", "Free space on the spool file system", self.free_bytes()
         )
 
-    def _received(self, db: sqlite3.Connection) -> Iterator[Metric]:
-        count, size = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM instances"
-        ).fetchone()
-        yield CounterMetricFamily(
-            f"{PREFIX}_instances_received", "Instances stored by the receiver", count
-        )
-        yield CounterMetricFamily(
-            f"{PREFIX}_received_bytes", "Bytes of the instances stored by the receiver", size
-        )
-        assoc = CounterMetricFamily(
-            f"{PREFIX}_associations",
-            "Associations by how they ended (released, aborted, closed, rejected)",
-            labels=["outcome"],
-        )
-        for outcome, n in db.execute(
-            "SELECT COALESCE(ended, 'open'), COUNT(*) FROM associations GROUP BY 1"
-        ):
-            assoc.add_metric([str(outcome)], n)
-        yield assoc
-        waits = [
-            float(row[0])
-            for row in db.execute(
-                "SELECT released_at - last_received_at FROM studies WHERE released_at IS NOT NULL"
-            )
-        ]
-        buckets, total = histogram_buckets(waits, COMPLETION_BUCKETS)
-        yield HistogramMetricFamily(
-            f"{PREFIX}_study_completion_wait_seconds",
-            "Time from a study's last instance to its release to the workers",
-            buckets=buckets,
-            sum_value=total,
-        )
 
-    def _stages(self, db: sqlite3.Connection) -> Iterator[Metric]:
-        for name, table, states, text in (
-            ("studies", "studies", STUDY_STATES, "Studies per assemble state"),
-            ("jobs", "jobs", JOB_STATES, "Model jobs per UPS state"),
-        ):
-            family = GaugeMetricFamily(f"{PREFIX}_{name}", text, labels=["state"])
-            counts = dict(db.execute(f"SELECT state, COUNT(*) FROM {table} GROUP BY state"))
-            for state in dict.fromkeys([*states, *map(str, counts)]):
-                family.add_metric([state], counts.get(state, 0))
-            yield family
-        outbox = GaugeMetricFamily(
-            f"{PREFIX}_outbox_entries",
-            "Outbox entries per destination and state",
-            labels=["destination", "state"],
-        )
-        for destination, state, n in db.execute(
-            "SELECT destination, state, COUNT(*) FROM outbox GROUP BY 1, 2"
-        ):
-            outbox.add_metric([str(destination), str(state)], n)
-        yield outbox
+def _received(stats: Stats) -> Iterator[Metric]:
+    yield CounterMetricFamily(
+        f"{PREFIX}_instances_received", "Instances stored by the receiver", stats.instances
+    )
+    yield CounterMetricFamily(
+        f"{PREFIX}_received_bytes",
+        "Bytes of the instances stored by the receiver",
+        stats.received_bytes,
+    )
+    assoc = CounterMetricFamily(
+        f"{PREFIX}_associations",
+        "Associations by how they ended (released, aborted, closed, rejected)",
+        labels=["outcome"],
+    )
+    for outcome, n in stats.associations.items():
+        assoc.add_metric([outcome], n)
+    yield assoc
+    buckets, total = histogram_buckets(stats.completion_waits, COMPLETION_BUCKETS)
+    yield HistogramMetricFamily(
+        f"{PREFIX}_study_completion_wait_seconds",
+        "Time from a study's last instance to its release to the workers",
+        buckets=buckets,
+        sum_value=total,
+    )
 
-    def _models(self, db: sqlite3.Connection) -> Iterator[Metric]:
-        calls = CounterMetricFamily(
-            f"{PREFIX}_model_calls", "Model calls by model and outcome", labels=["model", "outcome"]
-        )
-        errors = CounterMetricFamily(
-            f"{PREFIX}_model_errors", "Model calls that failed, by model", labels=["model"]
-        )
-        failed: dict[str, int] = {}
-        for model, outcome, n in db.execute(
-            "SELECT model, outcome, COUNT(*) FROM model_calls GROUP BY 1, 2"
-        ):
-            calls.add_metric([str(model), str(outcome)], n)
-            if outcome != "ok":
-                failed[str(model)] = failed.get(str(model), 0) + int(n)
-        for model, n in sorted(failed.items()):
-            errors.add_metric([model], n)
-        latency = HistogramMetricFamily(
-            f"{PREFIX}_model_call_duration_seconds",
-            "Model call latency including retries, by model",
-            labels=["model"],
-        )
-        durations: dict[str, list[float]] = {}
-        for model, seconds in db.execute("SELECT model, duration_s FROM model_calls"):
-            durations.setdefault(str(model), []).append(float(seconds))
-        for model, values in sorted(durations.items()):
-            buckets, total = histogram_buckets(values, MODEL_BUCKETS)
-            latency.add_metric([model], buckets, total)
-        yield from (calls, errors, latency)
 
-    def _sends(self, db: sqlite3.Connection) -> Iterator[Metric]:
-        sends = CounterMetricFamily(
-            f"{PREFIX}_sends",
-            "Instances sent (confirmed) or given up (dead letter), by destination",
-            labels=["destination", "outcome"],
-        )
-        failures = CounterMetricFamily(
-            f"{PREFIX}_send_failed_attempts",
-            "C-STORE attempts that did not confirm the instance, by destination",
-            labels=["destination"],
-        )
-        for destination, sent, dead, failed in db.execute(
-            "SELECT destination, SUM(state = 'sent'), SUM(state = 'dead'),"
-            " SUM(attempts) - SUM(state = 'sent') FROM outbox GROUP BY destination"
-        ):
-            sends.add_metric([str(destination), "sent"], sent)
-            sends.add_metric([str(destination), "dead"], dead)
-            failures.add_metric([str(destination)], failed)
-        yield from (sends, failures)
+def _stages(stats: Stats) -> Iterator[Metric]:
+    for name, counts, states, text in (
+        ("studies", stats.studies, STUDY_STATES, "Studies per assemble state"),
+        ("jobs", stats.jobs, JOB_STATES, "Model jobs per UPS state"),
+    ):
+        family = GaugeMetricFamily(f"{PREFIX}_{name}", text, labels=["state"])
+        for state in dict.fromkeys([*states, *counts]):
+            family.add_metric([state], counts.get(state, 0))
+        yield family
+    outbox = GaugeMetricFamily(
+        f"{PREFIX}_outbox_entries",
+        "Outbox entries per destination and state",
+        labels=["destination", "state"],
+    )
+    for destination, state, n in stats.outbox:
+        outbox.add_metric([destination, state], n)
+    yield outbox
+
+
+def _models(stats: Stats) -> Iterator[Metric]:
+    calls = CounterMetricFamily(
+        f"{PREFIX}_model_calls", "Model calls by model and outcome", labels=["model", "outcome"]
+    )
+    errors = CounterMetricFamily(
+        f"{PREFIX}_model_errors", "Model calls that failed, by model", labels=["model"]
+    )
+    failed: dict[str, int] = {}
+    for model, outcome, n in stats.model_calls:
+        calls.add_metric([model, outcome], n)
+        if outcome != "ok":
+            failed[model] = failed.get(model, 0) + n
+    for model, n in sorted(failed.items()):
+        errors.add_metric([model], n)
+    latency = HistogramMetricFamily(
+        f"{PREFIX}_model_call_duration_seconds",
+        "Model call latency including retries, by model",
+        labels=["model"],
+    )
+    durations: dict[str, list[float]] = {}
+    for model, seconds in stats.model_durations:
+        durations.setdefault(model, []).append(seconds)
+    for model, values in sorted(durations.items()):
+        buckets, total = histogram_buckets(values, MODEL_BUCKETS)
+        latency.add_metric([model], buckets, total)
+    yield from (calls, errors, latency)
+
+
+def _sends(stats: Stats) -> Iterator[Metric]:
+    sends = CounterMetricFamily(
+        f"{PREFIX}_sends",
+        "Instances sent (confirmed) or given up (dead letter), by destination",
+        labels=["destination", "outcome"],
+    )
+    failures = CounterMetricFamily(
+        f"{PREFIX}_send_failed_attempts",
+        "C-STORE attempts that did not confirm the instance, by destination",
+        labels=["destination"],
+    )
+    for destination, sent, dead, failed in stats.sends:
+        sends.add_metric([destination, "sent"], sent)
+        sends.add_metric([destination, "dead"], dead)
+        failures.add_metric([destination], failed)
+    yield from (sends, failures)
 
 
 def build_registry(collector: JournalCollector) -> CollectorRegistry:

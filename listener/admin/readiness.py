@@ -12,11 +12,10 @@ A stage is stuck when work it owns is overdue by far more than normal jitter:
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
 from dataclasses import dataclass
 
 from listener.admin.state import AdminState
+from listener.store.stats import overdue
 
 
 @dataclass(frozen=True)
@@ -29,32 +28,6 @@ class Thresholds:
     send_late_s: float = 900.0
 
 
-def _overdue(limits: Thresholds) -> list[tuple[str, float, str]]:
-    """Per check: a count query taking one "due before" time, the lateness allowed, the reason."""
-    return [
-        (
-            "SELECT COUNT(*) FROM studies WHERE state = 'receiving' AND due_at < ?",
-            limits.release_late_s,
-            "assemble: {n} studies past their quiet period are not released",
-        ),
-        (
-            "SELECT COUNT(*) FROM jobs WHERE state = 'IN PROGRESS' AND lease_until < ?",
-            limits.lease_late_s,
-            "infer: {n} jobs IN PROGRESS past their lease",
-        ),
-        (
-            "SELECT COUNT(*) FROM jobs WHERE state = 'SCHEDULED' AND not_before < ?",
-            limits.job_due_late_s,
-            f"infer: {{n}} scheduled jobs overdue by over {limits.job_due_late_s:.0f} s",
-        ),
-        (
-            "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND next_attempt_at < ?",
-            limits.send_late_s,
-            f"send: {{n}} outbox entries overdue by over {limits.send_late_s:.0f} s",
-        ),
-    ]
-
-
 def problems(state: AdminState, now: float, limits: Thresholds | None = None) -> list[str]:
     """Every reason the gateway is not ready; empty when it is."""
     limits = limits or Thresholds()
@@ -65,9 +38,25 @@ def problems(state: AdminState, now: float, limits: Thresholds | None = None) ->
             f"disk: {free:.0f} MiB free on the spool, under disk_min_free_mb"
             f" ({state.settings.disk_min_free_mb} MiB)"
         )
-    with closing(sqlite3.connect(state.db_path, timeout=10)) as db:
-        for sql, allowed, reason in _overdue(limits):
-            count = int(db.execute(sql, (now - allowed,)).fetchone()[0])
-            if count:
-                reasons.append(reason.format(n=count))
+    late = overdue(
+        state.journal.db,
+        release_before=now - limits.release_late_s,
+        lease_before=now - limits.lease_late_s,
+        job_before=now - limits.job_due_late_s,
+        send_before=now - limits.send_late_s,
+    )
+    for count, reason in (
+        (late.unreleased_studies, "assemble: {n} studies past their quiet period are not released"),
+        (late.expired_leases, "infer: {n} jobs IN PROGRESS past their lease"),
+        (
+            late.overdue_jobs,
+            f"infer: {{n}} scheduled jobs overdue by over {limits.job_due_late_s:.0f} s",
+        ),
+        (
+            late.overdue_sends,
+            f"send: {{n}} outbox entries overdue by over {limits.send_late_s:.0f} s",
+        ),
+    ):
+        if count:
+            reasons.append(reason.format(n=count))
     return reasons

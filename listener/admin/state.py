@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from listener.send.scu import StoreSender
 from listener.settings import Settings
 from listener.store.jobs import JobStore
 from listener.store.journal import Journal
@@ -23,6 +22,7 @@ class AdminState:
     settings: Settings
     journal: Journal
     jobs: JobStore
+    outbox: Outbox
     records: AdminRecords
     spool: Spool
     clock: Callable[[], float] = field(default=time.time)
@@ -36,14 +36,14 @@ class AdminState:
         return self.settings.data_dir / "results"
 
     def close(self) -> None:
-        self.journal.close()
+        for store in (self.journal, self.jobs, self.outbox, self.records):
+            store.close()
 
 
 def open_state(settings: Settings, clock: Callable[[], float] = time.time) -> AdminState:
     """The admin state for ``settings``; every table it reads exists once this returns."""
     journal = Journal(settings.journal_path)
-    # Creates the outbox table when no worker has yet; the admin app itself never sends.
-    Outbox(settings.journal_path, {}, StoreSender(settings.ae_titles[0]))
+    outbox = Outbox(settings.journal_path)
     spool = Spool(
         settings.spool_dir, settings.quarantine_dir, min_free_mb=settings.disk_min_free_mb
     )
@@ -51,6 +51,7 @@ def open_state(settings: Settings, clock: Callable[[], float] = time.time) -> Ad
         settings=settings,
         journal=journal,
         jobs=JobStore(settings.journal_path),
+        outbox=outbox,
         records=AdminRecords(settings.journal_path),
         spool=spool,
         clock=clock,

@@ -7,9 +7,6 @@ API are for operators, and PHI stays off by default.
 from __future__ import annotations
 
 import json
-import sqlite3
-from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
@@ -18,6 +15,7 @@ from pydicom.errors import InvalidDicomError
 from listener.admin.state import AdminState
 from listener.store.jobs import Job, JobState
 from listener.store.journal import StudyInfo, StudyState
+from listener.store.outbox import EntryState, OutboxEntry
 
 Json = dict[str, Any]
 _ACTIVE_JOBS = (JobState.SCHEDULED, JobState.IN_PROGRESS)
@@ -49,7 +47,7 @@ def job_json(job: Job) -> Json:
     return {
         "id": job.id,
         "study_uid": job.study_uid,
-        "episode": job.episode,
+        "generation": job.generation,
         "rule": job.rule,
         "task": job.task,
         "model": job.payload.get("model"),
@@ -72,31 +70,33 @@ def job_detail(state: AdminState, job: Job) -> Json:
         {"at": at, "state": name, "detail": detail}
         for at, name, detail in state.jobs.events(job.id)
     ]
-    data["sends"] = _outbox_rows(state.db_path, "job_id = ?", (str(job.id),))
+    data["sends"] = [_entry_json(e) for e in state.outbox.entries(job_id=job.id)]
     return data
 
 
-def _outbox_rows(path: Path, where: str, params: tuple[object, ...]) -> list[Json]:
-    with closing(sqlite3.connect(path, timeout=10)) as db:
-        db.row_factory = sqlite3.Row
-        rows = db.execute(
-            "SELECT id, destination, job_id, sop_instance_uid, state, attempts, next_attempt_at,"
-            f" last_error, enqueued_at, sent_at FROM outbox WHERE {where} ORDER BY id",
-            params,
-        ).fetchall()
-    return [dict(row) for row in rows]
+def _entry_json(entry: OutboxEntry) -> Json:
+    return {
+        "id": entry.id,
+        "destination": entry.destination,
+        "job_id": entry.job_id,
+        "sop_instance_uid": entry.sop_instance_uid,
+        "state": entry.state.value,
+        "attempts": entry.attempts,
+        "next_attempt_at": entry.next_attempt_at,
+        "last_error": entry.last_error,
+        "enqueued_at": entry.enqueued_at,
+        "sent_at": entry.sent_at,
+    }
 
 
 def outbox_counts(state: AdminState) -> dict[str, int]:
     """Outbox entries per state, all destinations together."""
-    with closing(sqlite3.connect(state.db_path, timeout=10)) as db:
-        rows = db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
-    return {str(name): int(count) for name, count in rows}
+    return state.outbox.counts()
 
 
 def study_sends(state: AdminState, study_uid: str) -> list[Json]:
     """Outbox entries of a study: its results (``results/<study>/``) and forwarded originals."""
-    return _outbox_rows(state.db_path, "instr(path, ?) > 0", (f"/{study_uid}/",))
+    return [_entry_json(e) for e in state.outbox.entries_of_study(study_uid)]
 
 
 def result_files(state: AdminState, study_uid: str) -> list[Json]:
@@ -125,10 +125,10 @@ def study_stage(info: StudyInfo, jobs: list[Job], sends: list[Json]) -> str:
         return info.state.value
     if any(job.state in _ACTIVE_JOBS for job in jobs):
         return "processing"
-    if any(entry["state"] == "pending" for entry in sends):
+    if any(entry["state"] == EntryState.PENDING for entry in sends):
         return "sending"
     failed = any(job.state is JobState.CANCELED for job in jobs)
-    if failed or any(entry["state"] == "dead" for entry in sends):
+    if failed or any(entry["state"] == EntryState.DEAD for entry in sends):
         return "failed"
     return "done"
 
@@ -216,7 +216,7 @@ def failures(state: AdminState, limit: int = 50) -> list[Json]:
         }
         for job in state.jobs.list_jobs(state=JobState.CANCELED)[:limit]
     ]
-    for entry in _outbox_rows(state.db_path, "state = ?", ("dead",))[-limit:]:
+    for entry in map(_entry_json, state.outbox.dead_letters()[-limit:]):
         out.append(
             {
                 "kind": "send",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from listener.receive.status import STORED_STATUSES, EchoStatus
 from listener.send.scu import prepare_requestor
 from listener.settings import Settings
 from listener.store.journal import Journal
+from listener.timing import utc_text
 
 
 def echo(host: str, port: int, *, aet: str, aec: str, timeout: float) -> tuple[bool, str]:
@@ -147,9 +147,9 @@ def print_studies(settings: Settings, *, as_json: bool, show_patient: bool) -> i
             "instances": study.instance_count,
             "series": study.series_count,
             "calling_ae": study.calling_ae,
-            "last_received": _utc(study.last_received_at),
-            "due": _utc(study.due_at),
-            "released": _utc(study.released_at) if study.released_at else None,
+            "last_received": utc_text(study.last_received_at),
+            "due": utc_text(study.due_at),
+            "released": utc_text(study.released_at) if study.released_at else None,
         }
         if show_patient:
             row["patient_id"] = study.patient_id
@@ -161,7 +161,3 @@ def print_studies(settings: Settings, *, as_json: bool, show_patient: bool) -> i
     if not as_json:
         print(f"{len(studies)} studies")
     return 0
-
-
-def _utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")

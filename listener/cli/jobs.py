@@ -10,9 +10,10 @@ import argparse
 import json
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from listener.timing import utc_text
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -50,7 +51,7 @@ def add_process(sub: Any) -> None:
 def cmd_process(args: argparse.Namespace) -> int:
     from listener.cli.process import process_paths
     from listener.logging import configure_logging
-    from listener.pipeline import effective_rules
+    from listener.route.load import effective_rules
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
@@ -117,22 +118,16 @@ def add_jobs(sub: Any) -> None:
 def _stamp(epoch: float | None) -> str:
     if epoch is None:
         return "-"
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_text(epoch)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from listener.pipeline import effective_rules
-    from listener.send.scu import StoreSender
     from listener.store.jobs import JobState, JobStore
     from listener.store.outbox import Outbox
 
     settings = _settings(args)
     jobs = JobStore(settings.journal_path)
-    outbox = Outbox(
-        settings.journal_path,
-        effective_rules(settings).destinations,
-        StoreSender(calling_ae=settings.ae_titles[0]),
-    )
+    outbox = Outbox(settings.journal_path)
     now = time.time()
     if args.action == "list":
         state = JobState(args.state) if args.state else None
@@ -193,7 +188,7 @@ def _job_dict(job: Any) -> dict[str, Any]:
         "id": job.id,
         "state": job.state.value,
         "study_uid": job.study_uid,
-        "generation": job.episode,
+        "generation": job.generation,
         "rule": job.rule,
         "task": job.task,
         "model": job.payload.get("model"),

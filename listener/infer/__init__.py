@@ -13,11 +13,11 @@ from listener.infer.clients import (
     ModelClients,
     build_clients,
 )
-from listener.infer.resilience import Backoff, CircuitBreaker
+from listener.infer.resilience import CallBackoff, CircuitBreaker
 from listener.infer.transport import ModelTransport
 
 __all__ = [
-    "Backoff",
+    "CallBackoff",
     "CircuitBreaker",
     "CxrReportGenClient",
     "MedImageInsightClient",

@@ -16,6 +16,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from listener.errors import CircuitOpenError, PermanentModelError, TransientModelError
+from listener.timing import backoff_delay
 
 Clock = Callable[[], float]
 
@@ -34,7 +35,7 @@ _BODY_EXCERPT = 200
 
 
 @dataclass(frozen=True)
-class Backoff:
+class CallBackoff:
     """Exponential backoff with "equal jitter": attempt n waits a random time in
     [c/2, c] with c = min(max_s, initial_s * 2**(n-1)); a server's Retry-After wins, up to
     ``max_retry_after_s``. Defaults follow the official toolkit (0.5 s up to 60 s)."""
@@ -47,7 +48,7 @@ class Backoff:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         if retry_after_s is not None:
             return min(max(retry_after_s, 0.0), self.max_retry_after_s)
-        ceiling = min(self.max_s, self.initial_s * 2 ** max(attempt - 1, 0))
+        ceiling = backoff_delay(attempt, self.initial_s, self.max_s)
         return rng.uniform(ceiling / 2, ceiling)
 
 

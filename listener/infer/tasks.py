@@ -300,42 +300,6 @@ async def run_task(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
     return outcome
 
 
-def task_payload(task: PlannedTask) -> dict[str, Any]:
-    """A planned task as JSON-ready data (the job payload)."""
-    return {
-        "rule": task.rule,
-        "name": task.name,
-        "model": task.model,
-        "inputs": {role: list(uids) for role, uids in task.inputs.items()},
-        "prompts": list(task.prompts),
-        "labels": list(task.labels),
-        "window": task.window,
-        "parameters": dict(task.parameters),
-        "routes": dict(task.routes),
-        "default_route": task.default_route,
-        "result_destinations": list(task.result_destinations),
-        "priority": task.priority,
-    }
-
-
-def task_from_payload(payload: dict[str, Any]) -> PlannedTask:
-    """The inverse of :func:`task_payload`."""
-    return PlannedTask(
-        rule=payload["rule"],
-        name=payload["name"],
-        model=payload["model"],
-        inputs={role: tuple(uids) for role, uids in payload["inputs"].items()},
-        prompts=tuple(payload.get("prompts", ())),
-        labels=tuple(payload.get("labels", ())),
-        window=payload.get("window"),
-        parameters=dict(payload.get("parameters", {})),
-        routes=dict(payload.get("routes", {})),
-        default_route=payload.get("default_route"),
-        result_destinations=tuple(payload.get("result_destinations", ())),
-        priority=int(payload.get("priority", 0)),
-    )
-
-
 __all__ = [
     "DEFAULT_ROLE",
     "PriorImage",
@@ -343,6 +307,4 @@ __all__ = [
     "TaskOutcome",
     "main_series",
     "run_task",
-    "task_from_payload",
-    "task_payload",
 ]

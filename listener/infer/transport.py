@@ -4,7 +4,7 @@ Every call POSTs a JSON body to the scoring URI with ``Authorization: Bearer``, 
 ``azureml-model-deployment`` header and an ``x-ms-client-request-id`` (azure-models.md §0) that
 is also bound into the call's log events. At most ``concurrency`` requests are in flight at once
 (the semaphore is held only while a request is on the wire, not while backing off); transient
-failures are retried by tenacity with :class:`~listener.infer.resilience.Backoff` timing; the
+failures are retried by tenacity with :class:`~listener.infer.resilience.CallBackoff` timing; the
 endpoint's :class:`~listener.infer.resilience.CircuitBreaker` fails calls fast while it is down.
 """
 
@@ -26,7 +26,7 @@ from converters.model_outputs import ModelIdentity
 from listener.errors import CircuitOpenError, PermanentModelError, TransientModelError
 from listener.infer.auth import Authorizer, KeyAuth
 from listener.infer.resilience import (
-    Backoff,
+    CallBackoff,
     CircuitBreaker,
     Clock,
     is_endpoint_failure,
@@ -75,7 +75,7 @@ class ModelTransport:
         emulated: bool = False,
         authorizer: Authorizer | None = None,
         http: httpx.AsyncClient | None = None,
-        backoff: Backoff | None = None,
+        backoff: CallBackoff | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
@@ -92,7 +92,7 @@ class ModelTransport:
         self._auth = authorizer if authorizer is not None else KeyAuth(settings.key)
         self._owns_http = http is None
         self._http = http if http is not None else _new_http_client(settings)
-        self._backoff = backoff if backoff is not None else Backoff()
+        self._backoff = backoff if backoff is not None else CallBackoff()
         self._clock = clock
         self._wall_clock = wall_clock
         self._sleep = sleep

@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from pydicom.uid import UID, AllTransferSyntaxes
@@ -38,6 +37,7 @@ from listener.receive.status import EchoStatus, StoreStatus
 from listener.settings import Settings
 from listener.store.journal import AssociationRecord, Journal
 from listener.store.spool import InstanceHeader, Spool, encode_file_meta, read_header
+from listener.timing import utc_text
 
 VERIFICATION = "1.2.840.10008.1.1"
 UNCOMPRESSED = frozenset(
@@ -112,11 +112,6 @@ class StoreFailedError(Exception):
 class _Open:
     record: AssociationRecord
     ended: str = "closed"
-
-
-def utc_text(now: float) -> str:
-    """ISO 8601 UTC text of an epoch time (for reason files)."""
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Receiver:
@@ -351,7 +346,7 @@ class Receiver:
             "transfer_syntax": str(event.context.transfer_syntax),
             "command_sop_class": str(event.request.AffectedSOPClassUID),
             "command_sop_instance": str(event.request.AffectedSOPInstanceUID),
-            "time_utc": utc_text(now),
+            "time_utc": utc_text(now, precise=True),
         }
         path = self.spool.quarantine([data], reason)
         self.log.warning(

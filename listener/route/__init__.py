@@ -7,7 +7,6 @@ from listener.route.conditions import AssociationFacts, Condition, Headers, Nume
 from listener.route.defaults import default_rules
 from listener.route.load import load_rules, parse_rules
 from listener.route.model import (
-    WINDOW_PRESETS,
     Expectation,
     ModelTask,
     Rule,
@@ -16,7 +15,6 @@ from listener.route.model import (
 from listener.settings import Destination
 
 __all__ = [
-    "WINDOW_PRESETS",
     "AssociationFacts",
     "Condition",
     "Destination",

@@ -43,7 +43,8 @@ GENERAL_LABELS = [
 ]
 # Non-image objects and results that no model should see.
 NOT_IMAGES = ["SR", "SEG", "PR", "KO", "DOC", "REG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD"]
-FRONTAL = ["PA", "AP"]
+# View Position values of a frontal chest image (PS3.3 C.8.11.5.1.1).
+FRONTAL_VIEWS = ("PA", "AP")
 LATERAL = ["LL", "RL", "LATERAL"]
 
 # (rule name, body parts, prompts, CT window preset)
@@ -85,7 +86,7 @@ def _chest_rule(results: list[str]) -> dict[str, Any]:
                 inputs={
                     "frontal": {
                         "any": [
-                            {"attribute": "ViewPosition", "one_of": FRONTAL},
+                            {"attribute": "ViewPosition", "one_of": list(FRONTAL_VIEWS)},
                             {"attribute": "ViewPosition", "present": False},
                         ]
                     },

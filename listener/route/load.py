@@ -15,7 +15,9 @@ import yaml
 from pydantic import ValidationError
 
 from listener.errors import ConfigError
+from listener.route.defaults import default_rules
 from listener.route.model import RuleSet
+from listener.settings import Settings
 
 _PREFIXES = ("Value error, ", "Assertion failed, ")
 
@@ -84,3 +86,25 @@ def _path(parts: tuple[Any, ...]) -> str:
         else:
             text += ("." if text else "") + str(part)
     return text
+
+
+def effective_rules(settings: Settings) -> RuleSet:
+    """The rules file's rules, or the embedded defaults.
+
+    Destinations in the settings override those of the same name in the rules file, so one rules
+    file serves several sites whose peers differ (``PACSAI_DESTINATIONS__PACS__HOST=...``).
+    """
+    if settings.rules_file is None:
+        return default_rules(dict(settings.destinations))
+    rules = load_rules(settings.rules_file)
+    by_key = {_name_key(name): name for name in rules.destinations}
+    merged = dict(rules.destinations)
+    for name, destination in settings.destinations.items():
+        merged[by_key.get(_name_key(name), name)] = destination
+    return rules.model_copy(update={"destinations": merged})
+
+
+def _name_key(name: str) -> str:
+    """Destination names compare without case and with ``-`` equal to ``_``: environment
+    variables can spell neither ``chest-reading`` nor upper case (``..._CHEST_READING__HOST``)."""
+    return name.lower().replace("-", "_")

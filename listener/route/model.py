@@ -15,18 +15,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from converters.intensity import CT_PRESETS
 from listener.route.conditions import Condition
 from listener.settings import Destination, ModelName
 
-# CT window presets in HU the MedImageParse toolkit uses (center/width derived from its ranges).
-WINDOW_PRESETS: dict[str, tuple[float, float]] = {
-    "ct-abdomen": (50.0, 400.0),
-    "ct-lung": (0.0, 2000.0),
-    "ct-pelvis": (72.5, 255.0),
-    "ct-liver": (102.5, 255.0),
-    "ct-colon": (59.5, 255.0),
-    "ct-pancreas": (50.0, 300.0),
-}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _PROMPT_MODELS = ("medimageparse", "medimageparse3d")
 
@@ -68,10 +60,8 @@ class ModelTask(_Section):
     @field_validator("window")
     @classmethod
     def _window(cls, value: str | None) -> str | None:
-        if value is not None and value not in WINDOW_PRESETS:
-            raise ValueError(
-                f"unknown window preset {value!r} (known: {', '.join(WINDOW_PRESETS)})"
-            )
+        if value is not None and value not in CT_PRESETS:
+            raise ValueError(f"unknown window preset {value!r} (known: {', '.join(CT_PRESETS)})")
         return value
 
     @model_validator(mode="after")

@@ -26,7 +26,8 @@ from typing import Any
 
 from pydicom import Dataset
 
-from listener.route import AssociationFacts, Headers, Rule, RuleSet
+from listener.route.conditions import AssociationFacts, Headers
+from listener.route.model import Rule, RuleSet
 from listener.settings import ModelName
 
 DEFAULT_ROLE = "images"
@@ -236,3 +237,39 @@ def _plain(value: Any) -> Any:
         if isinstance(value, kind):
             return kind(value)
     return str(value)
+
+
+def task_payload(task: PlannedTask) -> dict[str, Any]:
+    """A planned task as JSON-ready data (the job payload)."""
+    return {
+        "rule": task.rule,
+        "name": task.name,
+        "model": task.model,
+        "inputs": {role: list(uids) for role, uids in task.inputs.items()},
+        "prompts": list(task.prompts),
+        "labels": list(task.labels),
+        "window": task.window,
+        "parameters": dict(task.parameters),
+        "routes": dict(task.routes),
+        "default_route": task.default_route,
+        "result_destinations": list(task.result_destinations),
+        "priority": task.priority,
+    }
+
+
+def task_from_payload(payload: dict[str, Any]) -> PlannedTask:
+    """The inverse of :func:`task_payload`."""
+    return PlannedTask(
+        rule=payload["rule"],
+        name=payload["name"],
+        model=payload["model"],
+        inputs={role: tuple(uids) for role, uids in payload["inputs"].items()},
+        prompts=tuple(payload.get("prompts", ())),
+        labels=tuple(payload.get("labels", ())),
+        window=payload.get("window"),
+        parameters=dict(payload.get("parameters", {})),
+        routes=dict(payload.get("routes", {})),
+        default_route=payload.get("default_route"),
+        result_destinations=tuple(payload.get("result_destinations", ())),
+        priority=int(payload.get("priority", 0)),
+    )

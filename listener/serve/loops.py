@@ -9,17 +9,25 @@ due. All of them take their work from the journal only, so they can be killed at
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from listener.infer import build_clients
+from listener.infer.runner import JOB_LEASE_S
 from listener.logging import get_logger
-from listener.pipeline import JOB_LEASE_S, Pipeline, build_pipeline, effective_rules, worker_id
+from listener.pipeline import Pipeline, build_pipeline
 from listener.settings import Settings
 from listener.store.records import AdminRecords, ModelCallRecorder, reload_requested
 
 log = get_logger("workers")
+
+
+def worker_id() -> str:
+    """This process's identity as a lease owner: host and PID."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def recover_after_crash(settings: Settings, now: float) -> int:
@@ -34,7 +42,7 @@ def recover_after_crash(settings: Settings, now: float) -> int:
         count = pipeline.jobs.requeue_host(socket.gethostname(), now)
         released = pipeline.outbox.release_claims(now)
     finally:
-        pipeline.journal.close()
+        pipeline.close()
     if count:
         log.warning("jobs_requeued_after_crash", count=count)
     if released:
@@ -65,7 +73,7 @@ async def _job_loop(
                 await asyncio.sleep(settings.poll_interval_s)
                 continue
             task = asyncio.create_task(
-                pipeline.run_job(job, pipeline.context(clients, job.study_uid))
+                pipeline.runner.run_job(job, pipeline.runner.context(clients, job.study_uid))
             )
             running.add(task)
             task.add_done_callback(running.discard)
@@ -77,8 +85,7 @@ async def _job_loop(
 def reload_rules_if_asked(pipeline: Pipeline, records: AdminRecords) -> None:
     """Take up a rules file that the admin API validated and recorded for reload."""
     if reload_requested(records, pipeline.rules):
-        pipeline.rules = effective_rules(pipeline.settings)
-        pipeline.outbox.destinations = dict(pipeline.rules.destinations)
+        pipeline.reload_rules()
         log.info("rules_reloaded", rules=len(pipeline.rules.rules))
 
 
@@ -86,7 +93,7 @@ def run_job_worker(settings: Settings, emulator_url: str | None, stop: threading
     """Run jobs until ``stop`` is set (the body of a job-runner process)."""
     pipeline = build_pipeline(settings)
     log.info("job_worker_started", owner=worker_id(), concurrency=settings.jobs_per_worker)
-    asyncio.run(_job_loop(pipeline, emulator_url, stop, pipeline.clock))
+    asyncio.run(_job_loop(pipeline, emulator_url, stop, pipeline.runner.clock))
     log.info("job_worker_stopped", owner=worker_id())
 
 
@@ -96,7 +103,7 @@ def run_deliverer(pipeline: Pipeline, stop: threading.Event) -> None:
     while not stop.is_set():
         reload_rules_if_asked(pipeline, records)
         try:
-            pipeline.deliver()
+            pipeline.deliverer.deliver_due(time.time())
         except Exception:  # one destination's bug must not stop delivery for good
             log.exception("delivery_crashed")
         stop.wait(pipeline.settings.poll_interval_s)

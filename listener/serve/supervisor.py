@@ -34,13 +34,15 @@ from listener.admin import start_admin
 from listener.assemble import worker_loop
 from listener.emulator.server import emulator_if_needed
 from listener.logging import configure_logging, get_logger
-from listener.pipeline import build_pipeline, effective_rules
+from listener.pipeline import build_pipeline
 from listener.receive.admission import AssociationCounter
 from listener.receive.scp import Receiver, start_server
+from listener.route.load import effective_rules
 from listener.serve.loops import recover_after_crash, run_deliverer, run_job_worker
 from listener.settings import Settings
 from listener.store.journal import Journal
 from listener.store.spool import Spool, reindex
+from listener.timing import backoff_delay
 
 STOP_GRACE_S = 10.0
 BACKOFF_START_S = 1.0
@@ -61,11 +63,6 @@ def prepare_data_dir(settings: Settings, now: float) -> None:
     finally:
         journal.close()
     log.info("data_dir_ready", temp_removed=removed, associations_closed=closed, reindexed=added)
-
-
-def backoff(failures: int) -> float:
-    """Seconds to wait before the next restart after ``failures`` quick failures in a row."""
-    return float(min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** max(0, failures - 1)))
 
 
 # --- children ------------------------------------------------------------------------------
@@ -123,7 +120,7 @@ def run_worker(settings: Settings) -> None:
         worker_loop(
             journal,
             stop,
-            on_ready=pipeline.on_study_ready,
+            on_ready=pipeline.router.on_study_ready,
             poll_interval_s=settings.poll_interval_s,
         )
     finally:
@@ -211,7 +208,7 @@ class Supervisor:
             child.on_exit()
             healthy = now - child.started_at >= HEALTHY_AFTER_S
             child.failures = 1 if healthy else child.failures + 1
-            delay = backoff(child.failures)
+            delay = backoff_delay(child.failures, BACKOFF_START_S, BACKOFF_MAX_S)
             child.restart_at = now + delay
             self.log.error(
                 "child_exited",

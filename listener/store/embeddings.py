@@ -74,7 +74,7 @@ class EmbeddingStore(JournalTables):
     ) -> None:
         """Store (or replace) the embedding of one instance for one model version."""
         blob = unit(vector).tobytes()
-        with self._connect() as db:
+        with self.db.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?)",
                 (sop_instance_uid, model_version, study_uid, blob, now),
@@ -86,12 +86,12 @@ class EmbeddingStore(JournalTables):
         if model_version is not None:
             sql += " WHERE model_version = ?"
             params = (model_version,)
-        with self._connect() as db:
+        with self.db.read() as db:
             return list(db.execute(sql, params).fetchall())
 
     def get(self, sop_instance_uid: str) -> tuple[str, npt.NDArray[np.float32], str] | None:
         """(study UID, vector, model version) of one instance, the newest version if several."""
-        with self._connect() as db:
+        with self.db.read() as db:
             row = db.execute(
                 "SELECT study_uid, vector, model_version FROM embeddings"
                 " WHERE sop_instance_uid = ? ORDER BY created_at DESC LIMIT 1",
@@ -132,5 +132,5 @@ class EmbeddingStore(JournalTables):
         return ood_score(unit(vector), reference, k)
 
     def count(self) -> int:
-        with self._connect() as db:
+        with self.db.read() as db:
             return int(db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])

@@ -1,4 +1,4 @@
-"""Journal-backed job table: one job per (study episode, rule, task), with UPS-shaped states.
+"""Journal-backed job table: one job per (study generation, rule, task), with UPS-shaped states.
 
 States map one to one onto DICOM Unified Procedure Step states (PS3.4 CC.1.1): ``SCHEDULED``,
 ``IN PROGRESS``, ``COMPLETED`` and ``CANCELED``. A job that exhausts its attempts, or fails
@@ -16,9 +16,10 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
-from listener.store.db import JournalTables
+from listener.store.db import BUSY_TIMEOUT_S, Database, JournalTables
 
 
 class JobState(StrEnum):
@@ -35,7 +36,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job_key TEXT NOT NULL UNIQUE,
     study_uid TEXT NOT NULL,
-    episode INTEGER NOT NULL DEFAULT 0,
+    generation INTEGER NOT NULL DEFAULT 0,
     rule TEXT NOT NULL,
     task TEXT NOT NULL,
     payload TEXT NOT NULL,
@@ -70,7 +71,7 @@ class Job:
     id: int
     job_key: str
     study_uid: str
-    episode: int
+    generation: int
     rule: str
     task: str
     payload: dict[str, Any]
@@ -90,7 +91,7 @@ class Job:
             id=row["id"],
             job_key=row["job_key"],
             study_uid=row["study_uid"],
-            episode=row["episode"],
+            generation=row["generation"],
             rule=row["rule"],
             task=row["task"],
             payload=json.loads(row["payload"]),
@@ -111,6 +112,14 @@ class JobStore(JournalTables):
 
     schema = _SCHEMA
 
+    def __init__(self, path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        with Database(path, busy_timeout_s=busy_timeout_s).read() as db:
+            # journals written before the column had the study's generation name
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            if "episode" in columns:
+                db.execute("ALTER TABLE jobs RENAME COLUMN episode TO generation")
+        super().__init__(path, busy_timeout_s=busy_timeout_s)
+
     def _event(
         self, db: sqlite3.Connection, job_id: int, now: float, state: str, detail: str | None
     ) -> None:
@@ -124,7 +133,7 @@ class JobStore(JournalTables):
         *,
         job_key: str,
         study_uid: str,
-        episode: int,
+        generation: int,
         rule: str,
         task: str,
         payload: dict[str, Any],
@@ -133,20 +142,18 @@ class JobStore(JournalTables):
         max_attempts: int = 5,
     ) -> int:
         """Create the job unless one with the same key exists; return its id either way."""
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+        with self.db.transaction() as db:
             row = db.execute("SELECT id FROM jobs WHERE job_key = ?", (job_key,)).fetchone()
             if row is not None:
-                db.execute("COMMIT")
                 return int(row["id"])
             cursor = db.execute(
-                "INSERT INTO jobs (job_key, study_uid, episode, rule, task, payload, priority,"
+                "INSERT INTO jobs (job_key, study_uid, generation, rule, task, payload, priority,"
                 " state, max_attempts, not_before, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_key,
                     study_uid,
-                    episode,
+                    generation,
                     rule,
                     task,
                     json.dumps(payload, sort_keys=True),
@@ -160,13 +167,11 @@ class JobStore(JournalTables):
             )
             job_id = int(cursor.lastrowid or 0)
             self._event(db, job_id, now, JobState.SCHEDULED.value, None)
-            db.execute("COMMIT")
             return job_id
 
     def claim(self, owner: str, now: float, lease_s: float) -> Job | None:
         """Take the most urgent due job (highest priority, then oldest), or an expired lease."""
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+        with self.db.transaction() as db:
             row = db.execute(
                 "SELECT id FROM jobs WHERE (state = ? AND not_before <= ?)"
                 " OR (state = ? AND lease_until < ?)"
@@ -174,7 +179,6 @@ class JobStore(JournalTables):
                 (JobState.SCHEDULED.value, now, JobState.IN_PROGRESS.value, now),
             ).fetchone()
             if row is None:
-                db.execute("COMMIT")
                 return None
             claimed = db.execute(
                 "UPDATE jobs SET state = ?, lease_owner = ?, lease_until = ?,"
@@ -182,14 +186,12 @@ class JobStore(JournalTables):
                 (JobState.IN_PROGRESS.value, owner, now + lease_s, now, row["id"]),
             ).fetchone()
             self._event(db, row["id"], now, JobState.IN_PROGRESS.value, owner)
-            db.execute("COMMIT")
             return Job.from_row(claimed)
 
     def requeue_host(self, host: str, now: float) -> int:
         """Put back to SCHEDULED every IN PROGRESS job leased by a process of ``host``
         (owners are ``host:pid``); used at start-up, when none of them can still be running."""
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+        with self.db.transaction() as db:
             rows = db.execute(
                 "SELECT id FROM jobs WHERE state = ? AND lease_owner LIKE ?",
                 (JobState.IN_PROGRESS.value, f"{host}:%"),
@@ -201,12 +203,11 @@ class JobStore(JournalTables):
                     (JobState.SCHEDULED.value, now, now, row["id"]),
                 )
                 self._event(db, row["id"], now, JobState.SCHEDULED.value, "requeued after crash")
-            db.execute("COMMIT")
             return len(rows)
 
     def extend_lease(self, job_id: int, owner: str, until: float) -> None:
         """Keep a long job's lease alive while its worker is still busy with it."""
-        with self._connect() as db:
+        with self.db.transaction() as db:
             db.execute(
                 "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ? AND state = ?",
                 (until, job_id, owner, JobState.IN_PROGRESS.value),
@@ -218,8 +219,7 @@ class JobStore(JournalTables):
 
     def fail(self, job_id: int, error: str, now: float, *, retry_at: float | None) -> JobState:
         """Record a failure: back to SCHEDULED at ``retry_at``, or CANCELED when out of tries."""
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+        with self.db.transaction() as db:
             row = db.execute(
                 "SELECT attempts, max_attempts FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
@@ -231,11 +231,10 @@ class JobStore(JournalTables):
                 (state.value, error[:2000], retry_at or now, now, job_id),
             )
             self._event(db, job_id, now, state.value, error[:500])
-            db.execute("COMMIT")
             return state
 
     def _finish(self, job_id: int, state: JobState, now: float, outputs: list[str]) -> None:
-        with self._connect() as db:
+        with self.db.transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = ?, outputs = ?, last_error = NULL, lease_owner = NULL,"
                 " lease_until = NULL, updated_at = ? WHERE id = ?",
@@ -245,7 +244,7 @@ class JobStore(JournalTables):
 
     def retry(self, job_id: int, now: float) -> bool:
         """Operator retry: a CANCELED job goes back to SCHEDULED with fresh attempts."""
-        with self._connect() as db:
+        with self.db.transaction() as db:
             cursor = db.execute(
                 "UPDATE jobs SET state = ?, attempts = 0, not_before = ?, updated_at = ?"
                 " WHERE id = ? AND state = ?",
@@ -257,7 +256,7 @@ class JobStore(JournalTables):
 
     def cancel(self, job_id: int, now: float, reason: str = "operator cancel") -> bool:
         """Operator cancel of a job that has not finished."""
-        with self._connect() as db:
+        with self.db.transaction() as db:
             cursor = db.execute(
                 "UPDATE jobs SET state = ?, last_error = ?, lease_owner = NULL, lease_until = NULL,"
                 " updated_at = ? WHERE id = ? AND state IN (?, ?)",
@@ -275,7 +274,7 @@ class JobStore(JournalTables):
             return cursor.rowcount > 0
 
     def get(self, job_id: int) -> Job | None:
-        with self._connect() as db:
+        with self.db.read() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             return None if row is None else Job.from_row(row)
 
@@ -291,13 +290,13 @@ class JobStore(JournalTables):
             clauses.append("study_uid = ?")
             args.append(study_uid)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._connect() as db:
+        with self.db.read() as db:
             rows = db.execute(f"SELECT * FROM jobs{where} ORDER BY id DESC", args).fetchall()
             return [Job.from_row(row) for row in rows]
 
     def events(self, job_id: int) -> list[tuple[float, str, str | None]]:
         """The job's timeline: (time, state, detail)."""
-        with self._connect() as db:
+        with self.db.read() as db:
             rows = db.execute(
                 "SELECT at, state, detail FROM job_events WHERE job_id = ? ORDER BY at, rowid",
                 (job_id,),
@@ -306,6 +305,6 @@ class JobStore(JournalTables):
 
     def counts(self) -> dict[str, int]:
         """Number of jobs per state (for metrics and readiness)."""
-        with self._connect() as db:
+        with self.db.read() as db:
             rows = db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
             return {row["state"]: row["n"] for row in rows}

@@ -19,12 +19,12 @@ every instance records the generation it arrived in.
 from __future__ import annotations
 
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+
+from listener.store.db import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -161,33 +161,19 @@ class Journal:
     def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        with self._lock:
-            self._db.executescript(SCHEMA)
+        self.db = Database(path, busy_timeout_s=busy_timeout_s)
+        with self.db.read() as db:
+            db.executescript(SCHEMA)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self.db.transaction()
 
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        with self._lock:
-            return list(self._db.execute(sql, params).fetchall())
+        with self.db.read() as db:
+            return list(db.execute(sql, params).fetchall())
 
     # --- instances -----------------------------------------------------------------------------
 
@@ -444,8 +430,8 @@ class Journal:
 
     def associations(self) -> list[dict[str, object]]:
         """Every association record, newest first, as plain dictionaries."""
-        with self._lock:
-            cursor = self._db.execute("SELECT * FROM associations ORDER BY started_at DESC")
+        with self.db.read() as db:
+            cursor = db.execute("SELECT * FROM associations ORDER BY started_at DESC")
             names = [column[0] for column in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
@@ -454,3 +440,10 @@ def _study_info(row: tuple[object, ...]) -> StudyInfo:
     values = list(row)
     values[1] = StudyState(str(values[1]))
     return StudyInfo(*values)  # type: ignore[arg-type]
+
+
+def instance_paths(journal: Journal, spool_dir: Path, study_uid: str) -> dict[str, Path]:
+    """The spool files of a study's instances, by SOP Instance UID."""
+    return {
+        record.sop_instance_uid: spool_dir / record.path for record in journal.instances(study_uid)
+    }

@@ -70,7 +70,7 @@ class AdminRecords(JournalTables):
         self, model: str, *, at: float, duration_s: float, outcome: str, attempts: int
     ) -> None:
         """Record one finished model call; now and then drop rows past the keep period."""
-        with self._connect() as db:
+        with self.db.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO model_calls (model, at, duration_s, outcome, attempts)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -82,7 +82,7 @@ class AdminRecords(JournalTables):
     def record_rules_reload(self, rules: RuleSet, *, source: str, now: float) -> RulesReload:
         """Record that workers should run ``rules`` (already validated) from now on."""
         fingerprint = rules_fingerprint(rules)
-        with self._connect() as db:
+        with self.db.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO rules_reloads (at, fingerprint, source, rule_count)"
                 " VALUES (?, ?, ?, ?)",
@@ -92,7 +92,7 @@ class AdminRecords(JournalTables):
 
     def latest_rules_reload(self) -> RulesReload | None:
         """The most recent reload request, or None when nobody asked for one."""
-        with self._connect() as db:
+        with self.db.read() as db:
             row = db.execute(
                 "SELECT id, at, fingerprint, source, rule_count FROM rules_reloads"
                 " ORDER BY id DESC LIMIT 1"

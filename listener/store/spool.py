@@ -21,11 +21,11 @@ import uuid
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from listener.errors import InvalidDatasetError, MissingIdentifierError, StorageFullError
 from listener.store.journal import InstanceRecord, Journal
+from listener.timing import utc_text
 
 TMP_DIR = ".tmp"
 # PS3.5 §9.1: a UID is digits and dots, at most 64 characters. Checked before it names a file.
@@ -249,7 +249,11 @@ def reindex(spool: Spool, journal: Journal, *, quiet_period_s: float, now: float
             syntax, dataset = split_file(path.read_bytes())
             header = read_header(dataset, syntax)
         except InvalidDatasetError as exc:
-            reason = {"reason": str(exc), "spool_path": relative, "time_utc": _utc(now)}
+            reason = {
+                "reason": str(exc),
+                "spool_path": relative,
+                "time_utc": utc_text(now, precise=True),
+            }
             spool.quarantine([path.read_bytes()], reason)
             path.unlink()
             continue
@@ -261,10 +265,6 @@ def reindex(spool: Spool, journal: Journal, *, quiet_period_s: float, now: float
             patient_name=header.patient_name,
         )
     return added
-
-
-def _utc(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:

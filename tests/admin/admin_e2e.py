@@ -27,8 +27,9 @@ from listener.admin import AdminServer, ModelCallRecorder, start_admin
 from listener.assemble import release_step
 from listener.emulator import start_emulator
 from listener.infer import build_clients
-from listener.pipeline import Pipeline, build_pipeline, worker_id
+from listener.pipeline import Pipeline, build_pipeline
 from listener.receive.scp import Receiver, start_server
+from listener.serve.loops import worker_id
 from listener.settings import Settings, load_settings
 from listener.store.journal import Journal
 from listener.store.records import AdminRecords
@@ -73,7 +74,7 @@ async def _run_jobs(pipeline: Pipeline, settings: Settings, emulator_url: str) -
         settings.models, emulator_url, emulator_key=settings.emulator.key, on_call=recorder
     ) as clients:
         while (job := pipeline.jobs.claim(worker_id(), time.time(), 600.0)) is not None:
-            await pipeline.run_job(job, pipeline.context(clients, job.study_uid))
+            await pipeline.runner.run_job(job, pipeline.runner.context(clients, job.study_uid))
 
 
 def _receive(settings: Settings, files: list[Path]) -> None:
@@ -116,13 +117,13 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EndToEnd]:
         due = pipeline.journal.next_due_at()
         assert due is not None
         time.sleep(max(0.0, due - time.time()))  # the quiet period, kept short here
-        assert release_step(pipeline.journal, time.time(), pipeline.on_study_ready) == 2
+        assert release_step(pipeline.journal, time.time(), pipeline.router.on_study_ready) == 2
         emulator = start_emulator(settings.emulator)
         try:
             asyncio.run(_run_jobs(pipeline, settings, emulator.url))
         finally:
             emulator.stop()
-        pipeline.deliver()
+        pipeline.deliverer.deliver_due(time.time())
         admin = start_admin(settings)
         try:
             chest_uid = str(dcmread(chest, stop_before_pixels=True).StudyInstanceUID)

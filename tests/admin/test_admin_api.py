@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from listener.admin import create_admin_app, open_state
 from listener.asgi import BackgroundServer
-from listener.pipeline import worker_id
+from listener.serve.loops import worker_id
 from listener.store.jobs import JobState
 
 pytestmark = pytest.mark.integration
@@ -115,7 +115,7 @@ def test_job_cancel_and_retry_through_the_api(e2e: EndToEnd, api: httpx.Client) 
     job_id = e2e.pipeline.jobs.schedule(
         job_key=f"{original.job_key}:operator-test",
         study_uid=original.study_uid,
-        episode=original.episode,
+        generation=original.generation,
         rule=original.rule,
         task=original.task,
         payload=original.payload,

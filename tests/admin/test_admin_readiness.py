@@ -9,8 +9,7 @@ import pytest
 
 from listener.admin import create_admin_app, open_state
 from listener.asgi import BackgroundServer
-from listener.send.scu import StoreSender
-from listener.settings import Destination, load_settings
+from listener.settings import load_settings
 from listener.store.journal import InstanceRecord, Journal
 from listener.store.outbox import Outbox
 
@@ -52,7 +51,7 @@ def test_stuck_stages_make_readiness_fail_with_reasons(tmp_path: Path) -> None:
         state.jobs.schedule(
             job_key=key,
             study_uid="1.2.3",
-            episode=0,
+            generation=0,
             rule="r",
             task="t",
             payload={},
@@ -61,11 +60,7 @@ def test_stuck_stages_make_readiness_fail_with_reasons(tmp_path: Path) -> None:
         )
     assert state.jobs.claim("worker", NOW, lease_s=60.0) is not None
     state.close()
-    outbox = Outbox(
-        path,
-        {"pacs": Destination(ae_title="PACS", host="127.0.0.1", port=104)},
-        StoreSender("PACSAI"),
-    )
+    outbox = Outbox(path, ["pacs"])
     outbox.enqueue("pacs", tmp_path / "x.dcm", "1.2.3.1", "job", NOW)
     assert _ready(tmp_path, NOW + 30).status_code == 200
     answer = _ready(tmp_path, NOW + 3600)

@@ -17,12 +17,15 @@ from listener.asgi import BackgroundServer
 from listener.emulator import create_app
 from listener.errors import TransientModelError
 from listener.infer import ModelTransport
-from listener.infer.resilience import Backoff
+from listener.infer.resilience import CallBackoff
 from listener.settings import EmulatorSettings, ModelSettings, load_settings
+from listener.store.db import Database
 
 
 def _metrics(path: Path, quarantine: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = generate_latest(build_registry(JournalCollector(path, quarantine, lambda: 1.0)))
+    database = Database(path)
+    text = generate_latest(build_registry(JournalCollector(database, quarantine, lambda: 1.0)))
+    database.close()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text.decode())
@@ -54,7 +57,7 @@ def test_failed_model_calls_are_counted_per_model(tmp_path: Path) -> None:
             ModelSettings(retries=2),
             endpoint=f"{emulator.url}/medimageparse/score",
             emulated=True,
-            backoff=Backoff(initial_s=0.005, max_s=0.02),
+            backoff=CallBackoff(initial_s=0.005, max_s=0.02),
             on_call=recorder,
         )
         with pytest.raises(TransientModelError):

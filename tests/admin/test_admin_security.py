@@ -14,7 +14,7 @@ from listener.admin import AdminRecords, create_admin_app, open_state, start_adm
 from listener.admin.security import is_loopback, presented_token
 from listener.asgi import BackgroundServer
 from listener.errors import ConfigError
-from listener.pipeline import effective_rules
+from listener.route.load import effective_rules
 from listener.settings import Settings, load_settings
 from listener.store.records import rules_fingerprint
 

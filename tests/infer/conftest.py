@@ -15,7 +15,7 @@ from PIL import Image
 
 from listener.asgi import BackgroundServer
 from listener.emulator import create_app
-from listener.infer.resilience import Backoff
+from listener.infer.resilience import CallBackoff
 from listener.settings import EmulatorSettings
 
 
@@ -72,6 +72,6 @@ def emulator() -> Iterator[Callable[..., BackgroundServer]]:
 
 
 @pytest.fixture
-def fast_backoff() -> Backoff:
-    """Backoff timing scaled down so retried tests finish quickly."""
-    return Backoff(initial_s=0.005, max_s=0.05, max_retry_after_s=5.0)
+def fast_backoff() -> CallBackoff:
+    """CallBackoff timing scaled down so retried tests finish quickly."""
+    return CallBackoff(initial_s=0.005, max_s=0.05, max_retry_after_s=5.0)

@@ -23,7 +23,7 @@ from listener.asgi import BackgroundServer
 from listener.emulator import create_app
 from listener.errors import CircuitOpenError, PermanentModelError, TransientModelError
 from listener.infer import MedImageInsightClient, ModelTransport, build_clients
-from listener.infer.resilience import Backoff, CircuitState
+from listener.infer.resilience import CallBackoff, CircuitState
 from listener.settings import EmulatorSettings, ModelSettings, ModelsSettings
 
 Start = Callable[..., BackgroundServer]
@@ -44,13 +44,13 @@ def stats(server: BackgroundServer) -> dict[str, Any]:
     return answer
 
 
-def mi_client(url: str, backoff: Backoff, **settings: Any) -> MedImageInsightClient:
+def mi_client(url: str, backoff: CallBackoff, **settings: Any) -> MedImageInsightClient:
     models = ModelsSettings(medimageinsight=ModelSettings(**settings))
     return build_clients(models, url, backoff=backoff).medimageinsight
 
 
 def test_hundred_calls_succeed_through_thirty_percent_faults(
-    emulator: Start, fast_backoff: Backoff
+    emulator: Start, fast_backoff: CallBackoff
 ) -> None:
     """With 30% of requests answered 429/503 after 20 ms latency, 100 concurrent calls all
     succeed through retries."""
@@ -87,7 +87,7 @@ def test_retry_after_is_honoured() -> None:
     with BackgroundServer(app) as server:
         settings = ModelSettings(endpoint=f"{server.url}/score", retries=2)
         transport = ModelTransport(
-            "medimageinsight", settings, backoff=Backoff(initial_s=0.001, max_s=0.002)
+            "medimageinsight", settings, backoff=CallBackoff(initial_s=0.001, max_s=0.002)
         )
         client = MedImageInsightClient(transport, batch_size=1)
 
@@ -100,7 +100,9 @@ def test_retry_after_is_honoured() -> None:
     assert 1.0 <= arrivals[1] - arrivals[0] < 1.5
 
 
-def test_requests_in_flight_never_exceed_the_limit(emulator: Start, fast_backoff: Backoff) -> None:
+def test_requests_in_flight_never_exceed_the_limit(
+    emulator: Start, fast_backoff: CallBackoff
+) -> None:
     """Thirty concurrent calls through a client limited to 3 in flight reach the emulator at most
     three at a time (and do reach three)."""
     server = emulator(latency_ms=30)
@@ -115,7 +117,7 @@ def test_requests_in_flight_never_exceed_the_limit(emulator: Start, fast_backoff
 
 
 def test_emulator_sheds_load_beyond_its_limit_and_clients_recover(
-    emulator: Start, fast_backoff: Backoff
+    emulator: Start, fast_backoff: CallBackoff
 ) -> None:
     """An emulator that takes 2 requests at a time answers the rest 429, like the real service;
     a client sending 6 at a time still gets every answer through retries."""
@@ -140,7 +142,7 @@ def closed_port() -> int:
 
 
 def test_circuit_opens_on_a_closed_port_then_fails_fast_and_recovers(
-    emulator: Start, fast_backoff: Backoff
+    emulator: Start, fast_backoff: CallBackoff
 ) -> None:
     """Against a closed port the breaker opens after 3 failed attempts; later calls fail at once
     naming the endpoint; after the reset time one probe goes through and, once the endpoint
@@ -183,7 +185,7 @@ def test_circuit_opens_on_a_closed_port_then_fails_fast_and_recovers(
 
 
 def test_a_wrong_key_fails_at_once_and_says_so(
-    emulator: Start, fast_backoff: Backoff, chest_png: bytes
+    emulator: Start, fast_backoff: CallBackoff, chest_png: bytes
 ) -> None:
     """A rejected key raises PermanentModelError naming the model and the cause, after exactly
     one request (no retries); the right key works."""
@@ -230,7 +232,9 @@ def test_a_model_error_fails_at_once_with_its_reason(
     assert stats(server)["requests"] == 1
 
 
-def test_a_slow_endpoint_times_out_and_is_retried(emulator: Start, fast_backoff: Backoff) -> None:
+def test_a_slow_endpoint_times_out_and_is_retried(
+    emulator: Start, fast_backoff: CallBackoff
+) -> None:
     """A reply slower than timeout_s is a transient timeout, retried `retries` times."""
     server = emulator(latency_ms=400)
     client = mi_client(server.url, fast_backoff, timeout_s=0.1, retries=1, circuit_failures=10)

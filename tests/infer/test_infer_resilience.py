@@ -20,7 +20,7 @@ from listener.errors import CircuitOpenError, PermanentModelError, TransientMode
 from listener.infer import MedImageInsightClient, ModelTransport
 from listener.infer.auth import ENTRA_SCOPE, EntraAuth, KeyAuth
 from listener.infer.resilience import (
-    Backoff,
+    CallBackoff,
     CircuitBreaker,
     CircuitState,
     is_endpoint_failure,
@@ -101,7 +101,7 @@ def test_retry_after_values(value: str | None, seconds: float | None) -> None:
 def test_backoff_grows_exponentially_with_jitter_and_caps() -> None:
     """Attempt n waits within [c/2, c], c = initial·2^(n-1) capped at max; Retry-After wins up
     to its own cap."""
-    backoff = Backoff(initial_s=0.5, max_s=4.0, max_retry_after_s=10.0)
+    backoff = CallBackoff(initial_s=0.5, max_s=4.0, max_retry_after_s=10.0)
     rng = random.Random(1)
     for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)]:
         waits = [backoff.delay(attempt, None, rng) for _ in range(50)]
@@ -195,7 +195,7 @@ def test_retries_honour_retry_after_without_sleeping_and_never_log_the_key() -> 
         "medimageinsight",
         settings,
         http=httpx.AsyncClient(transport=httpx.MockTransport(endpoint)),
-        backoff=Backoff(initial_s=1.0, max_s=1.0),
+        backoff=CallBackoff(initial_s=1.0, max_s=1.0),
         sleep=sleep,
         rng=random.Random(0),
     )

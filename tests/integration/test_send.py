@@ -26,8 +26,9 @@ from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 from pynetdicom.dsutils import split_dataset
 
 from listener.route import Destination
+from listener.send.deliver import Deliverer, SendBackoff
 from listener.send.scu import SendTimeouts, StoreItem, StoreSender
-from listener.store.outbox import Backoff, Outbox
+from listener.store.outbox import Outbox
 
 pytestmark = pytest.mark.integration
 T0 = 2_000_000.0
@@ -108,16 +109,19 @@ def test_outbox_waits_for_a_destination_that_is_down(tmp_path: Path) -> None:
     """With the destination down the outbox backs off; once it is up all arrive, none twice."""
     port = free_port()
     dest = Destination(ae_title="ARCHIVE", host="127.0.0.1", port=port)
-    outbox = Outbox(
-        tmp_path / "journal.sqlite", {"archive": dest}, StoreSender("PACSAI"), Backoff(base_s=30)
+    outbox = Deliverer(
+        Outbox(tmp_path / "journal.sqlite"),
+        {"archive": dest},
+        StoreSender("PACSAI"),
+        SendBackoff(base_s=30),
     )
     files = write_series(ct_series(6), tmp_path / "ct")
     for path in files:
-        outbox.enqueue("archive", path, item(path).sop_instance_uid, "job-9", now=T0)
+        outbox.queue.enqueue("archive", path, item(path).sop_instance_uid, "job-9", now=T0)
 
     down = outbox.deliver_due(now=T0)
     assert down.retrying == {"archive": 6} and down.total_sent == 0
-    assert all("cannot connect" in (e.last_error or "") for e in outbox.entries())
+    assert all("cannot connect" in (e.last_error or "") for e in outbox.queue.entries())
 
     with storescp_on(port, tmp_path / "archive") as folder:
         assert outbox.deliver_due(now=T0 + 10).total_sent == 0  # still backing off
@@ -125,7 +129,7 @@ def test_outbox_waits_for_a_destination_that_is_down(tmp_path: Path) -> None:
         assert outbox.deliver_due(now=T0 + 10_000).total_sent == 0
     received = [dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in folder.iterdir()]
     assert sorted(received) == sorted(item(p).sop_instance_uid for p in files)
-    assert outbox.counts("job-9") == {"sent": 6}
+    assert outbox.queue.counts("job-9") == {"sent": 6}
 
 
 def test_orthanc_refusing_the_calling_ae(tmp_path: Path) -> None:
@@ -137,22 +141,22 @@ def test_orthanc_refusing_the_calling_ae(tmp_path: Path) -> None:
     config = {"DicomAlwaysAllowStore": False, "DicomCheckModalityHost": True, "DicomModalities": {}}
     with run_orthanc(tmp_path / "orthanc", **config) as server:
         dest = Destination(ae_title=server.aet, host="127.0.0.1", port=server.dicom_port)
-        outbox = Outbox(
-            tmp_path / "journal.sqlite",
+        outbox = Deliverer(
+            Outbox(tmp_path / "journal.sqlite"),
             {"pacs": dest},
             StoreSender("PACSAI"),
-            Backoff(base_s=5, max_attempts=2),
+            SendBackoff(base_s=5, max_attempts=2),
         )
         files = write_series(ct_series(3), tmp_path / "ct")
         for path in files:
-            outbox.enqueue("pacs", path, item(path).sop_instance_uid, "job-3", now=T0)
+            outbox.queue.enqueue("pacs", path, item(path).sop_instance_uid, "job-3", now=T0)
         assert outbox.deliver_due(now=T0).retrying == {"pacs": 3}
         assert outbox.deliver_due(now=T0 + 5).dead == {"pacs": 3}
         assert server.instance_count() == 0
 
         modality = {"AET": "PACSAI", "Host": "127.0.0.1", "Port": free_port()}
         server.client.put("/modalities/pacsai", json=modality).raise_for_status()
-        assert outbox.resubmit(outbox.dead_letters(job_id="job-3"), now=T0 + 60) == 3
+        assert outbox.queue.resubmit(outbox.queue.dead_letters(job_id="job-3"), now=T0 + 60) == 3
         assert outbox.deliver_due(now=T0 + 60).sent == {"pacs": 3}
         assert server.instance_count() == 3
 

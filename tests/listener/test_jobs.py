@@ -15,7 +15,7 @@ def _schedule(store: JobStore, key: str, *, priority: int = 0, now: float = 0.0)
     return store.schedule(
         job_key=key,
         study_uid="1.2.3",
-        episode=0,
+        generation=0,
         rule="r",
         task=key,
         payload={"model": "cxrreportgen"},

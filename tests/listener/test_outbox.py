@@ -19,8 +19,9 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from listener.receive.status import StoreStatus
 from listener.route import Destination
+from listener.send.deliver import Deliverer, SendBackoff
 from listener.send.scu import StoreSender
-from listener.store.outbox import Backoff, EntryState, Outbox
+from listener.store.outbox import EntryState, Outbox
 
 T0 = 1_000_000.0  # an arbitrary "now"; time is a parameter, nothing sleeps
 
@@ -82,12 +83,12 @@ def series_files(tmp_path: Path, n: int) -> list[tuple[Path, str]]:
     return [(p, str(ds.SOPInstanceUID)) for p, ds in zip(paths, datasets, strict=True)]
 
 
-def make_outbox(tmp_path: Path, dest: Destination, **backoff: Any) -> Outbox:
-    return Outbox(
-        tmp_path / "journal.sqlite",
+def make_outbox(tmp_path: Path, dest: Destination, **backoff: Any) -> Deliverer:
+    return Deliverer(
+        Outbox(tmp_path / "journal.sqlite", ["pacs"]),
         {"pacs": dest},
         StoreSender("PACSAI"),
-        Backoff(base_s=10, factor=2, max_s=100, **backoff),
+        SendBackoff(base_s=10, factor=2, max_s=100, **backoff),
     )
 
 
@@ -95,12 +96,12 @@ def test_enqueue_is_idempotent(tmp_path: Path, fake_pacs: Callable[..., FakePacs
     """Queueing the same job and SOP instance twice keeps one entry; unknown names are refused."""
     outbox = make_outbox(tmp_path, fake_pacs().destination())
     ((path, uid),) = series_files(tmp_path, 1)
-    assert outbox.enqueue("pacs", path, uid, 7, now=T0)
-    assert not outbox.enqueue("pacs", path, uid, 7, now=T0 + 1)
-    assert outbox.enqueue("pacs", path, uid, 8, now=T0)  # another job is another entry
-    assert outbox.counts() == {"pending": 2}
+    assert outbox.queue.enqueue("pacs", path, uid, 7, now=T0)
+    assert not outbox.queue.enqueue("pacs", path, uid, 7, now=T0 + 1)
+    assert outbox.queue.enqueue("pacs", path, uid, 8, now=T0)  # another job is another entry
+    assert outbox.queue.counts() == {"pending": 2}
     with pytest.raises(ValueError, match="unknown destination"):
-        outbox.enqueue("nowhere", path, uid, 7, now=T0)
+        outbox.queue.enqueue("nowhere", path, uid, 7, now=T0)
 
 
 def test_delivers_and_never_resends(tmp_path: Path, fake_pacs: Callable[..., FakePacs]) -> None:
@@ -109,12 +110,12 @@ def test_delivers_and_never_resends(tmp_path: Path, fake_pacs: Callable[..., Fak
     outbox = make_outbox(tmp_path, pacs.destination())
     files = series_files(tmp_path, 5)
     for path, uid in files:
-        outbox.enqueue("pacs", path, uid, "job-1", now=T0)
+        outbox.queue.enqueue("pacs", path, uid, "job-1", now=T0)
     report = outbox.deliver_due(now=T0)
     assert report.sent == {"pacs": 5}
     assert outbox.deliver_due(now=T0 + 10_000).total_sent == 0
     assert sorted(pacs.all_received()) == sorted(uid for _, uid in files)
-    assert outbox.counts("job-1") == {"sent": 5}
+    assert outbox.queue.counts("job-1") == {"sent": 5}
 
 
 def test_out_of_resources_resends_only_unconfirmed(
@@ -131,11 +132,11 @@ def test_out_of_resources_resends_only_unconfirmed(
     outbox = make_outbox(tmp_path, pacs.destination(max_associations=1))
     files = series_files(tmp_path, 8)
     for path, uid in files:
-        outbox.enqueue("pacs", path, uid, "job-1", now=T0)
+        outbox.queue.enqueue("pacs", path, uid, "job-1", now=T0)
 
     first = outbox.deliver_due(now=T0)
     assert (first.sent, first.retrying) == ({"pacs": 3}, {"pacs": 5})
-    pending = outbox.entries(EntryState.PENDING)
+    pending = outbox.queue.entries(EntryState.PENDING)
     assert {e.next_attempt_at for e in pending} == {T0 + 10}
     assert all("out of resources" in (e.last_error or "") for e in pending)
 
@@ -153,16 +154,16 @@ def test_backoff_grows_until_dead_letter(tmp_path: Path) -> None:
     dest = Destination(ae_title="NOBODY", host="127.0.0.1", port=free_port())
     outbox = make_outbox(tmp_path, dest, max_attempts=4)
     ((path, uid),) = series_files(tmp_path, 1)
-    outbox.enqueue("pacs", path, uid, "job-1", now=T0)
+    outbox.queue.enqueue("pacs", path, uid, "job-1", now=T0)
     now = T0
     for expected_delay in (10, 20, 40):
         assert outbox.deliver_due(now=now).retrying == {"pacs": 1}
-        (entry,) = outbox.entries(EntryState.PENDING)
+        (entry,) = outbox.queue.entries(EntryState.PENDING)
         assert entry.next_attempt_at == now + expected_delay
         assert "cannot connect" in (entry.last_error or "")
         now = entry.next_attempt_at
     assert outbox.deliver_due(now=now).dead == {"pacs": 1}
-    (dead,) = outbox.dead_letters()
+    (dead,) = outbox.queue.dead_letters()
     assert dead.attempts == 4 and (dead.last_error or "").startswith("gave up after 4 attempts")
 
 
@@ -175,18 +176,18 @@ def test_rejected_calling_ae_is_dead_until_resubmitted(
     outbox = make_outbox(tmp_path, pacs.destination())
     files = series_files(tmp_path, 3)
     for path, uid in files:
-        outbox.enqueue("pacs", path, uid, "job-1", now=T0)
+        outbox.queue.enqueue("pacs", path, uid, "job-1", now=T0)
 
     assert outbox.deliver_due(now=T0).dead == {"pacs": 3}
-    dead = outbox.dead_letters(job_id="job-1")
+    dead = outbox.queue.dead_letters(job_id="job-1")
     assert len(dead) == 3
     assert all("Calling AE title not recognised" in (e.last_error or "") for e in dead)
     assert outbox.deliver_due(now=T0 + 10_000).total_sent == 0  # dead letters stay put
 
     pacs.ae.require_calling_aet = ["MODALITY1", "PACSAI"]  # the operator fixes the cause
-    assert outbox.resubmit(dead, now=T0 + 20_000) == 3
+    assert outbox.queue.resubmit(dead, now=T0 + 20_000) == 3
     assert outbox.deliver_due(now=T0 + 20_000).sent == {"pacs": 3}
-    assert outbox.counts() == {"sent": 3}
+    assert outbox.queue.counts() == {"sent": 3}
     assert pacs.all_received() == [uid for _, uid in files]
 
 
@@ -203,10 +204,10 @@ def test_unsupported_sop_class_is_permanent(
     sc_path = tmp_path / "sc.dcm"
     sc.save_as(sc_path, enforce_file_format=True)
     for path, uid in [*files, (sc_path, str(sc.SOPInstanceUID))]:
-        outbox.enqueue("pacs", path, uid, "job-1", now=T0)
+        outbox.queue.enqueue("pacs", path, uid, "job-1", now=T0)
     report = outbox.deliver_due(now=T0)
     assert (report.sent, report.dead) == ({"pacs": 2}, {"pacs": 1})
-    (dead,) = outbox.dead_letters()
+    (dead,) = outbox.queue.dead_letters()
     assert dead.sop_instance_uid == str(sc.SOPInstanceUID)
     assert "no accepted presentation context" in (dead.last_error or "")
 
@@ -218,14 +219,14 @@ def test_missing_file_and_removed_destination_are_dead(
     pacs = fake_pacs()
     outbox = make_outbox(tmp_path, pacs.destination())
     ((path, uid),) = series_files(tmp_path, 1)
-    outbox.enqueue("pacs", tmp_path / "gone.dcm", "1.2.3", "job-1", now=T0)
-    outbox.enqueue("pacs", path, uid, "job-1", now=T0)
+    outbox.queue.enqueue("pacs", tmp_path / "gone.dcm", "1.2.3", "job-1", now=T0)
+    outbox.queue.enqueue("pacs", path, uid, "job-1", now=T0)
     assert outbox.deliver_due(now=T0).dead == {"pacs": 1}
-    reconfigured = Outbox(tmp_path / "journal.sqlite", {}, StoreSender("PACSAI"))
-    (entry,) = outbox.dead_letters()
-    reconfigured.resubmit([entry.id], now=T0)
+    reconfigured = Deliverer(Outbox(tmp_path / "journal.sqlite"), {}, StoreSender("PACSAI"))
+    (entry,) = outbox.queue.dead_letters()
+    reconfigured.queue.resubmit([entry.id], now=T0)
     assert reconfigured.deliver_due(now=T0).dead == {"pacs": 1}
-    assert "not configured" in (reconfigured.dead_letters()[0].last_error or "")
+    assert "not configured" in (reconfigured.queue.dead_letters()[0].last_error or "")
 
 
 # PS3.4 B.2.3 statuses that StoreStatus does not name (the receiver never returns them).
@@ -252,7 +253,7 @@ def test_each_store_status_is_classified(
     pacs = fake_pacs(lambda association, position: status)
     outbox = make_outbox(tmp_path, pacs.destination())
     ((path, uid),) = series_files(tmp_path, 1)
-    outbox.enqueue("pacs", path, uid, "job-1", now=T0)
+    outbox.queue.enqueue("pacs", path, uid, "job-1", now=T0)
     report = outbox.deliver_due(now=T0)
     assert {"sent": report.sent, "retrying": report.retrying, "dead": report.dead}[state] == {
         "pacs": 1

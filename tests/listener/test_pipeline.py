@@ -10,10 +10,11 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from listener.infer.tasks import TaskOutcome, task_payload
-from listener.pipeline import Pipeline, build_pipeline, effective_rules
+from listener.infer.tasks import TaskOutcome
+from listener.pipeline import Pipeline, build_pipeline
 from listener.route import parse_rules
-from listener.route.plan import PlannedTask
+from listener.route.load import effective_rules
+from listener.route.plan import PlannedTask, task_payload
 from listener.settings import Settings
 from listener.store.journal import InstanceRecord, StudyState
 
@@ -56,9 +57,8 @@ def _pipeline(tmp_path: Path) -> tuple[Pipeline, Clock]:
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(RULES)
     settings = Settings(data_dir=tmp_path / "var", rules_file=rules_file, quiet_period_s=5)
-    pipeline = build_pipeline(settings)
     clock = Clock()
-    pipeline.clock = clock
+    pipeline = build_pipeline(settings, clock=clock)
     return pipeline, clock
 
 
@@ -90,7 +90,7 @@ def _store(pipeline: Pipeline, datasets: list[Dataset], at: float) -> None:
 
 def _release(pipeline: Pipeline, clock: Clock) -> None:
     for study in pipeline.journal.release_due_studies(clock.now):
-        pipeline.on_study_ready(study)
+        pipeline.router.on_study_ready(study)
         pipeline.journal.mark_dispatched(study.study_uid, study.generation)
 
 
@@ -203,19 +203,19 @@ def test_prior_is_the_latest_earlier_frontal_of_the_same_patient(tmp_path: Path)
         ds.StudyDate, ds.PatientID = date, patient
         studies[uid] = ds
         _store(pipeline, [ds], at=clock.now)
-    pipeline.results_dir.joinpath("1.9.2").mkdir(parents=True)
+    pipeline.runner.results_dir.joinpath("1.9.2").mkdir(parents=True)
     _report("1.9.2", "Small left effusion.").save_as(
-        pipeline.results_dir / "1.9.2" / "report.dcm", enforce_file_format=True
+        pipeline.runner.results_dir / "1.9.2" / "report.dcm", enforce_file_format=True
     )
     current = _cr("PA", "1.9.9")
     current.StudyDate, current.PatientID = "20260101", "P1"
-    prior = pipeline.prior_image(current)
+    prior = pipeline.runner.priors(current)
     assert prior is not None
     assert prior.dataset.StudyInstanceUID == "1.9.2"
     assert (prior.study_date, prior.report) == ("20250101", "Small left effusion.")
     stranger = _cr("PA", "1.9.8")
     stranger.StudyDate, stranger.PatientID = "20260101", "P3"
-    assert pipeline.prior_image(stranger) is None
+    assert pipeline.runner.priors(stranger) is None
 
 
 def test_out_of_distribution_study_is_forwarded_for_review(tmp_path: Path) -> None:
@@ -241,7 +241,7 @@ def test_out_of_distribution_study_is_forwarded_for_review(tmp_path: Path) -> No
     job_id = pipeline.jobs.schedule(
         job_key="k",
         study_uid=study_uid,
-        episode=0,
+        generation=0,
         rule="r",
         task="classify",
         payload=task_payload(task),
@@ -252,7 +252,7 @@ def test_out_of_distribution_study_is_forwarded_for_review(tmp_path: Path) -> No
     assert job is not None and job.id == job_id
     strange = list(rng.normal(size=1024))
     outcome = TaskOutcome((), "a", {str(series[0].SOPInstanceUID): strange}, model_version="v1")
-    assert pipeline._act(job, outcome, clock.now) == []
+    assert pipeline.runner.act(job, outcome, clock.now) == []
     forwarded = pipeline.outbox.entries(destination="archive")
     assert sorted(e.sop_instance_uid for e in forwarded) == sorted(
         str(ds.SOPInstanceUID) for ds in series

@@ -1,0 +1,116 @@
+"""Route a released study: plan it with the rules, then queue its forwards and schedule its jobs.
+
+Assemble calls :meth:`StudyRouter.on_study_ready` once per released study (generation). The plan
+may ask to wait longer (a rule's own quiet period, expected content not yet there): the study's
+timer in the journal is re-armed and nothing else happens. Otherwise the forwards of originals go
+into the outbox in one transaction (a follow-up forwards only its late instances) and one job is
+scheduled per model task.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import dcmread
+
+from listener.logging import get_logger
+from listener.route.conditions import AssociationFacts
+from listener.route.model import RuleSet
+from listener.route.plan import StudyPlan, headers_from_dataset, plan_study, task_payload
+from listener.store.jobs import JobStore
+from listener.store.journal import Journal, ReleasedStudy, instance_paths
+from listener.store.outbox import Enqueue, Outbox
+
+log = get_logger("route")
+
+
+@dataclass
+class StudyRouter:
+    """The route stage: rules in, outbox entries and scheduled jobs out."""
+
+    rules: RuleSet
+    journal: Journal
+    jobs: JobStore
+    outbox: Outbox
+    spool_dir: Path
+    quiet_period_s: float
+    clock: Callable[[], float] = field(default=time.time)
+
+    def plan(self, study: ReleasedStudy) -> StudyPlan:
+        """Plan a released study from its instances' headers and its association facts."""
+        headers = [
+            headers_from_dataset(dcmread(path, stop_before_pixels=True))
+            for path in instance_paths(self.journal, self.spool_dir, study.study_uid).values()
+        ]
+        facts = AssociationFacts(calling_ae=study.calling_ae, called_ae=study.called_ae)
+        return plan_study(self.rules, headers, facts)
+
+    def _wait_longer(self, study: ReleasedStudy, plan: StudyPlan, now: float) -> float | None:
+        """When the study should be looked at again (per-rule quiet period, expected content)."""
+        info = self.journal.study(study.study_uid)
+        if info is None:
+            return None
+        if plan.quiet_period_s is not None:
+            due = info.last_received_at + plan.quiet_period_s
+            if due > now:
+                return due
+        for expectation in plan.expectations:
+            deadline = info.first_received_at + expectation.max_wait_s
+            if not expectation.satisfied and now < deadline:
+                return min(deadline, now + max(self.quiet_period_s, 1.0))
+        return None
+
+    def on_study_ready(self, study: ReleasedStudy) -> None:
+        """Assemble's callback: plan the study, queue forwards and schedule its model jobs."""
+        bound = log.bind(study_uid=study.study_uid, generation=study.generation)
+        now = self.clock()
+        plan = self.plan(study)
+        due = self._wait_longer(study, plan, now)
+        if due is not None and self.journal.rearm_study(study.study_uid, study.generation, due):
+            bound.info("study_waiting", until=due, missing=[e.missing for e in plan.expectations])
+            return
+        timed_out = [e for e in plan.expectations if not e.satisfied]
+        if plan.discard or any(e.on_timeout == "discard" for e in timed_out):
+            bound.info("study_discarded", rules=list(plan.matched))
+            return
+        paths = instance_paths(self.journal, self.spool_dir, study.study_uid)
+        # A follow-up forwards only its late instances; the earlier ones went with their release.
+        late = (
+            {r.sop_instance_uid for r in self.journal.instances(study.study_uid, generation=g)}
+            if (g := study.generation) > 0
+            else None
+        )
+        self.outbox.enqueue_many(
+            [
+                Enqueue(
+                    forward.destination,
+                    paths[uid],
+                    uid,
+                    f"forward:{study.study_uid}:{study.generation}:{forward.rule}",
+                )
+                for forward in plan.forwards
+                for uid in forward.instance_uids
+                if late is None or uid in late
+            ],
+            now,
+        )
+        for task in plan.tasks:
+            self.jobs.schedule(
+                job_key=f"{study.study_uid}:{study.generation}:{task.rule}:{task.name}",
+                study_uid=study.study_uid,
+                generation=study.generation,
+                rule=task.rule,
+                task=task.name,
+                payload=task_payload(task),
+                priority=task.priority,
+                now=now,
+            )
+        bound.info(
+            "study_planned",
+            rules=list(plan.matched),
+            tasks=len(plan.tasks),
+            forwards=sum(len(f.instance_uids) for f in plan.forwards),
+        )

@@ -1,0 +1,149 @@
+"""The outbox deliverer: sends what the outbox queue holds due, and records each outcome.
+
+Destinations are served in parallel, each with its own C-STORE association(s)
+(:class:`~listener.send.scu.StoreSender`). A confirmed instance is ``sent``; a transient failure
+is retried after an exponential backoff (:class:`SendBackoff`), and after ``max_attempts`` in a
+row becomes a dead letter with its reason; a permanent failure is a dead letter at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from listener.errors import PermanentSendError, TransientSendError
+from listener.logging import get_logger
+from listener.send.scu import InstanceOutcome, StoreItem, StoreSender
+from listener.settings import Destination
+from listener.store.outbox import Outbox, OutboxEntry, Outcome
+from listener.timing import backoff_delay
+
+_log = get_logger("outbox")
+
+
+@dataclass(frozen=True)
+class SendBackoff:
+    """When a transient send failure is tried again: ``base_s * factor**(attempts-1)``, capped.
+
+    ``max_attempts`` (None: never give up) moves an entry to dead-letter after that many
+    transient failures in a row.
+    """
+
+    base_s: float = 5.0
+    factor: float = 2.0
+    max_s: float = 900.0
+    max_attempts: int | None = None
+
+    def delay(self, attempts: int) -> float:
+        return backoff_delay(attempts, self.base_s, self.max_s, self.factor)
+
+
+@dataclass
+class DeliveryReport:
+    """Counts of one :meth:`Deliverer.deliver_due` call, per destination."""
+
+    sent: dict[str, int] = field(default_factory=dict)
+    retrying: dict[str, int] = field(default_factory=dict)
+    dead: dict[str, int] = field(default_factory=dict)
+
+    def add(self, destination: str, state: str) -> None:
+        counter = {"sent": self.sent, "retry": self.retrying, "dead": self.dead}[state]
+        counter[destination] = counter.get(destination, 0) + 1
+
+    @property
+    def total_sent(self) -> int:
+        return sum(self.sent.values())
+
+
+class Deliverer:
+    """Sends the due entries of ``queue`` to ``destinations`` with ``sender``."""
+
+    def __init__(
+        self,
+        queue: Outbox,
+        destinations: Mapping[str, Destination],
+        sender: StoreSender,
+        backoff: SendBackoff | None = None,
+        *,
+        batch_size: int = 500,
+        lease_s: float = 600.0,
+    ) -> None:
+        self.queue = queue
+        self.destinations = dict(destinations)
+        self.sender = sender
+        self.backoff = backoff or SendBackoff()
+        self.batch_size = batch_size
+        self.lease_s = lease_s
+
+    def deliver_due(self, now: float) -> DeliveryReport:
+        """Send every due entry, all destinations in parallel, and record each outcome."""
+        report = DeliveryReport()
+        due = self.queue.claim(now, batch_size=self.batch_size, lease_s=self.lease_s)
+        if not due:
+            return report
+        with ThreadPoolExecutor(max_workers=len(due)) as pool:
+            futures = {
+                name: pool.submit(self._send, name, entries) for name, entries in due.items()
+            }
+            for name, future in futures.items():
+                self._record(name, due[name], future.result(), now, report)
+        return report
+
+    def _send(self, name: str, entries: list[OutboxEntry]) -> list[InstanceOutcome]:
+        dest = self.destinations.get(name)
+        items = [StoreItem(e.path, e.sop_instance_uid) for e in entries]
+        if dest is None:
+            error = PermanentSendError(f"destination {name!r} is not configured any more")
+            return [InstanceOutcome(item, error) for item in items]
+        return self.sender.send(dest, items)
+
+    def _record(
+        self,
+        name: str,
+        entries: list[OutboxEntry],
+        outcomes: list[InstanceOutcome],
+        now: float,
+        report: DeliveryReport,
+    ) -> None:
+        by_item = {(o.item.path, o.item.sop_instance_uid): o for o in outcomes}
+        decided = []
+        for entry in entries:
+            outcome = by_item.get((entry.path, entry.sop_instance_uid))
+            if outcome is None:
+                outcome = InstanceOutcome(
+                    StoreItem(entry.path, entry.sop_instance_uid),
+                    TransientSendError("no outcome reported"),
+                )
+            decision = self._decide(entry, outcome, now)
+            decided.append(decision)
+            report.add(name, decision.state)
+        self.queue.record(decided, now)
+        _log.info(
+            "outbox_delivered",
+            destination=name,
+            sent=report.sent.get(name, 0),
+            retrying=report.retrying.get(name, 0),
+            dead=report.dead.get(name, 0),
+        )
+
+    def _decide(self, entry: OutboxEntry, outcome: InstanceOutcome, now: float) -> Outcome:
+        attempts = entry.attempts + 1
+        if outcome.confirmed:
+            return Outcome(entry, "sent", attempts)
+        give_up = self.backoff.max_attempts is not None and attempts >= self.backoff.max_attempts
+        if outcome.transient and not give_up:
+            return Outcome(
+                entry, "retry", attempts, now + self.backoff.delay(attempts), str(outcome.error)
+            )
+        reason = str(outcome.error)
+        if outcome.transient:
+            reason = f"gave up after {attempts} attempts: {reason}"
+        _log.warning(
+            "outbox_dead_letter",
+            destination=entry.destination,
+            job_id=entry.job_id,
+            sop_instance_uid=entry.sop_instance_uid,
+            reason=reason,
+        )
+        return Outcome(entry, "dead", attempts, error=reason)
