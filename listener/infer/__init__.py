@@ -1,6 +1,6 @@
 """Model inference: async clients for the hosted imaging models, with retries, concurrency limits
 and a circuit breaker, and the built-in emulator that serves the same contract (not a clinical
-model). The contract is described in azure-models.md; the typed answers live in
+model). The contract is described in docs/models.md; the typed answers live in
 :mod:`converters.model_outputs`.
 """
 
