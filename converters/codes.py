@@ -1,6 +1,6 @@
 """Coded concepts for result objects: segment properties, SR concept names, private codes.
 
-MedImageParse answers each prompt with one of 16 categories (azure-models.md §3.2). A segment
+MedImageParse answers each prompt with one of 16 categories (docs/models.md §3.2). A segment
 needs a Segmented Property Category (PS3.16 CID 7150) and a Segmented Property Type (CID 7151,
 or CID 7152-7160 for its sub-groups), both SNOMED CT; :func:`segment_property` maps each model
 category onto such a pair. Concepts no standard code covers (free-text classification labels,

@@ -3,7 +3,7 @@
 Coordinates are continuous pixel coordinates: pixel (row r, column c) covers [c, c + 1) x
 [r, r + 1), its centre is (c + 0.5, r + 0.5). A :class:`GridMap` is the per-axis affine map
 ``model = (source + offset) * scale`` that a preparation applied, and covers the three
-geometries of the models (azure-models.md §5.3):
+geometries of the models (docs/models.md §5.3):
 
 - MedImageParse: pad to a square with black, then resize to 1024 x 1024 (:func:`pad_square_map`).
   The toolkit pads ``(long - short) // 2`` on both sides, which leaves the canvas one pixel short
@@ -11,7 +11,7 @@ geometries of the models (azure-models.md §5.3):
   image (bottom or right) so the canvas is square and the aspect ratio is kept exactly.
 - MedImageInsight: resize to a square, aspect not kept (:func:`stretch_map`).
 - CXRReportGen: native size (:func:`identity_map`); its boxes are normalized to a centre crop,
-  handled by :func:`cxr_box_to_source` and :func:`source_box_to_cxr` (azure-models.md §2.2).
+  handled by :func:`cxr_box_to_source` and :func:`source_box_to_cxr` (docs/models.md §2.2).
 
 Masks map back by nearest-neighbour sampling at pixel centres, which is the same as resizing the
 model-space mask to the padded canvas with nearest-neighbour and cropping the pad (§5.4).

@@ -2,7 +2,7 @@
 
 MedImageInsight returns unit-norm image and text embeddings and a log-temperature
 ``scaling_factor``; the zero-shot probabilities of the label prompts are
-``softmax(exp(scaling_factor) * text . image)`` (azure-models.md §1.2 and §5.4). The SR carries
+``softmax(exp(scaling_factor) * text . image)`` (docs/models.md §1.2 and §5.4). The SR carries
 one image-level measurement group (TID 1501) per label: the label as a private-coded finding,
 the probability as a numeric measurement (DCM 122157 "Probability", UCUM "1"), and the
 highest-probability label flagged by a qualitative evaluation. Embeddings stay internal.
@@ -23,7 +23,7 @@ from converters.grounding import ImageFrame
 from converters.provenance import Provenance, ResultKind, study_uid_of
 from converters.sr import Group, add_texts, measurement_report, sr_algorithm, sr_document
 
-# Used when an endpoint leaves scaling_factor out (older model versions, azure-models.md §1.2).
+# Used when an endpoint leaves scaling_factor out (older model versions, docs/models.md §1.2).
 DEFAULT_SCALING_FACTOR = 4.513362
 
 

@@ -8,7 +8,7 @@ in 0..255:
 2. VOI (C.11.2): the dataset's own VOI LUT Sequence or Window Center/Width when it has one (its
    first pair; the standard lets the application choose and the first is what viewers open
    with), else a configured CT preset given as a range of HU, else the model's default
-   percentile clip. The official toolkit applies only the last two (azure-models.md §5.1), so a
+   percentile clip. The official toolkit applies only the last two (docs/models.md §5.1), so a
    windowed PACS image would reach the model with a different contrast than a reader sees.
 3. MONOCHROME1 (C.7.6.3.1.2: minimum value shown white) is inverted, which the toolkit also
    omits.
@@ -33,7 +33,7 @@ from converters.frames import frame_view, is_colour, stored_values
 UInt8Image = npt.NDArray[np.uint8]
 FloatImage = npt.NDArray[np.float64]
 
-# MedImageParse's CT presets, ranges in HU (azure-models.md §5.3, the toolkit's min_max ranges).
+# MedImageParse's CT presets, ranges in HU (docs/models.md §5.3, the toolkit's min_max ranges).
 CT_PRESETS: Mapping[str, tuple[float, float]] = MappingProxyType(
     {
         "ct-abdomen": (-150.0, 250.0),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-# MedImageParse's 16 output categories (azure-models.md §3.2).
+# MedImageParse's 16 output categories (docs/models.md §3.2).
 PARSE_CATEGORIES: tuple[str, ...] = (
     "liver",
     "lung",

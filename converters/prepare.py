@@ -1,6 +1,6 @@
 """One image frame as the PNG a 2-D model wants, with the map back to the source pixels.
 
-Per model (azure-models.md §3.1 and §5.3):
+Per model (docs/models.md §3.1 and §5.3):
 
 - MedImageParse: pad to a square with black (centred), resize to 1024 x 1024, RGB PNG;
   intensity default: the 0.5th to 99.5th percentile, or a CT preset.
@@ -50,7 +50,7 @@ class ImageModel(StrEnum):
     CXRREPORTGEN = "cxrreportgen"
 
 
-# Default percentile clips per model, as fractions (azure-models.md §5.3).
+# Default percentile clips per model, as fractions (docs/models.md §5.3).
 DEFAULT_PERCENTILES: dict[ImageModel, tuple[float, float]] = {
     ImageModel.MEDIMAGEPARSE: (0.005, 0.995),
     ImageModel.MEDIMAGEINSIGHT: (0.01, 0.99),

@@ -11,7 +11,7 @@ first slice's Image Position, (dr, dc) its Pixel Spacing (row spacing first) and
 vector between consecutive slice positions (so a gantry tilt is kept, as a sheared affine).
 
 Intensity: the model card does not say whether the endpoint wants raw values or 0..255
-(azure-models.md §4, §9). Without a preset the volume holds the Modality LUT output (HU for CT)
+(docs/models.md §4, §9). Without a preset the volume holds the Modality LUT output (HU for CT)
 as int16, which loses nothing and lets the endpoint window itself; values that are not whole
 numbers in int16 range (some MR rescales) go as float32. With a preset the volume holds the
 windowed 0..255 values as uint8, like the model's training data (§5.3).

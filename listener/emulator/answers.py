@@ -1,7 +1,7 @@
 """Deterministic stand-in answers for the emulator, derived from the pixels. Not a clinical model.
 
 Each function validates one request row the way the real service is documented to
-(azure-models.md §1-§4) and returns that row's answer in the observed response shape. Invalid
+(docs/models.md §1-§4) and returns that row's answer in the observed response shape. Invalid
 input raises :class:`EmulatorInputError` carrying the HTTP status the service would answer.
 """
 
@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from listener.infer.wire import EMBEDDING_DIM, PARSE_SIZE, decode_b64
 
-SCALING_FACTOR = 4.513362  # observed on every image row (azure-models.md §1.2)
+SCALING_FACTOR = 4.513362  # observed on every image row (docs/models.md §1.2)
 EMULATOR_SENTENCE = "This draft was produced by a model emulator, not a clinical model."
 _THUMB = 32  # 32 × 32 = 1024 = EMBEDDING_DIM
 _GRID = 100  # CXR boxes on a 0.01 grid, offset 0.005 (§2.2)

@@ -1,5 +1,5 @@
 """The model emulator: one Starlette app serving all four models at ``/<model>/score`` with the
-hosted models' request/response contract (azure-models.md), deterministic answers derived from
+hosted models' request/response contract (docs/models.md), deterministic answers derived from
 the image, and fault injection for tests. It is not a clinical model, and says so on every
 response (``x-pacs-ai-emulator``) and in its start-up log line.
 
@@ -201,7 +201,7 @@ class _Emulator:
             return _error(HTTP_UNAUTHORIZED, "missing or wrong endpoint key")
         deployment = request.headers.get("azureml-model-deployment")
         if deployment and self.settings.deployments and deployment not in self.settings.deployments:
-            # As an online endpoint answers a deployment it does not have (azure-models.md §6).
+            # As an online endpoint answers a deployment it does not have (docs/models.md §6).
             return _error(HTTP_NOT_FOUND, f"no deployment named {deployment!r} at this endpoint")
         if self.stats.in_flight >= self.settings.max_in_flight:
             self.stats.rejected_busy += 1

@@ -1,7 +1,7 @@
 """Model inference: async clients for the hosted imaging models, with retries, concurrency limits
 and a circuit breaker, and the task runners that prepare images, call a model and build the
 result objects. The emulator that serves the same contract is :mod:`listener.emulator`.
-The contract is described in azure-models.md; the typed answers live in
+The contract is described in docs/models.md; the typed answers live in
 :mod:`converters.model_outputs`.
 """
 

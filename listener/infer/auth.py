@@ -1,4 +1,4 @@
-"""The ``Authorization: Bearer`` value for a model endpoint (azure-models.md §0, auth header).
+"""The ``Authorization: Bearer`` value for a model endpoint (docs/models.md §0, auth header).
 
 Key auth sends the endpoint key; Entra auth sends a Microsoft Entra token for the scope
 ``https://ml.azure.com/.default`` from azure-identity's ``DefaultAzureCredential``, imported only

@@ -1,6 +1,6 @@
 """The four model clients the pipeline calls, and the factory that builds them from settings.
 
-Each client builds the exact request the official client sends (azure-models.md §1.1, §2.1,
+Each client builds the exact request the official client sends (docs/models.md §1.1, §2.1,
 §3.1, §4.1), hands it to its :class:`~listener.infer.transport.ModelTransport` (auth, limits,
 retries, breaker) and decodes the answer into the typed results of
 :mod:`converters.model_outputs`.

@@ -1,6 +1,6 @@
 """Retry timing, HTTP status classification and a per-endpoint circuit breaker.
 
-Policy (azure-models.md §6): connection errors, timeouts, 408, 429 and 5xx are transient and retried
+Policy (docs/models.md §6): connection errors, timeouts, 408, 429 and 5xx are transient and retried
 with exponential backoff and jitter, honouring ``Retry-After``; 400, 401, 403, 404 and 424 (and any
 other 4xx) are permanent and fail at once with a message naming the cause. Time is injected (a
 clock and a random source), so the logic is tested without sleeping.

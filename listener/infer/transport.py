@@ -1,7 +1,7 @@
 """One model endpoint over HTTP: auth, tracing ids, concurrency limit, retries and breaker.
 
 Every call POSTs a JSON body to the scoring URI with ``Authorization: Bearer``, the optional
-``azureml-model-deployment`` header and an ``x-ms-client-request-id`` (azure-models.md §0) that
+``azureml-model-deployment`` header and an ``x-ms-client-request-id`` (docs/models.md §0) that
 is also bound into the call's log events. At most ``concurrency`` requests are in flight at once
 (the semaphore is held only while a request is on the wire, not while backing off); transient
 failures are retried by tenacity with :class:`~listener.infer.resilience.CallBackoff` timing; the

@@ -1,5 +1,5 @@
 """The Azure ML online-endpoint wire format: the MLflow "split" request envelope and the decoding
-of every documented and observed response shape (azure-models.md §0, §1.2, §2.2, §3.2, §4.2, §8).
+of every documented and observed response shape (docs/models.md §0, §1.2, §2.2, §3.2, §4.2, §8).
 
 Pure functions, no I/O. Decoders raise :class:`~listener.errors.PermanentModelError` naming the
 model when an answer does not have the shape the contract promises: a retry cannot fix that.
@@ -32,7 +32,7 @@ EMULATOR_HEADER = "x-pacs-ai-emulator"
 EMULATOR_NOTICE = "not a clinical model"
 EMBEDDING_DIM = 1024
 PARSE_SIZE = 1024
-# Documented row limits per request ("index" range), azure-models.md §1.1, §2.1, §3.1.
+# Documented row limits per request ("index" range), docs/models.md §1.1, §2.1, §3.1.
 MI_MAX_ROWS = 1024
 CXR_MAX_ROWS = 10
 PARSE_MAX_ROWS = 256

@@ -1,5 +1,5 @@
 """Contract tests of the clients against fixed answers shaped like each documented and observed
-variant (azure-models.md), served by httpx.MockTransport to the real clients."""
+variant (docs/models.md), served by httpx.MockTransport to the real clients."""
 
 from __future__ import annotations
 
