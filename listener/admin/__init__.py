@@ -14,8 +14,9 @@ from listener.admin.security import required_token
 from listener.admin.state import AdminState, open_state
 from listener.asgi import BackgroundServer
 from listener.logging import get_logger
+from listener.route.model import rules_fingerprint
 from listener.settings import Settings
-from listener.store.records import AdminRecords, ModelCallRecorder, rules_fingerprint
+from listener.store.records import AdminRecords, ModelCallRecorder
 
 
 class AdminServer(BackgroundServer):

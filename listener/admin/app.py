@@ -24,6 +24,7 @@ from listener.admin.state import AdminState
 from listener.errors import ConfigError
 from listener.logging import get_logger
 from listener.route.load import effective_rules
+from listener.route.model import rules_fingerprint
 from listener.store.jobs import JobState
 
 _log = get_logger("admin")
@@ -135,7 +136,10 @@ class _Handlers:
             _log.warning("rules_reload_refused", error=str(exc))
             return _error(400, str(exc))
         reload = self.state.records.record_rules_reload(
-            rules, source=str(settings.rules_file), now=self.state.clock()
+            rules_fingerprint(rules),
+            len(rules.rules),
+            source=str(settings.rules_file),
+            now=self.state.clock(),
         )
         _log.info("rules_reload_requested", fingerprint=reload.fingerprint, rules=reload.rule_count)
         return JSONResponse(

@@ -10,6 +10,7 @@ a typo stops start-up instead of losing a study later.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Literal
 
@@ -175,3 +176,8 @@ def reference_problems(ruleset: RuleSet) -> list[str]:
                     f"(known: {known})"
                 )
     return problems
+
+
+def rules_fingerprint(rules: RuleSet) -> str:
+    """A stable hash of validated rules (destinations included): equal rules, equal hash."""
+    return hashlib.sha256(rules.model_dump_json().encode()).hexdigest()

@@ -19,6 +19,7 @@ from listener.infer import build_clients
 from listener.infer.runner import JOB_LEASE_S
 from listener.logging import get_logger
 from listener.pipeline import Pipeline, build_pipeline
+from listener.route.model import rules_fingerprint
 from listener.settings import Settings
 from listener.store.records import AdminRecords, ModelCallRecorder, reload_requested
 
@@ -84,7 +85,7 @@ async def _job_loop(
 
 def reload_rules_if_asked(pipeline: Pipeline, records: AdminRecords) -> None:
     """Take up a rules file that the admin API validated and recorded for reload."""
-    if reload_requested(records, pipeline.rules):
+    if reload_requested(records, rules_fingerprint(pipeline.rules)):
         pipeline.reload_rules()
         log.info("rules_reloaded", rules=len(pipeline.rules.rules))
 

@@ -10,14 +10,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from listener.logging import get_logger
-from listener.route.model import RuleSet
 from listener.store.db import JournalTables
 
 MODEL_CALLS_KEEP_S = 7 * 24 * 3600.0
@@ -43,11 +41,6 @@ CREATE TABLE IF NOT EXISTS rules_reloads (
 """
 
 _log = get_logger("admin")
-
-
-def rules_fingerprint(rules: RuleSet) -> str:
-    """A stable hash of validated rules (destinations included): equal rules, equal hash."""
-    return hashlib.sha256(rules.model_dump_json().encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -79,16 +72,18 @@ class AdminRecords(JournalTables):
             if (cursor.lastrowid or 0) % _PRUNE_EVERY == 0:
                 db.execute("DELETE FROM model_calls WHERE at < ?", (at - MODEL_CALLS_KEEP_S,))
 
-    def record_rules_reload(self, rules: RuleSet, *, source: str, now: float) -> RulesReload:
-        """Record that workers should run ``rules`` (already validated) from now on."""
-        fingerprint = rules_fingerprint(rules)
+    def record_rules_reload(
+        self, fingerprint: str, rule_count: int, *, source: str, now: float
+    ) -> RulesReload:
+        """Record that workers should run the rules with ``fingerprint`` (already validated,
+        :func:`listener.route.model.rules_fingerprint`) from now on."""
         with self.db.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO rules_reloads (at, fingerprint, source, rule_count)"
                 " VALUES (?, ?, ?, ?)",
-                (now, fingerprint, source, len(rules.rules)),
+                (now, fingerprint, source, rule_count),
             )
-        return RulesReload(int(cursor.lastrowid or 0), now, fingerprint, source, len(rules.rules))
+        return RulesReload(int(cursor.lastrowid or 0), now, fingerprint, source, rule_count)
 
     def latest_rules_reload(self) -> RulesReload | None:
         """The most recent reload request, or None when nobody asked for one."""
@@ -100,11 +95,11 @@ class AdminRecords(JournalTables):
         return None if row is None else RulesReload(*row)
 
 
-def reload_requested(records: AdminRecords, current: RuleSet) -> bool:
-    """Whether an operator asked for rules other than ``current`` (a worker then reloads with
-    :func:`listener.pipeline.effective_rules`)."""
+def reload_requested(records: AdminRecords, current_fingerprint: str) -> bool:
+    """Whether an operator asked for rules other than those with ``current_fingerprint`` (a
+    worker then reloads with :func:`listener.route.load.effective_rules`)."""
     latest = records.latest_rules_reload()
-    return latest is not None and latest.fingerprint != rules_fingerprint(current)
+    return latest is not None and latest.fingerprint != current_fingerprint
 
 
 class ModelCallRecorder:

@@ -15,8 +15,8 @@ from listener.admin.security import is_loopback, presented_token
 from listener.asgi import BackgroundServer
 from listener.errors import ConfigError
 from listener.route.load import effective_rules
+from listener.route.model import rules_fingerprint
 from listener.settings import Settings, load_settings
-from listener.store.records import rules_fingerprint
 
 TOKEN = "correct-horse-battery-staple"
 EXAMPLE_RULES = Path(__file__).resolve().parents[2] / "config" / "rules.yaml"
