@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from listener.emulator import answers as _emulated
+from listener.emulator import answers
 from listener.infer.resilience import (
     HTTP_BAD_REQUEST,
     HTTP_NOT_FOUND,
@@ -70,25 +70,25 @@ class _ModelSpec:
 
 _MODELS: dict[str, _ModelSpec] = {
     "medimageinsight": _ModelSpec(
-        frozenset({"image", "text"}), frozenset(), MI_MAX_ROWS, _emulated.embed_row
+        frozenset({"image", "text"}), frozenset(), MI_MAX_ROWS, answers.embed_row
     ),
     "cxrreportgen": _ModelSpec(
         CXR_COLUMNS,
         frozenset({"frontal_image"}),
         CXR_MAX_ROWS,
-        lambda row, _params, index: _emulated.cxr_row(row, index),
+        lambda row, _params, index: answers.cxr_row(row, index),
     ),
     "medimageparse": _ModelSpec(
         frozenset({"image", "text"}),
         frozenset({"image", "text"}),
         PARSE_MAX_ROWS,
-        lambda row, _params, index: _emulated.parse_row(row, index),
+        lambda row, _params, index: answers.parse_row(row, index),
     ),
     "medimageparse3d": _ModelSpec(
         frozenset({"image", "text"}),
         frozenset({"image", "text"}),
         PARSE_MAX_ROWS,
-        lambda row, _params, index: _emulated.parse3d_row(row, index),
+        lambda row, _params, index: answers.parse3d_row(row, index),
     ),
 }
 
@@ -106,8 +106,8 @@ class EmulatorStats:
     per_model: dict[str, int] = field(default_factory=dict)
 
 
-def _field_error(message: str) -> _emulated.EmulatorInputError:
-    return _emulated.EmulatorInputError(HTTP_BAD_REQUEST, message)
+def _field_error(message: str) -> answers.EmulatorInputError:
+    return answers.EmulatorInputError(HTTP_BAD_REQUEST, message)
 
 
 def _require(container: dict[str, Any], name: str, where: str) -> Any:
@@ -233,7 +233,7 @@ class _Emulator:
     async def _compute(self, model: str, raw: bytes) -> Response:
         try:
             content = await run_in_threadpool(_encoded_answer, model, raw)
-        except _emulated.EmulatorInputError as exc:
+        except answers.EmulatorInputError as exc:
             headers = {}
             if exc.status != HTTP_BAD_REQUEST:
                 headers = {

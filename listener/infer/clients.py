@@ -23,7 +23,7 @@ from converters.model_outputs import (
     ParseResult,
 )
 from listener.errors import ConfigError
-from listener.infer import wire as _wire
+from listener.infer import wire
 from listener.infer.auth import Authorizer, EntraAuth, KeyAuth
 from listener.infer.transport import ModelTransport
 from listener.settings import ModelName, ModelSettings, ModelsSettings
@@ -53,11 +53,11 @@ class MedImageInsightClient(_Client):
 
     def __init__(self, transport: ModelTransport, *, batch_size: int) -> None:
         super().__init__(transport)
-        self.batch_size = min(batch_size, _wire.MI_MAX_ROWS)
+        self.batch_size = min(batch_size, wire.MI_MAX_ROWS)
 
     async def embed_images(self, pngs: Sequence[bytes]) -> list[Embeddings]:
         """One unit-norm vector per image, in input order."""
-        return await self._embed([[_wire.encode_b64(png), ""] for png in pngs])
+        return await self._embed([[wire.encode_b64(png), ""] for png in pngs])
 
     async def embed_texts(self, texts: Sequence[str]) -> list[Embeddings]:
         """One unit-norm vector per text (the server cuts text after 77 tokens), in order."""
@@ -69,8 +69,8 @@ class MedImageInsightClient(_Client):
         return [embedding for answer in answers for embedding in answer]
 
     async def _embed_batch(self, rows: list[list[str]]) -> list[Embeddings]:
-        body = _wire.envelope(["image", "text"], rows, {"get_scaling_factor": True})
-        return _wire.decode_embeddings(await self.transport.score(body), len(rows))
+        body = wire.envelope(["image", "text"], rows, {"get_scaling_factor": True})
+        return wire.decode_embeddings(await self.transport.score(body), len(rows))
 
 
 class CxrReportGenClient(_Client):
@@ -96,19 +96,19 @@ class CxrReportGenClient(_Client):
         prior_report only when given.
         """
         row: dict[str, str] = {
-            "frontal_image": _wire.encode_b64(frontal),
+            "frontal_image": wire.encode_b64(frontal),
             "indication": indication,
             "technique": technique,
             "comparison": comparison or "None",
         }
         if lateral:
-            row["lateral_image"] = _wire.encode_b64(lateral)
+            row["lateral_image"] = wire.encode_b64(lateral)
         if prior:
-            row["prior_image"] = _wire.encode_b64(prior)
+            row["prior_image"] = wire.encode_b64(prior)
         if prior_report:
             row["prior_report"] = prior_report
-        body = _wire.envelope(list(row), [list(row.values())], {})
-        return _wire.decode_cxr_report(await self.transport.score(body))
+        body = wire.envelope(list(row), [list(row.values())], {})
+        return wire.decode_cxr_report(await self.transport.score(body))
 
 
 class MedImageParseClient(_Client):
@@ -118,11 +118,11 @@ class MedImageParseClient(_Client):
 
     async def segment(self, png: bytes, prompts: Sequence[str]) -> ParseResult:
         """One 0/255 mask per prompt (in prompt order) and the category the model gave each."""
-        text = _wire.join_prompts(prompts)
-        body = _wire.envelope(["image", "text"], [[_wire.encode_b64(png), text]], {})
+        text = wire.join_prompts(prompts)
+        body = wire.envelope(["image", "text"], [[wire.encode_b64(png), text]], {})
         answer = await self.transport.score(body)
-        prompt_tuple = tuple(text.split(_wire.PROMPT_SEPARATOR))
-        return await asyncio.to_thread(_wire.decode_parse, answer, prompt_tuple)
+        prompt_tuple = tuple(text.split(wire.PROMPT_SEPARATOR))
+        return await asyncio.to_thread(wire.decode_parse, answer, prompt_tuple)
 
 
 class MedImageParse3DClient(_Client):
@@ -132,11 +132,11 @@ class MedImageParse3DClient(_Client):
 
     async def segment(self, nifti_gz: bytes, prompts: Sequence[str]) -> Parse3DResult:
         """A label volume in the input's geometry: 0 background, k for the k-th prompt."""
-        text = _wire.join_prompts(prompts)
-        body = _wire.envelope(["image", "text"], [[_wire.encode_b64(nifti_gz), text]], {})
+        text = wire.join_prompts(prompts)
+        body = wire.envelope(["image", "text"], [[wire.encode_b64(nifti_gz), text]], {})
         answer = await self.transport.score(body)
-        prompt_tuple = tuple(text.split(_wire.PROMPT_SEPARATOR))
-        return await asyncio.to_thread(_wire.decode_parse3d, answer, prompt_tuple)
+        prompt_tuple = tuple(text.split(wire.PROMPT_SEPARATOR))
+        return await asyncio.to_thread(wire.decode_parse3d, answer, prompt_tuple)
 
 
 @dataclass
