@@ -92,6 +92,7 @@ async def _drive(url: str, calls: int, concurrency: int) -> float:
 
 
 def main() -> None:
+    """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=800)
     parser.add_argument("--latency-ms", type=float, default=50.0)

@@ -76,6 +76,7 @@ def cr_studies(folder: Path, count: int) -> list[Path]:
 
 
 def study_uid(path: Path) -> str:
+    """The Study Instance UID of the first file under ``path``."""
     return str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)
 
 
@@ -102,7 +103,7 @@ def storescu_all(port: int, aec: str, studies: list[list[Path]]) -> tuple[float,
 
 
 def peer_seconds(scratch: Path, name: str, warmup: list[Path], studies: list[list[Path]]) -> float:
-    """storescu into a fresh Orthanc, after one warm-up study: the PACS ingesting the originals,
+    """Storescu into a fresh Orthanc, after one warm-up study: the PACS ingesting the originals,
     nothing else."""
     with run_orthanc(scratch / f"peer-{name}") as pacs:
         storescu_all(pacs.dicom_port, pacs.aet, [warmup])
@@ -150,6 +151,7 @@ def _done(db_path: Path, uids: list[str]) -> bool:
 
 
 def wait_done(gateway: Gateway, uids: list[str]) -> None:
+    """Wait until every study in ``uids`` is done in the gateway's journal."""
     deadline = time.monotonic() + WAIT_S
     db_path = gateway.data_dir / "journal.sqlite"
     while not _done(db_path, uids):
@@ -192,6 +194,7 @@ class Timeline:
 
 
 def timeline(gateway: Gateway, uid: str, acks: list[float]) -> Timeline:
+    """When each step of one study happened, from the journal and the PACS acknowledgements."""
     db_path = gateway.data_dir / "journal.sqlite"
     study = _query(db_path, "SELECT * FROM studies WHERE study_uid = ?", uid)[0]
     jobs = _query(
@@ -325,6 +328,7 @@ def _version(command: list[str]) -> str:
 
 
 def machine() -> str:
+    """One line describing this machine (CPUs, memory) for the report."""
     import pynetdicom
 
     cpu = next(
@@ -344,6 +348,7 @@ def machine() -> str:
 
 
 def breakdown(t: Timeline) -> str:
+    """The time spent in each stage of one study's timeline, as text."""
     steps = [
         ("release lag after quiet period", t.released - t.last_received - 1.0),
         ("release -> planned", t.planned - t.released),
@@ -371,6 +376,7 @@ def _jobs_line(run: LoopRun) -> str:
 
 
 def report(runs: dict[str, LoopRun], peers: dict[str, float], count: int) -> None:
+    """Print the figures and their ratios to the peer's."""
     print("| study | gateway, warm | gateway, first after start | storescu -> Orthanc | ratio |")
     print("|---|---|---|---|---|")
     for name in ("cr", "ct"):
@@ -404,6 +410,7 @@ def report(runs: dict[str, LoopRun], peers: dict[str, float], count: int) -> Non
 
 
 def main() -> None:
+    """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ct-slices", type=int, default=200)
     parser.add_argument("--size", type=int, default=512)

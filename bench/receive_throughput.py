@@ -51,6 +51,7 @@ def send(port: int, aec: str, folders: list[Path]) -> float:
 
 
 def storescp(workdir: Path) -> AbstractContextManager[tuple[int, str]]:
+    """DCMTK's storescp on a free port, the peer the receiver is compared with."""
     from contextlib import contextmanager
 
     @contextmanager
@@ -62,6 +63,7 @@ def storescp(workdir: Path) -> AbstractContextManager[tuple[int, str]]:
 
 
 def gateway(receivers: int) -> Receiver:
+    """The gateway's receiver with ``receivers`` processes on a free port."""
     from contextlib import contextmanager
 
     @contextmanager
@@ -86,6 +88,7 @@ def best(receiver: Receiver, folders: list[Path], repeat: int, scratch: Path) ->
 
 
 def main() -> None:
+    """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=200)
     parser.add_argument("--size", type=int, default=512)

@@ -96,6 +96,7 @@ def plain_pngs(sources: list[Dataset], folder: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=200)
     parser.add_argument("--size", type=int, default=512)

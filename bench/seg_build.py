@@ -70,6 +70,7 @@ def measure(action: Callable[[], object], repeat: int) -> tuple[float, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)

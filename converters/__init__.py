@@ -1,0 +1,1 @@
+"""Pure DICOM <-> model conversions: no I/O, no network, nothing from ``listener``."""

@@ -40,7 +40,7 @@ REQUIRED_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Moda
 
 
 def _read_presentation_state(ds: Dataset) -> None:
-    """highdicom 0.28 has no presentation state reader: check the graphic layer references."""
+    """Highdicom 0.28 has no presentation state reader: check the graphic layer references."""
     layers = {str(item.GraphicLayer) for item in ds.get("GraphicLayerSequence", [])}
     for annotation in ds.get("GraphicAnnotationSequence", []):
         if str(annotation.GraphicLayer) not in layers:

@@ -20,6 +20,7 @@ _START_TIMEOUT_S = 10.0
 
 
 def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (0: a free port), inheritable by uvicorn."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -31,6 +32,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def server_config(app: ASGIApp) -> uvicorn.Config:
+    """Uvicorn's settings for our apps: quiet logs, no lifespan, a short graceful stop."""
     return uvicorn.Config(
         app,
         log_level="warning",

@@ -122,6 +122,8 @@ class ModelSettings(_Section):
 
 
 class ModelsSettings(_Section):
+    """The four model endpoints, one section each."""
+
     medimageinsight: ModelSettings = Field(default_factory=lambda: ModelSettings(batch_size=16))
     cxrreportgen: ModelSettings = Field(
         default_factory=lambda: ModelSettings(batch_size=1, concurrency=2)

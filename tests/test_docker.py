@@ -52,7 +52,7 @@ def test_compose_config_requires_admin_token() -> None:
 
 
 def test_hadolint_reports_no_errors() -> None:
-    """hadolint finds nothing at error level (nor warnings) in the Dockerfile."""
+    """Hadolint finds nothing at error level (nor warnings) in the Dockerfile."""
     result = subprocess.run(
         [
             _tool("hadolint"),

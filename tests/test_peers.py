@@ -14,7 +14,7 @@ from peers import Orthanc, StoreSCP, nodelay_env
 def test_orthanc_and_storescp_accept_storescu(
     tmp_path: Path, orthanc: Orthanc, storescp: StoreSCP
 ) -> None:
-    """storescu stores 3 synthetic slices in Orthanc and in storescp."""
+    """Storescu stores 3 synthetic slices in Orthanc and in storescp."""
     files = write_series(ct_series(3), tmp_path / "ct")
     for aet, port in ((orthanc.aet, orthanc.dicom_port), (storescp.aet, storescp.port)):
         subprocess.run(

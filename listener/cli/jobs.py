@@ -38,6 +38,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def add_process(sub: Any) -> None:
+    """Declare ``pacs-ai process`` and its arguments."""
     parser = sub.add_parser(
         "process", help="run route, infer and convert on local files; write results to --out"
     )
@@ -49,6 +50,7 @@ def add_process(sub: Any) -> None:
 
 
 def cmd_process(args: argparse.Namespace) -> int:
+    """Run ``pacs-ai process``; the exit status."""
     from listener.cli.process import process_paths
     from listener.logging import configure_logging
     from listener.route.load import effective_rules
@@ -70,6 +72,7 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def add_similar(sub: Any) -> None:
+    """Declare ``pacs-ai similar`` and its arguments."""
     parser = sub.add_parser(
         "similar", help="instances most similar to one (MedImageInsight embeddings)"
     )
@@ -80,6 +83,7 @@ def add_similar(sub: Any) -> None:
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
+    """Run ``pacs-ai similar``; the exit status."""
     from listener.store.embeddings import EmbeddingStore
 
     store = EmbeddingStore(_settings(args).journal_path)
@@ -98,6 +102,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
 
 def add_jobs(sub: Any) -> None:
+    """Declare ``pacs-ai jobs`` and its actions."""
     parser = sub.add_parser("jobs", help="list, show, retry or cancel pipeline jobs")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="jobs and outbox dead letters")
@@ -122,6 +127,7 @@ def _stamp(epoch: float | None) -> str:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    """Run ``pacs-ai jobs ACTION``; the exit status."""
     from listener.store.jobs import JobState, JobStore
     from listener.store.outbox import Outbox
 

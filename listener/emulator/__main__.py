@@ -12,6 +12,7 @@ from listener.errors import ConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the arguments and serve the emulator; the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m listener.emulator",
         description="Run the model emulator (synthetic answers, not a clinical model).",

@@ -175,6 +175,7 @@ def cxr_row(row: dict[str, Any], index: int) -> dict[str, Any]:
 
 
 def split_prompts(text: Any, index: int) -> list[str]:
+    """The prompts of one MedImageParse row (joined with ``&``), refusing an empty one."""
     prompts = [part.strip() for part in str(text or "").split("&") if part.strip()]
     if not prompts:
         raise _model_error(f"input_data.data[{index}] text: no prompt")
@@ -232,8 +233,8 @@ def parse_row(row: dict[str, Any], index: int) -> dict[str, Any]:
 
 
 def parse3d_row(row: dict[str, Any], index: int) -> dict[str, Any]:
-    """MedImageParse 3D (§4.2): a label volume with the input's shape and affine, labels 1..N in
-    prompt order (intensity bands of the volume), as ``{"nifti_file": "{\\"data\\": b64}"}``."""
+    r"""MedImageParse 3D (§4.2): a label volume with the input's shape and affine, labels 1..N in
+    prompt order (intensity bands of the volume), as ``{"nifti_file": "{\"data\": b64}"}``."""
     where = f"input_data.data[{index}] image"
     raw = _bytes_of(row.get("image"), where)
     try:

@@ -116,6 +116,8 @@ def is_endpoint_failure(status: int | None) -> bool:
 
 
 class CircuitState(enum.Enum):
+    """The circuit breaker's states: closed (calls pass), open (calls fail fast), half-open."""
+
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"

@@ -77,6 +77,7 @@ def join_prompts(prompts: Sequence[str]) -> str:
 
 
 def malformed(model: str, why: str) -> PermanentModelError:
+    """The error for an answer that does not follow the model's documented shape."""
     return PermanentModelError(f"malformed answer from {model} endpoint: {why}")
 
 

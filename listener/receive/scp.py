@@ -360,7 +360,7 @@ class Receiver:
 
 
 def _how_it_ended(assoc: Any) -> str:
-    """released / aborted / closed, for a connection that closed before the event said so."""
+    """Released / aborted / closed, for a connection that closed before the event said so."""
     if getattr(assoc, "release_answered", False):
         return "released"
     if assoc.is_aborted or assoc.acse.is_aborted():

@@ -39,4 +39,6 @@ STORED_STATUSES = frozenset(
 
 
 class EchoStatus(IntEnum):
+    """C-ECHO response statuses (PS3.7 Annex C)."""
+
     SUCCESS = 0x0000

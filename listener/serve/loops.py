@@ -27,7 +27,7 @@ log = get_logger("workers")
 
 
 def worker_id() -> str:
-    """This process's identity as a lease owner: host and PID."""
+    """The identity of the running process as a lease owner: host and PID."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 

@@ -46,6 +46,8 @@ _log = get_logger("outbox")
 
 
 class EntryState(StrEnum):
+    """An outbox entry's state: waiting to be sent, confirmed by the peer, or given up."""
+
     PENDING = "pending"
     SENT = "sent"
     DEAD = "dead"

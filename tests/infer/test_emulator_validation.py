@@ -24,6 +24,7 @@ Start = Callable[..., BackgroundServer]
 
 
 def body(columns: list[str], rows: list[list[Any]], params: Any = None) -> dict[str, Any]:
+    """A request body in the MLflow split format."""
     return {
         "input_data": {"columns": columns, "index": list(range(len(rows))), "data": rows},
         "params": params,
@@ -31,6 +32,7 @@ def body(columns: list[str], rows: list[list[Any]], params: Any = None) -> dict[
 
 
 def post(server: BackgroundServer, model: str, payload: Any, **headers: str) -> httpx.Response:
+    """POST ``payload`` to a model's score path on the emulator."""
     content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     return httpx.post(f"{server.url}/{model}/score", content=content, headers=headers, timeout=30)
 

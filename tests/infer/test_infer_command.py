@@ -16,6 +16,7 @@ from listener.infer.wire import EMULATOR_HEADER, EMULATOR_NOTICE
 
 
 def free_port() -> int:
+    """A TCP port nobody listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

@@ -27,6 +27,7 @@ Start = Callable[..., BackgroundServer]
 
 
 def stats(server: BackgroundServer) -> dict[str, Any]:
+    """The emulator's request counters."""
     answer: dict[str, Any] = httpx.get(f"{server.url}/_emulator/stats").json()
     return answer
 

@@ -40,11 +40,13 @@ class FakeClock:
 
 
 def stats(server: BackgroundServer) -> dict[str, Any]:
+    """The emulator's request counters."""
     answer: dict[str, Any] = httpx.get(f"{server.url}/_emulator/stats").json()
     return answer
 
 
 def mi_client(url: str, backoff: CallBackoff, **settings: Any) -> MedImageInsightClient:
+    """A MedImageInsight client for the emulator at ``url``."""
     models = ModelsSettings(medimageinsight=ModelSettings(**settings))
     return build_clients(models, url, backoff=backoff).medimageinsight
 
@@ -135,6 +137,7 @@ def test_emulator_sheds_load_beyond_its_limit_and_clients_recover(
 
 
 def closed_port() -> int:
+    """A port that refuses connections."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

@@ -33,6 +33,8 @@ from listener.settings import ModelSettings
 
 
 class FakeClock:
+    """A clock the test moves by hand."""
+
     def __init__(self, now: float = 100.0) -> None:
         self.now = now
 
@@ -41,6 +43,8 @@ class FakeClock:
 
 
 class NullLogger:
+    """A logger that drops everything."""
+
     def __getattr__(self, _name: str) -> Any:
         return lambda *args, **kwargs: None
 
@@ -167,7 +171,7 @@ def test_prompts_must_be_separable() -> None:
     """Prompts are stripped and joined with ' & '; an empty prompt or one holding '&' is refused."""
     assert join_prompts([" liver", "spleen "]) == "liver & spleen"
     for bad in ([], [""], ["liver & spleen"]):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="prompt"):
             join_prompts(bad)
 
 
@@ -211,6 +215,8 @@ def test_retries_honour_retry_after_without_sleeping_and_never_log_the_key() -> 
 
 @dataclass
 class Token:
+    """An access token as azure-identity returns it."""
+
     token: str
     expires_on: int
 

@@ -49,6 +49,7 @@ class FixedEndpoint:
 
 
 def transport(model: str, endpoint: FixedEndpoint, **settings: Any) -> ModelTransport:
+    """A transport for ``model`` talking to the fixed-answer endpoint."""
     options: dict[str, Any] = {"endpoint": ENDPOINT, "key": SecretStr("secret-key")}
     options.update(settings)
     return ModelTransport(
@@ -59,15 +60,18 @@ def transport(model: str, endpoint: FixedEndpoint, **settings: Any) -> ModelTran
 
 
 def run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion."""
     return asyncio.run(make())
 
 
 def unit(seed: int) -> list[float]:
+    """A random unit vector of the embedding size."""
     vector = np.random.default_rng(seed).standard_normal(1024)
     return [float(v) for v in (vector / np.linalg.norm(vector)).astype(np.float32)]
 
 
 def serialized(array: np.ndarray[Any, Any]) -> dict[str, Any]:
+    """An array as the model serializes it (base64 data, shape, dtype)."""
     data = base64.b64encode(np.ascontiguousarray(array).tobytes()).decode()
     return {"data": data, "shape": list(array.shape), "dtype": str(array.dtype)}
 
@@ -201,6 +205,7 @@ def test_cxr_answer_variants_parse_alike(variant: str, png: Callable[..., bytes]
 
 
 def parse_masks() -> np.ndarray[Any, Any]:
+    """Two small masks as MedImageParse returns them."""
     masks = np.zeros((2, 1024, 1024), dtype=np.uint8)
     masks[0, 100:200, 300:400] = 255
     masks[1, 500:900, 10:20] = 255
@@ -252,6 +257,7 @@ def test_parse_rejects_a_mask_count_that_does_not_match_the_prompts(parse_png: b
 
 
 def label_volume() -> np.ndarray[Any, Any]:
+    """A small label volume as MedImageParse 3D returns it."""
     labels = np.zeros((10, 12, 8), dtype=np.uint8)
     labels[2:5, 3:9, 1:4] = 1
     labels[6:9, 1:4, 5:7] = 2
@@ -259,6 +265,7 @@ def label_volume() -> np.ndarray[Any, Any]:
 
 
 def nifti_b64(labels: np.ndarray[Any, Any]) -> str:
+    """A label volume as a base64 NIfTI file."""
     image = nib.Nifti1Image(labels, np.diag([0.8, 0.8, 2.5, 1.0]))
     return base64.b64encode(gzip.compress(image.to_bytes())).decode()
 

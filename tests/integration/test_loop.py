@@ -99,6 +99,7 @@ def _dataset_bytes(path: Path) -> bytes:
 
 @pytest.fixture
 def pacs(tmp_path: Path) -> Iterator[Orthanc]:
+    """Orthanc as the PACS, in its default configuration."""
     with run_orthanc(tmp_path / "orthanc") as orthanc:
         yield orthanc
 
@@ -314,7 +315,7 @@ def test_permanent_rejection_goes_to_dead_letter_and_retry_delivers(tmp_path: Pa
 def test_kill_during_inference_completes_every_study_exactly_once(
     tmp_path: Path, pacs: Orthanc
 ) -> None:
-    """kill -9 of the whole service while models are answering: after a restart every study
+    """Kill -9 of the whole service while models are answering: after a restart every study
     completes and each result is in the PACS exactly once."""
     cr = _cr_chest(tmp_path / "cr")
     ct_files = write_series(ct_series(8, body_part="CHEST"), tmp_path / "ct")

@@ -36,7 +36,7 @@ def spool_index(gateway: Gateway) -> dict[str, Path]:
 
 
 def storescu(gateway: Gateway, *files: Path, aet: str = "MODALITY") -> subprocess.Popen[str]:
-    """storescu -R -xv: one context per SOP class for JPEG 2000 and one uncompressed."""
+    """Storescu -R -xv: one context per SOP class for JPEG 2000 and one uncompressed."""
     return subprocess.Popen(
         [
             "storescu",
@@ -59,6 +59,7 @@ def storescu(gateway: Gateway, *files: Path, aet: str = "MODALITY") -> subproces
 
 
 def studies(gateway: Gateway) -> list[dict[str, object]]:
+    """``pacs-ai studies --json`` of the gateway's data folder."""
     out = subprocess.run(
         [*CLI, "studies", "--json", "--data-dir", str(gateway.data_dir)],
         capture_output=True,
@@ -123,7 +124,7 @@ def test_series_and_chest_cr_land_byte_identical(tmp_path: Path) -> None:
 
 
 def test_echo_succeeds_and_unknown_caller_is_rejected(tmp_path: Path) -> None:
-    """echoscu from an allowed AE succeeds; another AE is rejected and the log says why."""
+    """Echoscu from an allowed AE succeeds; another AE is rejected and the log says why."""
     config = tmp_path / "settings.yaml"
     config.write_text("allowed_callers:\n  - ae_title: MODALITY\n")
     with run_gateway(tmp_path / "data", "--config", str(config)) as gateway:

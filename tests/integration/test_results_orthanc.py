@@ -61,6 +61,7 @@ def dcmsend(orthanc: Orthanc, paths: list[Path]) -> None:
 
 
 def write_all(datasets: list[Dataset], folder: Path) -> list[Path]:
+    """Write each data set as a DICOM file under ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, ds in enumerate(datasets):

@@ -35,6 +35,7 @@ T0 = 2_000_000.0
 
 
 def item(path: Path) -> StoreItem:
+    """The outbox item of a DICOM file."""
     return StoreItem(path, str(dcmread(path, stop_before_pixels=True).SOPInstanceUID))
 
 

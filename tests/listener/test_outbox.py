@@ -78,12 +78,14 @@ def fake_pacs() -> Iterator[Callable[..., FakePacs]]:
 
 
 def series_files(tmp_path: Path, n: int) -> list[tuple[Path, str]]:
+    """``n`` CT slices written to disk, with their SOP Instance UIDs."""
     datasets = ct_series(n)
     paths = write_series(datasets, tmp_path / "series")
     return [(p, str(ds.SOPInstanceUID)) for p, ds in zip(paths, datasets, strict=True)]
 
 
 def make_outbox(tmp_path: Path, dest: Destination, **backoff: Any) -> Deliverer:
+    """A deliverer for one destination named ``pacs`` over a fresh journal."""
     return Deliverer(
         Outbox(tmp_path / "journal.sqlite", ["pacs"]),
         {"pacs": dest},

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def cond(data: dict[str, Any]) -> Condition:
+    """A condition validated from its YAML form."""
     return Condition.model_validate(data)
 
 
@@ -303,6 +304,7 @@ def test_example_file_holds_the_default_rules() -> None:
 
 
 def chest_headers() -> list[dict[str, Any]]:
+    """Headers of a frontal and a lateral chest image."""
     path = get_testdata_file("RG1_UNCR.dcm")
     assert path is not None
     frontal = headers_from_dataset(dcmread(path, stop_before_pixels=True))
@@ -311,6 +313,7 @@ def chest_headers() -> list[dict[str, Any]]:
 
 
 def ct_headers(n: int = 4) -> list[dict[str, Any]]:
+    """Headers of an ``n``-slice CT series."""
     return [headers_from_dataset(ds) for ds in ct_series(n)]
 
 

@@ -29,7 +29,7 @@ def study_folder(tmp_path: Path) -> Path:
 
 
 def test_rules_test_prints_the_plan(study_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """rules test groups the files by study and prints each study's rules, tasks and forwards."""
+    """Rules test groups the files by study and prints each study's rules, tasks and forwards."""
     rules = ROOT / "config" / "rules.yaml"
     code = main(
         ["rules", "test", str(study_folder), "--rules", str(rules), "--calling-ae", "CT_SCANNER1"]
@@ -63,7 +63,7 @@ def test_rules_test_without_dicom(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_rules_check_accepts_the_example(capsys: pytest.CaptureFixture[str]) -> None:
-    """rules check on config/rules.yaml exits 0."""
+    """Rules check on config/rules.yaml exits 0."""
     assert main(["rules", "check", str(ROOT / "config" / "rules.yaml")]) == 0
     assert "valid: " in capsys.readouterr().out
 
