@@ -21,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from listener.store.db import Database
+from listener.store.outbox import EntryState
 from listener.store.stats import JOB_STATES, STUDY_STATES, Stats, read_stats
 
 PREFIX = "pacsai"
@@ -155,8 +156,8 @@ def _sends(stats: Stats) -> Iterator[Metric]:
         labels=["destination"],
     )
     for destination, sent, dead, failed in stats.sends:
-        sends.add_metric([destination, "sent"], sent)
-        sends.add_metric([destination, "dead"], dead)
+        sends.add_metric([destination, EntryState.SENT.value], sent)
+        sends.add_metric([destination, EntryState.DEAD.value], dead)
         failures.add_metric([destination], failed)
     yield from (sends, failures)
 

@@ -181,7 +181,7 @@ def study_timeline(state: AdminState, info: StudyInfo, *, show_patient: bool = F
             events.append(
                 {
                     "at": entry["sent_at"],
-                    "event": "sent",
+                    "event": EntryState.SENT.value,
                     "destination": entry["destination"],
                     "sop_instance_uid": entry["sop_instance_uid"],
                 }
