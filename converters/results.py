@@ -15,7 +15,7 @@ import numpy.typing as npt
 from pydicom import Dataset
 
 from converters.check import check_result
-from converters.cxr import build_report_sr
+from converters.cxr import build_report_sr, split_disclaimers
 from converters.grounding import ImageFrame, PixelFinding
 from converters.insight import build_classification_sr, zero_shot_probabilities
 from converters.model_outputs import Embeddings
@@ -51,7 +51,7 @@ def build_parse_results(
     if outcome.seg is not None:
         objects.append(check_result(outcome.seg, sources))
     sr = build_seg_sr(sources, outcome, provenance)
-    objects.append(check_result(sr, sources, companions=objects))
+    objects.append(check_result(sr, sources, companions=[*objects, *_earlier(provenance)]))
     return ParseResults(tuple(objects), outcome.not_found, outcome.seg is not None)
 
 
@@ -62,11 +62,23 @@ def build_report_results(
     provenance: Provenance,
 ) -> list[Dataset]:
     """CXRReportGen: the draft report SR, and a presentation state when findings have boxes."""
-    objects = [check_result(build_report_sr(sources, frontal, findings, provenance), sources)]
-    pr = build_findings_pr(sources, frontal, findings, provenance)
+    earlier = _earlier(provenance)
+    sr = build_report_sr(sources, frontal, findings, provenance)
+    objects = [check_result(sr, sources, companions=earlier)]
+    pr = build_findings_pr(sources, frontal, split_disclaimers(findings)[0], provenance)
     if pr is not None:
         objects.append(check_result(pr, sources))
     return objects
+
+
+def _earlier(provenance: Provenance) -> list[Dataset]:
+    """The superseded results as stand-ins the gate accepts as referenced (Predecessors)."""
+    stand_ins = []
+    for ref in provenance.supersedes:
+        item = Dataset()
+        item.SOPInstanceUID = ref.sop_instance_uid
+        stand_ins.append(item)
+    return stand_ins
 
 
 def build_classification_results(
@@ -83,4 +95,5 @@ def build_classification_results(
         embeddings.image, embeddings.text, embeddings.scaling_factor
     )
     sr = build_classification_sr(sources, image, labels, list(probabilities), provenance)
-    return ClassificationResults((check_result(sr, sources),), probabilities)
+    checked = check_result(sr, sources, companions=_earlier(provenance))
+    return ClassificationResults((checked,), probabilities)
