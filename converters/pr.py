@@ -23,10 +23,12 @@ from typing import Any
 
 import highdicom as hd
 from pydicom import Dataset
+from pydicom.dataelem import DataElement
 
 from converters.anatomy import set_body_part_and_laterality
 from converters.codes import clip_text
 from converters.grounding import ImageFrame, PixelFinding, clip_box, closed_rectangle
+from converters.intensity import lut_values
 from converters.provenance import (
     MANUFACTURER,
     UTF8,
@@ -105,7 +107,7 @@ def build_findings_pr(
         text_objects=texts,
     )
     common: dict[str, Any] = {
-        "referenced_images": [frontal.image],
+        "referenced_images": [with_ow_voi_lut(frontal.image)],
         "series_instance_uid": provenance.series_uid(sources, ResultKind.FINDINGS_PR),
         "series_number": ResultKind.FINDINGS_PR.series_number,
         "sop_instance_uid": provenance.instance_uid(sources, ResultKind.FINDINGS_PR),
@@ -130,6 +132,31 @@ def build_findings_pr(
     provenance.stamp(pr, ResultKind.FINDINGS_PR, frontal.image)
     set_body_part_and_laterality(pr, frontal.image)
     return pr
+
+
+def with_ow_voi_lut(image: Dataset) -> Dataset:
+    """``image`` as highdicom can read it: VOI LUT Data as OW bytes (it reads no US data).
+
+    A shallow copy with a new VOI LUT Sequence; the image itself is not changed.
+    """
+    items = image.get("VOILUTSequence")
+    if not items or all(isinstance(item.get("LUTData"), bytes) for item in items):
+        return image
+    copy = Dataset()
+    for element in image:
+        copy.add(element)
+    if hasattr(image, "file_meta"):
+        copy.file_meta = image.file_meta
+    converted = []
+    for item in items:
+        new = Dataset()
+        for element in item:
+            if element.keyword != "LUTData":
+                new.add(element)
+        new.add(DataElement(0x00283006, "OW", lut_values(item).astype("<u2").tobytes()))
+        converted.append(new)
+    copy.VOILUTSequence = converted
+    return copy
 
 
 def _presentation_lut(image: Dataset) -> hd.PresentationLUTTransformation:

@@ -34,6 +34,7 @@ from typing import Any
 from pydicom import Dataset
 
 from converters.codes import PRIVATE_SCHEME
+from converters.copied import clean_copied
 from converters.model_outputs import ModelIdentity
 from converters.uids import derive_uid
 
@@ -199,6 +200,8 @@ class Provenance:
         for keyword, value in values.items():
             set_fresh(obj, keyword, value)
         obj.SpecificCharacterSet = UTF8
+        if source is not None:
+            clean_copied(obj, source)
 
 
 def _parse_offset(value: str) -> timezone | None:
