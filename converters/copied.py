@@ -134,6 +134,56 @@ def expected_copy(source: Dataset, keyword: str) -> str | None:
     return "" if keyword in TYPE_2 else None
 
 
+# Patient and study attributes (C.7.1.1, C.7.2.1, C.7.2.2) results repeat from their source.
+PATIENT_STUDY_KEYWORDS = frozenset(
+    {
+        "PatientName",
+        "PatientBirthDate",
+        "PatientBirthTime",
+        "PatientSex",
+        "PatientAge",
+        "PatientSize",
+        "PatientWeight",
+        "OtherPatientIDs",
+        "IssuerOfPatientID",
+        "EthnicGroup",
+        "PatientComments",
+        "StudyDate",
+        "StudyTime",
+        "StudyID",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+        "StudyDescription",
+        "NameOfPhysiciansReadingStudy",
+        "PhysiciansOfRecord",
+        "AdmittingDiagnosesDescription",
+    }
+)
+
+
+def cleaned_source(source: Dataset) -> Dataset:
+    """``source`` as result builders may read it: malformed patient and study values emptied or
+    left out (the module's policy). highdicom parses these values (a DA, an enumerated Patient's
+    Sex) and fails or logs them otherwise. A shallow copy: elements, pixel data included, are
+    shared; the source is not changed. Returns ``source`` itself when nothing is malformed."""
+    bad = [
+        keyword
+        for keyword in PATIENT_STUDY_KEYWORDS
+        if keyword in source and not is_well_formed(source[keyword])
+    ]
+    if not bad:
+        return source
+    copy = Dataset()
+    for element in source:
+        if element.keyword not in bad:
+            copy.add(element)
+        elif element.keyword in TYPE_2:
+            setattr(copy, element.keyword, "")
+    if hasattr(source, "file_meta"):
+        copy.file_meta = source.file_meta
+    return copy
+
+
 def clean_copied(obj: Dataset, source: Dataset) -> list[str]:
     """Apply the module's policy to ``obj``'s top-level attributes copied from ``source``.
 

@@ -200,6 +200,10 @@ class Provenance:
         for keyword, value in values.items():
             set_fresh(obj, keyword, value)
         obj.SpecificCharacterSet = UTF8
+        # highdicom stamps its own contribution with the wall clock; use the creation time.
+        for item in obj.get("ContributingEquipmentSequence", []):
+            if "ContributionDateTime" in item:
+                item.ContributionDateTime = created.strftime("%Y%m%d%H%M%S") + (offset or "")
         if source is not None:
             clean_copied(obj, source)
 

@@ -2,7 +2,8 @@
 
 The pipeline calls these and sends what they return; every object returned has passed
 :func:`converters.check.check_result`, and a failure raises
-:class:`~converters.check.ResultCheckError`.
+:class:`~converters.check.ResultCheckError`. Sources are first cleaned of malformed patient and
+study values (:mod:`converters.copied`), which highdicom would otherwise refuse or copy.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy.typing as npt
 from pydicom import Dataset
 
 from converters.check import check_result
+from converters.copied import cleaned_source
 from converters.cxr import build_report_sr, split_disclaimers
 from converters.grounding import ImageFrame, PixelFinding
 from converters.insight import build_classification_sr, zero_shot_probabilities
@@ -46,6 +48,7 @@ def build_parse_results(
     sources: Sequence[Dataset], masks: SourceMasks, provenance: Provenance
 ) -> ParseResults:
     """MedImageParse: SEG of the found prompts (if any) and the SR linking it and the misses."""
+    sources = [cleaned_source(ds) for ds in sources]
     outcome = build_seg(sources, masks, provenance)
     objects: list[Dataset] = []
     if outcome.seg is not None:
@@ -62,6 +65,8 @@ def build_report_results(
     provenance: Provenance,
 ) -> list[Dataset]:
     """CXRReportGen: the draft report SR, and a presentation state when findings have boxes."""
+    sources = [cleaned_source(ds) for ds in sources]
+    frontal = ImageFrame(_same(sources, frontal.image), frontal.frame)
     earlier = _earlier(provenance)
     sr = build_report_sr(sources, frontal, findings, provenance)
     objects = [check_result(sr, sources, companions=earlier)]
@@ -69,6 +74,12 @@ def build_report_results(
     if pr is not None:
         objects.append(check_result(pr, sources))
     return objects
+
+
+def _same(sources: Sequence[Dataset], image: Dataset) -> Dataset:
+    """The (cleaned) source that is ``image``, or ``image`` cleaned when it is not a source."""
+    uid = str(image.SOPInstanceUID)
+    return next((ds for ds in sources if str(ds.SOPInstanceUID) == uid), cleaned_source(image))
 
 
 def _earlier(provenance: Provenance) -> list[Dataset]:
@@ -91,6 +102,8 @@ def build_classification_results(
     """MedImageInsight zero-shot: probabilities of ``labels`` and the SR that records them."""
     if embeddings.image is None or embeddings.text is None:
         raise ValueError("zero-shot classification needs image and text embeddings")
+    sources = [cleaned_source(ds) for ds in sources]
+    image = ImageFrame(_same(sources, image.image), image.frame)
     probabilities = zero_shot_probabilities(
         embeddings.image, embeddings.text, embeddings.scaling_factor
     )

@@ -63,6 +63,11 @@ Group = (
 
 def observation_context(provenance: Provenance) -> hd.sr.ObservationContext:
     """TID 1002 with a device observer (TID 1004): the gateway running the model."""
+    return hd.sr.ObservationContext(observer_device_context=device_observer(provenance))
+
+
+def device_observer(provenance: Provenance) -> hd.sr.ObserverContext:
+    """The device observer (TID 1004): the gateway running the model."""
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=provenance.device_uid(),
         name=f"{MANUFACTURER} {provenance.model_name}",
@@ -70,10 +75,8 @@ def observation_context(provenance: Provenance) -> hd.sr.ObservationContext:
         model_name=provenance.model_name,
         serial_number=provenance.device_serial_number,
     )
-    return hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=DEVICE_OBSERVER, observer_identifying_attributes=device
-        )
+    return hd.sr.ObserverContext(
+        observer_type=DEVICE_OBSERVER, observer_identifying_attributes=device
     )
 
 
