@@ -9,6 +9,12 @@ whole draft report goes once more, as one text, in the root's qualitative evalua
 procedure reported is the generic "Imaging procedure": TID 1500 row 4 takes its value from
 CID 100, which has no chest radiography concept.
 
+When some findings have boxes, the findings without boxes are root-level "Finding" texts (TID
+1500 rows 12 and 14) rather than image-level groups beside the planar ones: PixelMed's validator
+(the IHE AIR connectathon tool) checks every group of an Imaging Measurements container that
+holds a TID 1410 group against TID 1410, and an image-level group fails its region rows (5 and
+7, "Missing conditional content item"), whatever the mix of boxed and unboxed findings.
+
 A sentence that only says where the draft came from (the emulator's "This draft was produced by
 a model emulator, not a clinical model.") is not a finding: :func:`split_disclaimers` takes it
 out of the findings, the draft text and the presentation state, and the SR keeps it as a root
@@ -21,8 +27,9 @@ from collections.abc import Sequence
 
 import highdicom as hd
 from pydicom import Dataset
+from pydicom.sr.coding import Code
 
-from converters.codes import COMMENT, DRAFT_REPORT
+from converters.codes import COMMENT, DRAFT_REPORT, FINDING
 from converters.grounding import ImageFrame, PixelFinding, clip_box, closed_rectangle
 from converters.provenance import Provenance, ResultKind, study_uid_of
 from converters.sr import Group, add_texts, measurement_report, sr_algorithm, sr_document
@@ -111,12 +118,16 @@ def build_report_sr(
     if not findings:
         raise ValueError("a report SR needs at least one finding")
     groups: list[Group] = []
+    boxed = any(finding.boxes for finding in findings)
+    unboxed: list[tuple[Code, str]] = []
     for index, finding in enumerate(findings):
         if finding.boxes:
             groups += _region_groups(index, finding, frontal, provenance, study_uid)
+        elif boxed:
+            unboxed.append((FINDING, finding.text))
         else:
             groups.append(_image_group(index, finding, frontal, provenance, study_uid))
     text = " ".join(finding.text for finding in findings)
-    root_texts = [(DRAFT_REPORT, text), *((COMMENT, line) for line in disclaimers)]
+    root_texts = [(DRAFT_REPORT, text), *unboxed, *((COMMENT, line) for line in disclaimers)]
     report = measurement_report(groups, provenance, sources, root_texts=root_texts)
     return sr_document(sources, report, provenance, ResultKind.REPORT_SR)
