@@ -57,7 +57,7 @@ _PROPERTIES: dict[str, SegmentProperty] = {
 
 # Prompts a rule may send, by their own words: these win over the model's category, which is
 # coarse ("other organ" for a spleen). Every prompt of config/rules.yaml and the default rules
-# is here (a test keeps it so).
+# is here (no test enforces this yet).
 _PROMPTS: dict[str, SegmentProperty] = {
     "liver": _PROPERTIES["liver"],
     "lung": _PROPERTIES["lung"],
