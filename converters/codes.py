@@ -55,9 +55,70 @@ _PROPERTIES: dict[str, SegmentProperty] = {
 }
 
 
-def segment_property(category: str) -> SegmentProperty:
-    """The coded property of a MedImageParse category; unknown categories count as "other"."""
-    return _PROPERTIES.get(category.strip().lower(), _PROPERTIES["other"])
+# Prompts a rule may send, by their own words: these win over the model's category, which is
+# coarse ("other organ" for a spleen). Every prompt of config/rules.yaml and the default rules
+# is here (no test enforces this yet).
+_PROMPTS: dict[str, SegmentProperty] = {
+    "liver": _PROPERTIES["liver"],
+    "lung": _PROPERTIES["lung"],
+    "lungs": _PROPERTIES["lung"],
+    "kidney": _PROPERTIES["kidney"],
+    "kidneys": _PROPERTIES["kidney"],
+    "pancreas": _PROPERTIES["pancreas"],
+    "heart": _PROPERTIES["heart anatomies"],
+    "brain": _PROPERTIES["brain anatomies"],
+    "eye": _PROPERTIES["eye anatomies"],
+    "vessel": _PROPERTIES["vessel"],
+    "spleen": SegmentProperty(ANATOMICAL_STRUCTURE, codes.SCT.Spleen),
+    "stomach": SegmentProperty(ANATOMICAL_STRUCTURE, codes.SCT.Stomach),
+    "gallbladder": SegmentProperty(ANATOMICAL_STRUCTURE, codes.SCT.Gallbladder),
+    "prostate": SegmentProperty(ANATOMICAL_STRUCTURE, codes.SCT.Prostate),
+    "colon": SegmentProperty(ANATOMICAL_STRUCTURE, codes.SCT.Colon),
+    "aorta": SegmentProperty(ANATOMICAL_STRUCTURE, codes.SCT.Aorta),
+    "esophagus": SegmentProperty(ANATOMICAL_STRUCTURE, codes.SCT.Esophagus),
+    "tumor": _PROPERTIES["tumor"],
+    "tumour": _PROPERTIES["tumor"],
+    "mass": SegmentProperty(ABNORMAL_STRUCTURE, codes.SCT.Mass),
+    "nodule": SegmentProperty(ABNORMAL_STRUCTURE, codes.SCT.Nodule),
+    "cyst": SegmentProperty(ABNORMAL_STRUCTURE, codes.SCT.Cyst),
+    "lesion": _PROPERTIES["other lesion"],
+    "other lesion": _PROPERTIES["other lesion"],
+    "infection": _PROPERTIES["infection"],
+    "pleural effusion": SegmentProperty(ABNORMAL_STRUCTURE, codes.SCT.PleuralEffusion),
+    "pneumothorax": SegmentProperty(ABNORMAL_STRUCTURE, codes.SCT.Pneumothorax),
+}
+# Categories too generic to stand for a prompt: a prompt falling back on them is "unmapped".
+_GENERIC_CATEGORIES = frozenset({"other", "other organ", "other abnormality"})
+UNMAPPED_PROMPT = Code("PROMPT", PRIVATE_SCHEME, "Prompt without a standard code")
+
+
+def segment_property(category: str, prompt: str | None = None) -> SegmentProperty:
+    """The coded property of a MedImageParse prompt and the category the model gave it.
+
+    The prompt's own words win (:data:`_PROMPTS`); then a specific model category; a prompt
+    with neither is coded as what it is, an unmapped prompt: category :data:`UNMAPPED_PROMPT`
+    and a private type code whose meaning keeps the prompt's text. Without a prompt, unknown
+    categories count as "other".
+    """
+    if prompt is not None:
+        words = " ".join(prompt.lower().split())
+        if words in _PROMPTS:
+            return _PROMPTS[words]
+    key = category.strip().lower()
+    if prompt is None or (key in _PROPERTIES and key not in _GENERIC_CATEGORIES):
+        return _PROPERTIES.get(key, _PROPERTIES["other"])
+    return SegmentProperty(UNMAPPED_PROMPT, prompt_code(prompt))
+
+
+def known_prompts() -> frozenset[str]:
+    """The prompts with a standard code of their own."""
+    return frozenset(_PROMPTS)
+
+
+def prompt_code(prompt: str) -> Code:
+    """A private code for a prompt no standard code covers; its meaning is the prompt's text."""
+    digest = hashlib.sha256(prompt.encode("utf-8")).hexdigest().upper()
+    return Code("P" + digest[: MAX_CODE_VALUE - 1], PRIVATE_SCHEME, clip_text(prompt))
 
 
 # SR concept names and values (PS3.16 DCM and SNOMED CT).
@@ -66,6 +127,10 @@ NO_UNITS = codes.UCUM.NoUnits  # UCUM "1"
 FINDING = codes.DCM.Finding  # (121071, DCM)
 PRESENT = codes.SCT.Present
 ABSENT = codes.SCT.Absent
+# What a prompt that found no region records (TID 1500 row 13): the algorithm did not detect it,
+# a test result, not a clinical absence of the structure ("Absent" would read "no liver").
+NOT_DETECTED = Code("260415000", "SCT", "Not detected")
+COMMENT = codes.DCM.Comment  # (121106, DCM)
 YES = codes.SCT.Yes
 NO = codes.SCT.No
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 12

@@ -8,6 +8,17 @@ algorithm identification, and a tracking identifier and UID that stay the same o
 whole draft report goes once more, as one text, in the root's qualitative evaluations. The
 procedure reported is the generic "Imaging procedure": TID 1500 row 4 takes its value from
 CID 100, which has no chest radiography concept.
+
+When some findings have boxes, the findings without boxes are root-level "Finding" texts (TID
+1500 rows 12 and 14) rather than image-level groups beside the planar ones: PixelMed's validator
+(the IHE AIR connectathon tool) checks every group of an Imaging Measurements container that
+holds a TID 1410 group against TID 1410, and an image-level group fails its region rows (5 and
+7, "Missing conditional content item"), whatever the mix of boxed and unboxed findings.
+
+A sentence that only says where the draft came from (the emulator's "This draft was produced by
+a model emulator, not a clinical model.") is not a finding: :func:`split_disclaimers` takes it
+out of the findings, the draft text and the presentation state, and the SR keeps it as a root
+comment (DCM 121106).
 """
 
 from __future__ import annotations
@@ -16,11 +27,29 @@ from collections.abc import Sequence
 
 import highdicom as hd
 from pydicom import Dataset
+from pydicom.sr.coding import Code
 
-from converters.codes import DRAFT_REPORT
+from converters.codes import COMMENT, DRAFT_REPORT, FINDING
 from converters.grounding import ImageFrame, PixelFinding, clip_box, closed_rectangle
 from converters.provenance import Provenance, ResultKind, study_uid_of
 from converters.sr import Group, add_texts, measurement_report, sr_algorithm, sr_document
+
+# Sentences that describe the draft's origin rather than the image.
+EMULATOR_DISCLAIMER = "This draft was produced by a model emulator, not a clinical model."
+DISCLAIMERS = frozenset({EMULATOR_DISCLAIMER})
+
+
+def split_disclaimers(
+    findings: Sequence[PixelFinding],
+) -> tuple[list[PixelFinding], list[str]]:
+    """The findings proper, and the disclaimer sentences (without boxes) found among them."""
+    kept, disclaimers = [], []
+    for finding in findings:
+        if not finding.boxes and finding.text.strip() in DISCLAIMERS:
+            disclaimers.append(finding.text.strip())
+        else:
+            kept.append(finding)
+    return kept, disclaimers
 
 
 def finding_tracking(
@@ -85,15 +114,20 @@ def build_report_sr(
 ) -> Dataset:
     """The draft report SR: a group per finding (per box), the whole report as root text."""
     study_uid = study_uid_of(sources)
+    findings, disclaimers = split_disclaimers(findings)
     if not findings:
         raise ValueError("a report SR needs at least one finding")
     groups: list[Group] = []
+    boxed = any(finding.boxes for finding in findings)
+    unboxed: list[tuple[Code, str]] = []
     for index, finding in enumerate(findings):
         if finding.boxes:
             groups += _region_groups(index, finding, frontal, provenance, study_uid)
+        elif boxed:
+            unboxed.append((FINDING, finding.text))
         else:
             groups.append(_image_group(index, finding, frontal, provenance, study_uid))
     text = " ".join(finding.text for finding in findings)
-    report = measurement_report(groups, provenance, sources, root_texts=[(DRAFT_REPORT, text)])
-    sr = sr_document(sources, report, provenance, ResultKind.REPORT_SR)
-    return sr
+    root_texts = [(DRAFT_REPORT, text), *unboxed, *((COMMENT, line) for line in disclaimers)]
+    report = measurement_report(groups, provenance, sources, root_texts=root_texts)
+    return sr_document(sources, report, provenance, ResultKind.REPORT_SR)

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels.processing import apply_modality_lut, apply_voi
+from pydicom.pixels.processing import apply_modality_lut
 
 from converters.frames import frame_view, is_colour, stored_values
 
@@ -115,14 +115,41 @@ def _first(value: object) -> float:
     return float(str(value))
 
 
+def lut_values(item: Dataset) -> npt.NDArray[np.uint16]:
+    """A LUT item's LUT Data as numbers, whether it was encoded as OW or as US (C.11.2.1.1).
+
+    OW data arrives as bytes, little endian (every transfer syntax the gateway accepts); US data
+    as numbers. pydicom's ``apply_voi`` needs the file meta to read OW, which a frame view has
+    not, and highdicom's presentation state reads OW only; this reads both.
+    """
+    data = item.LUTData
+    if isinstance(data, bytes | bytearray):
+        return np.frombuffer(bytes(data), dtype="<u2").astype(np.uint16)
+    values = data if isinstance(data, MultiValue | list | tuple) else [data]
+    return np.asarray([int(v) for v in values], dtype=np.uint16)
+
+
+def apply_voi_lut(item: Dataset, values: FloatImage) -> FloatImage:
+    """Map Modality LUT output through one VOI LUT item (PS3.3 C.11.2.1.1).
+
+    The LUT Descriptor gives the number of entries (0 meaning 65536), the first input value
+    mapped and the bits per entry; inputs below or above the table take its first or last entry.
+    """
+    entries, first, _bits = (int(v) for v in item.LUTDescriptor)
+    table = lut_values(item)[: entries or 65536]
+    if table.size == 0:
+        raise ValueError("VOI LUT Sequence item has no LUT Data")
+    indices = np.clip(np.rint(values).astype(np.int64) - first, 0, table.size - 1)
+    return table[indices].astype(np.float64)
+
+
 def own_voi(view: Dataset, values: FloatImage) -> UInt8Image | None:
     """The dataset's own VOI (VOI LUT Sequence, else first Window Center/Width), or None."""
     voi_lut = view.get("VOILUTSequence")
     if voi_lut:
         bits = int(voi_lut[0].LUTDescriptor[2])
         # The LUT is indexed by the (integral) Modality LUT output.
-        indices = np.rint(values).astype(np.int64)
-        mapped = np.asarray(apply_voi(indices, view, index=0), dtype=np.float64)
+        mapped = apply_voi_lut(voi_lut[0], values)
         return range_to_uint8(mapped, 0.0, float(2**bits - 1))
     center, width = view.get("WindowCenter"), view.get("WindowWidth")
     if center in (None, "") or width in (None, ""):
@@ -136,9 +163,20 @@ def own_voi(view: Dataset, values: FloatImage) -> UInt8Image | None:
     return window_to_uint8(values, _first(center), width_value, function)
 
 
-def policy_voi(values: FloatImage, policy: IntensityPolicy) -> UInt8Image:
-    """A configured preset range, else the policy's percentile clip (toolkit behaviour)."""
-    if policy.preset is not None:
+def has_hounsfield_units(view: Dataset) -> bool:
+    """Whether the Modality LUT output is in HU: a CT image, or Rescale Type HU (C.11.1.1.2)."""
+    modality = str(view.get("Modality", "") or "").upper()
+    return modality == "CT" or str(view.get("RescaleType", "") or "").upper() == "HU"
+
+
+def policy_voi(values: FloatImage, policy: IntensityPolicy, *, hu: bool = True) -> UInt8Image:
+    """A configured preset range (only for values in HU), else the policy's percentile clip.
+
+    The presets are ranges of Hounsfield units; on an MR (whose values have no unit) a rule's
+    CT preset would clip arbitrarily, so images not in HU use the percentiles, as
+    ``config/rules.yaml`` says ("CT only; MR uses percentiles").
+    """
+    if policy.preset is not None and hu:
         low, high = CT_PRESETS[policy.preset]
         return range_to_uint8(values, low, high)
     low_q, high_q = policy.percentiles
@@ -167,7 +205,7 @@ def display_pixels(
     values = modality_values(view, stored)
     shown = own_voi(view, values)
     if shown is None:
-        shown = policy_voi(values, policy)
+        shown = policy_voi(values, policy, hu=has_hounsfield_units(view))
     if str(view.get("PhotometricInterpretation", "")) == "MONOCHROME1":
         shown = np.subtract(255, shown, dtype=np.uint8)
     return shown

@@ -1,9 +1,15 @@
 """Grounded findings drawn on the image: a Softcopy Presentation State (PS3.3 A.33).
 
 For viewers without SR support, each finding's boxes become closed POLYLINE graphics in PIXEL
-units on the frontal image (PS3.3 C.10.5 Graphic Annotation), each with a short text label (the
-first words of the finding), on one graphic layer. Grayscale images get a Grayscale Softcopy
-Presentation State whose modality and VOI LUT transformations are copied from the image by
+units on the frontal image (PS3.3 C.10.5 Graphic Annotation), each with a text label: the
+finding's number and its sentence, up to 64 characters, so two boxes of "There is increased
+density in the right/left hemithorax" keep their side. They sit on one graphic layer with a
+recommended display colour (C.10.7, Graphic Layer Recommended Display CIELab Value). Body Part
+Examined and Laterality come from the image (:mod:`converters.anatomy`): the side from Image
+Laterality on DX and MG, no Laterality at all for an unpaired part such as the chest.
+
+Grayscale images get a Grayscale Softcopy Presentation State whose modality and VOI LUT
+transformations are copied from the image by
 highdicom, so the image looks as it would without the presentation state (MONOCHROME1 keeps its
 inverse presentation LUT); colour images get a Color Softcopy Presentation State (A.34) with an
 sRGB ICC profile, the one highdicom ships.
@@ -17,19 +23,24 @@ from typing import Any
 
 import highdicom as hd
 from pydicom import Dataset
+from pydicom.dataelem import DataElement
 
-from converters.grounding import ImageFrame, PixelFinding, clip_box, closed_rectangle, short_label
+from converters.anatomy import set_body_part_and_laterality
+from converters.codes import clip_text
+from converters.grounding import ImageFrame, PixelFinding, clip_box, closed_rectangle
+from converters.intensity import lut_values
 from converters.provenance import (
     MANUFACTURER,
+    UTF8,
     Provenance,
     ResultKind,
-    set_fresh,
     study_uid_of,
 )
 
 LAYER = "AI_FINDINGS"
 CONTENT_LABEL = "AI_FINDINGS"  # CS, 16 characters at most
 _SRGB_PROFILE = ("highdicom", "_icc_profiles/sRGB_v4_ICC_preference.icc")
+LAYER_COLOUR = (255, 225, 25)  # yellow: stands out on grayscale radiographs
 
 
 def _objects(
@@ -52,13 +63,18 @@ def _objects(
             )
             texts.append(
                 hd.pr.TextObject(
-                    text_value=short_label(finding.text),
+                    text_value=finding_label(index, finding.text),
                     units=hd.pr.AnnotationUnitsValues.PIXEL,
                     anchor_point=(box.x_min, box.y_min),
                     anchor_point_visible=False,
                 )
             )
     return graphics, texts
+
+
+def finding_label(index: int, text: str) -> str:
+    """The label drawn by a finding's boxes: its number and sentence, side included."""
+    return clip_text(f"{index + 1}: {text}")
 
 
 def _srgb_profile() -> bytes:
@@ -77,7 +93,12 @@ def build_findings_pr(
     graphics, texts = _objects(findings, frontal, provenance, study_uid)
     if not graphics:
         return None
-    layer = hd.pr.GraphicLayer(layer_name=LAYER, order=1, description="AI findings")
+    layer = hd.pr.GraphicLayer(
+        layer_name=LAYER,
+        order=1,
+        description="AI findings",
+        display_color=hd.color.CIELabColor.from_rgb(*LAYER_COLOUR),
+    )
     annotation = hd.pr.GraphicAnnotation(
         referenced_images=[frontal.image],
         graphic_layer=layer,
@@ -86,10 +107,10 @@ def build_findings_pr(
         text_objects=texts,
     )
     common: dict[str, Any] = {
-        "referenced_images": [frontal.image],
-        "series_instance_uid": provenance.series_uid(study_uid, ResultKind.FINDINGS_PR),
+        "referenced_images": [with_ow_voi_lut(frontal.image)],
+        "series_instance_uid": provenance.series_uid(sources, ResultKind.FINDINGS_PR),
         "series_number": ResultKind.FINDINGS_PR.series_number,
-        "sop_instance_uid": provenance.instance_uid(study_uid, ResultKind.FINDINGS_PR),
+        "sop_instance_uid": provenance.instance_uid(sources, ResultKind.FINDINGS_PR),
         "instance_number": 1,
         "manufacturer": MANUFACTURER,
         "manufacturer_model_name": provenance.model_name,
@@ -99,6 +120,7 @@ def build_findings_pr(
         "content_description": provenance.series_description(ResultKind.FINDINGS_PR)[:64],
         "graphic_annotations": [annotation],
         "graphic_layers": [layer],
+        "specific_character_set": UTF8,
     }
     pr: Dataset
     if frontal.image.get("SamplesPerPixel", 1) == 3:
@@ -107,9 +129,34 @@ def build_findings_pr(
         pr = hd.pr.GrayscaleSoftcopyPresentationState(
             **common, presentation_lut_transformation=_presentation_lut(frontal.image)
         )
-    provenance.stamp(pr, ResultKind.FINDINGS_PR)
-    set_fresh(pr, "Laterality", frontal.image.get("Laterality", ""))  # Type 2C (C.7.3.1)
+    provenance.stamp(pr, ResultKind.FINDINGS_PR, frontal.image)
+    set_body_part_and_laterality(pr, frontal.image)
     return pr
+
+
+def with_ow_voi_lut(image: Dataset) -> Dataset:
+    """``image`` as highdicom can read it: VOI LUT Data as OW bytes (it reads no US data).
+
+    A shallow copy with a new VOI LUT Sequence; the image itself is not changed.
+    """
+    items = image.get("VOILUTSequence")
+    if not items or all(isinstance(item.get("LUTData"), bytes) for item in items):
+        return image
+    copy = Dataset()
+    for element in image:
+        copy.add(element)
+    if hasattr(image, "file_meta"):
+        copy.file_meta = image.file_meta
+    converted = []
+    for item in items:
+        new = Dataset()
+        for element in item:
+            if element.keyword != "LUTData":
+                new.add(element)
+        new.add(DataElement(0x00283006, "OW", lut_values(item).astype("<u2").tobytes()))
+        converted.append(new)
+    copy.VOILUTSequence = converted
+    return copy
 
 
 def _presentation_lut(image: Dataset) -> hd.PresentationLUTTransformation:

@@ -2,7 +2,8 @@
 
 The pipeline calls these and sends what they return; every object returned has passed
 :func:`converters.check.check_result`, and a failure raises
-:class:`~converters.check.ResultCheckError`.
+:class:`~converters.check.ResultCheckError`. Sources are first cleaned of malformed patient and
+study values (:mod:`converters.copied`), which highdicom would otherwise refuse or copy.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy.typing as npt
 from pydicom import Dataset
 
 from converters.check import check_result
-from converters.cxr import build_report_sr
+from converters.copied import cleaned_source
+from converters.cxr import build_report_sr, split_disclaimers
 from converters.grounding import ImageFrame, PixelFinding
 from converters.insight import build_classification_sr, zero_shot_probabilities
 from converters.model_outputs import Embeddings
@@ -46,12 +48,13 @@ def build_parse_results(
     sources: Sequence[Dataset], masks: SourceMasks, provenance: Provenance
 ) -> ParseResults:
     """MedImageParse: SEG of the found prompts (if any) and the SR linking it and the misses."""
+    sources = [cleaned_source(ds) for ds in sources]
     outcome = build_seg(sources, masks, provenance)
     objects: list[Dataset] = []
     if outcome.seg is not None:
         objects.append(check_result(outcome.seg, sources))
     sr = build_seg_sr(sources, outcome, provenance)
-    objects.append(check_result(sr, sources, companions=objects))
+    objects.append(check_result(sr, sources, companions=[*objects, *_earlier(provenance)]))
     return ParseResults(tuple(objects), outcome.not_found, outcome.seg is not None)
 
 
@@ -62,11 +65,31 @@ def build_report_results(
     provenance: Provenance,
 ) -> list[Dataset]:
     """CXRReportGen: the draft report SR, and a presentation state when findings have boxes."""
-    objects = [check_result(build_report_sr(sources, frontal, findings, provenance), sources)]
-    pr = build_findings_pr(sources, frontal, findings, provenance)
+    sources = [cleaned_source(ds) for ds in sources]
+    frontal = ImageFrame(_same(sources, frontal.image), frontal.frame)
+    earlier = _earlier(provenance)
+    sr = build_report_sr(sources, frontal, findings, provenance)
+    objects = [check_result(sr, sources, companions=earlier)]
+    pr = build_findings_pr(sources, frontal, split_disclaimers(findings)[0], provenance)
     if pr is not None:
         objects.append(check_result(pr, sources))
     return objects
+
+
+def _same(sources: Sequence[Dataset], image: Dataset) -> Dataset:
+    """The (cleaned) source that is ``image``, or ``image`` cleaned when it is not a source."""
+    uid = str(image.SOPInstanceUID)
+    return next((ds for ds in sources if str(ds.SOPInstanceUID) == uid), cleaned_source(image))
+
+
+def _earlier(provenance: Provenance) -> list[Dataset]:
+    """The superseded results as stand-ins the gate accepts as referenced (Predecessors)."""
+    stand_ins = []
+    for ref in provenance.supersedes:
+        item = Dataset()
+        item.SOPInstanceUID = ref.sop_instance_uid
+        stand_ins.append(item)
+    return stand_ins
 
 
 def build_classification_results(
@@ -79,8 +102,11 @@ def build_classification_results(
     """MedImageInsight zero-shot: probabilities of ``labels`` and the SR that records them."""
     if embeddings.image is None or embeddings.text is None:
         raise ValueError("zero-shot classification needs image and text embeddings")
+    sources = [cleaned_source(ds) for ds in sources]
+    image = ImageFrame(_same(sources, image.image), image.frame)
     probabilities = zero_shot_probabilities(
         embeddings.image, embeddings.text, embeddings.scaling_factor
     )
     sr = build_classification_sr(sources, image, labels, list(probabilities), provenance)
-    return ClassificationResults((check_result(sr, sources),), probabilities)
+    checked = check_result(sr, sources, companions=_earlier(provenance))
+    return ClassificationResults((checked,), probabilities)

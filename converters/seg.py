@@ -10,6 +10,22 @@ Sources are one multi-frame image (Enhanced CT/MR, ...) or one or more single-fr
 one series (a CR, a CT series). Masks come already on the source pixel grid, one frame per source
 frame in the order given; the geometry (plane positions, or none for images without a Frame of
 Reference) comes from the sources through highdicom.
+
+Each segment carries a Recommended Display CIELab Value (C.8.20.2) from :data:`PALETTE`, a fixed
+list of distinguishable colours given in sRGB, so viewers (3D Slicer through dcmqi, OHIF) show
+segments apart and the same segment number always looks the same. The SEG says which body part
+and side it describes (:mod:`converters.anatomy`): Body Part Examined, and the side as each
+segment's type modifier. Every UID in it,
+the Dimension Organization UID included (highdicom draws a random one), derives from the
+provenance and the sources, so the same input gives the same bytes.
+
+Gantry-tilted series. A CT acquired with a tilted gantry has slice planes that are not
+perpendicular to the slice stacking direction (the in-plane axes are sheared against it). The
+SEG built on it is valid and exact: each frame carries its own Image Position and the shared
+Image Orientation, as the source slices do (dciodvfy and highdicom read it back unchanged). Some
+consumers assume an orthogonal grid and fail on it: dcmqi's ``segimage2itkimage`` refuses it
+("origin outside image geometry") and pydicom-seg stacks its frames on a wrong axis. Resample
+the source series to an orthogonal grid before segmenting when such consumers matter.
 """
 
 from __future__ import annotations
@@ -23,8 +39,33 @@ import numpy.typing as npt
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from converters.anatomy import set_body_part_and_laterality, side_modifier
 from converters.codes import AI_FAMILY, clip_text, segment_property
-from converters.provenance import MANUFACTURER, Provenance, ResultKind, set_fresh, study_uid_of
+from converters.provenance import (
+    MANUFACTURER,
+    UTF8,
+    Provenance,
+    ResultKind,
+    set_fresh,
+    study_uid_of,
+)
+
+# Distinguishable colours (sRGB), after Trubetskoy's "20 simple distinct colours"; segment n
+# gets entry (n - 1) modulo the length. Written as CIELab (PS3.3 C.10.7.1.1).
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (255, 225, 25),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (0, 128, 128),
+    (170, 110, 40),
+    (128, 0, 0),
+)
 
 
 @dataclass(frozen=True)
@@ -83,11 +124,18 @@ def algorithm_identification(
     )
 
 
+def segment_colour(number: int) -> hd.color.CIELabColor:
+    """The recommended display colour of segment ``number`` (1-based), from :data:`PALETTE`."""
+    red, green, blue = PALETTE[(number - 1) % len(PALETTE)]
+    return hd.color.CIELabColor.from_rgb(red, green, blue)
+
+
 def _description(
-    number: int, prompt: Prompt, provenance: Provenance, study_uid: str
+    number: int, prompt: Prompt, provenance: Provenance, source: Dataset
 ) -> hd.seg.SegmentDescription:
-    prop = segment_property(prompt.category)
-    return hd.seg.SegmentDescription(
+    prop = segment_property(prompt.category, prompt.text)
+    study_uid = str(source.StudyInstanceUID)
+    description = hd.seg.SegmentDescription(
         segment_number=number,
         segment_label=clip_text(prompt.text),
         segmented_property_category=prop.category,
@@ -96,7 +144,12 @@ def _description(
         algorithm_identification=algorithm_identification(provenance, [prompt.text]),
         tracking_uid=segment_tracking_uid(provenance, study_uid, number, prompt),
         tracking_id=clip_text(prompt.text),
+        display_color=segment_colour(number),
     )
+    side = side_modifier(source)
+    if side is not None:
+        description.SegmentedPropertyTypeModifierCodeSequence = [hd.sr.CodedConcept.from_code(side)]
+    return description
 
 
 def segment_tracking_uid(
@@ -108,7 +161,7 @@ def segment_tracking_uid(
 
 def build_seg(sources: Sequence[Dataset], masks: SourceMasks, provenance: Provenance) -> SegOutcome:
     """A BINARY SEG with one segment per prompt that found something, or None if none did."""
-    study_uid = study_uid_of(sources)
+    study_uid_of(sources)  # one study, or ValueError
     _check_masks(sources, masks)
     found = [i for i in range(len(masks.prompts)) if masks.masks[i].any()]
     not_found = tuple(p for i, p in enumerate(masks.prompts) if i not in found)
@@ -120,16 +173,16 @@ def build_seg(sources: Sequence[Dataset], masks: SourceMasks, provenance: Proven
     kept = masks.masks if len(found) == len(masks.prompts) else masks.masks[found]
     pixels = np.moveaxis(np.asarray(kept, dtype=np.bool_), 0, -1)
     descriptions = [
-        _description(n, p, provenance, study_uid) for n, p in enumerate(segments, start=1)
+        _description(n, p, provenance, sources[0]) for n, p in enumerate(segments, start=1)
     ]
     seg = hd.seg.Segmentation(
         source_images=list(sources),
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=provenance.series_uid(study_uid, ResultKind.SEG),
+        series_instance_uid=provenance.series_uid(sources, ResultKind.SEG),
         series_number=ResultKind.SEG.series_number,
-        sop_instance_uid=provenance.instance_uid(study_uid, ResultKind.SEG),
+        sop_instance_uid=provenance.instance_uid(sources, ResultKind.SEG),
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=provenance.model_name,
@@ -138,10 +191,22 @@ def build_seg(sources: Sequence[Dataset], masks: SourceMasks, provenance: Proven
         content_label="AI_SEG",
         content_description=clip_text(provenance.series_description(ResultKind.SEG)),
         transfer_syntax_uid=ExplicitVRLittleEndian,  # BINARY SEG: no compression (highdicom)
+        specific_character_set=UTF8,
     )
-    provenance.stamp(seg, ResultKind.SEG)
+    provenance.stamp(seg, ResultKind.SEG, sources[0])
     _fix_projection_geometry(seg, sources[0])
+    _fix_dimension_organization(seg, provenance.content_uid(sources, ResultKind.SEG, "dimension"))
+    set_body_part_and_laterality(seg, sources[0], laterality=False)
     return SegOutcome(seg, segments, not_found)
+
+
+def _fix_dimension_organization(seg: Dataset, uid: str) -> None:
+    """Replace highdicom's random Dimension Organization UID (C.7.6.17) by a derived one."""
+    for item in seg.get("DimensionOrganizationSequence", []):
+        item.DimensionOrganizationUID = uid
+    for item in seg.get("DimensionIndexSequence", []):
+        if "DimensionOrganizationUID" in item:
+            item.DimensionOrganizationUID = uid
 
 
 def _fix_projection_geometry(seg: Dataset, source: Dataset) -> None:

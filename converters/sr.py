@@ -8,9 +8,15 @@ Completion Flag PARTIAL), so nobody mistakes a draft from a model for a signed r
 
 :func:`build_seg_sr` links a SEG's segments from volumetric measurement groups (TID 1411
 "Volumetric ROI Measurements", Referenced Segment) and records prompts that found nothing at the
-document root, in TID 1500's "Qualitative Evaluations" container: a coded "Absent" for the
-prompt's target and a text naming the prompt and the model. Kept out of Imaging Measurements,
-they are not mistaken for volumetric groups that lack a region (TID 1411 rows 5, 7 and 10).
+document root, in TID 1500's "Qualitative Evaluations" container: the prompt's coded target
+valued "Not detected" (SNOMED CT 260415000, a test result: the algorithm found no region; not
+"Absent", which would state that the structure is missing) and a text naming the prompt and the
+model. Kept out of Imaging Measurements, they are not mistaken for volumetric groups that lack a
+region (TID 1411 rows 5, 7 and 10).
+
+When the results replace an earlier generation (a follow-up with other inputs), the SR lists the
+earlier SRs in its Predecessor Documents Sequence (PS3.3 C.17.2.3) and the whole earlier
+generation in a root comment; :mod:`converters.kos` builds the rejection note for them.
 """
 
 from __future__ import annotations
@@ -23,19 +29,26 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from converters.codes import (
-    ABSENT,
     ACQUISITION_MODALITIES,
     AI_FAMILY,
+    COMMENT,
     DEVICE_OBSERVER,
     FINDING,
     IMAGING_PROCEDURE,
     MODALITY,
+    NOT_DETECTED,
     QUALITATIVE_EVALUATIONS,
     SOURCE_IMAGE_FOR_SEGMENTATION,
     clip_text,
     segment_property,
 )
-from converters.provenance import MANUFACTURER, Provenance, ResultKind, study_uid_of
+from converters.provenance import (
+    MANUFACTURER,
+    UTF8,
+    Provenance,
+    ResultKind,
+    ResultRef,
+)
 from converters.seg import Prompt, SegOutcome, segment_tracking_uid
 
 IMAGE_LIBRARY = codes.DCM.ImageLibrary  # (111028, DCM), TID 1600 row 1
@@ -50,6 +63,11 @@ Group = (
 
 def observation_context(provenance: Provenance) -> hd.sr.ObservationContext:
     """TID 1002 with a device observer (TID 1004): the gateway running the model."""
+    return hd.sr.ObservationContext(observer_device_context=device_observer(provenance))
+
+
+def device_observer(provenance: Provenance) -> hd.sr.ObserverContext:
+    """The device observer (TID 1004): the gateway running the model."""
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=provenance.device_uid(),
         name=f"{MANUFACTURER} {provenance.model_name}",
@@ -57,10 +75,8 @@ def observation_context(provenance: Provenance) -> hd.sr.ObservationContext:
         model_name=provenance.model_name,
         serial_number=provenance.device_serial_number,
     )
-    return hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=DEVICE_OBSERVER, observer_identifying_attributes=device
-        )
+    return hd.sr.ObserverContext(
+        observer_type=DEVICE_OBSERVER, observer_identifying_attributes=device
     )
 
 
@@ -233,21 +249,61 @@ def sr_document(
     kind: ResultKind,
 ) -> Dataset:
     """A Comprehensive 3D SR holding ``report``: unverified, partial, preliminary, stamped."""
-    study_uid = study_uid_of([ds for ds in evidence if ds.Modality not in ("SEG", "SR")])
+    images = [ds for ds in evidence if ds.Modality not in ("SEG", "SR")]
+    if provenance.supersedes:
+        report[0].ContentSequence.append(_supersedes_comment(provenance.supersedes))
     sr = hd.sr.Comprehensive3DSR(
         evidence=list(evidence),
         content=report[0],
-        series_instance_uid=provenance.series_uid(study_uid, kind),
+        series_instance_uid=provenance.series_uid(images, kind),
         series_number=kind.series_number,
-        sop_instance_uid=provenance.instance_uid(study_uid, kind),
+        sop_instance_uid=provenance.instance_uid(images, kind),
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=False,
         is_final=False,
         is_verified=False,
+        specific_character_set=UTF8,
     )
-    provenance.stamp(sr, kind)
+    provenance.stamp(sr, kind, images[0])
+    predecessors = [ref for ref in provenance.supersedes if ref.sop_class_uid == sr.SOPClassUID]
+    if predecessors:
+        sr.PredecessorDocumentsSequence = predecessor_documents(predecessors)
     return sr
+
+
+def predecessor_documents(refs: Sequence[ResultRef]) -> list[Dataset]:
+    """Predecessor Documents Sequence items (Hierarchical SOP Instance Reference, C.17.2.3)."""
+    studies: dict[str, dict[str, list[ResultRef]]] = {}
+    for ref in refs:
+        studies.setdefault(ref.study_uid, {}).setdefault(ref.series_uid, []).append(ref)
+    items = []
+    for study_uid, series in sorted(studies.items()):
+        study = Dataset()
+        study.StudyInstanceUID = study_uid
+        study.ReferencedSeriesSequence = []
+        for series_uid, members in sorted(series.items()):
+            item = Dataset()
+            item.SeriesInstanceUID = series_uid
+            item.ReferencedSOPSequence = []
+            for ref in sorted(members, key=lambda r: r.sop_instance_uid):
+                sop = Dataset()
+                sop.ReferencedSOPClassUID = ref.sop_class_uid
+                sop.ReferencedSOPInstanceUID = ref.sop_instance_uid
+                item.ReferencedSOPSequence.append(sop)
+            study.ReferencedSeriesSequence.append(item)
+        items.append(study)
+    return items
+
+
+def _supersedes_comment(refs: Sequence[ResultRef]) -> hd.sr.TextContentItem:
+    """A root comment (TID 1500 row 14 style TEXT) naming the superseded results' UIDs."""
+    uids = ", ".join(sorted(ref.sop_instance_uid for ref in refs))
+    return hd.sr.TextContentItem(
+        name=COMMENT,
+        value=f"Supersedes earlier AI results: {uids}",
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
 
 
 def _source_for_segmentation(image: Dataset) -> hd.sr.SourceImageForSegmentation:
@@ -270,7 +326,7 @@ def _segment_group(
         segment_number=number,
         source_images=[_source_for_segmentation(ds) for ds in sources],
     )
-    prop = segment_property(prompt.category)
+    prop = segment_property(prompt.category, prompt.text)
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=segment_tracking_uid(provenance, seg.StudyInstanceUID, number, prompt),
@@ -285,7 +341,7 @@ def _segment_group(
 
 def not_found_text(prompt: Prompt, provenance: Provenance) -> str:
     """The root-level text recording that ``prompt`` found nothing, naming the model."""
-    return f"{provenance.model_name} found nothing for prompt: {prompt.text}"
+    return f"{prompt.text}: not detected by the algorithm ({provenance.model_name})"
 
 
 def not_found_evaluations(
@@ -293,11 +349,11 @@ def not_found_evaluations(
 ) -> tuple[list[tuple[Code, Code]], list[tuple[Code, str]]]:
     """Root-level items (TID 1500 rows 13 and 14) for prompts that found nothing.
 
-    Each prompt gives a CODE item, its target's Segmented Property Type valued "Absent", and a
-    TEXT "Finding" with the prompt's own words and the model's name (the document's device
+    Each prompt gives a CODE item, its target's Segmented Property Type valued "Not detected",
+    and a TEXT "Finding" with the prompt's own words and the model's name (the document's device
     observer context, TID 1004, identifies the model and its version as well).
     """
-    codes_ = [(segment_property(p.category).type, ABSENT) for p in prompts]
+    codes_ = [(segment_property(p.category, p.text).type, NOT_DETECTED) for p in prompts]
     texts = [(FINDING, not_found_text(p, provenance)) for p in prompts]
     return codes_, texts
 
@@ -305,7 +361,7 @@ def not_found_evaluations(
 def build_seg_sr(
     sources: Sequence[Dataset], outcome: SegOutcome, provenance: Provenance
 ) -> Dataset:
-    """The TID 1500 SR for a MedImageParse run: segments referenced, misses as "Absent"."""
+    """The TID 1500 SR for a MedImageParse run: segments referenced, misses not detected."""
     groups: list[Group] = []
     if outcome.seg is not None:
         groups += [

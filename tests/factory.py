@@ -174,6 +174,28 @@ def rgb_secondary_capture(
     return ds
 
 
+def with_voi_lut(ds: Dataset, vr: str = "OW") -> Dataset:
+    """``ds`` (a grayscale image) with a VOI LUT Sequence instead of a window: a linear ramp over
+    its stored range, LUT Data as ``vr`` ("OW" bytes or "US" values), 16 bits out."""
+    from pydicom.dataelem import DataElement
+
+    stored = int(ds.get("BitsStored", 16))
+    entries = min(2**stored, 4096)
+    ramp = np.linspace(0, 65535, entries).astype(np.uint16)
+    item = Dataset()
+    item.LUTDescriptor = [entries, 0, 16]
+    item.LUTExplanation = "Synthetic ramp"
+    if vr == "OW":
+        item.add(DataElement(0x00283006, "OW", ramp.astype("<u2").tobytes()))
+    else:
+        item.add(DataElement(0x00283006, "US", [int(v) for v in ramp]))
+    ds.VOILUTSequence = [item]
+    for keyword in ("WindowCenter", "WindowWidth", "VOILUTFunction"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    return ds
+
+
 def write_series(datasets: Sequence[Dataset], folder: Path) -> list[Path]:
     """Write datasets as DICOM files (``IMG0001.dcm``...) into ``folder``; return the paths."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -3,19 +3,22 @@
 Users try the gateway on a folder with it; the tests use it too. It reads the files, groups them
 by study, plans each study with the same rules as ``serve``, runs every model task (against the
 configured endpoints, or the built-in emulator for models without one) and writes the result
-objects into DIR, one line per result on stdout.
+objects into DIR, one line per result on stdout. A study or task that fails gives a FAILED line
+with its reason and the run goes on with the others (the command then exits non-zero).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
+from converters.copied import redact
 from listener.cli.dicom import dicom_files
 from listener.emulator.server import emulator_if_needed
 from listener.errors import GatewayError
@@ -56,7 +59,11 @@ class ResultLine:
 
 
 async def _process_study(
-    datasets: list[Dataset], rules: RuleSet, settings: Settings, emulator_url: str | None
+    datasets: list[Dataset],
+    rules: RuleSet,
+    settings: Settings,
+    emulator_url: str | None,
+    clock: Callable[[], datetime] | None = None,
 ) -> list[tuple[str, TaskOutcome | GatewayError]]:
     by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
     plan = plan_study(rules, [headers_from_dataset(ds) for ds in datasets])
@@ -66,6 +73,8 @@ async def _process_study(
         settings.models, emulator_url, emulator_key=settings.emulator.key
     ) as clients:
         context = TaskContext(clients=clients, load=by_uid.__getitem__)
+        if clock is not None:
+            context.clock = clock
         outcomes = await asyncio.gather(
             *(run_task(task, context) for task in plan.tasks), return_exceptions=True
         )
@@ -79,16 +88,30 @@ async def _process_study(
 
 
 def process_paths(
-    paths: Sequence[Path], out_dir: Path, settings: Settings, rules: RuleSet
+    paths: Sequence[Path],
+    out_dir: Path,
+    settings: Settings,
+    rules: RuleSet,
+    clock: Callable[[], datetime] | None = None,
 ) -> list[ResultLine]:
-    """Run the rules' tasks on the studies in ``paths``; write results under ``out_dir``."""
+    """Run the rules' tasks on the studies in ``paths``; write results under ``out_dir``.
+
+    ``clock`` fixes the results' creation time (tests use it for byte-identical re-runs).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     lines: list[ResultLine] = []
     with emulator_if_needed(settings) as emulator_url:
         for study_uid, datasets in read_studies(paths).items():
-            for task, outcome in asyncio.run(
-                _process_study(datasets, rules, settings, emulator_url)
-            ):
+            try:
+                outcomes = asyncio.run(
+                    _process_study(datasets, rules, settings, emulator_url, clock)
+                )
+            except Exception as exc:  # one study's failure must not stop the others
+                reason = redact(f"{type(exc).__name__}: {exc}", datasets)
+                log.error("study_failed", study=study_uid, reason=reason)
+                lines.append(ResultLine(study_uid, "-", None, f"FAILED: {reason}"))
+                continue
+            for task, outcome in outcomes:
                 if isinstance(outcome, GatewayError):
                     lines.append(ResultLine(study_uid, task, None, f"FAILED: {outcome}"))
                     continue

@@ -20,10 +20,11 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
+from converters.cxr import EMULATOR_DISCLAIMER
 from listener.infer.wire import EMBEDDING_DIM, PARSE_SIZE, decode_b64
 
 SCALING_FACTOR = 4.513362  # observed on every image row (docs/models.md §1.2)
-EMULATOR_SENTENCE = "This draft was produced by a model emulator, not a clinical model."
+EMULATOR_SENTENCE = EMULATOR_DISCLAIMER  # converters.cxr keeps it out of the findings
 _THUMB = 32  # 32 × 32 = 1024 = EMBEDDING_DIM
 _GRID = 100  # CXR boxes on a 0.01 grid, offset 0.005 (§2.2)
 _MIN_REGION = 25  # bright grid cells a half-thorax needs before it gets a grounded finding

@@ -13,14 +13,14 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset
 
-from converters.check import ResultCheckError
+from converters.copied import redact
 from converters.frames import number_of_frames
 from converters.geometry import cxr_box_to_source, mask_to_source
 from converters.grounding import ImageFrame, PixelFinding
@@ -35,7 +35,7 @@ from converters.results import (
 from converters.seg import Prompt, SourceMasks
 from converters.volume import FrameRef, VolumeError, build_volume, frame_masks
 from listener import __version__
-from listener.errors import ConversionError
+from listener.errors import ConversionError, GatewayError
 from listener.infer import ModelClients
 from listener.route.plan import DEFAULT_ROLE, PlannedTask
 
@@ -61,7 +61,10 @@ class TaskContext:
 
     clients: ModelClients
     load: Callable[[str], Dataset]
-    clock: Callable[[], datetime] = field(default_factory=lambda: lambda: datetime.now(UTC))
+    # Local time with its offset: results carry Timezone Offset From UTC (converters.provenance).
+    clock: Callable[[], datetime] = field(
+        default_factory=lambda: lambda: datetime.now().astimezone()
+    )
     uid_root: str | None = None
     prior: Callable[[Dataset], PriorImage | None] | None = None
 
@@ -81,6 +84,7 @@ def _provenance(identity: ModelIdentity, task: PlannedTask, ctx: TaskContext) ->
     return Provenance(
         model=identity,
         rule=task.rule,
+        task=task.name,
         gateway_version=__version__,
         created=ctx.clock(),
         uid_root=ctx.uid_root,
@@ -290,14 +294,28 @@ RUNNERS: dict[str, Callable[[PlannedTask, TaskContext], Any]] = {
 
 
 async def run_task(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
-    """Run ``task`` with the runner of its model; result-gate failures become ConversionError."""
+    """Run ``task`` with the runner of its model; any failure that is not the gateway's own
+    (result gate, image preparation, a library's TypeError on an unusual input) becomes a
+    ConversionError naming the task and the reason, with the sources' values redacted, so one
+    bad input fails its task alone."""
     try:
         outcome: TaskOutcome = await RUNNERS[task.model](task, ctx)
-    except (ResultCheckError, ValueError) as exc:
-        if isinstance(exc, ConversionError):
-            raise
-        raise ConversionError(f"task {task.name}: {exc}") from exc
+    except GatewayError:
+        raise
+    except Exception as exc:  # the task boundary: whatever the input did, the task fails alone
+        reason = redact(f"{type(exc).__name__}: {exc}", _loaded_sources(task, ctx))
+        raise ConversionError(f"task {task.name}: {reason}") from exc
     return outcome
+
+
+def _loaded_sources(task: PlannedTask, ctx: TaskContext) -> list[Dataset]:
+    sources = []
+    for uid in dict.fromkeys(uid for uids in task.inputs.values() for uid in uids):
+        try:
+            sources.append(ctx.load(uid))
+        except Exception:
+            continue
+    return sources
 
 
 __all__ = [

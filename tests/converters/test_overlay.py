@@ -15,7 +15,7 @@ from pydicom.filewriter import dcmwrite
 
 from converters.cxr import build_report_sr
 from converters.geometry import PixelBox
-from converters.grounding import ImageFrame, PixelFinding, short_label
+from converters.grounding import ImageFrame, PixelFinding
 from converters.model_outputs import ModelIdentity
 from converters.overlay import (
     DEFAULT_ALPHA,
@@ -31,7 +31,7 @@ from converters.overlay import (
     render_segments,
     segments_on,
 )
-from converters.pr import build_findings_pr
+from converters.pr import build_findings_pr, finding_label
 from converters.provenance import Provenance
 from converters.seg import Prompt, SourceMasks, build_seg
 
@@ -132,8 +132,8 @@ def test_presentation_state_boxes_land_on_their_pixels(sources: list[Dataset]) -
     pr = _round_trip(pr)
     boxes = boxes_from_presentation_state(pr, str(image.SOPInstanceUID))
     assert boxes == [
-        LabelledBox(short_label(_findings()[0].text), PixelBox(8, 20, 30, 44)),
-        LabelledBox("Cardiomegaly", PixelBox(35.5, 4.25, 60, 30)),
+        LabelledBox(finding_label(0, _findings()[0].text), PixelBox(8, 20, 30, 44)),
+        LabelledBox(finding_label(1, "Cardiomegaly"), PixelBox(35.5, 4.25, 60, 30)),
     ]
     assert referenced_images(pr) == [str(image.SOPInstanceUID)]
     assert boxes_from_presentation_state(pr, "1.2.3.4") == []

@@ -23,8 +23,8 @@ from result_cases import (
 )
 
 from converters.frames import frame_view
-from converters.grounding import PixelFinding, short_label
-from converters.pr import build_findings_pr
+from converters.grounding import PixelFinding
+from converters.pr import build_findings_pr, finding_label
 from converters.results import build_report_results
 
 
@@ -52,7 +52,7 @@ def test_presentation_state_draws_every_box_with_its_label(kind: str, tmp_path: 
         points = np.asarray(graphic.GraphicData, dtype=np.float32).reshape(-1, 2)
         assert np.allclose(points, rectangle(box))
     labels = [str(t.UnformattedTextValue) for t in annotation.TextObjectSequence]
-    assert labels == [short_label(findings[1].text)] * 2 + [short_label(findings[2].text)]
+    assert labels == [finding_label(1, findings[1].text)] * 2 + [finding_label(2, findings[2].text)]
     assert pr.SeriesDescription == "AI CXRReportGen findings PR (emulator)"
 
 

@@ -25,7 +25,7 @@ from result_cases import (
 )
 
 from converters.check import ResultCheckError, check_result
-from converters.codes import ABSENT, PROBABILITY, TOP_LABEL, YES, segment_property
+from converters.codes import NOT_DETECTED, PROBABILITY, TOP_LABEL, YES, segment_property
 from converters.insight import zero_shot_probabilities
 from converters.model_outputs import Embeddings
 from converters.provenance import set_fresh
@@ -75,10 +75,10 @@ def test_report_sr_validates_and_reads_back_findings_and_boxes(kind: str, tmp_pa
             == frontal.image.SOPInstanceUID
         )
         assert texts_of(group[0]) == [text]
-    image_level = sr.content.get_image_measurement_groups()
-    assert len(image_level) == 1 and texts_of(image_level[0][0]) == [findings[0].text]
-    uids = [g.tracking_uid for g in [*planar, *image_level]]
-    assert len(set(uids)) == 4
+    # Beside boxed findings, the unboxed one is a root-level text (PixelMed, issue 10).
+    assert sr.content.get_image_measurement_groups() == []
+    uids = [g.tracking_uid for g in planar]
+    assert len(set(uids)) == 3
     root_texts = [
         child.TextValue
         for container in sr.ContentSequence
@@ -86,7 +86,7 @@ def test_report_sr_validates_and_reads_back_findings_and_boxes(kind: str, tmp_pa
         and container.ConceptNameCodeSequence[0].CodeValue == TEXT_CODE
         for child in container.ContentSequence
     ]
-    assert root_texts == [" ".join(f.text for f in findings)]
+    assert root_texts == [" ".join(f.text for f in findings), findings[0].text]
 
 
 def test_report_sr_names_the_device_observer_and_algorithm() -> None:
@@ -155,7 +155,7 @@ def test_classification_sr_records_each_label_probability(kind: str, tmp_path: P
 
 @pytest.mark.parametrize("kind", SOURCE_KINDS)
 def test_seg_sr_links_segments_and_records_the_misses(kind: str, tmp_path: Path) -> None:
-    """Volumetric groups reference the SEG's segments; the empty prompt is "Absent" at the root."""
+    """Volumetric groups reference the SEG's segments; the empty prompt is not detected."""
     sources = load_sources(kind)
     prompts = (Prompt("liver", "liver"), Prompt("mass", "tumor"), Prompt("stone", "other lesion"))
     results = build_parse_results(
@@ -178,12 +178,14 @@ def test_seg_sr_links_segments_and_records_the_misses(kind: str, tmp_path: Path)
 def misses_recorded(prompts: tuple[Prompt, ...]) -> tuple[list[tuple[str, str]], list[str]]:
     """The root-level items expected for prompts that found nothing, as root_evaluations reads."""
     model = provenance().model_name
-    coded = [(segment_property(p.category).type.meaning, ABSENT.meaning) for p in prompts]
-    return coded, [f"{model} found nothing for prompt: {p.text}" for p in prompts]
+    coded = [
+        (segment_property(p.category, p.text).type.meaning, NOT_DETECTED.meaning) for p in prompts
+    ]
+    return coded, [f"{p.text}: not detected by the algorithm ({model})" for p in prompts]
 
 
 def test_seg_sr_with_every_prompt_missed_records_them_all(tmp_path: Path) -> None:
-    """With no SEG the SR has no measurement groups and lists every prompt as "Absent"."""
+    """With no SEG the SR has no measurement groups and lists every prompt as "Not detected"."""
     sources = load_sources("mr_small")
     prompts = (Prompt("stone", "other lesion"), Prompt("liver", "liver"), Prompt("cyst", "other"))
     empty = np.zeros((3, 1, sources[0].Rows, sources[0].Columns), dtype=np.bool_)

@@ -99,6 +99,15 @@ def report_sr(kind: str, boxes: bool) -> Dataset:
     return build_report_results(sources, frontal, findings, provenance("cxrreportgen"))[0]
 
 
+def report_one_boxed_one_unboxed(order: str) -> Dataset:
+    """A boxed and an unboxed finding side by side, in either order (issue 10)."""
+    sources = load_sources("cr_chest")
+    frontal = frontal_of(sources)
+    findings = findings_for(frontal.image)
+    pair = {"ub": [findings[0], findings[2]], "bu": [findings[2], findings[0]]}[order]
+    return build_report_results(sources, frontal, pair, provenance("cxrreportgen"))[0]
+
+
 def classification_sr(kind: str) -> Dataset:
     """MedImageInsight zero-shot classification of three labels."""
     sources = load_sources(kind)
@@ -129,6 +138,8 @@ def all_missed_sr(sources: list[Dataset]) -> Dataset:
 CASES: dict[str, Callable[[], Dataset]] = {
     "report_with_boxes": lambda: report_sr("cr_chest", boxes=True),
     "report_without_boxes": lambda: report_sr("cr_chest", boxes=False),
+    "report_unboxed_then_boxed": lambda: report_one_boxed_one_unboxed("ub"),
+    "report_boxed_then_unboxed": lambda: report_one_boxed_one_unboxed("bu"),
     "classification_mr": lambda: classification_sr("mr_small"),
     "classification_capture": lambda: classification_sr("rgb_capture"),
     "seg_found_and_missed_ct": lambda: seg_sr(factory.ct_series(4), missed=True),
