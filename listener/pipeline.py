@@ -97,6 +97,10 @@ def build_pipeline(
             outbox,
             rules.destinations,
             StoreSender(calling_ae=settings.ae_titles[0]),
-            SendBackoff(base_s=settings.send_retry_base_s, max_attempts=settings.send_max_attempts),
+            SendBackoff(
+                base_s=settings.send_retry_base_s,
+                max_attempts=settings.send_max_attempts,
+                max_age_s=settings.send_max_age_s,
+            ),
         ),
     )

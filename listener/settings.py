@@ -205,6 +205,12 @@ class Settings(BaseSettings):
     send_max_attempts: int | None = Field(
         default=None, ge=1, description="transient send failures before dead-letter (None: never)"
     )
+    send_max_age_s: float | None = Field(
+        default=86400.0,
+        gt=0,
+        description="a send failing transiently this long after it was queued is dead-lettered"
+        " (None: never)",
+    )
     workers: int = Field(default=2, ge=1, le=64, description="job worker processes")
     jobs_per_worker: int = Field(default=4, ge=1, le=64, description="concurrent jobs each")
 

@@ -19,6 +19,7 @@ from listener.infer import build_clients
 from listener.infer.runner import JOB_LEASE_S
 from listener.logging import get_logger
 from listener.pipeline import Pipeline, build_pipeline
+from listener.send.scu import enable_chunked_send
 from listener.settings import Settings
 from listener.store.records import AdminRecords, ModelCallRecorder, reload_requested
 
@@ -99,6 +100,7 @@ def run_job_worker(settings: Settings, emulator_url: str | None, stop: threading
 
 def run_deliverer(pipeline: Pipeline, stop: threading.Event) -> None:
     """Send what the outbox holds due until ``stop`` is set (a thread of the worker process)."""
+    enable_chunked_send()
     records = AdminRecords(pipeline.settings.journal_path)
     while not stop.is_set():
         reload_rules_if_asked(pipeline, records)

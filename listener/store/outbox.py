@@ -244,15 +244,16 @@ class Outbox(JournalTables):
             ).rowcount
 
     def resubmit(self, entries: Iterable[OutboxEntry | int], now: float) -> int:
-        """Put dead letters back in the queue, due at ``now`` with a fresh attempt count."""
+        """Put dead letters back in the queue, due at ``now`` with a fresh attempt count (and
+        ``enqueued_at`` = ``now``, so the sender's age limit counts from the resubmission)."""
         ids = [e.id if isinstance(e, OutboxEntry) else int(e) for e in entries]
         with self.db.transaction() as db:
             changed = 0
             for entry_id in ids:
                 cursor = db.execute(
-                    "UPDATE outbox SET state = ?, attempts = 0, next_attempt_at = ?"
-                    " WHERE id = ? AND state = ?",
-                    (EntryState.PENDING, now, entry_id, EntryState.DEAD),
+                    "UPDATE outbox SET state = ?, attempts = 0, next_attempt_at = ?,"
+                    " enqueued_at = ? WHERE id = ? AND state = ?",
+                    (EntryState.PENDING, now, now, entry_id, EntryState.DEAD),
                 )
                 changed += cursor.rowcount
         _log.info("outbox_resubmitted", count=changed)
