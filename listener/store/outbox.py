@@ -234,6 +234,18 @@ class Outbox(JournalTables):
             ).fetchall()
         return [OutboxEntry.from_row(row) for row in rows]
 
+    def queued_to(self, destination: str, sop_instance_uids: Iterable[str]) -> set[str]:
+        """Which of these instances already have an entry for ``destination`` that is pending or
+        sent (on behalf of any job): sending them again would only duplicate them there."""
+        wanted = set(sop_instance_uids)
+        with self.db.read() as db:
+            rows = db.execute(
+                "SELECT DISTINCT sop_instance_uid FROM outbox WHERE destination = ?"
+                " AND state IN (?, ?)",
+                (destination, EntryState.PENDING, EntryState.SENT),
+            ).fetchall()
+        return {str(row[0]) for row in rows} & wanted
+
     def release_claims(self, now: float) -> int:
         """Make every pending entry due now: at start-up, entries a crashed sender had claimed
         (and any waiting out a backoff) are tried again at once. Returns how many changed."""
