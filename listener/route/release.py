@@ -40,12 +40,16 @@ class StudyRouter:
     clock: Callable[[], float] = field(default=time.time)
 
     def plan(self, study: ReleasedStudy) -> StudyPlan:
-        """Plan a released study from its instances' headers and its association facts."""
+        """Plan a released study from its instances' headers, each instance with the facts of
+        the association that brought it (calling and called AE title, peer address)."""
         headers = [
             headers_from_dataset(dcmread(path, stop_before_pixels=True))
             for path in instance_paths(self.journal, self.spool_dir, study.study_uid).values()
         ]
-        facts = AssociationFacts(calling_ae=study.calling_ae, called_ae=study.called_ae)
+        facts = {
+            uid: AssociationFacts(s.calling_ae, s.called_ae, s.peer_host)
+            for uid, s in self.journal.senders(study.study_uid).items()
+        }
         return plan_study(self.rules, headers, facts)
 
     def _wait_longer(self, study: ReleasedStudy, plan: StudyPlan, now: float) -> float | None:

@@ -14,6 +14,12 @@ Study life cycle (see ``listener/assemble.py`` for the timer rules)::
 
 Each study carries a ``generation``: 0 for the first release, 1 for the first follow-up, and so on;
 every instance records the generation it arrived in.
+
+Every instance also records the association that brought it (``instances.association_id``), and
+that association its peer's address and both AE titles, so the routing rules judge each instance
+by its own sender (:meth:`Journal.senders`), whichever of a study's associations brought it. The
+spool file keeps the same facts in its file meta information, so an instance re-indexed after a
+power failure gets them back (:func:`~listener.store.spool.reindex`).
 """
 
 from __future__ import annotations
@@ -133,6 +139,16 @@ class ReleasedStudy:
     new_instances: int
     calling_ae: str | None
     called_ae: str | None
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who sent one instance: the association's calling and called AE titles and the peer's IP
+    address (PS3.8 §7.1.1); None where the journal does not know it."""
+
+    calling_ae: str | None
+    called_ae: str | None
+    peer_host: str | None
 
 
 @dataclass
@@ -272,6 +288,26 @@ class Journal:
             params.append(generation)
         rows = self._read(sql + " ORDER BY series_uid, received_at", tuple(params))
         return [InstanceRecord(*row) for row in rows]  # type: ignore[arg-type]
+
+    def senders(self, study_uid: str) -> dict[str, Sender]:
+        """Each instance's sender, by SOP Instance UID (every association that contributed).
+
+        An instance with no association record (journaled before associations were, or by a
+        caller that has none) falls back to the study's first AE titles, with no address.
+        """
+        rows = self._read(
+            "SELECT i.sop_instance_uid, a.calling_ae, a.called_ae, a.peer_host,"
+            " s.calling_ae, s.called_ae FROM instances i"
+            " JOIN studies s ON s.study_uid = i.study_uid"
+            " LEFT JOIN associations a ON a.id = i.association_id WHERE i.study_uid = ?",
+            (study_uid,),
+        )
+        out = {}
+        for uid, calling, called, peer, study_calling, study_called in rows:
+            if peer is None:
+                calling, called = study_calling, study_called
+            out[str(uid)] = Sender(_text(calling), _text(called), _text(peer))
+        return out
 
     def known_paths(self) -> set[str]:
         """The spool paths (relative to the spool root) of every recorded instance."""
@@ -434,6 +470,10 @@ class Journal:
             cursor = db.execute("SELECT * FROM associations ORDER BY started_at DESC")
             names = [column[0] for column in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _study_info(row: tuple[object, ...]) -> StudyInfo:
