@@ -91,6 +91,7 @@ def build_pipeline(
             settings.spool_dir,
             settings.quiet_period_s,
             clock,
+            settings.max_study_wait_s,
         ),
         runner=JobRunner(journal, jobs, outbox, embeddings, settings.spool_dir, results_dir, clock),
         deliverer=Deliverer(

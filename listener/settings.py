@@ -169,6 +169,12 @@ class Settings(BaseSettings):
     ae_titles: list[AETitle] = Field(default_factory=lambda: ["PACSAI"], min_length=1)
     data_dir: Path = Path("var")
     quiet_period_s: float = Field(default=10.0, gt=0, le=86400)
+    max_study_wait_s: float | None = Field(
+        default=3600.0,
+        gt=0,
+        description="a study is released at the latest this long after its first instance,"
+        " however it keeps trickling in (None: no ceiling)",
+    )
     allowed_callers: list[AllowedCaller] = Field(
         default_factory=list, description="empty: any calling AE is accepted"
     )

@@ -122,6 +122,7 @@ def run_worker(settings: Settings) -> None:
             stop,
             on_ready=pipeline.router.on_study_ready,
             poll_interval_s=settings.poll_interval_s,
+            max_wait_s=settings.max_study_wait_s,
         )
     finally:
         deliverer.join(STOP_GRACE_S)

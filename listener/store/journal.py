@@ -333,25 +333,53 @@ class Journal:
         rows = self._read(self._STUDY_SQL + " WHERE s.study_uid = ?", (study_uid,))
         return _study_info(rows[0]) if rows else None
 
-    def next_due_at(self) -> float | None:
-        """When the next receiving study's quiet period ends (None: nothing is waiting)."""
+    # A receiving study's generation opened when its first instance of that generation came.
+    _OPENED_SQL = (
+        "(SELECT MIN(i.received_at) FROM instances i"
+        " WHERE i.study_uid = s.study_uid AND i.generation = s.generation)"
+    )
+
+    def next_due_at(self, max_wait_s: float | None = None) -> float | None:
+        """When the next receiving study falls due: its quiet period ends, or (``max_wait_s``)
+        its generation has waited that long since its first instance (None: nothing waits)."""
+        due = "s.due_at"
+        params: tuple[object, ...] = (StudyState.RECEIVING,)
+        if max_wait_s is not None:
+            due = f"MIN(s.due_at, COALESCE({self._OPENED_SQL} + ?, s.due_at))"
+            params = (max_wait_s, StudyState.RECEIVING)
+        rows = self._read(f"SELECT MIN({due}) FROM studies s WHERE s.state = ?", params)
+        value = rows[0][0] if rows else None
+        return float(value) if isinstance(value, int | float) else None
+
+    def generation_opened_at(self, study_uid: str) -> float | None:
+        """When the study's current generation got its first instance."""
         rows = self._read(
-            "SELECT MIN(due_at) FROM studies WHERE state = ?", (StudyState.RECEIVING,)
+            f"SELECT {self._OPENED_SQL} FROM studies s WHERE s.study_uid = ?", (study_uid,)
         )
         value = rows[0][0] if rows else None
         return float(value) if isinstance(value, int | float) else None
 
-    def release_due_studies(self, now: float) -> list[ReleasedStudy]:
+    def release_due_studies(
+        self, now: float, max_wait_s: float | None = None
+    ) -> list[ReleasedStudy]:
         """Move every study whose quiet period ended by ``now`` to ready, and return them.
 
-        One transaction selects and updates, so a study is released exactly once per generation
-        even with several workers or a crash between two calls.
+        With ``max_wait_s``, a study whose generation opened that long ago is released too,
+        however recently its last instance came (a hard ceiling for a study that keeps
+        trickling in; anything later opens a follow-up). One transaction selects and updates, so
+        a study is released exactly once per generation even with several workers or a crash
+        between two calls.
         """
+        ceiling = ""
+        params: tuple[object, ...] = (StudyState.RECEIVING, now)
+        if max_wait_s is not None:
+            ceiling = f" OR {self._OPENED_SQL} + ? <= ?"
+            params = (StudyState.RECEIVING, now, max_wait_s, now)
         with self._write() as db:
             rows = db.execute(
-                "SELECT study_uid, generation FROM studies WHERE state = ? AND due_at <= ?"
-                " ORDER BY due_at",
-                (StudyState.RECEIVING, now),
+                f"SELECT s.study_uid, s.generation FROM studies s WHERE s.state = ?"
+                f" AND (s.due_at <= ?{ceiling}) ORDER BY s.due_at",
+                params,
             ).fetchall()
             for study_uid, _ in rows:
                 db.execute(
