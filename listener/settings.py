@@ -217,6 +217,23 @@ class Settings(BaseSettings):
         description="a send failing transiently this long after it was queued is dead-lettered"
         " (None: never)",
     )
+    retention_originals_s: float | None = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="received instances are deleted this long after their study settled"
+        " (no job or send needs them); None: kept forever",
+    )
+    retention_results_s: float | None = Field(
+        default=30 * 86400.0, gt=0, description="result objects, the same way; None: forever"
+    )
+    retention_quarantine_s: float | None = Field(
+        default=30 * 86400.0,
+        gt=0,
+        description="quarantined data files this long after they were set aside; None: forever",
+    )
+    retention_interval_s: float = Field(
+        default=300.0, gt=0, le=86400, description="how often retention looks for what may go"
+    )
     workers: int = Field(default=2, ge=1, le=64, description="job worker processes")
     jobs_per_worker: int = Field(default=4, ge=1, le=64, description="concurrent jobs each")
 

@@ -77,6 +77,17 @@ CREATE TABLE IF NOT EXISTS associations (
     failed INTEGER NOT NULL DEFAULT 0,
     ended TEXT
 );
+CREATE TABLE IF NOT EXISTS purges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    study_uid TEXT,
+    state TEXT NOT NULL,
+    paths TEXT NOT NULL,
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL
+);
 """
 
 
