@@ -1,6 +1,8 @@
 """Assemble: decide when a study is complete and hand it to the worker side.
 
-A study is ready when no instance has arrived for its quiet period. The timer is a due time
+A study is ready when no instance has arrived for its quiet period, or at the latest
+``max_study_wait_s`` after its first instance (mercure's force-complete: a study that keeps
+trickling in is released anyway, and what comes later opens a follow-up). The timer is a due time
 stored in the journal (``studies.due_at``), pushed forward by every new instance, so a restart in
 the middle of a quiet period resumes the same timer: the study is released once, when it falls
 due, whichever process is running then. Releasing is one journal transaction
@@ -52,14 +54,19 @@ def dispatch(journal: Journal, studies: list[ReleasedStudy], on_ready: StudyCall
     return len(studies)
 
 
-def release_step(journal: Journal, now: float, on_ready: StudyCallback) -> int:
-    """Release the studies due at ``now`` and dispatch them; return how many."""
-    return dispatch(journal, journal.release_due_studies(now), on_ready)
+def release_step(
+    journal: Journal, now: float, on_ready: StudyCallback, max_wait_s: float | None = None
+) -> int:
+    """Release the studies due at ``now`` (quiet period over, or waited ``max_wait_s`` since
+    their first instance) and dispatch them; return how many."""
+    return dispatch(journal, journal.release_due_studies(now, max_wait_s), on_ready)
 
 
-def next_wait(journal: Journal, now: float, poll_interval_s: float) -> float:
+def next_wait(
+    journal: Journal, now: float, poll_interval_s: float, max_wait_s: float | None = None
+) -> float:
     """How long to sleep: until the next due time, at most the poll interval."""
-    due = journal.next_due_at()
+    due = journal.next_due_at(max_wait_s)
     if due is None:
         return poll_interval_s
     return max(0.0, min(poll_interval_s, due - now))
@@ -72,8 +79,9 @@ def worker_loop(
     on_ready: StudyCallback = log_study_ready,
     clock: Callable[[], float] = time.time,
     poll_interval_s: float = 0.5,
+    max_wait_s: float | None = None,
 ) -> None:
-    """Release studies as their quiet periods end until ``stop`` is set.
+    """Release studies as their quiet periods end (or their maximum wait) until ``stop`` is set.
 
     Studies left ``ready`` by a previous run (released, callback not finished) go first.
     """
@@ -81,6 +89,6 @@ def worker_loop(
     redelivered = dispatch(journal, journal.ready_studies(), on_ready)
     log.info("worker_started", redelivered=redelivered)
     while not stop.is_set():
-        release_step(journal, clock(), on_ready)
-        stop.wait(next_wait(journal, clock(), poll_interval_s))
+        release_step(journal, clock(), on_ready, max_wait_s)
+        stop.wait(next_wait(journal, clock(), poll_interval_s, max_wait_s))
     log.info("worker_stopped")

@@ -91,12 +91,17 @@ def build_pipeline(
             settings.spool_dir,
             settings.quiet_period_s,
             clock,
+            settings.max_study_wait_s,
         ),
         runner=JobRunner(journal, jobs, outbox, embeddings, settings.spool_dir, results_dir, clock),
         deliverer=Deliverer(
             outbox,
             rules.destinations,
             StoreSender(calling_ae=settings.ae_titles[0]),
-            SendBackoff(base_s=settings.send_retry_base_s, max_attempts=settings.send_max_attempts),
+            SendBackoff(
+                base_s=settings.send_retry_base_s,
+                max_attempts=settings.send_max_attempts,
+                max_age_s=settings.send_max_age_s,
+            ),
         ),
     )

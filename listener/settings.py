@@ -171,6 +171,12 @@ class Settings(BaseSettings):
     ae_titles: list[AETitle] = Field(default_factory=lambda: ["PACSAI"], min_length=1)
     data_dir: Path = Path("var")
     quiet_period_s: float = Field(default=10.0, gt=0, le=86400)
+    max_study_wait_s: float | None = Field(
+        default=3600.0,
+        gt=0,
+        description="a study is released at the latest this long after its first instance,"
+        " however it keeps trickling in (None: no ceiling)",
+    )
     allowed_callers: list[AllowedCaller] = Field(
         default_factory=list, description="empty: any calling AE is accepted"
     )
@@ -206,6 +212,29 @@ class Settings(BaseSettings):
     )
     send_max_attempts: int | None = Field(
         default=None, ge=1, description="transient send failures before dead-letter (None: never)"
+    )
+    send_max_age_s: float | None = Field(
+        default=86400.0,
+        gt=0,
+        description="a send failing transiently this long after it was queued is dead-lettered"
+        " (None: never)",
+    )
+    retention_originals_s: float | None = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="received instances are deleted this long after their study settled"
+        " (no job or send needs them); None: kept forever",
+    )
+    retention_results_s: float | None = Field(
+        default=30 * 86400.0, gt=0, description="result objects, the same way; None: forever"
+    )
+    retention_quarantine_s: float | None = Field(
+        default=30 * 86400.0,
+        gt=0,
+        description="quarantined data files this long after they were set aside; None: forever",
+    )
+    retention_interval_s: float = Field(
+        default=300.0, gt=0, le=86400, description="how often retention looks for what may go"
     )
     workers: int = Field(default=2, ge=1, le=64, description="job worker processes")
     jobs_per_worker: int = Field(default=4, ge=1, le=64, description="concurrent jobs each")

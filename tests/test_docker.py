@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,3 +67,34 @@ def test_hadolint_reports_no_errors() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_destinations_are_reachable_from_the_container(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No destination the listener container would send to is its own loopback: sends there
+    could never succeed (rules file destinations merged with the environment's)."""
+    from listener.route.load import effective_rules
+    from listener.settings import load_settings
+
+    env = dict(os.environ, PACSAI_ADMIN_TOKEN="test-token")
+    result = subprocess.run(
+        [_tool("docker-compose"), "-f", str(ROOT / "docker" / "compose.yaml"), "config"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    listener = yaml.safe_load(result.stdout)["services"]["listener"]
+    environment = {k: str(v) for k, v in listener["environment"].items()}
+    rules_file = environment.pop("PACSAI_RULES_FILE", None)
+    if rules_file is not None:
+        mounts = {v["target"]: v["source"] for v in listener["volumes"] if v["type"] == "bind"}
+        environment["PACSAI_RULES_FILE"] = mounts[rules_file]
+    for key, value in environment.items():
+        if key.startswith("PACSAI_"):
+            monkeypatch.setenv(key, value)
+    rules = effective_rules(load_settings(None))
+    assert rules.destinations
+    for name, destination in rules.destinations.items():
+        assert destination.host not in ("127.0.0.1", "localhost", "::1"), name

@@ -62,6 +62,7 @@ class JournalCollector(Collector):
         yield from _stages(stats)
         yield from _models(stats)
         yield from _sends(stats)
+        yield from _purged(stats)
         quarantined = sum(1 for _ in self.quarantine_dir.glob("*.json"))
         yield CounterMetricFamily(
             f"{PREFIX}_quarantined_instances", "Instances set aside as unstorable", quarantined
@@ -160,6 +161,21 @@ def _sends(stats: Stats) -> Iterator[Metric]:
         sends.add_metric([destination, EntryState.DEAD.value], dead)
         failures.add_metric([destination], failed)
     yield from (sends, failures)
+
+
+def _purged(stats: Stats) -> Iterator[Metric]:
+    files = CounterMetricFamily(
+        f"{PREFIX}_purged_files",
+        "Files removed by retention, by kind (originals, results, quarantine)",
+        labels=["kind"],
+    )
+    size = CounterMetricFamily(
+        f"{PREFIX}_purged_bytes", "Bytes removed by retention, by kind", labels=["kind"]
+    )
+    for kind, count, total in stats.purged:
+        files.add_metric([kind], count)
+        size.add_metric([kind], total)
+    yield from (files, size)
 
 
 def build_registry(collector: JournalCollector) -> CollectorRegistry:

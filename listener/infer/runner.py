@@ -124,9 +124,18 @@ class JobRunner:
         return uids
 
     def _forward_study(self, study_uid: str, destination: str, job_key: str, now: float) -> None:
+        """Queue the study's originals for ``destination``, except those already queued or sent
+        there: a follow-up's job (generation > 0) then forwards only the late instances, as the
+        originals' forwards of a follow-up do (route/release.py)."""
         paths = instance_paths(self.journal, self.spool_dir, study_uid)
+        done = self.outbox.queued_to(destination, paths)
         self.outbox.enqueue_many(
-            [Enqueue(destination, path, uid, job_key) for uid, path in paths.items()], now
+            [
+                Enqueue(destination, path, uid, job_key)
+                for uid, path in paths.items()
+                if uid not in done
+            ],
+            now,
         )
 
     def _keep_embeddings(

@@ -269,6 +269,8 @@ class Receiver:
             sop_instance_uid=header.sop_instance_uid,
             transfer_syntax=syntax,
             source_ae=record.calling_ae if record else "",
+            called_ae=record.called_ae if record else "",
+            peer=(record.peer_host, record.peer_port) if record else None,
         )
         chunks = [meta, data]
         if self.journal.has_instance(header.sop_instance_uid):

@@ -2,7 +2,10 @@
 
 Evaluation, in the rules' order (priority descending, then file order):
 
-- A rule's ``match`` is evaluated **per instance**, together with the association facts. The
+- A rule's ``match`` is evaluated **per instance**, together with the facts of the association
+  that brought that instance (a study sent in several associations, even by several senders,
+  has each instance judged by its own sender: a rule on the sender's address acts on the
+  instances that came from that address). The
   study matches the rule when at least one instance does, and the rule then acts on exactly the
   instances that matched (its *matched instances*). Study-level attributes (StudyDescription,
   BodyPartExamined, ...) are the same on every instance, so testing them per instance is the
@@ -103,24 +106,45 @@ class StudyPlan:
         return not self.discard and bool(self.tasks or self.forwards)
 
 
+FactsBySop = Mapping[str, AssociationFacts]
+"""Association facts per SOP Instance UID (each instance's own sender)."""
+
+
 def plan_study(
     rules: RuleSet,
     instances_headers: Sequence[Headers],
-    association_facts: AssociationFacts | None = None,
+    association_facts: AssociationFacts | FactsBySop | None = None,
 ) -> StudyPlan:
-    """Evaluate the rules over one study's instances; see the module docstring for semantics."""
+    """Evaluate the rules over one study's instances; see the module docstring for semantics.
+
+    ``association_facts`` is one set of facts for every instance, or facts per SOP Instance UID
+    (an instance missing from the mapping has no facts).
+    """
     study_uid = next(
         (str(h["StudyInstanceUID"]) for h in instances_headers if h.get("StudyInstanceUID")), ""
     )
+    facts = _FactsOf(association_facts)
     builder = _PlanBuilder(study_uid)
     for rule in rules.ordered():
-        matched = [h for h in instances_headers if rule.match.matches(h, association_facts)]
+        matched = [h for h in instances_headers if rule.match.matches(h, facts(h))]
         if not matched:
             continue
-        builder.add(rule, matched, instances_headers, association_facts)
+        builder.add(rule, matched, instances_headers, facts)
         if rule.on_match == "stop":
             break
     return builder.build()
+
+
+class _FactsOf:
+    """The association facts of one instance (by its headers' SOP Instance UID)."""
+
+    def __init__(self, given: AssociationFacts | FactsBySop | None) -> None:
+        self.given = given
+
+    def __call__(self, headers: Headers) -> AssociationFacts | None:
+        if self.given is None or isinstance(self.given, AssociationFacts):
+            return self.given
+        return self.given.get(str(headers.get("SOPInstanceUID", "")))
 
 
 class _PlanBuilder:
@@ -142,7 +166,7 @@ class _PlanBuilder:
         rule: Rule,
         matched: Sequence[Headers],
         everything: Sequence[Headers],
-        facts: AssociationFacts | None,
+        facts: _FactsOf,
     ) -> None:
         self.matched.append(rule.name)
         self.priority = (
@@ -154,7 +178,7 @@ class _PlanBuilder:
             missing = tuple(
                 c.describe()
                 for c in rule.expect.conditions
-                if not any(c.matches(h, facts) for h in everything)
+                if not any(c.matches(h, facts(h)) for h in everything)
             )
             self.expectations.append(
                 ExpectationStatus(
@@ -172,7 +196,7 @@ class _PlanBuilder:
                 inputs = {DEFAULT_ROLE: uids}
             else:
                 inputs = {
-                    role: _uids(h for h in matched if condition.matches(h, facts))
+                    role: _uids(h for h in matched if condition.matches(h, facts(h)))
                     for role, condition in task.inputs.items()
                 }
             self.tasks.append(

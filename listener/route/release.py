@@ -38,27 +38,43 @@ class StudyRouter:
     spool_dir: Path
     quiet_period_s: float
     clock: Callable[[], float] = field(default=time.time)
+    max_study_wait_s: float | None = None
 
     def plan(self, study: ReleasedStudy) -> StudyPlan:
-        """Plan a released study from its instances' headers and its association facts."""
+        """Plan a released study from its instances' headers, each instance with the facts of
+        the association that brought it (calling and called AE title, peer address)."""
         headers = [
             headers_from_dataset(dcmread(path, stop_before_pixels=True))
             for path in instance_paths(self.journal, self.spool_dir, study.study_uid).values()
         ]
-        facts = AssociationFacts(calling_ae=study.calling_ae, called_ae=study.called_ae)
+        facts = {
+            uid: AssociationFacts(s.calling_ae, s.called_ae, s.peer_host)
+            for uid, s in self.journal.senders(study.study_uid).items()
+        }
         return plan_study(self.rules, headers, facts)
 
     def _wait_longer(self, study: ReleasedStudy, plan: StudyPlan, now: float) -> float | None:
-        """When the study should be looked at again (per-rule quiet period, expected content)."""
+        """When the study should be looked at again (per-rule quiet period, expected content),
+        never past ``max_study_wait_s`` after its generation's first instance."""
         info = self.journal.study(study.study_uid)
         if info is None:
             return None
+        due = self._rule_wait(info.first_received_at, info.last_received_at, plan, now)
+        if due is None or self.max_study_wait_s is None:
+            return due
+        opened = self.journal.generation_opened_at(study.study_uid) or info.first_received_at
+        ceiling = opened + self.max_study_wait_s
+        return None if now >= ceiling else min(due, ceiling)
+
+    def _rule_wait(
+        self, first_received_at: float, last_received_at: float, plan: StudyPlan, now: float
+    ) -> float | None:
         if plan.quiet_period_s is not None:
-            due = info.last_received_at + plan.quiet_period_s
+            due = last_received_at + plan.quiet_period_s
             if due > now:
                 return due
         for expectation in plan.expectations:
-            deadline = info.first_received_at + expectation.max_wait_s
+            deadline = first_received_at + expectation.max_wait_s
             if not expectation.satisfied and now < deadline:
                 return min(deadline, now + max(self.quiet_period_s, 1.0))
         return None

@@ -2,8 +2,11 @@
 
 Destinations are served in parallel, each with its own C-STORE association(s)
 (:class:`~listener.send.scu.StoreSender`). A confirmed instance is ``sent``; a transient failure
-is retried after an exponential backoff (:class:`SendBackoff`), and after ``max_attempts`` in a
-row becomes a dead letter with its reason; a permanent failure is a dead letter at once.
+is retried after an exponential backoff (:class:`SendBackoff`) until it has failed for
+``max_age_s`` (a day by default) or ``max_attempts`` times in a row, and then becomes a dead
+letter with its reason; a permanent failure is a dead letter at once. A destination that stays
+unreachable therefore never keeps its entries forever: the dead letters show in the dashboard,
+the metrics and ``pacs-ai jobs``, and an operator resubmits them once it is back.
 """
 
 from __future__ import annotations
@@ -21,22 +24,32 @@ from listener.timing import backoff_delay
 
 _log = get_logger("outbox")
 
+DEFAULT_SEND_MAX_AGE_S = 86400.0
+
 
 @dataclass(frozen=True)
 class SendBackoff:
     """When a transient send failure is tried again: ``base_s * factor**(attempts-1)``, capped.
 
-    ``max_attempts`` (None: never give up) moves an entry to dead-letter after that many
-    transient failures in a row.
+    An entry becomes a dead letter after ``max_attempts`` transient failures in a row, or at its
+    first failure ``max_age_s`` or more after it was queued (or resubmitted); None switches a
+    limit off.
     """
 
     base_s: float = 5.0
     factor: float = 2.0
     max_s: float = 900.0
     max_attempts: int | None = None
+    max_age_s: float | None = DEFAULT_SEND_MAX_AGE_S
 
     def delay(self, attempts: int) -> float:
         return backoff_delay(attempts, self.base_s, self.max_s, self.factor)
+
+    def gives_up(self, attempts: int, queued_at: float, now: float) -> bool:
+        """Whether the ``attempts``-th transient failure, at ``now``, is the last one."""
+        if self.max_attempts is not None and attempts >= self.max_attempts:
+            return True
+        return self.max_age_s is not None and now - queued_at >= self.max_age_s
 
 
 @dataclass
@@ -131,14 +144,15 @@ class Deliverer:
         attempts = entry.attempts + 1
         if outcome.confirmed:
             return Outcome(entry, "sent", attempts)
-        give_up = self.backoff.max_attempts is not None and attempts >= self.backoff.max_attempts
+        give_up = self.backoff.gives_up(attempts, entry.enqueued_at, now)
         if outcome.transient and not give_up:
             return Outcome(
                 entry, "retry", attempts, now + self.backoff.delay(attempts), str(outcome.error)
             )
         reason = str(outcome.error)
         if outcome.transient:
-            reason = f"gave up after {attempts} attempts: {reason}"
+            hours = (now - entry.enqueued_at) / 3600
+            reason = f"gave up after {attempts} attempts in {hours:.1f} h: {reason}"
         _log.warning(
             "outbox_dead_letter",
             destination=entry.destination,

@@ -4,10 +4,16 @@
   never sets it, and without it each C-STORE waits for the peer's delayed ACK (~40 ms).
 - Presentation contexts are proposed from the files themselves (PS3.8 §9.3.2.2): per SOP class
   and transfer syntax a context with exactly the file's transfer syntax, so the stored bytes go
-  out unchanged, and per SOP class with an uncompressed file one more offering Explicit and
-  Implicit VR Little Endian as a fallback that pynetdicom converts to.
-- Files are streamed from disk without decoding (pynetdicom's chunked send), so what arrives is
-  byte-identical to what was stored.
+  out unchanged, and per SOP class one more offering Explicit and Implicit VR Little Endian for
+  every file that can be converted to them: uncompressed files (pynetdicom re-encodes), and
+  compressed ones that pydicom has a decoder for (many PACS take no JPEG 2000).
+- The stored syntax is always preferred: a file is converted only when the peer accepted nothing
+  better for it. Conversion only ever decodes (never encodes), so a lossy source is not
+  compressed again; its decoded copy keeps Lossy Image Compression "01" with its ratio and method
+  (PS3.3 C.7.6.1.1.5), and its SOP Instance UID (the pixel values are the ones the source
+  decodes to), so result objects that reference it stay valid.
+- Files sent in their stored syntax are streamed from disk without decoding (pynetdicom's chunked
+  send, :func:`enable_chunked_send`), so what arrives is byte-identical to what was stored.
 - At most ``Destination.max_associations`` associations are open to one destination at a time,
   across every caller of the same :class:`StoreSender`.
 - Failures are classified per instance: refused connection, timeout, Out of Resources (A7xx),
@@ -29,9 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.filereader import read_file_meta_info
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+)
 from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.status import code_to_category
 
@@ -49,6 +62,10 @@ _UNCOMPRESSED_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _STATUS_CLASS_MASK = 0xFF00
 # PS3.8 Table 9-21: A-ASSOCIATE-RJ result 2 is "rejected-transient".
 _REJECTED_TRANSIENT = 2
+# Transfer syntaxes whose process is always lossy, with the Lossy Image Compression Method that
+# names it (PS3.3 C.7.6.1.1.5.1, CID 7050). Others (JPEG 2000, JPEG-LS near-lossless) may be
+# lossless; their source then says so itself in Lossy Image Compression.
+_LOSSY_METHODS = {JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1"}
 
 _log = get_logger("send")
 
@@ -84,6 +101,11 @@ class _Prepared:
     sop_class: UID
     transfer_syntax: UID
 
+    @property
+    def convertible(self) -> bool:
+        """Whether this file can also go as Explicit/Implicit VR Little Endian."""
+        return can_send_uncompressed(self.transfer_syntax)
+
 
 @dataclass(frozen=True)
 class SendTimeouts:
@@ -92,6 +114,18 @@ class SendTimeouts:
     acse_s: float = 30.0
     dimse_s: float = 60.0
     network_s: float = 60.0
+
+
+def enable_chunked_send() -> None:
+    """Make pynetdicom send a file given by path from disk as stored, without decoding it
+    (byte-identical, little memory).
+
+    The switch is process-wide in pynetdicom (``_config.STORE_SEND_CHUNKED_DATASET``, no
+    per-association option), so a sender process calls this once at start-up; building a
+    :class:`StoreSender` (or reading the outbox) changes nothing global. It only affects
+    ``send_c_store`` calls given a file path.
+    """
+    _config.STORE_SEND_CHUNKED_DATASET = True
 
 
 class StoreSender:
@@ -105,9 +139,6 @@ class StoreSender:
         self.max_pdu = max_pdu
         self._limits: dict[tuple[str, str, int], threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
-        # Send files from disk as stored, without decoding (byte-identical, little memory).
-        # Only affects send_c_store calls given a file path.
-        _config.STORE_SEND_CHUNKED_DATASET = True
 
     def _limit(self, dest: Destination) -> threading.BoundedSemaphore:
         key = (dest.ae_title, dest.host, dest.port)
@@ -213,13 +244,49 @@ def _within_context_limit(chunk: list[_Prepared]) -> Iterator[list[_Prepared]]:
         yield part
 
 
+def can_send_uncompressed(transfer_syntax: UID) -> bool:
+    """Whether a file stored in ``transfer_syntax`` can be sent as Explicit/Implicit VR Little
+    Endian: it already is (pynetdicom converts between the two), or it is compressed and one of
+    pydicom's decoder plugins for it is installed."""
+    if transfer_syntax in _UNCOMPRESSED_LE:
+        return True
+    if not transfer_syntax.is_encapsulated:
+        return False  # big endian, deflated: sent only as stored
+    try:
+        return bool(get_decoder(transfer_syntax).is_available)
+    except NotImplementedError:
+        return False  # no decoder at all (video, for one)
+
+
+def decoded(path: Path) -> Dataset:
+    """The instance at ``path`` with its pixel data decoded to Explicit VR Little Endian.
+
+    Same SOP Instance UID (only the encoding changes). A lossy source keeps, or gets, Lossy Image
+    Compression "01" with its ratio and method (PS3.3 C.7.6.1.1.5): decoding does not make the
+    pixels lossless again, and nothing here ever encodes, so no second lossy step happens.
+    """
+    ds = dcmread(path)
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    compressed_size = len(ds.PixelData) if "PixelData" in ds else 0
+    ds.decompress(generate_instance_uid=False)
+    method = _LOSSY_METHODS.get(syntax)
+    if method is not None and ds.get("LossyImageCompression") != "01":
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = method
+        if compressed_size:
+            ratio = len(ds.PixelData) / compressed_size
+            ds.LossyImageCompressionRatio = f"{ratio:.4g}"[:16]
+    return ds
+
+
 def _contexts(chunk: Sequence[_Prepared]) -> list[Any]:
-    """Exact (SOP class, transfer syntax) contexts, plus an uncompressed fallback per SOP class."""
+    """Exact (SOP class, transfer syntax) contexts, plus an uncompressed fallback per SOP class
+    with a file that can be sent uncompressed."""
     exact: dict[tuple[str, str], None] = {}
     fallback: dict[str, None] = {}
     for p in chunk:
         exact[(p.sop_class, p.transfer_syntax)] = None
-        if p.transfer_syntax in _UNCOMPRESSED_LE:
+        if p.convertible:
             fallback[p.sop_class] = None
     contexts = [build_context(sop, [ts]) for sop, ts in exact]
     contexts += [build_context(sop, list(_UNCOMPRESSED_LE)) for sop in fallback]
@@ -274,21 +341,31 @@ def _association_error(assoc: Any, connected: bool, dest: Destination) -> SendEr
 
 
 def _store_one(assoc: Any, prepared: _Prepared) -> InstanceOutcome:
-    """C-STORE one file on an established association and classify the answer."""
+    """C-STORE one file on an established association and classify the answer.
+
+    The stored syntax goes out as stored; otherwise an accepted uncompressed context takes the
+    file re-encoded (uncompressed source) or decoded (compressed source, :func:`decoded`).
+    """
     item = prepared.item
-    exact = any(
-        cx.abstract_syntax == prepared.sop_class
-        and cx.transfer_syntax[0] == prepared.transfer_syntax
+    accepted = [
+        UID(cx.transfer_syntax[0])
         for cx in assoc.accepted_contexts
-    )
+        if cx.abstract_syntax == prepared.sop_class
+    ]
     started = time.monotonic()
     try:
-        if exact:
+        if prepared.transfer_syntax in accepted:
             reply = assoc.send_c_store(item.path)
-        elif prepared.transfer_syntax in _UNCOMPRESSED_LE and any(
-            cx.abstract_syntax == prepared.sop_class for cx in assoc.accepted_contexts
-        ):
-            reply = assoc.send_c_store(dcmread(item.path))
+        elif prepared.convertible and any(ts in _UNCOMPRESSED_LE for ts in accepted):
+            if prepared.transfer_syntax in _UNCOMPRESSED_LE:
+                reply = assoc.send_c_store(dcmread(item.path))
+            else:
+                _log.info(
+                    "send_decompressed",
+                    sop_instance_uid=item.sop_instance_uid,
+                    stored_syntax=prepared.transfer_syntax.name,
+                )
+                reply = assoc.send_c_store(decoded(item.path))
         else:
             return InstanceOutcome(
                 item,
@@ -297,7 +374,7 @@ def _store_one(assoc: Any, prepared: _Prepared) -> InstanceOutcome:
                     f"{prepared.transfer_syntax.name}"
                 ),
             )
-    except (ValueError, AttributeError) as exc:
+    except (ValueError, AttributeError, RuntimeError) as exc:
         return InstanceOutcome(item, PermanentSendError(f"cannot send this instance: {exc}"))
     except OSError as exc:
         return InstanceOutcome(item, PermanentSendError(f"cannot read the file: {exc}"))

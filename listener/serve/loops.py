@@ -1,4 +1,4 @@
-"""Worker-side loops: job runners (infer + convert) and the outbox deliverer.
+"""Worker-side loops: job runners (infer + convert), the outbox deliverer and retention.
 
 ``pacs-ai serve`` starts ``settings.workers`` job-runner processes; each claims jobs from the
 journal (highest priority first) and runs up to ``settings.jobs_per_worker`` of them at once, so
@@ -20,8 +20,10 @@ from listener.infer.runner import JOB_LEASE_S
 from listener.logging import get_logger
 from listener.pipeline import Pipeline, build_pipeline
 from listener.route.model import rules_fingerprint
+from listener.send.scu import enable_chunked_send
 from listener.settings import Settings
 from listener.store.records import AdminRecords, ModelCallRecorder, reload_requested
+from listener.store.retention import Retention, RetentionPolicy
 
 log = get_logger("workers")
 
@@ -42,6 +44,7 @@ def recover_after_crash(settings: Settings, now: float) -> int:
     try:
         count = pipeline.jobs.requeue_host(socket.gethostname(), now)
         released = pipeline.outbox.release_claims(now)
+        retention(pipeline).complete_interrupted(now)
     finally:
         pipeline.close()
     if count:
@@ -100,6 +103,7 @@ def run_job_worker(settings: Settings, emulator_url: str | None, stop: threading
 
 def run_deliverer(pipeline: Pipeline, stop: threading.Event) -> None:
     """Send what the outbox holds due until ``stop`` is set (a thread of the worker process)."""
+    enable_chunked_send()
     records = AdminRecords(pipeline.settings.journal_path)
     while not stop.is_set():
         reload_rules_if_asked(pipeline, records)
@@ -108,3 +112,32 @@ def run_deliverer(pipeline: Pipeline, stop: threading.Event) -> None:
         except Exception:  # one destination's bug must not stop delivery for good
             log.exception("delivery_crashed")
         stop.wait(pipeline.settings.poll_interval_s)
+
+
+def retention(pipeline: Pipeline) -> Retention:
+    """The retention of this data folder, by the settings' policy."""
+    settings = pipeline.settings
+    return Retention(
+        pipeline.journal.db,
+        settings.data_dir,
+        settings.spool_dir,
+        pipeline.runner.results_dir,
+        settings.quarantine_dir,
+        RetentionPolicy(
+            originals_s=settings.retention_originals_s,
+            results_s=settings.retention_results_s,
+            quarantine_s=settings.retention_quarantine_s,
+        ),
+    )
+
+
+def run_purger(pipeline: Pipeline, stop: threading.Event) -> None:
+    """Purge what the retention policy lets go, every ``retention_interval_s``, until ``stop``
+    is set (a thread of the worker process)."""
+    purger = retention(pipeline)
+    while not stop.is_set():
+        try:
+            purger.purge_due(time.time())
+        except Exception:  # a purge that failed is tried again next time
+            log.exception("purge_crashed")
+        stop.wait(pipeline.settings.retention_interval_s)

@@ -38,7 +38,7 @@ from listener.pipeline import build_pipeline
 from listener.receive.admission import AssociationCounter
 from listener.receive.scp import Receiver, start_server
 from listener.route.load import effective_rules
-from listener.serve.loops import recover_after_crash, run_deliverer, run_job_worker
+from listener.serve.loops import recover_after_crash, run_deliverer, run_job_worker, run_purger
 from listener.settings import Settings
 from listener.store.journal import Journal
 from listener.store.spool import Spool, reindex
@@ -116,15 +116,19 @@ def run_worker(settings: Settings) -> None:
         target=run_deliverer, args=(pipeline, stop), name="deliverer", daemon=True
     )
     deliverer.start()
+    purger = threading.Thread(target=run_purger, args=(pipeline, stop), name="purger", daemon=True)
+    purger.start()
     try:
         worker_loop(
             journal,
             stop,
             on_ready=pipeline.router.on_study_ready,
             poll_interval_s=settings.poll_interval_s,
+            max_wait_s=settings.max_study_wait_s,
         )
     finally:
         deliverer.join(STOP_GRACE_S)
+        purger.join(STOP_GRACE_S)
         journal.close()
 
 

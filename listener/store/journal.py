@@ -14,6 +14,12 @@ Study life cycle (see ``listener/assemble.py`` for the timer rules)::
 
 Each study carries a ``generation``: 0 for the first release, 1 for the first follow-up, and so on;
 every instance records the generation it arrived in.
+
+Every instance also records the association that brought it (``instances.association_id``), and
+that association its peer's address and both AE titles, so the routing rules judge each instance
+by its own sender (:meth:`Journal.senders`), whichever of a study's associations brought it. The
+spool file keeps the same facts in its file meta information, so an instance re-indexed after a
+power failure gets them back (:func:`~listener.store.spool.reindex`).
 """
 
 from __future__ import annotations
@@ -70,6 +76,17 @@ CREATE TABLE IF NOT EXISTS associations (
     duplicates INTEGER NOT NULL DEFAULT 0,
     failed INTEGER NOT NULL DEFAULT 0,
     ended TEXT
+);
+CREATE TABLE IF NOT EXISTS purges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    study_uid TEXT,
+    state TEXT NOT NULL,
+    paths TEXT NOT NULL,
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL
 );
 """
 
@@ -133,6 +150,16 @@ class ReleasedStudy:
     new_instances: int
     calling_ae: str | None
     called_ae: str | None
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who sent one instance: the association's calling and called AE titles and the peer's IP
+    address (PS3.8 §7.1.1); None where the journal does not know it."""
+
+    calling_ae: str | None
+    called_ae: str | None
+    peer_host: str | None
 
 
 @dataclass
@@ -273,6 +300,26 @@ class Journal:
         rows = self._read(sql + " ORDER BY series_uid, received_at", tuple(params))
         return [InstanceRecord(*row) for row in rows]  # type: ignore[arg-type]
 
+    def senders(self, study_uid: str) -> dict[str, Sender]:
+        """Each instance's sender, by SOP Instance UID (every association that contributed).
+
+        An instance with no association record (journaled before associations were, or by a
+        caller that has none) falls back to the study's first AE titles, with no address.
+        """
+        rows = self._read(
+            "SELECT i.sop_instance_uid, a.calling_ae, a.called_ae, a.peer_host,"
+            " s.calling_ae, s.called_ae FROM instances i"
+            " JOIN studies s ON s.study_uid = i.study_uid"
+            " LEFT JOIN associations a ON a.id = i.association_id WHERE i.study_uid = ?",
+            (study_uid,),
+        )
+        out = {}
+        for uid, calling, called, peer, study_calling, study_called in rows:
+            if peer is None:
+                calling, called = study_calling, study_called
+            out[str(uid)] = Sender(_text(calling), _text(called), _text(peer))
+        return out
+
     def known_paths(self) -> set[str]:
         """The spool paths (relative to the spool root) of every recorded instance."""
         return {str(row[0]) for row in self._read("SELECT path FROM instances")}
@@ -297,25 +344,53 @@ class Journal:
         rows = self._read(self._STUDY_SQL + " WHERE s.study_uid = ?", (study_uid,))
         return _study_info(rows[0]) if rows else None
 
-    def next_due_at(self) -> float | None:
-        """When the next receiving study's quiet period ends (None: nothing is waiting)."""
+    # A receiving study's generation opened when its first instance of that generation came.
+    _OPENED_SQL = (
+        "(SELECT MIN(i.received_at) FROM instances i"
+        " WHERE i.study_uid = s.study_uid AND i.generation = s.generation)"
+    )
+
+    def next_due_at(self, max_wait_s: float | None = None) -> float | None:
+        """When the next receiving study falls due: its quiet period ends, or (``max_wait_s``)
+        its generation has waited that long since its first instance (None: nothing waits)."""
+        due = "s.due_at"
+        params: tuple[object, ...] = (StudyState.RECEIVING,)
+        if max_wait_s is not None:
+            due = f"MIN(s.due_at, COALESCE({self._OPENED_SQL} + ?, s.due_at))"
+            params = (max_wait_s, StudyState.RECEIVING)
+        rows = self._read(f"SELECT MIN({due}) FROM studies s WHERE s.state = ?", params)
+        value = rows[0][0] if rows else None
+        return float(value) if isinstance(value, int | float) else None
+
+    def generation_opened_at(self, study_uid: str) -> float | None:
+        """When the study's current generation got its first instance."""
         rows = self._read(
-            "SELECT MIN(due_at) FROM studies WHERE state = ?", (StudyState.RECEIVING,)
+            f"SELECT {self._OPENED_SQL} FROM studies s WHERE s.study_uid = ?", (study_uid,)
         )
         value = rows[0][0] if rows else None
         return float(value) if isinstance(value, int | float) else None
 
-    def release_due_studies(self, now: float) -> list[ReleasedStudy]:
+    def release_due_studies(
+        self, now: float, max_wait_s: float | None = None
+    ) -> list[ReleasedStudy]:
         """Move every study whose quiet period ended by ``now`` to ready, and return them.
 
-        One transaction selects and updates, so a study is released exactly once per generation
-        even with several workers or a crash between two calls.
+        With ``max_wait_s``, a study whose generation opened that long ago is released too,
+        however recently its last instance came (a hard ceiling for a study that keeps
+        trickling in; anything later opens a follow-up). One transaction selects and updates, so
+        a study is released exactly once per generation even with several workers or a crash
+        between two calls.
         """
+        ceiling = ""
+        params: tuple[object, ...] = (StudyState.RECEIVING, now)
+        if max_wait_s is not None:
+            ceiling = f" OR {self._OPENED_SQL} + ? <= ?"
+            params = (StudyState.RECEIVING, now, max_wait_s, now)
         with self._write() as db:
             rows = db.execute(
-                "SELECT study_uid, generation FROM studies WHERE state = ? AND due_at <= ?"
-                " ORDER BY due_at",
-                (StudyState.RECEIVING, now),
+                f"SELECT s.study_uid, s.generation FROM studies s WHERE s.state = ?"
+                f" AND (s.due_at <= ?{ceiling}) ORDER BY s.due_at",
+                params,
             ).fetchall()
             for study_uid, _ in rows:
                 db.execute(
@@ -434,6 +509,10 @@ class Journal:
             cursor = db.execute("SELECT * FROM associations ORDER BY started_at DESC")
             names = [column[0] for column in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _study_info(row: tuple[object, ...]) -> StudyInfo:

@@ -236,6 +236,18 @@ class Outbox(JournalTables):
             ).fetchall()
         return [OutboxEntry.from_row(row) for row in rows]
 
+    def queued_to(self, destination: str, sop_instance_uids: Iterable[str]) -> set[str]:
+        """Which of these instances already have an entry for ``destination`` that is pending or
+        sent (on behalf of any job): sending them again would only duplicate them there."""
+        wanted = set(sop_instance_uids)
+        with self.db.read() as db:
+            rows = db.execute(
+                "SELECT DISTINCT sop_instance_uid FROM outbox WHERE destination = ?"
+                " AND state IN (?, ?)",
+                (destination, EntryState.PENDING, EntryState.SENT),
+            ).fetchall()
+        return {str(row[0]) for row in rows} & wanted
+
     def release_claims(self, now: float) -> int:
         """Make every pending entry due now: at start-up, entries a crashed sender had claimed
         (and any waiting out a backoff) are tried again at once. Returns how many changed."""
@@ -246,15 +258,16 @@ class Outbox(JournalTables):
             ).rowcount
 
     def resubmit(self, entries: Iterable[OutboxEntry | int], now: float) -> int:
-        """Put dead letters back in the queue, due at ``now`` with a fresh attempt count."""
+        """Put dead letters back in the queue, due at ``now`` with a fresh attempt count (and
+        ``enqueued_at`` = ``now``, so the sender's age limit counts from the resubmission)."""
         ids = [e.id if isinstance(e, OutboxEntry) else int(e) for e in entries]
         with self.db.transaction() as db:
             changed = 0
             for entry_id in ids:
                 cursor = db.execute(
-                    "UPDATE outbox SET state = ?, attempts = 0, next_attempt_at = ?"
-                    " WHERE id = ? AND state = ?",
-                    (EntryState.PENDING, now, entry_id, EntryState.DEAD),
+                    "UPDATE outbox SET state = ?, attempts = 0, next_attempt_at = ?,"
+                    " enqueued_at = ? WHERE id = ? AND state = ?",
+                    (EntryState.PENDING, now, now, entry_id, EntryState.DEAD),
                 )
                 changed += cursor.rowcount
         _log.info("outbox_resubmitted", count=changed)

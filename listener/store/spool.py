@@ -22,9 +22,12 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydicom.filereader import read_file_meta_info
 
 from listener.errors import InvalidDatasetError, MissingIdentifierError, StorageFullError
-from listener.store.journal import InstanceRecord, Journal
+from listener.store.journal import AssociationRecord, InstanceRecord, Journal
 from listener.timing import utc_text
 
 TMP_DIR = ".tmp"
@@ -237,10 +240,13 @@ def reindex(spool: Spool, journal: Journal, *, quiet_period_s: float, now: float
 
     The journal commits without fsync (WAL, ``synchronous=NORMAL``); the spool file was fsynced
     before the C-STORE was acknowledged, so after a power failure the spool is the truth. Files
-    that no longer parse are moved to the quarantine.
+    that no longer parse are moved to the quarantine. Each file's sender (its file meta) becomes
+    a ``recovered`` association record, one per sender, so the routing rules still see who sent
+    it (:meth:`Journal.senders`).
     """
     known = journal.known_paths()
     added = 0
+    recovered: dict[FileSender, AssociationRecord] = {}
     for relative in spool.files():
         if relative in known:
             continue
@@ -257,19 +263,45 @@ def reindex(spool: Spool, journal: Journal, *, quiet_period_s: float, now: float
             spool.quarantine([path.read_bytes()], reason)
             path.unlink()
             continue
-        record = header.record(relative, path.stat().st_size, now)
+        sender = file_sender(path)
+        association = None
+        if sender is not None:
+            association = recovered.get(sender)
+            if association is None:
+                association = recovered[sender] = _recovered_association(journal, sender, now)
+            association.stored += 1
+        record = header.record(
+            relative, path.stat().st_size, now, association.id if association else None
+        )
         added += journal.record_instance(
             record,
             quiet_period_s=quiet_period_s,
+            calling_ae=sender.calling_ae if sender else None,
+            called_ae=sender.called_ae if sender else None,
             patient_id=header.patient_id,
             patient_name=header.patient_name,
         )
+    for association in recovered.values():
+        journal.end_association(association, ended="recovered", now=now)
     return added
+
+
+def _recovered_association(journal: Journal, sender: FileSender, now: float) -> AssociationRecord:
+    record = AssociationRecord(
+        id=f"recovered-{uuid.uuid4().hex[:12]}",
+        peer_host=sender.peer_host,
+        peer_port=sender.peer_port,
+        calling_ae=sender.calling_ae,
+        called_ae=sender.called_ae,
+        started_at=now,
+    )
+    journal.start_association(record)
+    return record
 
 
 def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
     """One explicit VR little endian element (PS3.5 §7.1.2)."""
-    if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
+    if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UR"):
         return struct.pack("<HH2sHI", group, element, vr, 0, len(value)) + value
     return struct.pack("<HH2sH", group, element, vr, len(value)) + value
 
@@ -284,13 +316,22 @@ IMPLEMENTATION_VERSION = "PACSAI_010"
 
 
 def encode_file_meta(
-    *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax: str,
+    source_ae: str,
+    called_ae: str = "",
+    peer: tuple[str, int] | None = None,
 ) -> bytes:
     """Preamble, ``DICM`` and the File Meta Information (PS3.10 §7.1) for a received dataset.
 
     Built directly as bytes (it is a handful of fixed elements) so that storing an instance
-    costs no pydicom dataset construction. The Source Application Entity Title records the
-    calling AE (PS3.10 Table 7.1-1).
+    costs no pydicom dataset construction. The association that brought it is kept with it
+    (PS3.10 Table 7.1-1): Source and Sending Application Entity Title (the calling AE),
+    Receiving Application Entity Title (the called AE) and Sending Presentation Address
+    (``dicom://host:port`` of the peer), so that the file alone says who sent it when the journal
+    has to be rebuilt from the spool (:func:`reindex`).
     """
     body = b"".join(
         (
@@ -304,8 +345,37 @@ def encode_file_meta(
     )
     if source_ae:
         body += _element(0x0002, 0x0016, b"AE", _padded(source_ae, b" "))
+        body += _element(0x0002, 0x0017, b"AE", _padded(source_ae, b" "))
+    if called_ae:
+        body += _element(0x0002, 0x0018, b"AE", _padded(called_ae, b" "))
+    if peer is not None:
+        host, port = peer
+        address = f"dicom://[{host}]:{port}" if ":" in host else f"dicom://{host}:{port}"
+        body += _element(0x0002, 0x0027, b"UR", _padded(address, b" "))
     length = _element(0x0002, 0x0000, b"UL", struct.pack("<I", len(body)))
     return b"\0" * 128 + b"DICM" + length + body
+
+
+@dataclass(frozen=True)
+class FileSender:
+    """The association facts a spool file's meta information holds (see encode_file_meta)."""
+
+    calling_ae: str
+    called_ae: str
+    peer_host: str
+    peer_port: int
+
+
+def file_sender(path: Path) -> FileSender | None:
+    """Who sent the spool file at ``path``, from its file meta; None if it does not say."""
+    meta = read_file_meta_info(path)
+    calling = str(meta.get("SendingApplicationEntityTitle") or "").strip()
+    calling = calling or str(meta.get("SourceApplicationEntityTitle") or "").strip()
+    address = urlsplit(str(meta.get("SendingPresentationAddress") or "").strip())
+    if not calling or address.hostname is None:
+        return None
+    called = str(meta.get("ReceivingApplicationEntityTitle") or "").strip()
+    return FileSender(calling, called, address.hostname, address.port or 0)
 
 
 # --- a header walk that checks the dataset is complete -------------------------------------

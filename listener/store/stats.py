@@ -33,6 +33,7 @@ class Stats:
     model_calls: list[tuple[str, str, int]] = field(default_factory=list)
     model_durations: list[tuple[str, float]] = field(default_factory=list)
     sends: list[tuple[str, int, int, int]] = field(default_factory=list)  # dest, sent, dead, failed
+    purged: list[tuple[str, int, int]] = field(default_factory=list)  # kind, files, bytes
 
 
 def read_stats(database: Database) -> Stats:
@@ -77,6 +78,12 @@ def read_stats(database: Database) -> Stats:
                 "SELECT destination, SUM(state = ?), SUM(state = ?),"
                 " SUM(attempts) - SUM(state = ?) FROM outbox GROUP BY destination",
                 (EntryState.SENT, EntryState.DEAD, EntryState.SENT),
+            )
+        ]
+        stats.purged = [
+            (str(kind), int(files), int(size))
+            for kind, files, size in db.execute(
+                "SELECT kind, SUM(files), SUM(bytes) FROM purges WHERE state = 'done' GROUP BY 1"
             )
         ]
     return stats

@@ -27,11 +27,16 @@ from pynetdicom.dsutils import split_dataset
 
 from listener.route import Destination
 from listener.send.deliver import Deliverer, SendBackoff
-from listener.send.scu import SendTimeouts, StoreItem, StoreSender
+from listener.send.scu import SendTimeouts, StoreItem, StoreSender, enable_chunked_send
 from listener.store.outbox import Outbox
 
 pytestmark = pytest.mark.integration
 T0 = 2_000_000.0
+
+
+@pytest.fixture(autouse=True)
+def _chunked() -> None:
+    enable_chunked_send()  # what a sender process does at start-up
 
 
 def item(path: Path) -> StoreItem:

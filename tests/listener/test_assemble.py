@@ -63,3 +63,23 @@ def test_worker_redelivers_studies_left_ready(tmp_path: Path) -> None:
 
     worker_loop(journal, stop, on_ready=on_ready, clock=lambda: 20.0, poll_interval_s=0.01)
     assert [s.study_uid for s in seen] == ["9.9"]
+
+
+def test_trickling_study_is_released_at_the_maximum_wait(tmp_path: Path) -> None:
+    """A study that gets an instance every 4 s never has a 5 s quiet period; with a maximum
+    wait of 30 s it is released 30 s after its first instance, and a later instance opens a
+    follow-up whose own ceiling counts from that instance."""
+    journal = Journal(tmp_path / "j.sqlite")
+    seen: list[ReleasedStudy] = []
+    for i in range(8):  # at 0, 4, ..., 28
+        _add(journal, f"1.{i}", 4.0 * i)
+        assert release_step(journal, 4.0 * i + 1, seen.append, max_wait_s=30) == 0
+    assert journal.next_due_at(max_wait_s=30) == 30.0
+    assert release_step(journal, 29.9, seen.append) == 0  # no ceiling: still waiting
+    assert release_step(journal, 30.0, seen.append, max_wait_s=30) == 1
+    assert (seen[0].generation, seen[0].instance_count) == (0, 8)
+    for i in range(8, 20):  # at 32, 36, ..., 76
+        _add(journal, f"1.{i}", 4.0 * i)
+        release_step(journal, 4.0 * i + 1, seen.append, max_wait_s=30)
+    # 32..60 arrive before the follow-up's ceiling (62); the one at 64 is released at 65.
+    assert [(s.generation, s.new_instances) for s in seen] == [(0, 8), (1, 9)]

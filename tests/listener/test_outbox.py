@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from factory import ct_series, rgb_secondary_capture, write_series
+from peers import free_port
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
@@ -151,8 +152,6 @@ def test_out_of_resources_resends_only_unconfirmed(
 
 def test_backoff_grows_until_dead_letter(tmp_path: Path) -> None:
     """A refused connection backs off 10, 20, 40 s and gives up after max_attempts."""
-    from peers import free_port
-
     dest = Destination(ae_title="NOBODY", host="127.0.0.1", port=free_port())
     outbox = make_outbox(tmp_path, dest, max_attempts=4)
     ((path, uid),) = series_files(tmp_path, 1)
@@ -260,3 +259,58 @@ def test_each_store_status_is_classified(
     assert {"sent": report.sent, "retrying": report.retrying, "dead": report.dead}[state] == {
         "pacs": 1
     }
+
+
+def test_unreachable_destination_is_dead_after_the_default_age(tmp_path: Path) -> None:
+    """With the default settings, a destination that stays unreachable for more than a day
+    turns its entries into dead letters that say why, instead of retrying them forever."""
+    from listener.pipeline import build_pipeline
+    from listener.settings import load_settings
+
+    port = free_port()  # nothing listens there
+    settings = load_settings(
+        None,
+        data_dir=tmp_path / "var",
+        destinations={"pacs": {"ae_title": "GONE", "host": "127.0.0.1", "port": port}},
+    )
+    pipeline = build_pipeline(settings)
+    try:
+        ((path, uid),) = series_files(tmp_path, 1)
+        pipeline.outbox.enqueue("pacs", path, uid, 1, now=T0)
+        assert pipeline.deliverer.deliver_due(T0).retrying == {"pacs": 1}
+        assert pipeline.deliverer.deliver_due(T0 + 3600).retrying == {"pacs": 1}
+        assert pipeline.deliverer.deliver_due(T0 + 86400 + 1).dead == {"pacs": 1}
+        (dead,) = pipeline.outbox.dead_letters()
+        assert dead.last_error is not None
+        assert "cannot connect" in dead.last_error and "gave up after 3 attempts" in dead.last_error
+    finally:
+        pipeline.close()
+
+
+def test_resubmitted_dead_letter_gets_a_fresh_age(tmp_path: Path) -> None:
+    """A resubmitted dead letter is tried again with its age counted from the resubmission, so
+    one more transient failure does not kill it at once."""
+    dest = Destination(ae_title="GONE", host="127.0.0.1", port=free_port())
+    outbox = make_outbox(tmp_path, dest, max_age_s=100)
+    ((path, uid),) = series_files(tmp_path, 1)
+    outbox.queue.enqueue("pacs", path, uid, 1, now=T0)
+    assert outbox.deliver_due(T0 + 200).dead == {"pacs": 1}
+    outbox.queue.resubmit(outbox.queue.dead_letters(), now=T0 + 1000)
+    assert outbox.deliver_due(T0 + 1000).retrying == {"pacs": 1}
+
+
+def test_building_a_sender_or_reading_the_outbox_leaves_pynetdicom_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pynetdicom's process-wide chunked-send switch is set by a sender process at start-up
+    (enable_chunked_send), never as a side effect of building a sender or reading the table."""
+    from pynetdicom import _config
+
+    from listener.send.scu import enable_chunked_send
+
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
+    outbox = make_outbox(tmp_path, Destination(ae_title="X", host="127.0.0.1", port=1))
+    assert outbox.queue.entries() == []
+    assert _config.STORE_SEND_CHUNKED_DATASET is False
+    enable_chunked_send()
+    assert _config.STORE_SEND_CHUNKED_DATASET is True

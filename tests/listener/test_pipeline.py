@@ -16,6 +16,7 @@ from listener.route import parse_rules
 from listener.route.load import effective_rules
 from listener.route.plan import PlannedTask, task_payload
 from listener.settings import Settings
+from listener.store.jobs import Job
 from listener.store.journal import InstanceRecord, StudyState
 
 RULES = """
@@ -258,3 +259,44 @@ def test_out_of_distribution_study_is_forwarded_for_review(tmp_path: Path) -> No
         str(ds.SOPInstanceUID) for ds in series
     )
     assert pipeline.embeddings.count() == 7
+
+
+def _claimed_job(pipeline: Pipeline, task: PlannedTask, study_uid: str, generation: int) -> Job:
+    pipeline.jobs.schedule(
+        job_key=f"{study_uid}:{generation}",
+        study_uid=study_uid,
+        generation=generation,
+        rule=task.rule,
+        task=task.name,
+        payload=task_payload(task),
+        priority=0,
+        now=1000.0,
+    )
+    job = pipeline.jobs.claim("w", 1000.0, 60)
+    assert job is not None
+    return job
+
+
+def test_follow_up_routed_by_label_forwards_only_late_instances(tmp_path: Path) -> None:
+    """Routing by classification sends the study once; a follow-up's job routed to the same
+    destination forwards only the late instance, not the whole study again."""
+    pipeline, clock = _pipeline(tmp_path)
+    series = ct_series(3)
+    study_uid = str(series[0].StudyInstanceUID)
+    task = PlannedTask(
+        rule="r",
+        name="sort",
+        model="medimageinsight",
+        inputs={"images": (str(series[0].SOPInstanceUID),)},
+        labels=("a", "b"),
+        routes={"a": "archive"},
+    )
+    _store(pipeline, series[:2], at=clock.now)
+    job = _claimed_job(pipeline, task, study_uid, 0)
+    pipeline.runner.act(job, TaskOutcome((), "a", {}), clock.now)
+    assert len(pipeline.outbox.entries(destination="archive")) == 2
+    _store(pipeline, series[2:], at=clock.now + 100)
+    follow_up = _claimed_job(pipeline, task, study_uid, 1)
+    pipeline.runner.act(follow_up, TaskOutcome((), "a", {}), clock.now + 200)
+    forwarded = [e.sop_instance_uid for e in pipeline.outbox.entries(destination="archive")]
+    assert sorted(forwarded) == sorted(str(ds.SOPInstanceUID) for ds in series)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 from factory import ct_series
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 from pydicom.filewriter import dcmwrite
 
 from listener.errors import InvalidDatasetError, MissingIdentifierError
-from listener.store.journal import Journal
+from listener.store.journal import Journal, Sender
 from listener.store.spool import Spool, encode_file_meta, read_header, reindex, split_file
 
 SAMPLES = [
@@ -105,3 +105,53 @@ def test_write_is_atomic_and_reindex_restores_lost_records(tmp_path: Path) -> No
     assert reindex(spool, journal, quiet_period_s=5, now=50.0) == 1
     assert reindex(spool, journal, quiet_period_s=5, now=60.0) == 0
     assert [i.path for i in journal.instances(ds.StudyInstanceUID)] == [relative]
+
+
+def _spooled(spool: Spool, ds: Dataset, *, calling: str, called: str, peer: str) -> str:
+    buffer = BytesIO()
+    dcmwrite(buffer, ds, implicit_vr=False, little_endian=True)
+    header = read_header(buffer.getvalue(), "1.2.840.10008.1.2.1")
+    meta = encode_file_meta(
+        sop_class_uid=header.sop_class_uid,
+        sop_instance_uid=header.sop_instance_uid,
+        transfer_syntax="1.2.840.10008.1.2.1",
+        source_ae=calling,
+        called_ae=called,
+        peer=(peer, 40123),
+    )
+    relative, _ = spool.write(header, [meta, buffer.getvalue()])
+    return relative
+
+
+def test_reindexed_instances_keep_their_senders(tmp_path: Path) -> None:
+    """A study whose journal rows were lost (power failure) gets each instance's sender back
+    from its spool file: calling and called AE title and peer address, two senders apart."""
+    spool = Spool(tmp_path / "spool", tmp_path / "quarantine")
+    first, second = ct_series(2)
+    _spooled(spool, first, calling="CT_SCANNER1", called="PACSAI", peer="10.20.1.5")
+    _spooled(spool, second, calling="WORKSTATION", called="PACSAI_SORT", peer="::1")
+    journal = Journal(tmp_path / "journal.sqlite")
+    assert reindex(spool, journal, quiet_period_s=5, now=50.0) == 2
+    senders = journal.senders(str(first.StudyInstanceUID))
+    assert senders[str(first.SOPInstanceUID)] == Sender("CT_SCANNER1", "PACSAI", "10.20.1.5")
+    assert senders[str(second.SOPInstanceUID)] == Sender("WORKSTATION", "PACSAI_SORT", "::1")
+    assert {a["ended"] for a in journal.associations()} == {"recovered"}
+
+
+def test_file_meta_records_the_association() -> None:
+    """The spool file's meta says who sent it (PS3.10 Table 7.1-1 sending/receiving elements)."""
+    ds = ct_series(1)[0]
+    buffer = BytesIO()
+    dcmwrite(buffer, ds, implicit_vr=False, little_endian=True)
+    meta = encode_file_meta(
+        sop_class_uid=ds.SOPClassUID,
+        sop_instance_uid=ds.SOPInstanceUID,
+        transfer_syntax="1.2.840.10008.1.2.1",
+        source_ae="MODALITY",
+        called_ae="PACSAI",
+        peer=("192.168.1.7", 104),
+    )
+    back = dcmread(BytesIO(meta + buffer.getvalue()))
+    assert back.file_meta.SendingApplicationEntityTitle == "MODALITY"
+    assert back.file_meta.ReceivingApplicationEntityTitle == "PACSAI"
+    assert back.file_meta.SendingPresentationAddress == "dicom://192.168.1.7:104"
