@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from listener.store.associations import AssociationLog
+from listener.store.associations import AssociationRecord as AssociationRecord  # re-exported
 from listener.store.db import Database
 
 SCHEMA = """
@@ -162,23 +164,7 @@ class Sender:
     peer_host: str | None
 
 
-@dataclass
-class AssociationRecord:
-    """Counters of one association, written when it starts and when it ends."""
-
-    id: str
-    peer_host: str
-    peer_port: int
-    calling_ae: str
-    called_ae: str
-    started_at: float
-    received: int = 0
-    stored: int = 0
-    duplicates: int = 0
-    failed: int = 0
-
-
-class Journal:
+class Journal(AssociationLog):
     """Thread-safe access to the journal file; one instance per process.
 
     Every method that changes state runs in one ``BEGIN IMMEDIATE`` transaction, so several
@@ -457,58 +443,6 @@ class Journal:
             (generation, study_uid),
         ).fetchone()
         return ReleasedStudy(study_uid, generation, released_at, total, new, calling, called)
-
-    # --- associations --------------------------------------------------------------------------
-
-    def start_association(self, record: AssociationRecord) -> None:
-        """Record an accepted association."""
-        with self._write() as db:
-            db.execute(
-                "INSERT INTO associations (id, peer_host, peer_port, calling_ae, called_ae,"
-                " started_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    record.id,
-                    record.peer_host,
-                    record.peer_port,
-                    record.calling_ae,
-                    record.called_ae,
-                    record.started_at,
-                ),
-            )
-
-    def end_association(self, record: AssociationRecord, *, ended: str, now: float) -> None:
-        """Record how an association ended (released, aborted) with its counters."""
-        with self._write() as db:
-            db.execute(
-                "UPDATE associations SET ended_at = ?, duration_s = ?, received = ?, stored = ?,"
-                " duplicates = ?, failed = ?, ended = ? WHERE id = ?",
-                (
-                    now,
-                    now - record.started_at,
-                    record.received,
-                    record.stored,
-                    record.duplicates,
-                    record.failed,
-                    ended,
-                    record.id,
-                ),
-            )
-
-    def close_open_associations(self, *, ended: str, now: float) -> int:
-        """Mark associations left open by a crashed process as ended; return how many."""
-        with self._write() as db:
-            return db.execute(
-                "UPDATE associations SET ended = ?, ended_at = ?, duration_s = ? - started_at"
-                " WHERE ended IS NULL",
-                (ended, now, now),
-            ).rowcount
-
-    def associations(self) -> list[dict[str, object]]:
-        """Every association record, newest first, as plain dictionaries."""
-        with self.db.read() as db:
-            cursor = db.execute("SELECT * FROM associations ORDER BY started_at DESC")
-            names = [column[0] for column in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def _text(value: object) -> str | None:
