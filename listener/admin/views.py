@@ -56,6 +56,8 @@ def job_json(job: Job) -> Json:
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
         "last_error": job.last_error,
+        "waiting_for": job.waiting_for,
+        "retry_of": job.retry_of,
         "outputs": job.outputs,
         "not_before": job.not_before,
         "created_at": job.created_at,
