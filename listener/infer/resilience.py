@@ -180,6 +180,7 @@ class CircuitBreaker:
         self._consecutive = 0
         self._opened_at = 0.0
         self._probing = False
+        self._told_closed = False
         self.last_error: str | None = None
 
     @property
@@ -226,6 +227,10 @@ class CircuitBreaker:
         self._probing = False
         if was is not CircuitState.CLOSED:
             self._log.info("circuit_closed", endpoint=self.endpoint)
+        if was is not CircuitState.CLOSED or not self._told_closed:
+            # also the first success of a new breaker: another process's, or this one's
+            # before a restart, may have been recorded open
+            self._told_closed = True
             self._changed(None)
 
     def record_failure(self, cause: str | None = None) -> None:
@@ -241,6 +246,7 @@ class CircuitBreaker:
         ):
             self._state = CircuitState.OPEN
             self._opened_at = self._clock()
+            self._told_closed = False
             self._log.warning(
                 "circuit_opened",
                 endpoint=self.endpoint,

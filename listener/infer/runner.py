@@ -161,7 +161,8 @@ class JobRunner:
         outcome = await run_task(task_from_payload(job.payload), context)
         if not self.jobs.holds(lease):  # do not write or queue what another runner will
             raise LeaseLostError
-        return self.act(job, outcome, self.clock())
+        # writing and fsyncing the results off the event loop keeps the heartbeat beating
+        return await asyncio.to_thread(self.act, job, outcome, self.clock())
 
     async def _heartbeat(self, lease: Lease, work: asyncio.Task[Any], lost: asyncio.Event) -> None:
         """Renew the lease every third of its length; cancel the work when it is gone."""
