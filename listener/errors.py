@@ -54,13 +54,19 @@ class TransientModelError(ModelError):
 
 
 class PermanentModelError(ModelError):
-    """A model call failed in a way a retry cannot fix (400, 401, 403, 404, 424)."""
+    """A model call failed in a way a retry cannot fix (400, 401/403 after a token refresh, 404,
+    424 with a 4xx model status)."""
 
 
 class CircuitOpenError(ModelError):
-    """The endpoint failed repeatedly; calls fail fast until the breaker probes it again."""
+    """The endpoint failed repeatedly; calls fail fast (no request is sent) until the breaker
+    probes it again in ``retry_after_s``. The message leads with the endpoint's last failure."""
 
     retryable = True
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ConversionError(GatewayError):

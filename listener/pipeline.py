@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from listener.infer.runner import JobRunner
+from listener.infer.runner import JobPolicy, JobRunner
 from listener.route.load import effective_rules
 from listener.route.model import RuleSet
 from listener.route.release import StudyRouter
@@ -93,7 +93,16 @@ def build_pipeline(
             clock,
             settings.max_study_wait_s,
         ),
-        runner=JobRunner(journal, jobs, outbox, embeddings, settings.spool_dir, results_dir, clock),
+        runner=JobRunner(
+            journal,
+            jobs,
+            outbox,
+            embeddings,
+            settings.spool_dir,
+            results_dir,
+            clock,
+            JobPolicy.from_settings(settings),
+        ),
         deliverer=Deliverer(
             outbox,
             rules.destinations,

@@ -106,7 +106,9 @@ class ModelSettings(_Section):
     model_version: str | None = Field(
         default=None, description="recorded in result objects as the algorithm version"
     )
-    timeout_s: float = Field(default=90.0, gt=0, le=600)
+    timeout_s: float = Field(
+        default=90.0, gt=0, le=600, description="total deadline of one request, answer included"
+    )
     concurrency: int = Field(default=4, ge=1, le=256)
     retries: int = Field(default=6, ge=0, le=50)
     batch_size: int = Field(default=8, ge=1, le=1024)
@@ -144,10 +146,22 @@ class EmulatorSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535, description="0 picks a free loopback port")
     key: SecretStr | None = None
+    accepted_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="further bearer values it accepts (e.g. Entra tokens); any key set: one must",
+    )
     latency_ms: float = Field(default=0.0, ge=0)
     fault_rate: float = Field(default=0.0, ge=0, le=1, description="share of calls that fail")
     fault_statuses: list[int] = Field(default_factory=lambda: [408, 429, 503])
     retry_after_s: float | None = Field(default=None, ge=0)
+    fault_for_s: float | None = Field(
+        default=None, gt=0, description="inject faults only this long after start (an outage)"
+    )
+    trickle_interval_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="a fault trickles a 200 answer one byte per interval instead of an error",
+    )
     max_in_flight: int = Field(default=64, ge=1)
     deployments: list[str] = Field(
         default_factory=list,
@@ -238,6 +252,24 @@ class Settings(BaseSettings):
     )
     workers: int = Field(default=2, ge=1, le=64, description="job worker processes")
     jobs_per_worker: int = Field(default=4, ge=1, le=64, description="concurrent jobs each")
+    job_lease_s: float = Field(
+        default=60.0,
+        ge=1,
+        le=3600,
+        description="a running job's lease; its runner renews it every third of this",
+    )
+    job_max_age_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="a job still waiting for a model at this age is canceled with its last cause",
+    )
+    job_retry_base_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="first wait after a transient job failure; doubles, max 10 min; a later"
+        " Retry-After or circuit-breaker probe time wins",
+    )
 
     @field_validator("ae_titles")
     @classmethod

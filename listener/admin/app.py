@@ -18,7 +18,7 @@ from listener.admin.dashboard import render_dashboard
 from listener.admin.metrics import JournalCollector, build_registry
 from listener.admin.openapi import openapi_schema
 from listener.admin.pictures import study_picture
-from listener.admin.readiness import problems
+from listener.admin.readiness import readiness
 from listener.admin.security import TokenGuard
 from listener.admin.state import AdminState
 from listener.errors import ConfigError
@@ -26,6 +26,7 @@ from listener.logging import get_logger
 from listener.route.load import effective_rules
 from listener.route.model import rules_fingerprint
 from listener.store.jobs import JobState
+from listener.store.retry import retry_job
 
 _log = get_logger("admin")
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -63,10 +64,8 @@ class _Handlers:
         return JSONResponse({"status": "ok"})
 
     def readyz(self, _: Request) -> Response:
-        reasons = problems(self.state, self.state.clock())
-        if reasons:
-            return JSONResponse({"status": "not ready", "reasons": reasons}, status_code=503)
-        return JSONResponse({"status": "ready", "reasons": []})
+        code, body = readiness(self.state, self.state.clock())
+        return JSONResponse(body, status_code=code)
 
     def metrics(self, _: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
@@ -114,15 +113,17 @@ class _Handlers:
             return _error(404, "no such job")
         now = self.state.clock()
         if action == "retry":
-            done = self.state.jobs.retry(job_id, now)
+            outcome = retry_job(self.state.jobs, self.state.outbox, job_id, now)
+            done = outcome is not None and outcome.done
+            shown = outcome.new_job_id if outcome and outcome.new_job_id else job_id
         elif action == "cancel":
-            done = self.state.jobs.cancel(job_id, now)
+            done, shown = self.state.jobs.cancel(job_id, now), job_id
         else:
             return _error(404, "unknown action: retry or cancel")
         if not done:
             return _error(409, f"cannot {action} a job in state {found.state.value}")
         _log.info(f"job_{action}_requested", job_id=job_id, study_uid=found.study_uid)
-        updated = self.state.jobs.get(job_id)
+        updated = self.state.jobs.get(shown)
         assert updated is not None
         return JSONResponse(views.job_detail(self.state, updated))
 

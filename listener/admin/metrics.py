@@ -20,6 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from listener.settings import MODEL_NAMES
 from listener.store.db import Database
 from listener.store.outbox import EntryState
 from listener.store.stats import JOB_STATES, STUDY_STATES, Stats, read_stats
@@ -142,7 +143,21 @@ def _models(stats: Stats) -> Iterator[Metric]:
     for model, values in sorted(durations.items()):
         buckets, total = histogram_buckets(values, MODEL_BUCKETS)
         latency.add_metric([model], buckets, total)
-    yield from (calls, errors, latency)
+    available = GaugeMetricFamily(
+        f"{PREFIX}_model_available",
+        "1 unless the breaker of the job runner that last called the model is open",
+        labels=["model"],
+    )
+    for model, down in sorted(stats.models_down.items()):
+        available.add_metric([model], 0.0 if down else 1.0)
+    waiting = GaugeMetricFamily(
+        f"{PREFIX}_jobs_waiting_for_model",
+        "Jobs IN PROGRESS waiting for a model to come back (transient failures)",
+        labels=["model"],
+    )
+    for model in dict.fromkeys([*MODEL_NAMES, *sorted(stats.waiting_jobs)]):
+        waiting.add_metric([model], stats.waiting_jobs.get(model, 0))
+    yield from (calls, errors, latency, available, waiting)
 
 
 def _sends(stats: Stats) -> Iterator[Metric]:

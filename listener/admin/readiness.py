@@ -8,14 +8,25 @@ A stage is stuck when work it owns is overdue by far more than normal jitter:
 - infer: a job is IN PROGRESS past its lease (its worker died or hangs), or a scheduled job has
   been due for long (no job worker is running);
 - send: an outbox entry has been due for long (no sender is running, or it is wedged).
+
+Models are reported apart (:func:`readiness`'s ``models`` section): a model whose circuit breaker
+is open is named unavailable with the endpoint's last failure, the time of the next probe and the
+jobs waiting for it. That alone does not make the gateway unready (status ``degraded``, HTTP 200):
+studies are still received, stored and queued, and their jobs run when the model is back, so a
+load balancer or an orchestrator must keep sending to this instance rather than take it out of
+rotation (or restart it) because a remote endpoint is down.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from listener.admin.state import AdminState
-from listener.store.stats import overdue
+from listener.settings import MODEL_NAMES
+from listener.store.stats import model_availability, overdue
+
+HTTP_OK, HTTP_SERVICE_UNAVAILABLE = 200, 503
 
 
 @dataclass(frozen=True)
@@ -60,3 +71,31 @@ def problems(state: AdminState, now: float, limits: Thresholds | None = None) ->
         if count:
             reasons.append(reason.format(n=count))
     return reasons
+
+
+def models(state: AdminState) -> dict[str, dict[str, Any]]:
+    """Each model's availability as the job runners last saw it (the ``models`` section)."""
+    return {
+        m.model: {
+            "available": m.available,
+            "reason": m.reason,
+            "since": m.since,
+            "next_probe_at": m.next_probe_at,
+            "waiting_jobs": m.waiting_jobs,
+        }
+        for m in model_availability(state.journal.db, MODEL_NAMES)
+    }
+
+
+def readiness(state: AdminState, now: float) -> tuple[int, dict[str, Any]]:
+    """The /readyz answer: HTTP status and body (``status``, ``reasons``, ``models``)."""
+    reasons = problems(state, now)
+    by_model = models(state)
+    if reasons:
+        status = "not ready"
+    elif any(not m["available"] for m in by_model.values()):
+        status = "degraded"
+    else:
+        status = "ready"
+    code = HTTP_SERVICE_UNAVAILABLE if reasons else HTTP_OK
+    return code, {"status": status, "reasons": reasons, "models": by_model}

@@ -56,6 +56,8 @@ def job_json(job: Job) -> Json:
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
         "last_error": job.last_error,
+        "waiting_for": job.waiting_for,
+        "retry_of": job.retry_of,
         "outputs": job.outputs,
         "not_before": job.not_before,
         "created_at": job.created_at,
@@ -127,7 +129,8 @@ def study_stage(info: StudyInfo, jobs: list[Job], sends: list[Json]) -> str:
         return "processing"
     if any(entry["state"] == EntryState.PENDING for entry in sends):
         return "sending"
-    failed = any(job.state is JobState.CANCELED for job in jobs)
+    retried = {job.retry_of for job in jobs}  # a canceled job an operator retried is superseded
+    failed = any(job.state is JobState.CANCELED and job.id not in retried for job in jobs)
     if failed or any(entry["state"] == EntryState.DEAD for entry in sends):
         return "failed"
     return "done"
@@ -215,6 +218,18 @@ def failures(state: AdminState, limit: int = 50) -> list[Json]:
             "reason": job.last_error or "",
         }
         for job in state.jobs.list_jobs(state=JobState.CANCELED)[:limit]
+    ]
+    out += [
+        {
+            "kind": "job",
+            "at": job.updated_at,
+            "study_uid": job.study_uid,
+            "job_id": job.id,
+            "what": f"{job.rule}/{job.task} waiting for {job.waiting_for}",
+            "reason": job.last_error or "",
+        }
+        for job in state.jobs.list_jobs(state=JobState.IN_PROGRESS)[:limit]
+        if job.waiting_for is not None and job.lease_owner is None
     ]
     for entry in map(_entry_json, state.outbox.dead_letters()[-limit:]):
         out.append(

@@ -111,7 +111,7 @@ def add_jobs(sub: Any) -> None:
     _common(listing)
     for name, text in (
         ("show", "one job with its timeline"),
-        ("retry", "reschedule a canceled job and resubmit its dead-lettered sends"),
+        ("retry", "rerun a canceled job as a new job and resubmit its dead-lettered sends"),
         ("cancel", "cancel a job that has not finished"),
     ):
         action = actions.add_parser(name, help=text)
@@ -179,11 +179,15 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             print(f"send\t{entry.destination}\t{entry.sop_instance_uid}\t{entry.state}")
         return EXIT_OK
     if args.action == "retry":
-        rescheduled = jobs.retry(job.id, now)
-        dead = [*outbox.dead_letters(job_id=job.id), *outbox.dead_letters(job_id=f"route:{job.id}")]
-        resent = outbox.resubmit(dead, now)
-        print(f"job {job.id}: rescheduled={rescheduled} sends resubmitted={resent}")
-        return EXIT_OK if rescheduled or resent else EXIT_FAILED
+        from listener.store.retry import retry_job
+
+        outcome = retry_job(jobs, outbox, job.id, now)
+        if outcome is None or not outcome.done:
+            print(f"pacs-ai: job {job.id} ({job.state.value}): nothing to retry", file=sys.stderr)
+            return EXIT_FAILED
+        again = f"retried as job {outcome.new_job_id}" if outcome.new_job_id else "not rerun"
+        print(f"job {job.id}: {again}; sends resubmitted: {outcome.resubmitted}")
+        return EXIT_OK
     canceled = jobs.cancel(job.id, now)
     print(f"job {job.id}: canceled={canceled}")
     return EXIT_OK if canceled else EXIT_FAILED
@@ -202,6 +206,8 @@ def _job_dict(job: Any) -> dict[str, Any]:
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
         "last_error": job.last_error,
+        "waiting_for": job.waiting_for,
+        "retry_of": job.retry_of,
         "outputs": job.outputs,
         "created": _stamp(job.created_at),
         "updated": _stamp(job.updated_at),

@@ -3,18 +3,22 @@ hosted models' request/response contract (docs/models.md), deterministic answers
 the image, and fault injection for tests. It is not a clinical model, and says so on every
 response (``x-pacs-ai-emulator``) and in its start-up log line.
 
-Per request, in the order the real service would meet them: key check (401), requests in flight
-over ``max_in_flight`` (429 "Too many pending requests", §6), injected faults (408/429/503,
-with Retry-After when configured), envelope validation (400 naming the field),
-then the model's own validation (424 with ``ms-azureml-model-error-*`` headers) and answer.
-The added latency is a floor on the service time, the answer being computed while it runs.
+Per request, in the order the real service would meet them: key check (401: the bearer value
+must be ``key`` or one of ``accepted_keys`` when any is set), requests in flight over
+``max_in_flight`` (429 "Too many pending requests", §6), injected faults (408/429/503, with
+Retry-After when configured, for ``fault_for_s`` after start when set: an outage that ends; or,
+with ``trickle_interval_s``, a 200 whose body comes one byte per interval and never completes),
+envelope validation (400 naming the field), then the model's own validation (424 with
+``ms-azureml-model-error-*`` headers) and answer. The added latency is a floor on the service
+time, the answer being computed while it runs.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,7 +26,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -104,6 +108,8 @@ class EmulatorStats:
     in_flight: int = 0
     max_in_flight_seen: int = 0
     per_model: dict[str, int] = field(default_factory=dict)
+    trickled: int = 0
+    trickles_abandoned: int = 0  # the client hung up before the trickle ended
 
 
 def _field_error(message: str) -> answers.EmulatorInputError:
@@ -188,8 +194,11 @@ class _Emulator:
         self.settings = settings
         self.stats = EmulatorStats()
         self._rng = random.Random(settings.seed)
-        key = settings.key.get_secret_value() if settings.key is not None else None
-        self._expected_auth = f"Bearer {key}" if key is not None else None
+        keys = [settings.key] if settings.key is not None else []
+        self._accepted_auth = {
+            f"Bearer {key.get_secret_value()}" for key in [*keys, *settings.accepted_keys]
+        }
+        self._started = time.monotonic()
 
     async def score(self, request: Request) -> Response:
         model = request.path_params["model"]
@@ -197,7 +206,7 @@ class _Emulator:
             return _error(HTTP_NOT_FOUND, f"no model named {model!r} at this emulator")
         self.stats.requests += 1
         self.stats.per_model[model] = self.stats.per_model.get(model, 0) + 1
-        if self._expected_auth and request.headers.get("authorization") != self._expected_auth:
+        if self._accepted_auth and request.headers.get("authorization") not in self._accepted_auth:
             return _error(HTTP_UNAUTHORIZED, "missing or wrong endpoint key")
         deployment = request.headers.get("azureml-model-deployment")
         if deployment and self.settings.deployments and deployment not in self.settings.deployments:
@@ -218,7 +227,9 @@ class _Emulator:
         a real model's inference time would, so the latency is the service time floor."""
         started = anyio.current_time()
         raw = await request.body()
-        if self.settings.fault_statuses and self._rng.random() < self.settings.fault_rate:
+        if self._faulting():
+            if self.settings.trickle_interval_s is not None:
+                return self._trickle(self.settings.trickle_interval_s)
             status = self._rng.choice(self.settings.fault_statuses)
             self.stats.faults += 1
             headers = self._retry_after() if status in _RETRY_AFTER_STATUSES else {}
@@ -229,6 +240,34 @@ class _Emulator:
         if remaining > 0:
             await anyio.sleep(remaining)
         return response
+
+    def _faulting(self) -> bool:
+        """Whether this request gets an injected fault."""
+        window = self.settings.fault_for_s
+        if window is not None and time.monotonic() - self._started >= window:
+            return False
+        faults = self.settings.fault_statuses or self.settings.trickle_interval_s
+        return bool(faults) and self._rng.random() < self.settings.fault_rate
+
+    def _trickle(self, interval_s: float, length: int = 64) -> Response:
+        """A 200 whose JSON body arrives one byte per ``interval_s`` (``length`` bytes)."""
+        self.stats.faults += 1
+        self.stats.trickled += 1
+        stats = self.stats
+
+        async def body() -> AsyncIterator[bytes]:
+            finished = False
+            try:
+                for _ in range(length):
+                    yield b" "
+                    await anyio.sleep(interval_s)
+                finished = True
+                yield b"[]"
+            finally:
+                if not finished:
+                    stats.trickles_abandoned += 1
+
+        return StreamingResponse(body(), media_type="application/json")
 
     async def _compute(self, model: str, raw: bytes) -> Response:
         try:

@@ -2,7 +2,9 @@
 
 Key auth sends the endpoint key; Entra auth sends a Microsoft Entra token for the scope
 ``https://ml.azure.com/.default`` from azure-identity's ``DefaultAzureCredential``, imported only
-when asked for (it is the optional ``entra`` extra) and refreshed before it expires.
+when asked for (it is the optional ``entra`` extra) and refreshed before it expires, or at once
+when the endpoint rejects it (:meth:`Authorizer.invalidate`: a token revoked or rotated before its
+``expires_on`` is answered 401, and one fresh token decides whether the rejection is permanent).
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ class Authorizer(Protocol):
 
     async def header(self) -> str | None: ...
 
+    def invalidate(self) -> bool:
+        """Forget the credential the endpoint just rejected; True when the next
+        :meth:`header` brings a fresh one (worth one more try), False when it cannot."""
+        ...
+
 
 class TokenCredential(Protocol):
     """The part of azure-core's ``TokenCredential`` used here."""
@@ -44,6 +51,9 @@ class KeyAuth:
 
     async def header(self) -> str | None:
         return f"Bearer {self._key.get_secret_value()}" if self._key is not None else None
+
+    def invalidate(self) -> bool:
+        return False  # a key does not change by asking again
 
     def __repr__(self) -> str:
         return "KeyAuth(key=***)"
@@ -78,6 +88,10 @@ class EntraAuth:
                 self._token = str(access.token)
                 self._expires_on = float(access.expires_on)
             return f"Bearer {self._token}"
+
+    def invalidate(self) -> bool:
+        self._token = None
+        return True
 
     def __repr__(self) -> str:
         return "EntraAuth(token=***)"

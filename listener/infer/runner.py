@@ -1,40 +1,86 @@
 """Run a claimed job: infer + convert, then write its results durably and act on what it found.
 
 :meth:`JobRunner.run_job` is the job stage's one worker boundary: a task's failure is recorded on
-its job (retried later when the error is transient, canceled when it is not), never raised to the
-loop that runs several jobs at once. After a task, :meth:`JobRunner.act` keeps the embeddings and
-the out-of-distribution score, writes each checked result object under ``results/<study>/``
-(temp file, fsync, rename) and queues it for the task's destinations, and routes the study when
-the task's top label (or its OOD score) asks for it.
+its job, never raised to the loop that runs several jobs at once:
+
+- a model outage (a transient model error, or the breaker failing the call fast) leaves the job
+  IN PROGRESS, waiting for the model with a job-level backoff that honours the endpoint's
+  Retry-After and the breaker's next probe, until the job is ``max_age_s`` old (then CANCELED
+  with its last cause); fast-fails of an open breaker do not count as attempts;
+- a permanent failure (a model answer a retry cannot fix, a property of the input such as a
+  missing pixel-module attribute) cancels the job at once with its cause;
+- anything else (a bug) is logged with its traceback and retried until ``max_attempts``.
+
+While the job runs, a heartbeat renews its lease every third of ``lease_s``; when a renewal
+finds the lease gone (an operator canceled the job, or another runner took it after this one
+stalled), the work is cancelled and nothing of it is recorded. Every change is fenced by the
+lease (:class:`~listener.store.jobs.Lease`), so a stale runner changes nothing.
+
+After a task, :meth:`JobRunner.act` keeps the embeddings and the out-of-distribution score,
+writes each checked result object under ``results/<study>/`` (temp file, fsync, rename) and
+queues it for the task's destinations, and routes the study when the task's top label (or its
+OOD score) asks for it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydicom import Dataset, dcmread
 
-from listener.errors import GatewayError
+from listener.errors import CircuitOpenError, GatewayError, TransientModelError
 from listener.infer.clients import ModelClients
 from listener.infer.priors import PriorFinder
 from listener.infer.tasks import TaskContext, TaskOutcome, run_task
 from listener.logging import get_logger
 from listener.route.plan import PlannedTask, task_from_payload
+from listener.settings import Settings
 from listener.store.embeddings import EmbeddingStore
-from listener.store.jobs import Job, JobStore
+from listener.store.jobs import Job, JobState, JobStore, Lease
 from listener.store.journal import Journal, instance_paths
 from listener.store.outbox import Enqueue, Outbox
 from listener.timing import backoff_delay
 
 log = get_logger("jobs")
 
-JOB_LEASE_S = 900.0
-RETRY_BASE_S = 5.0
 RETRY_MAX_S = 600.0
+# Data elements at least this large stay in the file until used: a job reads the headers of
+# every input instance, and the pixels only of the images its task prepares.
+DEFER_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """Leases, backoff and patience of the job stage (settings ``job_*``)."""
+
+    lease_s: float = 60.0
+    max_age_s: float = 86400.0
+    retry_base_s: float = 5.0
+    retry_max_s: float = RETRY_MAX_S
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobPolicy:
+        return cls(
+            lease_s=settings.job_lease_s,
+            max_age_s=settings.job_max_age_s,
+            retry_base_s=settings.job_retry_base_s,
+        )
+
+    def delay(self, attempts: int, hint_s: float | None) -> float:
+        """Wait after a transient failure: the job backoff, or the server's hint when later."""
+        return max(backoff_delay(attempts, self.retry_base_s, self.retry_max_s), hint_s or 0.0)
+
+
+class LeaseLostError(Exception):
+    """The runner no longer holds the job's lease; its work must not be recorded."""
 
 
 def write_durably(path: Path, obj: Dataset) -> None:
@@ -58,46 +104,108 @@ class JobRunner:
     spool_dir: Path
     results_dir: Path
     clock: Callable[[], float] = field(default=time.time)
+    policy: JobPolicy = field(default_factory=JobPolicy)
 
     @property
     def priors(self) -> PriorFinder:
         return PriorFinder(self.journal, self.spool_dir, self.results_dir)
 
     def context(self, clients: ModelClients, study_uid: str) -> TaskContext:
-        """The task context of one job: clients, its study's spooled files, prior lookup."""
+        """The task context of one job: clients, its study's spooled files, prior lookup.
+
+        Instances are read when the task asks for them, with their large elements (pixel data)
+        left in the file until used (:data:`DEFER_BYTES`)."""
         paths = instance_paths(self.journal, self.spool_dir, study_uid)
 
         def load(uid: str) -> Dataset:
-            return dcmread(paths[uid])
+            return dcmread(paths[uid], defer_size=DEFER_BYTES)
 
         return TaskContext(clients=clients, load=load, prior=self.priors)
 
     async def run_job(self, job: Job, context: TaskContext) -> None:
         """Run one claimed job to completion or to a recorded failure (the worker boundary)."""
         bound = log.bind(job_id=job.id, study_uid=job.study_uid, task=job.task)
+        lease = job.lease
+        if lease is None:
+            raise ValueError(f"job {job.id} was not claimed")
         started = self.clock()
+        work = asyncio.create_task(self._work(job, lease, context))
+        lost = asyncio.Event()
+        heartbeat = asyncio.create_task(self._heartbeat(lease, work, lost))
         try:
-            outcome = await run_task(task_from_payload(job.payload), context)
-            outputs = self.act(job, outcome, self.clock())
-        except GatewayError as exc:
-            retry_at = None if not exc.retryable else self.clock() + self._retry_delay(job)
-            state = self.jobs.fail(job.id, str(exc), self.clock(), retry_at=retry_at)
-            bound.warning("job_failed", error=str(exc), state=state.value, attempt=job.attempts)
+            outputs = await work
+        except asyncio.CancelledError:
+            if not lost.is_set():
+                work.cancel()
+                raise
+            bound.warning("job_lease_lost", attempt=job.attempts)
             return
-        except Exception as exc:  # the one worker boundary: log it, fail this job alone
-            retry_at = self.clock() + self._retry_delay(job)
-            state = self.jobs.fail(
-                job.id, f"internal error: {exc!r}", self.clock(), retry_at=retry_at
+        except LeaseLostError:
+            bound.warning("job_lease_lost", attempt=job.attempts)
+            return
+        except Exception as exc:
+            self._record_failure(job, lease, exc, bound)
+            return
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        if self.jobs.complete(lease, outputs, self.clock()):
+            bound.info(
+                "job_completed", outputs=len(outputs), seconds=round(self.clock() - started, 3)
             )
-            bound.exception("job_crashed", state=state.value, attempt=job.attempts)
-            return
-        self.jobs.complete(job.id, outputs, self.clock())
-        bound.info("job_completed", outputs=len(outputs), seconds=round(self.clock() - started, 3))
+        else:
+            bound.warning("job_lease_lost", attempt=job.attempts)
 
-    @staticmethod
-    def _retry_delay(job: Job) -> float:
-        """Backoff for a failed job: 5 s, 10 s, 20 s, ... at most 10 minutes."""
-        return backoff_delay(job.attempts, RETRY_BASE_S, RETRY_MAX_S)
+    async def _work(self, job: Job, lease: Lease, context: TaskContext) -> list[str]:
+        outcome = await run_task(task_from_payload(job.payload), context)
+        if not self.jobs.holds(lease):  # do not write or queue what another runner will
+            raise LeaseLostError
+        # writing and fsyncing the results off the event loop keeps the heartbeat beating
+        return await asyncio.to_thread(self.act, job, outcome, self.clock())
+
+    async def _heartbeat(self, lease: Lease, work: asyncio.Task[Any], lost: asyncio.Event) -> None:
+        """Renew the lease every third of its length; cancel the work when it is gone."""
+        while True:
+            await asyncio.sleep(self.policy.lease_s / 3)
+            try:
+                held = self.jobs.renew(lease, self.clock() + self.policy.lease_s)
+            except sqlite3.Error as exc:  # a busy journal: try again at the next beat
+                log.warning("job_lease_not_renewed", job_id=lease.job_id, error=str(exc))
+                continue
+            if not held:
+                lost.set()
+                work.cancel()
+                return
+
+    def _record_failure(self, job: Job, lease: Lease, exc: Exception, bound: Any) -> None:
+        """Record a failed run on its job as the module docstring says."""
+        now = self.clock()
+        model = str(job.payload.get("model") or "") or None
+        if isinstance(exc, TransientModelError | CircuitOpenError):
+            counted = not isinstance(exc, CircuitOpenError)
+            attempts = job.attempts if counted else job.attempts - 1
+            state = self.jobs.fail(
+                lease,
+                str(exc),
+                now,
+                retry_at=now + self.policy.delay(attempts, exc.retry_after_s),
+                waiting_for=model,
+                counted=counted,
+                max_age_s=self.policy.max_age_s,
+            )
+            event = "job_waiting_for_model" if state is JobState.IN_PROGRESS else "job_failed"
+            bound.warning(event, error=str(exc), model=model, attempt=attempts, counted=counted)
+        elif isinstance(exc, GatewayError):
+            retry_at = now + self.policy.delay(job.attempts, None) if exc.retryable else None
+            state = self.jobs.fail(lease, str(exc), now, retry_at=retry_at)
+            bound.warning("job_failed", error=str(exc), attempt=job.attempts)
+        else:  # the one worker boundary: log it with its traceback, fail this job alone
+            retry_at = now + self.policy.delay(job.attempts, None)
+            state = self.jobs.fail(lease, f"internal error: {exc!r}", now, retry_at=retry_at)
+            bound.exception("job_crashed", attempt=job.attempts)
+        if state is None:
+            bound.warning("job_lease_lost", attempt=job.attempts)
 
     def act(self, job: Job, outcome: TaskOutcome, now: float) -> list[str]:
         """Keep embeddings, write and queue the result objects, route by label; their UIDs."""

@@ -91,11 +91,34 @@ def _provenance(identity: ModelIdentity, task: PlannedTask, ctx: TaskContext) ->
     )
 
 
+# The Image Pixel Module's Type 1 attributes (PS3.3 C.7.6.3): without them there is no image to
+# prepare, and no retry changes that.
+PIXEL_MODULE = (
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+)
+
+
 def _images(task: PlannedTask, ctx: TaskContext, role: str | None = None) -> list[Dataset]:
+    """The task's input images (of ``role``, or all), each read once; instances without pixel
+    data are left out, and an image that lacks a pixel-module attribute fails the task."""
     roles = [role] if role else list(task.inputs)
     uids = [uid for name in roles for uid in task.inputs.get(name, ())]
-    datasets = [ctx.load(uid) for uid in dict.fromkeys(uids)]
-    return [ds for ds in datasets if "PixelData" in ds]
+    datasets = [ds for ds in map(ctx.load, dict.fromkeys(uids)) if "PixelData" in ds]
+    for ds in datasets:
+        missing = [name for name in PIXEL_MODULE if ds.get(name) in (None, "")]
+        if missing:
+            raise ConversionError(
+                f"task {task.name}: instance {ds.get('SOPInstanceUID', '?')} lacks pixel-module"
+                f" attributes {', '.join(missing)} (PS3.3 C.7.6.3)"
+            )
+    return datasets
 
 
 def main_series(datasets: Sequence[Dataset]) -> list[Dataset]:

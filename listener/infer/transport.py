@@ -1,11 +1,16 @@
-"""One model endpoint over HTTP: auth, tracing ids, concurrency limit, retries and breaker.
+"""One model endpoint over HTTP: auth, tracing ids, concurrency limit, deadline, retries, breaker.
 
 Every call POSTs a JSON body to the scoring URI with ``Authorization: Bearer``, the optional
 ``azureml-model-deployment`` header and an ``x-ms-client-request-id`` (docs/models.md §0) that
 is also bound into the call's log events. At most ``concurrency`` requests are in flight at once
-(the semaphore is held only while a request is on the wire, not while backing off); transient
-failures are retried by tenacity with :class:`~listener.infer.resilience.CallBackoff` timing; the
-endpoint's :class:`~listener.infer.resilience.CircuitBreaker` fails calls fast while it is down.
+(the semaphore is held only while a request is on the wire, not while backing off). Each request
+has a total deadline of ``timeout_s`` (httpx's per-phase timeouts bound each connect, write and
+read; the deadline bounds the whole exchange, so an endpoint trickling a byte at a time cannot
+hold a call open), and running out of it is a transient failure. Transient failures are retried
+by tenacity with :class:`~listener.infer.resilience.CallBackoff` timing; the endpoint's
+:class:`~listener.infer.resilience.CircuitBreaker` fails calls fast while it is down. With Entra
+auth, a 401 or 403 drops the cached token and the request is sent once more with a fresh one;
+only a second rejection is permanent.
 """
 
 from __future__ import annotations
@@ -26,8 +31,11 @@ from converters.model_outputs import ModelIdentity
 from listener.errors import CircuitOpenError, PermanentModelError, TransientModelError
 from listener.infer.auth import Authorizer, KeyAuth
 from listener.infer.resilience import (
+    HTTP_FORBIDDEN,
+    HTTP_UNAUTHORIZED,
     CallBackoff,
     CircuitBreaker,
+    CircuitState,
     Clock,
     is_endpoint_failure,
     status_error,
@@ -40,6 +48,9 @@ Sleep = Callable[[float], Awaitable[None]]
 # Told of every finished call: (model, seconds, outcome, attempts); outcome is "ok",
 # "transient", "permanent", "circuit_open" or "error". listener.store.records keeps them.
 CallObserver = Callable[[str, float, str, int], None]
+# Told of every change of the endpoint's breaker: (model, state, last failure, seconds to the
+# next probe); listener.store.records keeps it where the admin API's readiness reads it.
+HealthObserver = Callable[[str, str, str | None, float | None], None]
 _CONNECT_TIMEOUT_S = 10.0
 _INLINE_JSON_BYTES = 256 * 1024
 
@@ -81,6 +92,7 @@ class ModelTransport:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         on_call: CallObserver | None = None,
+        on_health: HealthObserver | None = None,
     ) -> None:
         url = endpoint or settings.endpoint
         if url is None:
@@ -106,7 +118,16 @@ class ModelTransport:
             reset_s=settings.circuit_reset_s,
             clock=clock,
             logger=self._log,
+            on_change=None if on_health is None else self._health_observer(on_health),
         )
+
+    def _health_observer(
+        self, on_health: HealthObserver
+    ) -> Callable[[CircuitState, str | None, float | None], None]:
+        def changed(state: CircuitState, error: str | None, retry_in_s: float | None) -> None:
+            on_health(self.model, state.value, error, retry_in_s)
+
+        return changed
 
     @property
     def identity(self) -> ModelIdentity:
@@ -125,17 +146,20 @@ class ModelTransport:
     async def score(self, body: dict[str, Any]) -> Any:
         """POST ``body`` and return the decoded JSON answer, retrying transient failures.
 
-        Raises PermanentModelError at once for answers a retry cannot fix, CircuitOpenError while
-        the breaker is open, and the last TransientModelError when the retries are spent.
+        Raises PermanentModelError at once for answers a retry cannot fix, the last
+        TransientModelError when the retries are spent (also when the breaker opened during
+        this call: requests were sent), and CircuitOpenError when the breaker failed the call
+        before any request was sent.
         """
         payload = await asyncio.to_thread(_encode, body)
         request_id = new_request_id()
         attempts = 0
+        sent = [0]  # requests that went on the wire (not failed fast by the breaker)
 
         async def attempt() -> Any:
             nonlocal attempts
             attempts += 1
-            return await self._attempt(payload, request_id, attempts)
+            return await self._attempt(payload, request_id, attempts, sent)
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._settings.retries + 1),
@@ -156,9 +180,15 @@ class ModelTransport:
                 "model_call_failed", request_id=request_id, attempts=attempts, error=str(exc)
             )
             raise
-        except CircuitOpenError:
-            outcome = "circuit_open"
-            raise
+        except CircuitOpenError as exc:
+            if not sent[0]:
+                outcome = "circuit_open"
+                raise
+            outcome = "transient"
+            self._log.warning(
+                "model_call_failed", request_id=request_id, attempts=attempts, error=str(exc)
+            )
+            raise TransientModelError(str(exc), retry_after_s=exc.retry_after_s) from exc
         finally:
             if self._on_call is not None:
                 self._on_call(self.model, self._clock() - started, outcome, attempts)
@@ -179,36 +209,18 @@ class ModelTransport:
             error=str(error),
         )
 
-    async def _attempt(self, payload: bytes, request_id: str, attempt: int) -> Any:
-        async with self._semaphore:
-            probe = self.breaker.acquire()
-            decided = False
-            started = self._clock()
-            try:
-                response = await self._post(payload, request_id)
-                if is_endpoint_failure(response.status_code):
-                    self.breaker.record_failure()
-                else:
-                    self.breaker.record_success()
-                decided = True
-            except TransientModelError:
-                self.breaker.record_failure()
-                decided = True
-                raise
-            finally:
-                if probe and not decided:
-                    self.breaker.release_probe()
+    async def _attempt(self, payload: bytes, request_id: str, attempt: int, sent: list[int]) -> Any:
+        started = self._clock()
+        response = await self._exchange(payload, request_id, sent)
+        if response.status_code in (HTTP_UNAUTHORIZED, HTTP_FORBIDDEN) and self._auth.invalidate():
+            self._log.info(
+                "model_auth_refreshed", request_id=request_id, status=response.status_code
+            )
+            response = await self._exchange(payload, request_id, sent)
         if response.headers.get(EMULATOR_HEADER):
             self._emulated = True
         if not response.is_success:
-            raise status_error(
-                response.status_code,
-                response.headers,
-                response.text,
-                model=self.model,
-                auth=self._auth.kind,
-                now_epoch_s=self._wall_clock(),
-            )
+            raise self._status_error(response)
         try:
             answer = await _decode(response.content)
         except ValueError as exc:
@@ -223,27 +235,68 @@ class ModelTransport:
         )
         return answer
 
-    async def _post(self, payload: bytes, request_id: str) -> httpx.Response:
+    def _status_error(self, response: httpx.Response) -> TransientModelError | PermanentModelError:
+        return status_error(
+            response.status_code,
+            response.headers,
+            response.text,
+            model=self.model,
+            auth=self._auth.kind,
+            now_epoch_s=self._wall_clock(),
+        )
+
+    async def _exchange(self, payload: bytes, request_id: str, sent: list[int]) -> httpx.Response:
+        """One request through the semaphore and the breaker, which learns its outcome."""
+        authorization = await self._auth.header()
+        async with self._semaphore:
+            probe = self.breaker.acquire()
+            sent[0] += 1
+            decided = False
+            try:
+                response = await self._post(payload, request_id, authorization)
+                if is_endpoint_failure(response.status_code, response.headers):
+                    self.breaker.record_failure(str(self._status_error(response)))
+                else:
+                    self.breaker.record_success()
+                decided = True
+            except TransientModelError as exc:
+                self.breaker.record_failure(str(exc))
+                decided = True
+                raise
+            finally:
+                if probe and not decided:
+                    self.breaker.release_probe()
+        return response
+
+    async def _post(
+        self, payload: bytes, request_id: str, authorization: str | None
+    ) -> httpx.Response:
         headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
             "x-ms-client-request-id": request_id,
         }
-        authorization = await self._auth.header()
         if authorization is not None:
             headers["Authorization"] = authorization
         if self._settings.deployment:
             headers["azureml-model-deployment"] = self._settings.deployment
+        deadline_s = self._settings.timeout_s
         try:
-            return await self._http.post(self.endpoint, content=payload, headers=headers)
+            async with asyncio.timeout(deadline_s):
+                return await self._http.post(self.endpoint, content=payload, headers=headers)
+        except TimeoutError as exc:
+            raise TransientModelError(
+                f"timeout calling {self.model} endpoint {self.endpoint}: no complete answer "
+                f"within the {deadline_s:g} s deadline"
+            ) from exc
         except httpx.TimeoutException as exc:
             raise TransientModelError(
                 f"timeout calling {self.model} endpoint {self.endpoint} "
-                f"after {self._settings.timeout_s} s ({type(exc).__name__})"
+                f"after {deadline_s:g} s ({type(exc).__name__})"
             ) from exc
         except httpx.TransportError as exc:
             raise TransientModelError(
-                f"cannot reach {self.model} endpoint {self.endpoint}: {type(exc).__name__} {exc}"
+                f"cannot reach {self.model} endpoint {self.endpoint}: {type(exc).__name__}: {exc}"
             ) from exc
 
 
@@ -259,6 +312,8 @@ async def _decode(content: bytes) -> Any:
 
 
 def _new_http_client(settings: ModelSettings) -> httpx.AsyncClient:
+    """Per-phase timeouts: connect within 10 s (or the deadline), each write and read within the
+    deadline; the deadline itself is enforced around the whole exchange by :meth:`_post`."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(
             settings.timeout_s, connect=min(_CONNECT_TIMEOUT_S, settings.timeout_s)

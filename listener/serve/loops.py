@@ -16,13 +16,17 @@ import time
 from collections.abc import Callable
 
 from listener.infer import build_clients
-from listener.infer.runner import JOB_LEASE_S
 from listener.logging import get_logger
 from listener.pipeline import Pipeline, build_pipeline
 from listener.route.model import rules_fingerprint
 from listener.send.scu import enable_chunked_send
 from listener.settings import Settings
-from listener.store.records import AdminRecords, ModelCallRecorder, reload_requested
+from listener.store.records import (
+    AdminRecords,
+    ModelCallRecorder,
+    ModelHealthRecorder,
+    reload_requested,
+)
 from listener.store.retention import Retention, RetentionPolicy
 
 log = get_logger("workers")
@@ -34,21 +38,21 @@ def worker_id() -> str:
 
 
 def recover_after_crash(settings: Settings, now: float) -> int:
-    """Requeue jobs that workers of this host held when the service last stopped, and make the
-    outbox's pending sends due now.
+    """Release the leases of jobs that workers of this host held when the service last stopped
+    (they run again at once, still IN PROGRESS), and make the outbox's pending sends due now.
 
     Called by the supervisor before it starts any worker: no job can be in progress on this host
     then, so every ``IN PROGRESS`` lease of this host belongs to a process that is gone.
     """
     pipeline = build_pipeline(settings)
     try:
-        count = pipeline.jobs.requeue_host(socket.gethostname(), now)
+        count = pipeline.jobs.release_host(socket.gethostname(), now)
         released = pipeline.outbox.release_claims(now)
         retention(pipeline).complete_interrupted(now)
     finally:
         pipeline.close()
     if count:
-        log.warning("jobs_requeued_after_crash", count=count)
+        log.warning("job_leases_released_after_crash", count=count)
     if released:
         log.info("outbox_claims_released", count=released)
     return count
@@ -67,11 +71,12 @@ async def _job_loop(
         emulator_url,
         emulator_key=settings.emulator.key,
         on_call=ModelCallRecorder(records),
+        on_health=ModelHealthRecorder(records, owner),
     ) as clients:
         while not stop.is_set():
             reload_rules_if_asked(pipeline, records)
             await slots.acquire()
-            job = pipeline.jobs.claim(owner, clock(), JOB_LEASE_S)
+            job = pipeline.jobs.claim(owner, clock(), settings.job_lease_s)
             if job is None:
                 slots.release()
                 await asyncio.sleep(settings.poll_interval_s)

@@ -1,17 +1,30 @@
-"""Journal-backed job table: one job per (study generation, rule, task), with UPS-shaped states.
+"""Journal-backed job table: one job per (study generation, rule, task), with UPS states.
 
-States map one to one onto DICOM Unified Procedure Step states (PS3.4 CC.1.1): ``SCHEDULED``,
-``IN PROGRESS``, ``COMPLETED`` and ``CANCELED``. A job that exhausts its attempts, or fails
-permanently, is ``CANCELED`` with its last error; ``retry`` puts it back to ``SCHEDULED``.
+States are the DICOM Unified Procedure Step states (PS3.4 CC.1.1): ``SCHEDULED``, ``IN PROGRESS``,
+``COMPLETED`` and ``CANCELED``, and only the transitions PS3.4 Table CC.1.1-2 allows happen:
+SCHEDULED → IN PROGRESS → COMPLETED or CANCELED, and SCHEDULED → CANCELED. Nothing leaves
+COMPLETED or CANCELED, and nothing goes back to SCHEDULED:
 
-Claiming is atomic (one UPDATE ... RETURNING), so any number of worker processes, on this host or
-another sharing the database, can take work. A claim carries a lease: a worker killed mid-job
-leaves an ``IN PROGRESS`` row whose lease expires, and the next claim takes it again. That, with
-deterministic result UIDs, is what makes a crash produce each result exactly once.
+- a transient failure (a model outage, a crash) leaves the job IN PROGRESS with its lease released
+  and ``not_before`` set to when it may run again; the attempt is counted (unless no call reached
+  the model: the breaker failed it fast), and the job's timeline notes the cause;
+- a permanent failure, or a job still failing transiently at ``max_age_s``, is CANCELED with its
+  last cause;
+- an operator's retry of a CANCELED job is a new job (a new procedure step) whose ``retry_of``
+  names the old one (:func:`listener.store.retry.retry_job`).
+
+Claiming is atomic (one transaction), so any number of worker processes, on this host or another
+sharing the database, can take work. A claim carries a lease (owner, generation ``token``, expiry):
+the runner renews it while the job runs, and every change a runner makes (renew, complete, fail)
+is fenced by the owner *and* the token, so a runner that lost its lease (killed, hung, or overtaken
+after the lease ran out) cannot change the job any more. A worker killed mid-job leaves an
+IN PROGRESS row whose lease runs out, and the next claim takes it again. That, with deterministic
+result UIDs, is what makes a crash produce each result exactly once.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from dataclasses import dataclass
@@ -31,6 +44,16 @@ class JobState(StrEnum):
     CANCELED = "CANCELED"
 
 
+# PS3.4 Table CC.1.1-2: the state changes a procedure step may make.
+ALLOWED_TRANSITIONS = frozenset(
+    {
+        (JobState.SCHEDULED, JobState.IN_PROGRESS),
+        (JobState.SCHEDULED, JobState.CANCELED),
+        (JobState.IN_PROGRESS, JobState.COMPLETED),
+        (JobState.IN_PROGRESS, JobState.CANCELED),
+    }
+)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -49,6 +72,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     not_before REAL NOT NULL,
     lease_owner TEXT,
     lease_until REAL,
+    lease_token INTEGER NOT NULL DEFAULT 0,
+    waiting_for TEXT,
+    retry_of INTEGER,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -62,6 +88,23 @@ CREATE TABLE IF NOT EXISTS job_events (
 );
 CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id);
 """
+
+# Columns added after the first release, for journals written before them.
+_ADDED_COLUMNS = {
+    "lease_token": "INTEGER NOT NULL DEFAULT 0",
+    "waiting_for": "TEXT",
+    "retry_of": "INTEGER",
+}
+_ERROR_CHARS, _EVENT_CHARS = 2000, 500
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A runner's hold on a claimed job: every change it makes names all three."""
+
+    job_id: int
+    owner: str
+    token: int
 
 
 @dataclass(frozen=True)
@@ -84,6 +127,18 @@ class Job:
     not_before: float
     created_at: float
     updated_at: float
+    lease_owner: str | None = None
+    lease_until: float | None = None
+    lease_token: int = 0
+    waiting_for: str | None = None
+    retry_of: int | None = None
+
+    @property
+    def lease(self) -> Lease | None:
+        """The lease of the runner holding this job, when one does."""
+        if self.lease_owner is None:
+            return None
+        return Lease(self.id, self.lease_owner, self.lease_token)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -104,6 +159,11 @@ class Job:
             not_before=row["not_before"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            lease_owner=row["lease_owner"],
+            lease_until=row["lease_until"],
+            lease_token=row["lease_token"],
+            waiting_for=row["waiting_for"],
+            retry_of=row["retry_of"],
         )
 
 
@@ -114,10 +174,13 @@ class JobStore(JournalTables):
 
     def __init__(self, path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         with Database(path, busy_timeout_s=busy_timeout_s).read() as db:
-            # journals written before the column had the study's generation name
             columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            # journals written before the column had the study's generation name
             if "episode" in columns:
                 db.execute("ALTER TABLE jobs RENAME COLUMN episode TO generation")
+            for name, declaration in _ADDED_COLUMNS.items():
+                if columns and name not in columns:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
         super().__init__(path, busy_timeout_s=busy_timeout_s)
 
     def _event(
@@ -125,7 +188,7 @@ class JobStore(JournalTables):
     ) -> None:
         db.execute(
             "INSERT INTO job_events (job_id, at, state, detail) VALUES (?, ?, ?, ?)",
-            (job_id, now, state, detail),
+            (job_id, now, state, None if detail is None else detail[:_EVENT_CHARS]),
         )
 
     def schedule(
@@ -140,122 +203,232 @@ class JobStore(JournalTables):
         priority: int,
         now: float,
         max_attempts: int = 5,
+        retry_of: int | None = None,
     ) -> int:
         """Create the job unless one with the same key exists; return its id either way."""
         with self.db.transaction() as db:
-            row = db.execute("SELECT id FROM jobs WHERE job_key = ?", (job_key,)).fetchone()
-            if row is not None:
-                return int(row["id"])
-            cursor = db.execute(
-                "INSERT INTO jobs (job_key, study_uid, generation, rule, task, payload, priority,"
-                " state, max_attempts, not_before, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    job_key,
-                    study_uid,
-                    generation,
-                    rule,
-                    task,
-                    json.dumps(payload, sort_keys=True),
-                    priority,
-                    JobState.SCHEDULED.value,
-                    max_attempts,
-                    now,
-                    now,
-                    now,
-                ),
+            return self._schedule(
+                db,
+                (job_key, study_uid, generation, rule, task),
+                json.dumps(payload, sort_keys=True),
+                priority,
+                now,
+                max_attempts,
+                retry_of,
             )
-            job_id = int(cursor.lastrowid or 0)
-            self._event(db, job_id, now, JobState.SCHEDULED.value, None)
-            return job_id
+
+    def _schedule(
+        self,
+        db: sqlite3.Connection,
+        identity: tuple[str, str, int, str, str],
+        payload: str,
+        priority: int,
+        now: float,
+        max_attempts: int,
+        retry_of: int | None,
+    ) -> int:
+        row = db.execute("SELECT id FROM jobs WHERE job_key = ?", (identity[0],)).fetchone()
+        if row is not None:
+            return int(row["id"])
+        cursor = db.execute(
+            "INSERT INTO jobs (job_key, study_uid, generation, rule, task, payload, priority,"
+            " state, max_attempts, not_before, retry_of, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                *identity,
+                payload,
+                priority,
+                JobState.SCHEDULED.value,
+                max_attempts,
+                now,
+                retry_of,
+                now,
+                now,
+            ),
+        )
+        job_id = int(cursor.lastrowid or 0)
+        detail = None if retry_of is None else f"operator retry of job {retry_of}"
+        self._event(db, job_id, now, JobState.SCHEDULED.value, detail)
+        return job_id
 
     def claim(self, owner: str, now: float, lease_s: float) -> Job | None:
-        """Take the most urgent due job (highest priority, then oldest), or an expired lease."""
+        """Take the most urgent due job (highest priority, then oldest): a scheduled one, one
+        waiting out a transient failure, or one whose runner's lease ran out. The claim counts
+        an attempt and starts a new lease generation (``lease_token``)."""
         with self.db.transaction() as db:
             row = db.execute(
-                "SELECT id FROM jobs WHERE (state = ? AND not_before <= ?)"
+                "SELECT id, state, lease_owner FROM jobs WHERE (state = ? AND not_before <= ?)"
+                " OR (state = ? AND lease_owner IS NULL AND not_before <= ?)"
                 " OR (state = ? AND lease_until < ?)"
                 " ORDER BY priority DESC, not_before, id LIMIT 1",
-                (JobState.SCHEDULED.value, now, JobState.IN_PROGRESS.value, now),
+                (
+                    JobState.SCHEDULED.value,
+                    now,
+                    JobState.IN_PROGRESS.value,
+                    now,
+                    JobState.IN_PROGRESS.value,
+                    now,
+                ),
             ).fetchone()
             if row is None:
                 return None
             claimed = db.execute(
                 "UPDATE jobs SET state = ?, lease_owner = ?, lease_until = ?,"
-                " attempts = attempts + 1, updated_at = ? WHERE id = ? RETURNING *",
+                " lease_token = lease_token + 1, attempts = attempts + 1, updated_at = ?"
+                " WHERE id = ? RETURNING *",
                 (JobState.IN_PROGRESS.value, owner, now + lease_s, now, row["id"]),
             ).fetchone()
-            self._event(db, row["id"], now, JobState.IN_PROGRESS.value, owner)
-            return Job.from_row(claimed)
+            job = Job.from_row(claimed)
+            taken = f" (lease of {row['lease_owner']} ran out)" if row["lease_owner"] else ""
+            self._event(
+                db,
+                job.id,
+                now,
+                JobState.IN_PROGRESS.value,
+                f"attempt {job.attempts} by {owner}{taken}",
+            )
+            return job
 
-    def requeue_host(self, host: str, now: float) -> int:
-        """Put back to SCHEDULED every IN PROGRESS job leased by a process of ``host``
-        (owners are ``host:pid``); used at start-up, when none of them can still be running."""
+    def release_host(self, host: str, now: float) -> int:
+        """Release the lease of every IN PROGRESS job held by a process of ``host`` (owners are
+        ``host:pid``) so it runs again now; used at start-up, when none of them can still be
+        running. The jobs stay IN PROGRESS: UPS has no way back to SCHEDULED."""
         with self.db.transaction() as db:
             rows = db.execute(
-                "SELECT id FROM jobs WHERE state = ? AND lease_owner LIKE ?",
-                (JobState.IN_PROGRESS.value, f"{host}:%"),
+                "UPDATE jobs SET not_before = ?, lease_owner = NULL, lease_until = NULL,"
+                " updated_at = ? WHERE state = ? AND lease_owner LIKE ? RETURNING id",
+                (now, now, JobState.IN_PROGRESS.value, f"{host}:%"),
             ).fetchall()
             for row in rows:
-                db.execute(
-                    "UPDATE jobs SET state = ?, not_before = ?, lease_owner = NULL,"
-                    " lease_until = NULL, updated_at = ? WHERE id = ?",
-                    (JobState.SCHEDULED.value, now, now, row["id"]),
+                self._event(
+                    db, row["id"], now, JobState.IN_PROGRESS.value, "lease released after crash"
                 )
-                self._event(db, row["id"], now, JobState.SCHEDULED.value, "requeued after crash")
             return len(rows)
 
-    def extend_lease(self, job_id: int, owner: str, until: float) -> None:
-        """Keep a long job's lease alive while its worker is still busy with it."""
-        with self.db.transaction() as db:
-            db.execute(
-                "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ? AND state = ?",
-                (until, job_id, owner, JobState.IN_PROGRESS.value),
-            )
+    @staticmethod
+    def _fence(lease: Lease) -> tuple[str, tuple[Any, ...]]:
+        return (
+            " WHERE id = ? AND lease_owner = ? AND lease_token = ? AND state = ?",
+            (lease.job_id, lease.owner, lease.token, JobState.IN_PROGRESS.value),
+        )
 
-    def complete(self, job_id: int, outputs: list[str], now: float) -> None:
-        """Mark the job done and record what it produced (result SOP Instance UIDs)."""
-        self._finish(job_id, JobState.COMPLETED, now, outputs=outputs)
-
-    def fail(self, job_id: int, error: str, now: float, *, retry_at: float | None) -> JobState:
-        """Record a failure: back to SCHEDULED at ``retry_at``, or CANCELED when out of tries."""
+    def renew(self, lease: Lease, until: float) -> bool:
+        """Move the lease's expiry to ``until``; False when ``lease`` is no longer the job's
+        (then the runner must stop: another runner or an operator has the job)."""
+        where, args = self._fence(lease)
         with self.db.transaction() as db:
-            row = db.execute(
-                "SELECT attempts, max_attempts FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-            exhausted = row is None or row["attempts"] >= row["max_attempts"]
-            state = JobState.CANCELED if retry_at is None or exhausted else JobState.SCHEDULED
-            db.execute(
-                "UPDATE jobs SET state = ?, last_error = ?, not_before = ?, lease_owner = NULL,"
-                " lease_until = NULL, updated_at = ? WHERE id = ?",
-                (state.value, error[:2000], retry_at or now, now, job_id),
-            )
-            self._event(db, job_id, now, state.value, error[:500])
-            return state
-
-    def _finish(self, job_id: int, state: JobState, now: float, outputs: list[str]) -> None:
-        with self.db.transaction() as db:
-            db.execute(
-                "UPDATE jobs SET state = ?, outputs = ?, last_error = NULL, lease_owner = NULL,"
-                " lease_until = NULL, updated_at = ? WHERE id = ?",
-                (state.value, json.dumps(outputs), now, job_id),
-            )
-            self._event(db, job_id, now, state.value, None)
-
-    def retry(self, job_id: int, now: float) -> bool:
-        """Operator retry: a CANCELED job goes back to SCHEDULED with fresh attempts."""
-        with self.db.transaction() as db:
-            cursor = db.execute(
-                "UPDATE jobs SET state = ?, attempts = 0, not_before = ?, updated_at = ?"
-                " WHERE id = ? AND state = ?",
-                (JobState.SCHEDULED.value, now, now, job_id, JobState.CANCELED.value),
-            )
-            if cursor.rowcount:
-                self._event(db, job_id, now, JobState.SCHEDULED.value, "operator retry")
+            cursor = db.execute(f"UPDATE jobs SET lease_until = ?{where}", (until, *args))
             return cursor.rowcount > 0
 
+    def holds(self, lease: Lease) -> bool:
+        """Whether ``lease`` is still the job's current lease."""
+        where, args = self._fence(lease)
+        with self.db.read() as db:
+            return db.execute(f"SELECT 1 FROM jobs{where}", args).fetchone() is not None
+
+    def complete(self, lease: Lease, outputs: list[str], now: float) -> bool:
+        """Mark the job COMPLETED with what it produced (result SOP Instance UIDs); False (and
+        nothing changed) when ``lease`` is no longer the job's."""
+        where, args = self._fence(lease)
+        with self.db.transaction() as db:
+            changed = db.execute(
+                "UPDATE jobs SET state = ?, outputs = ?, last_error = NULL, waiting_for = NULL,"
+                f" lease_owner = NULL, lease_until = NULL, updated_at = ?{where}",
+                (JobState.COMPLETED.value, json.dumps(outputs), now, *args),
+            ).rowcount
+            if changed:
+                self._event(db, lease.job_id, now, JobState.COMPLETED.value, None)
+            return changed > 0
+
+    def fail(
+        self,
+        lease: Lease,
+        error: str,
+        now: float,
+        *,
+        retry_at: float | None,
+        waiting_for: str | None = None,
+        counted: bool = True,
+        max_age_s: float | None = None,
+    ) -> JobState | None:
+        """Record a failed attempt; the job's new state, or None when ``lease`` is no longer
+        the job's (nothing changed).
+
+        ``retry_at`` None: permanent, CANCELED now. Otherwise transient: the job stays
+        IN PROGRESS, its lease released, runnable again at ``retry_at``, unless it is out of
+        time or tries. ``waiting_for`` names the model the job waits for (an outage): such a
+        job is retried until it is ``max_age_s`` old; any other transient failure until
+        ``max_attempts``. ``counted`` False gives back the claim's attempt (no call reached the
+        model: its circuit breaker failed the call fast).
+        """
+        where, args = self._fence(lease)
+        with self.db.transaction() as db:
+            row = db.execute(f"SELECT * FROM jobs{where}", args).fetchone()
+            if row is None:
+                return None
+            attempts = row["attempts"] - (0 if counted else 1)
+            deadline = None if max_age_s is None else row["created_at"] + max_age_s
+            if retry_at is None:
+                state, cause = JobState.CANCELED, error
+            elif waiting_for is not None and deadline is not None and now >= deadline:
+                state = JobState.CANCELED
+                waited = now - row["created_at"]
+                cause = f"gave up after waiting {waited:.0f} s for {waiting_for}: {error}"
+            elif waiting_for is None and attempts >= row["max_attempts"]:
+                state, cause = JobState.CANCELED, f"gave up after {attempts} attempts: {error}"
+            else:
+                state, cause = JobState.IN_PROGRESS, error
+                if deadline is not None and waiting_for is not None:
+                    retry_at = min(retry_at, deadline)
+            db.execute(
+                "UPDATE jobs SET state = ?, attempts = ?, last_error = ?, waiting_for = ?,"
+                " not_before = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                " WHERE id = ?",
+                (
+                    state.value,
+                    attempts,
+                    cause[:_ERROR_CHARS],
+                    waiting_for,
+                    now if retry_at is None else retry_at,
+                    now,
+                    lease.job_id,
+                ),
+            )
+            note = cause if state is JobState.CANCELED else f"waiting: {cause}"
+            self._event(db, lease.job_id, now, state.value, note)
+            return state
+
+    def retry(self, job_id: int, now: float) -> int | None:
+        """Operator retry of a CANCELED job: a new SCHEDULED job (a new procedure step) with
+        the same work, whose ``retry_of`` is ``job_id``; its id, or None when the job is not
+        CANCELED. Retrying the same job again returns the same new job."""
+        with self.db.transaction() as db:
+            row = db.execute(
+                "SELECT * FROM jobs WHERE id = ? AND state = ?", (job_id, JobState.CANCELED.value)
+            ).fetchone()
+            if row is None:
+                return None
+            new_id = self._schedule(
+                db,
+                (
+                    f"{row['job_key']}#retry-of-{job_id}",
+                    row["study_uid"],
+                    row["generation"],
+                    row["rule"],
+                    row["task"],
+                ),
+                row["payload"],
+                row["priority"],
+                now,
+                row["max_attempts"],
+                job_id,
+            )
+            self._event(db, job_id, now, JobState.CANCELED.value, f"retried as job {new_id}")
+            return new_id
+
     def cancel(self, job_id: int, now: float, reason: str = "operator cancel") -> bool:
-        """Operator cancel of a job that has not finished."""
+        """Operator cancel of a job that has not finished; a runner holding it loses its lease
+        (its next renew, complete or fail changes nothing)."""
         with self.db.transaction() as db:
             cursor = db.execute(
                 "UPDATE jobs SET state = ?, last_error = ?, lease_owner = NULL, lease_until = NULL,"
@@ -308,3 +481,10 @@ class JobStore(JournalTables):
         with self.db.read() as db:
             rows = db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
             return {row["state"]: row["n"] for row in rows}
+
+
+def forbidden_transitions(states: list[str]) -> list[tuple[str, str]]:
+    """The state changes in a job's timeline (its events' states, in order) that PS3.4
+    Table CC.1.1-2 does not allow; notes within one state are not changes."""
+    changes = [(a, b) for a, b in itertools.pairwise(states) if a != b]
+    return [(a, b) for a, b in changes if (JobState(a), JobState(b)) not in ALLOWED_TRANSITIONS]

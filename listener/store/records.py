@@ -6,6 +6,11 @@
 - ``rules_reloads``: each validated rules reload an operator asked for, with the rules'
   fingerprint; worker loops compare :meth:`AdminRecords.latest_rules_reload` with the
   fingerprint of the rules they run and reload when it differs.
+- ``model_health``: the latest state of each model's circuit breaker, written by the job runner
+  process whose breaker changed (:class:`ModelHealthRecorder`); a breaker lives in one process,
+  and this row is how the admin process's readiness learns that a model is down, why, and when
+  the next probe is due. The latest change wins: a breaker that closes anywhere means the
+  endpoint answered.
 """
 
 from __future__ import annotations
@@ -31,6 +36,15 @@ CREATE TABLE IF NOT EXISTS model_calls (
     attempts INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS model_calls_model ON model_calls (model, outcome);
+CREATE TABLE IF NOT EXISTS model_health (
+    model TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    since REAL NOT NULL,
+    next_probe_at REAL,
+    last_error TEXT,
+    owner TEXT,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rules_reloads (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -71,6 +85,28 @@ class AdminRecords(JournalTables):
             )
             if (cursor.lastrowid or 0) % _PRUNE_EVERY == 0:
                 db.execute("DELETE FROM model_calls WHERE at < ?", (at - MODEL_CALLS_KEEP_S,))
+
+    def record_model_health(
+        self,
+        model: str,
+        *,
+        state: str,
+        at: float,
+        next_probe_at: float | None,
+        last_error: str | None,
+        owner: str,
+    ) -> None:
+        """Record the new state of ``model``'s breaker (``since`` kept while it stays the same)."""
+        with self.db.transaction() as db:
+            db.execute(
+                "INSERT INTO model_health (model, state, since, next_probe_at, last_error, owner,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model) DO UPDATE SET"
+                " since = CASE WHEN state = excluded.state THEN since ELSE excluded.since END,"
+                " state = excluded.state, next_probe_at = excluded.next_probe_at,"
+                " last_error = excluded.last_error, owner = excluded.owner,"
+                " updated_at = excluded.updated_at",
+                (model, state, at, next_probe_at, last_error, owner, at),
+            )
 
     def record_rules_reload(
         self, fingerprint: str, rule_count: int, *, source: str, now: float
@@ -120,3 +156,32 @@ class ModelCallRecorder:
             )
         except sqlite3.Error as exc:
             _log.warning("model_call_not_recorded", model=model, error=str(exc))
+
+
+class ModelHealthRecorder:
+    """The model transport's ``on_health`` hook: records breaker changes in
+    :class:`AdminRecords` (``owner`` names this process). A failure to record is logged and
+    swallowed: readiness must never fail a model call."""
+
+    def __init__(
+        self, records: AdminRecords, owner: str, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._records = records
+        self._owner = owner
+        self._clock = clock
+
+    def __call__(
+        self, model: str, state: str, last_error: str | None, retry_in_s: float | None
+    ) -> None:
+        now = self._clock()
+        try:
+            self._records.record_model_health(
+                model,
+                state=state,
+                at=now,
+                next_probe_at=None if retry_in_s is None else now + retry_in_s,
+                last_error=last_error,
+                owner=self._owner,
+            )
+        except sqlite3.Error as exc:
+            _log.warning("model_health_not_recorded", model=model, error=str(exc))

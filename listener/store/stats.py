@@ -2,11 +2,13 @@
 
 Each table's schema belongs to its own module; this module only reads them, so the admin side
 never writes SQL or spells a state: :func:`read_stats` for the Prometheus collector, and
-:func:`overdue` for readiness.
+:func:`overdue` and :func:`model_availability` for readiness.
 """
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from listener.store.db import Database
@@ -34,6 +36,8 @@ class Stats:
     model_durations: list[tuple[str, float]] = field(default_factory=list)
     sends: list[tuple[str, int, int, int]] = field(default_factory=list)  # dest, sent, dead, failed
     purged: list[tuple[str, int, int]] = field(default_factory=list)  # kind, files, bytes
+    waiting_jobs: dict[str, int] = field(default_factory=dict)  # model -> jobs waiting for it
+    models_down: dict[str, bool] = field(default_factory=dict)  # model -> breaker open
 
 
 def read_stats(database: Database) -> Stats:
@@ -86,7 +90,72 @@ def read_stats(database: Database) -> Stats:
                 "SELECT kind, SUM(files), SUM(bytes) FROM purges WHERE state = 'done' GROUP BY 1"
             )
         ]
+        stats.waiting_jobs = _waiting_jobs(db)
+        stats.models_down = {m: h[0] == _OPEN for m, h in _health(db).items()}
     return stats
+
+
+_OPEN = "open"  # CircuitState.OPEN, as listener.infer.resilience records it
+
+
+def _waiting_jobs(db: sqlite3.Connection) -> dict[str, int]:
+    """Jobs IN PROGRESS that no runner holds because their model failed: per model."""
+    return {
+        str(model): int(n)
+        for model, n in db.execute(
+            "SELECT waiting_for, COUNT(*) FROM jobs WHERE state = ? AND lease_owner IS NULL"
+            " AND waiting_for IS NOT NULL GROUP BY 1",
+            (JobState.IN_PROGRESS,),
+        )
+    }
+
+
+def _health(
+    db: sqlite3.Connection,
+) -> dict[str, tuple[str, float, float | None, str | None]]:
+    """Model -> (breaker state, since, next probe, last error); empty before any worker ran."""
+    try:
+        rows = db.execute(
+            "SELECT model, state, since, next_probe_at, last_error FROM model_health"
+        ).fetchall()
+    except sqlite3.OperationalError:  # no such table: no job runner has recorded one yet
+        return {}
+    return {str(r[0]): (str(r[1]), float(r[2]), r[3], r[4]) for r in rows}
+
+
+@dataclass(frozen=True)
+class ModelAvailability:
+    """Whether a model is usable now, as the job runners' breakers last saw it."""
+
+    model: str
+    available: bool
+    reason: str | None = None
+    since: float | None = None
+    next_probe_at: float | None = None
+    waiting_jobs: int = 0
+
+
+def model_availability(database: Database, models: Iterable[str]) -> list[ModelAvailability]:
+    """Each of ``models`` (and any other with a record): unavailable while the breaker of the
+    job runner that last called it is open, with the endpoint's last failure as the reason."""
+    with database.snapshot() as db:
+        health = _health(db)
+        waiting = _waiting_jobs(db)
+    out = []
+    for model in dict.fromkeys([*models, *health]):
+        state, since, probe, error = health.get(model, ("closed", None, None, None))
+        down = state == _OPEN
+        out.append(
+            ModelAvailability(
+                model,
+                not down,
+                reason=error if down else None,
+                since=since if down else None,
+                next_probe_at=probe if down else None,
+                waiting_jobs=waiting.get(model, 0),
+            )
+        )
+    return out
 
 
 def _by_state(rows: object) -> dict[str, int]:
@@ -112,8 +181,8 @@ def overdue(
     send_before: float,
 ) -> Overdue:
     """Counts of overdue work: studies past their quiet period but not released, jobs in
-    progress past their lease, scheduled jobs due before ``job_before``, sends due before
-    ``send_before``."""
+    progress past their lease, jobs due before ``job_before`` that no runner took (scheduled,
+    or waiting out a transient failure), sends due before ``send_before``."""
     with database.snapshot() as db:
 
         def count(sql: str, *params: object) -> int:
@@ -131,8 +200,10 @@ def overdue(
                 lease_before,
             ),
             overdue_jobs=count(
-                "SELECT COUNT(*) FROM jobs WHERE state = ? AND not_before < ?",
+                "SELECT COUNT(*) FROM jobs WHERE (state = ? OR (state = ? AND lease_owner IS NULL))"
+                " AND not_before < ?",
                 JobState.SCHEDULED,
+                JobState.IN_PROGRESS,
                 job_before,
             ),
             overdue_sends=count(

@@ -106,8 +106,9 @@ def test_study_list_and_timeline(e2e: EndToEnd, api: httpx.Client) -> None:
 
 
 def test_job_cancel_and_retry_through_the_api(e2e: EndToEnd, api: httpx.Client) -> None:
-    """A scheduled job is canceled, then retried back to SCHEDULED with fresh attempts and an
-    'operator retry' event, and a worker can claim it again; a completed job cannot be retried."""
+    """A scheduled job is canceled, then retried as a new SCHEDULED job that references it (the
+    old one stays CANCELED), and a worker can claim the new one; a completed job without dead
+    letters cannot be retried."""
     done = next(j for j in api.get("/api/jobs").json() if j["state"] == "COMPLETED")
     assert api.post(f"/api/jobs/{done['id']}/retry").status_code == 409
     original = e2e.pipeline.jobs.get(done["id"])
@@ -126,11 +127,14 @@ def test_job_cancel_and_retry_through_the_api(e2e: EndToEnd, api: httpx.Client) 
     assert canceled.status_code == 200 and canceled.json()["state"] == JobState.CANCELED
     assert api.get("/api/jobs", params={"state": "CANCELED"}).json()[0]["id"] == job_id
     retried = api.post(f"/api/jobs/{job_id}/retry").json()
+    assert retried["id"] != job_id and retried["retry_of"] == job_id
     assert retried["state"] == JobState.SCHEDULED and retried["attempts"] == 0
-    assert retried["events"][-1]["detail"] == "operator retry"
+    assert retried["events"][-1]["detail"] == f"operator retry of job {job_id}"
+    old = api.get(f"/api/jobs/{job_id}").json()
+    assert old["state"] == JobState.CANCELED  # a canceled step stays canceled (PS3.4 CC.1.1)
     claimed = e2e.pipeline.jobs.claim(worker_id(), time.time(), 600.0)
-    assert claimed is not None and claimed.id == job_id
-    e2e.pipeline.jobs.complete(job_id, claimed.outputs, time.time())  # leave the study done
+    assert claimed is not None and claimed.id == retried["id"] and claimed.lease is not None
+    e2e.pipeline.jobs.complete(claimed.lease, claimed.outputs, time.time())  # leave it done
     assert api.post("/api/jobs/999999/retry").status_code == 404
 
 

@@ -69,3 +69,52 @@ def test_stuck_stages_make_readiness_fail_with_reasons(tmp_path: Path) -> None:
     assert [reason.split(":")[0] for reason in reasons] == ["assemble", "infer", "infer", "send"]
     assert "1 jobs IN PROGRESS past their lease" in reasons[1]
     assert "1 scheduled jobs overdue" in reasons[2]
+
+
+@pytest.mark.integration
+def test_an_open_breaker_names_the_model_without_failing_the_gateway(tmp_path: Path) -> None:
+    """A job runner's open breaker makes /readyz name the model as unavailable with its cause
+    and waiting jobs (status degraded, still 200: studies are still received and queued), and
+    the metrics count the jobs waiting for it; once a breaker closes the model is available."""
+    from listener.store.records import AdminRecords, ModelHealthRecorder
+
+    settings = load_settings(None, data_dir=tmp_path / "data", disk_min_free_mb=0)
+    state = open_state(settings)
+    state.jobs.schedule(
+        job_key="a",
+        study_uid="1.2.3",
+        generation=0,
+        rule="r",
+        task="t",
+        payload={"model": "medimageinsight"},
+        priority=0,
+        now=NOW,
+    )
+    job = state.jobs.claim("worker", NOW, lease_s=60.0)
+    assert job is not None and job.lease is not None
+    cause = "cannot reach medimageinsight endpoint http://x/score: ConnectError: refused"
+    state.jobs.fail(job.lease, cause, NOW, retry_at=NOW + 30, waiting_for="medimageinsight")
+    state.close()
+    records = AdminRecords(settings.journal_path)
+    recorder = ModelHealthRecorder(records, "host:1", clock=lambda: NOW)
+    recorder("medimageinsight", "open", cause, 30.0)
+    answer = _ready(tmp_path, NOW + 1)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["status"] == "degraded" and body["reasons"] == []
+    model = body["models"]["medimageinsight"]
+    assert model["available"] is False and model["reason"] == cause
+    assert (model["next_probe_at"], model["waiting_jobs"]) == (NOW + 30, 1)
+    assert body["models"]["cxrreportgen"]["available"] is True
+    state = open_state(settings)
+    try:
+        with BackgroundServer(create_admin_app(state)) as server:
+            metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+    finally:
+        state.close()
+    assert 'pacsai_jobs_waiting_for_model{model="medimageinsight"} 1.0' in metrics
+    assert 'pacsai_model_available{model="medimageinsight"} 0.0' in metrics
+    recorder("medimageinsight", "closed", cause, None)
+    body = _ready(tmp_path, NOW + 2).json()
+    assert body["status"] == "ready" and body["models"]["medimageinsight"]["available"] is True
+    records.close()

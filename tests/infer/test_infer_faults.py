@@ -147,9 +147,10 @@ def closed_port() -> int:
 def test_circuit_opens_on_a_closed_port_then_fails_fast_and_recovers(
     emulator: Start, fast_backoff: CallBackoff
 ) -> None:
-    """Against a closed port the breaker opens after 3 failed attempts; later calls fail at once
-    naming the endpoint; after the reset time one probe goes through and, once the endpoint
-    answers, the breaker closes."""
+    """Against a closed port the breaker opens after 3 failed attempts (that call ends as a
+    transient failure: requests were sent); later calls fail at once naming the endpoint and the
+    last cause; after the reset time one probe goes through and, once the endpoint answers, the
+    breaker closes."""
     port = closed_port()
     clock = FakeClock()
     models = ModelsSettings(
@@ -160,14 +161,16 @@ def test_circuit_opens_on_a_closed_port_then_fails_fast_and_recovers(
     endpoint = f"http://127.0.0.1:{port}/medimageinsight/score"
 
     async def failing_calls() -> float:
-        with pytest.raises(CircuitOpenError, match="3 consecutive failures"):
+        with pytest.raises(TransientModelError, match="3 consecutive failures"):
             await client.embed_texts(["first"])
         started = time.monotonic()
-        with pytest.raises(CircuitOpenError, match=re.escape(f"circuit open for {endpoint}")):
+        with pytest.raises(CircuitOpenError, match=re.escape(f"circuit open for {endpoint}")) as e:
             await client.embed_texts(["second"])
         fast = time.monotonic() - started
+        cause = f"cannot reach medimageinsight endpoint {endpoint}: ConnectError"
+        assert str(e.value).startswith(cause) and e.value.retry_after_s == 30.0
         clock.now += 31  # past circuit_reset_s: the next call is the half-open probe
-        with pytest.raises(CircuitOpenError, match=r"next probe in 30\.0 s"):
+        with pytest.raises(TransientModelError, match=r"next probe in 30\.0 s"):
             await client.embed_texts(["probe fails, the breaker opens again"])
         return fast
 

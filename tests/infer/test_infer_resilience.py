@@ -58,9 +58,9 @@ class NullLogger:
         (404, {}, "", "no deployment with traffic"),
         (
             424,
-            {"ms-azureml-model-error-statuscode": "500", "ms-azureml-model-error-reason": "OOM"},
+            {"ms-azureml-model-error-statuscode": "400", "ms-azureml-model-error-reason": "bad"},
             "",
-            "model container answered 500: OOM",
+            "model container answered 400: bad",
         ),
         (405, {}, "Method Not Allowed", "unexpected answer: Method Not Allowed"),
     ],
@@ -115,10 +115,27 @@ def test_backoff_grows_exponentially_with_jitter_and_caps() -> None:
     assert backoff.delay(1, 3600.0, rng) == 10.0
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"ms-azureml-model-error-statuscode": "500", "ms-azureml-model-error-reason": "OOM"},
+        {},  # the endpoint's own 424 while its liveness/readiness probes fail
+    ],
+)
+def test_424_is_transient_unless_the_container_status_is_4xx(headers: dict[str, str]) -> None:
+    """A 424 with a 5xx container status, or none, is transient and counts against the
+    endpoint; only a 4xx container status makes it permanent (and the endpoint healthy)."""
+    error = status_error(424, headers, "", model="m", auth="key", now_epoch_s=0)
+    assert isinstance(error, TransientModelError)
+    assert str(error).startswith("424 from m endpoint: model container not ready or failing")
+    assert is_endpoint_failure(424, headers)
+    assert not is_endpoint_failure(424, {"ms-azureml-model-error-statuscode": "422"})
+
+
 def test_endpoint_health_outcomes() -> None:
     """No answer, 408 and 5xx count against the endpoint; 429 and other answers do not."""
     assert [is_endpoint_failure(s) for s in (None, 408, 500, 503)] == [True] * 4
-    assert [is_endpoint_failure(s) for s in (200, 400, 401, 424, 429)] == [False] * 5
+    assert [is_endpoint_failure(s) for s in (200, 400, 401, 429)] == [False] * 4
 
 
 def test_breaker_opens_fails_fast_and_probes_once() -> None:

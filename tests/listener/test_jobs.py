@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from listener.store.jobs import JobState, JobStore
+from listener.store.jobs import JobState, JobStore, forbidden_transitions
 
 
 def _store(tmp_path: Path) -> JobStore:
@@ -54,33 +54,163 @@ def test_expired_lease_is_claimed_again(tmp_path: Path) -> None:
     assert again is not None and again.id == first.id and again.attempts == 2
 
 
-def test_failures_reschedule_then_cancel_and_retry_restores(tmp_path: Path) -> None:
-    """A failure reschedules until attempts run out; then CANCELED; operator retry reschedules."""
+def _history(store: JobStore, job_id: int) -> list[str]:
+    return [state for _, state, _ in store.events(job_id)]
+
+
+def test_transient_failure_stays_in_progress_until_attempts_run_out(tmp_path: Path) -> None:
+    """A transient failure (not a model outage) keeps the job IN PROGRESS, lease released, due
+    at its retry time; out of attempts it is CANCELED with its cause; never back to SCHEDULED."""
     store = _store(tmp_path)
     job_id = _schedule(store, "a")
-    assert store.claim("w", now=0, lease_s=5) is not None
-    assert store.fail(job_id, "503", now=1, retry_at=5) is JobState.SCHEDULED
+    first = store.claim("w", now=0, lease_s=5)
+    assert first is not None and first.lease is not None
+    assert store.fail(first.lease, "boom", now=1, retry_at=5) is JobState.IN_PROGRESS
+    waiting = store.get(job_id)
+    assert waiting is not None and waiting.state is JobState.IN_PROGRESS
+    assert waiting.lease is None and waiting.attempts == 1
     assert store.claim("w", now=2, lease_s=5) is None
-    assert store.claim("w", now=5, lease_s=5) is not None
-    assert store.fail(job_id, "503 again", now=6, retry_at=10) is JobState.CANCELED
+    second = store.claim("w", now=5, lease_s=5)
+    assert second is not None and second.lease is not None and second.attempts == 2
+    assert store.fail(second.lease, "boom again", now=6, retry_at=10) is JobState.CANCELED
     job = store.get(job_id)
-    assert job is not None and job.last_error == "503 again"
-    assert store.retry(job_id, now=20)
-    claimed = store.claim("w", now=20, lease_s=5)
-    assert claimed is not None and claimed.attempts == 1
-    store.complete(job_id, ["1.2.3.4"], now=21)
+    assert job is not None and job.last_error == "gave up after 2 attempts: boom again"
+    assert "SCHEDULED" not in _history(store, job_id)[1:]
+    assert forbidden_transitions(_history(store, job_id)) == []
+
+
+def test_model_outage_waits_until_max_age_and_fast_fails_do_not_count(tmp_path: Path) -> None:
+    """A job waiting for a model is retried past max_attempts until it is max_age_s old; a
+    fast-fail of an open breaker gives its attempt back; at the age it is CANCELED naming the
+    model and the last cause."""
+    store = _store(tmp_path)
+    job_id = _schedule(store, "a")  # max_attempts=2
+    now = 0.0
+    for _ in range(5):
+        job = store.claim("w", now=now, lease_s=5)
+        assert job is not None and job.lease is not None
+        state = store.fail(
+            job.lease, "ConnectError", now + 1, retry_at=now + 10, waiting_for="m", max_age_s=100
+        )
+        assert state is JobState.IN_PROGRESS
+        now += 10
+    job = store.claim("w", now=now, lease_s=5)
+    assert job is not None and job.lease is not None and job.attempts == 6
+    store.fail(job.lease, "circuit open", now, retry_at=now + 10, waiting_for="m", counted=False)
+    waiting = store.get(job_id)
+    assert waiting is not None and waiting.attempts == 5 and waiting.waiting_for == "m"
+    job = store.claim("w", now=100, lease_s=5)
+    assert job is not None and job.lease is not None
+    state = store.fail(
+        job.lease, "ConnectError: refused", 100, retry_at=110, waiting_for="m", max_age_s=100
+    )
+    assert state is JobState.CANCELED
     done = store.get(job_id)
-    assert done is not None and done.state is JobState.COMPLETED and done.outputs == ["1.2.3.4"]
-    states = [state for _, state, _ in store.events(job_id)]
-    assert states[0] == "SCHEDULED" and states[-1] == "COMPLETED"
+    assert done is not None
+    assert done.last_error == "gave up after waiting 100 s for m: ConnectError: refused"
+
+
+def test_a_waiting_job_is_not_retried_after_its_age(tmp_path: Path) -> None:
+    """The retry time of a waiting job is capped at its max age, so it gives up on time."""
+    store = _store(tmp_path)
+    job_id = _schedule(store, "a")
+    job = store.claim("w", now=0, lease_s=5)
+    assert job is not None and job.lease is not None
+    store.fail(job.lease, "503", 1, retry_at=500, waiting_for="m", max_age_s=60)
+    waiting = store.get(job_id)
+    assert waiting is not None and waiting.not_before == 60
+
+
+def test_stale_runner_changes_nothing(tmp_path: Path) -> None:
+    """A runner whose lease ran out and was taken over can neither renew, fail nor complete."""
+    store = _store(tmp_path)
+    job_id = _schedule(store, "a")
+    stale = store.claim("w1", now=0, lease_s=5)
+    assert stale is not None and stale.lease is not None
+    fresh = store.claim("w2", now=6, lease_s=5)
+    assert fresh is not None and fresh.lease is not None
+    assert fresh.lease.token == stale.lease.token + 1
+    assert not store.renew(stale.lease, 100)
+    assert store.fail(stale.lease, "late failure", 7, retry_at=None) is None
+    assert not store.complete(stale.lease, ["9.9"], 7)
+    job = store.get(job_id)
+    assert job is not None and job.state is JobState.IN_PROGRESS and job.lease == fresh.lease
+    assert job.last_error is None and job.lease_until == 11
+    assert store.renew(fresh.lease, 20)
+    assert store.complete(fresh.lease, ["1.2"], 8)
+
+
+def test_same_owner_reclaiming_gets_a_new_generation(tmp_path: Path) -> None:
+    """Fencing is by generation, not only by owner: the same worker's old lease is stale too."""
+    store = _store(tmp_path)
+    _schedule(store, "a")
+    old = store.claim("w", now=0, lease_s=5)
+    new = store.claim("w", now=6, lease_s=5)
+    assert old is not None and new is not None and old.lease and new.lease
+    assert not store.complete(old.lease, [], 7)
+    assert store.complete(new.lease, [], 7)
+
+
+def test_operator_cancel_fences_the_runner(tmp_path: Path) -> None:
+    """A job canceled while it runs refuses its runner's renew and completion."""
+    store = _store(tmp_path)
+    job_id = _schedule(store, "a")
+    job = store.claim("w", now=0, lease_s=5)
+    assert job is not None and job.lease is not None
+    assert store.cancel(job_id, 1)
+    assert not store.renew(job.lease, 10)
+    assert not store.complete(job.lease, ["1"], 2)
+    canceled = store.get(job_id)
+    assert canceled is not None and canceled.state is JobState.CANCELED
+
+
+def test_retry_is_a_new_job_referencing_the_old(tmp_path: Path) -> None:
+    """An operator retry of a CANCELED job schedules a new job with retry_of set; the old one
+    stays CANCELED; retrying again gives the same new job; a COMPLETED job is not retried."""
+    store = _store(tmp_path)
+    job_id = _schedule(store, "a")
+    job = store.claim("w", now=0, lease_s=5)
+    assert job is not None and job.lease is not None
+    store.fail(job.lease, "401 key rejected", 1, retry_at=None)
+    new_id = store.retry(job_id, 2)
+    assert new_id is not None and new_id != job_id
+    assert store.retry(job_id, 3) == new_id
+    new = store.get(new_id)
+    old = store.get(job_id)
+    assert new is not None and old is not None
+    assert (new.state, new.retry_of, new.attempts, new.payload) == (
+        JobState.SCHEDULED,
+        job_id,
+        0,
+        old.payload,
+    )
+    assert old.state is JobState.CANCELED
+    claimed = store.claim("w", now=4, lease_s=5)
+    assert claimed is not None and claimed.id == new_id and claimed.lease is not None
+    assert store.complete(claimed.lease, ["1.2.3.4"], 5)
+    assert store.retry(new_id, 6) is None
+    for history in (_history(store, job_id), _history(store, new_id)):
+        assert forbidden_transitions(history) == []
+
+
+def test_forbidden_transitions_are_found() -> None:
+    """The checker flags a step back to SCHEDULED and a change after CANCELED."""
+    assert forbidden_transitions(["SCHEDULED", "IN PROGRESS", "IN PROGRESS", "COMPLETED"]) == []
+    assert forbidden_transitions(["SCHEDULED", "IN PROGRESS", "SCHEDULED"]) == [
+        ("IN PROGRESS", "SCHEDULED")
+    ]
+    assert forbidden_transitions(["SCHEDULED", "CANCELED", "SCHEDULED"]) == [
+        ("CANCELED", "SCHEDULED")
+    ]
 
 
 def test_permanent_failure_cancels_at_once(tmp_path: Path) -> None:
     """A failure without a retry time cancels the job immediately."""
     store = _store(tmp_path)
-    job_id = _schedule(store, "a")
-    store.claim("w", now=0, lease_s=5)
-    assert store.fail(job_id, "401 key rejected", now=1, retry_at=None) is JobState.CANCELED
+    _schedule(store, "a")
+    job = store.claim("w", now=0, lease_s=5)
+    assert job is not None and job.lease is not None
+    assert store.fail(job.lease, "401 key rejected", now=1, retry_at=None) is JobState.CANCELED
     assert store.counts() == {"CANCELED": 1}
 
 
@@ -89,20 +219,25 @@ def test_cancel_only_unfinished(tmp_path: Path) -> None:
     store = _store(tmp_path)
     a = _schedule(store, "a")
     b = _schedule(store, "b")
-    store.claim("w", now=0, lease_s=5)
-    store.complete(a, [], now=1)
+    job = store.claim("w", now=0, lease_s=5)
+    assert job is not None and job.lease is not None and job.id == a
+    store.complete(job.lease, [], now=1)
     assert not store.cancel(a, now=2)
     assert store.cancel(b, now=2)
 
 
-def test_requeue_host_takes_back_only_that_hosts_leases(tmp_path: Path) -> None:
-    """After a crash, jobs leased by the host's dead processes are scheduled again at once."""
+def test_release_host_frees_only_that_hosts_leases_and_keeps_them_in_progress(
+    tmp_path: Path,
+) -> None:
+    """After a crash, jobs leased by the host's dead processes run again at once, still
+    IN PROGRESS (UPS has no way back to SCHEDULED)."""
     store = _store(tmp_path)
     a = _schedule(store, "a")
     _schedule(store, "b")
     store.claim("here:101", now=0, lease_s=900)
     store.claim("elsewhere:7", now=0, lease_s=900)
-    assert store.requeue_host("here", now=5) == 1
+    assert store.release_host("here", now=5) == 1
     again = store.claim("here:202", now=5, lease_s=900)
     assert again is not None and again.id == a
     assert store.claim("here:202", now=5, lease_s=900) is None
+    assert forbidden_transitions(_history(store, a)) == []
