@@ -88,7 +88,7 @@ def test_originals_go_after_their_study_settled_and_aged(tmp_path: Path) -> None
     assert purger.purge_due(T0 + 30 * DAY).files == {}  # job scheduled, send pending
     job = pipeline.jobs.claim("w", T0 + 10, 60)
     assert job is not None and job.id == job_id
-    pipeline.jobs.complete(job_id, [], T0 + 20)
+    pipeline.jobs.complete(job.lease, [], T0 + 20)
     assert purger.purge_due(T0 + 30 * DAY).files == {}  # the send still needs a file
     (entry,) = pipeline.outbox.claim(T0 + 100, batch_size=10, lease_s=60)["pacs"]
     pipeline.outbox.record([Outcome(entry, "sent", 1)], T0 + 100)
