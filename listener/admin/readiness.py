@@ -7,7 +7,8 @@ A stage is stuck when work it owns is overdue by far more than normal jitter:
   worker is running);
 - infer: a job is IN PROGRESS past its lease (its worker died or hangs), or a scheduled job has
   been due for long (no job worker is running);
-- send: an outbox entry has been due for long (no sender is running, or it is wedged).
+- send: an outbox entry has been due for long (no sender is running, or it is wedged);
+- supervision: a supervised process is crash-looping (its name and last error).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from contextlib import closing
 from dataclasses import dataclass
 
 from listener.admin.state import AdminState
+from listener.store.records import SupervisedRecords
 
 
 @dataclass(frozen=True)
@@ -70,4 +72,9 @@ def problems(state: AdminState, now: float, limits: Thresholds | None = None) ->
             count = int(db.execute(sql, (now - allowed,)).fetchone()[0])
             if count:
                 reasons.append(reason.format(n=count))
+    for process in SupervisedRecords(state.db_path).crash_looping():
+        reasons.append(
+            f"supervision: {process.name} is crash-looping ({process.failures} quick exits in a"
+            f" row, exit code {process.exitcode}); last error: {process.last_error or 'unknown'}"
+        )
     return reasons

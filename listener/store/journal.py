@@ -18,6 +18,7 @@ every instance records the generation it arrived in.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -53,7 +54,8 @@ CREATE TABLE IF NOT EXISTS instances (
     size INTEGER NOT NULL,
     received_at REAL NOT NULL,
     generation INTEGER NOT NULL,
-    association_id TEXT
+    association_id TEXT,
+    digest TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid, series_uid);
 CREATE TABLE IF NOT EXISTS associations (
@@ -69,9 +71,22 @@ CREATE TABLE IF NOT EXISTS associations (
     stored INTEGER NOT NULL DEFAULT 0,
     duplicates INTEGER NOT NULL DEFAULT 0,
     failed INTEGER NOT NULL DEFAULT 0,
-    ended TEXT
+    ended TEXT,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS instance_conflicts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sop_instance_uid TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    association_id TEXT,
+    size INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    stored_digest TEXT,
+    quarantine_file TEXT NOT NULL
 );
 """
+# Columns added after the first release: (table, column, type), added to older journals.
+_ADDED_COLUMNS = (("instances", "digest", "TEXT"), ("associations", "error", "TEXT"))
 
 
 class StudyState(StrEnum):
@@ -97,6 +112,20 @@ class InstanceRecord:
     received_at: float
     generation: int
     association_id: str | None = None
+    digest: str | None = None  # SHA-256 of the spool file, hex
+
+
+@dataclass(frozen=True)
+class InstanceConflict:
+    """A known SOP Instance UID received again with other content, kept in the quarantine."""
+
+    sop_instance_uid: str
+    received_at: float
+    association_id: str | None
+    size: int
+    digest: str
+    stored_digest: str | None
+    quarantine_file: str
 
 
 @dataclass(frozen=True)
@@ -149,6 +178,7 @@ class AssociationRecord:
     stored: int = 0
     duplicates: int = 0
     failed: int = 0
+    error: str | None = None  # why the association was aborted, if it was
 
 
 class Journal:
@@ -169,6 +199,11 @@ class Journal:
         self._db.execute("PRAGMA synchronous=NORMAL")
         with self._lock:
             self._db.executescript(SCHEMA)
+            for table, column, kind in _ADDED_COLUMNS:
+                names = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in names:
+                    with contextlib.suppress(sqlite3.OperationalError):  # added by another
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -195,6 +230,36 @@ class Journal:
         """Whether an instance with this SOP Instance UID is already stored."""
         rows = self._read("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
         return bool(rows)
+
+    def instance(self, sop_instance_uid: str) -> InstanceRecord | None:
+        """The stored instance with this SOP Instance UID, or None."""
+        rows = self._read("SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        return InstanceRecord(*rows[0]) if rows else None  # type: ignore[arg-type]
+
+    def record_conflict(self, conflict: InstanceConflict) -> None:
+        """Journal a known SOP Instance UID received with other content (kept in quarantine)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO instance_conflicts (sop_instance_uid, received_at, association_id,"
+                " size, digest, stored_digest, quarantine_file) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    conflict.sop_instance_uid,
+                    conflict.received_at,
+                    conflict.association_id,
+                    conflict.size,
+                    conflict.digest,
+                    conflict.stored_digest,
+                    conflict.quarantine_file,
+                ),
+            )
+
+    def conflicts(self) -> list[InstanceConflict]:
+        """Every journaled conflict, oldest first."""
+        rows = self._read(
+            "SELECT sop_instance_uid, received_at, association_id, size, digest, stored_digest,"
+            " quarantine_file FROM instance_conflicts ORDER BY id"
+        )
+        return [InstanceConflict(*row) for row in rows]  # type: ignore[arg-type]
 
     def record_instance(
         self,
@@ -255,7 +320,7 @@ class Journal:
                     (StudyState.RECEIVING, generation, quiet_period_s, now, due, record.study_uid),
                 )
             db.execute(
-                "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.sop_instance_uid,
                     record.sop_class_uid,
@@ -268,6 +333,7 @@ class Journal:
                     now,
                     generation,
                     record.association_id,
+                    record.digest,
                 ),
             )
         return True
@@ -420,7 +486,7 @@ class Journal:
         with self._write() as db:
             db.execute(
                 "UPDATE associations SET ended_at = ?, duration_s = ?, received = ?, stored = ?,"
-                " duplicates = ?, failed = ?, ended = ? WHERE id = ?",
+                " duplicates = ?, failed = ?, ended = ?, error = ? WHERE id = ?",
                 (
                     now,
                     now - record.started_at,
@@ -429,6 +495,7 @@ class Journal:
                     record.duplicates,
                     record.failed,
                     ended,
+                    record.error,
                     record.id,
                 ),
             )

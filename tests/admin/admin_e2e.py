@@ -28,7 +28,8 @@ from listener.assemble import release_step
 from listener.emulator import start_emulator
 from listener.infer import build_clients
 from listener.pipeline import Pipeline, build_pipeline, worker_id
-from listener.receive.scp import Receiver, start_server
+from listener.receive.scp import Receiver
+from listener.receive.server import start_server
 from listener.settings import Settings, load_settings
 from listener.store.journal import Journal
 from listener.store.records import AdminRecords
