@@ -260,7 +260,6 @@ class Intake:
         path = self.spool.quarantine_incoming(
             incoming, self._reason(pending, reason, status, now) | {"kind": "conflict"}
         )
-        known = self.journal.instance(header.sop_instance_uid)
         self.journal.record_conflict(
             InstanceConflict(
                 sop_instance_uid=header.sop_instance_uid,
@@ -268,7 +267,8 @@ class Intake:
                 association_id=record.id if record else None,
                 size=incoming.size,
                 digest=incoming.digest,
-                stored_digest=known.digest if known is not None else None,
+                # The stored file itself: its claimant may not have journaled it yet.
+                stored_digest=_file_digest(existing),
                 quarantine_file=path.name,
             )
         )
@@ -315,6 +315,16 @@ class Intake:
             status=failure.status.name,
             file=path.name,
         )
+
+
+def _file_digest(path: Path | None) -> str | None:
+    """SHA-256 of a whole spool file, or None if it is gone."""
+    if path is None:
+        return None
+    try:
+        return file_digest(path)
+    except OSError:
+        return None
 
 
 def _dataset_digest(path: Path | None) -> str | None:

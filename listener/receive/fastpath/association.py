@@ -26,7 +26,12 @@ from pynetdicom.pdu import A_ABORT_RQ
 
 from listener.logging import get_logger
 from listener.receive.fastpath.codec import P_DATA_TF
-from listener.receive.fastpath.store import StorePath, StreamedStore, lean_path_allowed
+from listener.receive.fastpath.store import (
+    ESTABLISHED_WAIT_S,
+    StorePath,
+    StreamedStore,
+    lean_path_allowed,
+)
 
 REACTOR_WAIT_S = 0.001
 DUL_IDLE_WAIT_S = 0.05
@@ -113,7 +118,12 @@ class EventDUL(DULServiceProvider):
         """Send an A-ABORT (service provider, invalid PDU parameter value) and close; the
         association log records ``reason``."""
         get_logger("receive").warning("association_aborted", reason=reason)
-        cast(EventAssociation, self.assoc).failure = reason
+        assoc = cast(EventAssociation, self.assoc)
+        if self.state_machine.current_state == "Sta6":
+            # Let the association thread record the association first (EVT_ESTABLISHED), as
+            # the fast path does before it serves a request, so its record shows the abort.
+            assoc.serving.wait(ESTABLISHED_WAIT_S)
+        assoc.failure = reason
         self._refused = True
         abort = A_ABORT_RQ()
         abort.source = _ABORT_SOURCE_PROVIDER
