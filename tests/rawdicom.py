@@ -131,8 +131,8 @@ def header(sop_instance: str, *, study: str = "1.2.3.4", series: str = "1.2.3.4.
 
 def private_blob(size: int, chunk: int = 1 << 20) -> Iterator[bytes]:
     """A private creator and a private OB element of ``size`` zero bytes, as chunks."""
-    yield element(0x0009, 0x0010, "LO", b"PACSAI TEST")
-    yield struct.pack("<HH2sHI", 0x0009, 0x1000, b"OB", 0, size)
+    yield element(0x0029, 0x0010, "LO", b"PACSAI TEST")
+    yield struct.pack("<HH2sHI", 0x0029, 0x1000, b"OB", 0, size)
     zeros = bytes(chunk)
     for _ in range(size // chunk):
         yield zeros

@@ -245,6 +245,10 @@ class EventAssociation(Association):
     def __init__(self, ae: Any, mode: str) -> None:
         super().__init__(ae, mode)
         self.dul = EventDUL(self)
+        # Association.__init__ set the ARTIM (acse_timeout) and idle (network_timeout) timers on
+        # the DUL it made; the replacement gets them again, or it keeps pynetdicom's defaults.
+        self.acse_timeout = self.acse_timeout
+        self.network_timeout = self.network_timeout
         self.release_answered = False
         self.failure: str | None = None  # why we aborted it, for the association log
         self.store_stream: StreamedStore | None = None  # serves C-STOREs on the fast path
