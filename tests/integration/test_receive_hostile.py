@@ -29,6 +29,10 @@ def _serve_env() -> dict[str, str]:
     return nodelay_env(PACSAI_ADMIN_PORT="0", PACSAI_DISK_MIN_FREE_MB="0")
 
 
+def _serve_command(port: int, data_dir: Path) -> list[str]:
+    return [*CLI, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
+
+
 def _echo(port: int) -> bool:
     done = subprocess.run(
         ["echoscu", "-aet", "ECHOER", "-aec", "PACSAI", "127.0.0.1", str(port)],
@@ -45,8 +49,7 @@ def test_second_serve_on_the_port_fails_and_the_first_keeps_every_association(
     follow are answered by the first one."""
     with run_gateway(tmp_path / "first") as first:
         second = subprocess.run(
-            [*CLI, "serve", "--host", "127.0.0.1", "--port", str(first.port)]
-            + ["--data-dir", str(tmp_path / "second")],
+            _serve_command(first.port, tmp_path / "second"),
             capture_output=True,
             text=True,
             env=_serve_env(),
@@ -72,8 +75,7 @@ def test_port_held_by_another_program_stops_start_up_in_one_line(tmp_path: Path)
         holder.listen()
         port = holder.getsockname()[1]
         done = subprocess.run(
-            [*CLI, "serve", "--host", "127.0.0.1", "--port", str(port)]
-            + ["--data-dir", str(tmp_path / "data")],
+            _serve_command(port, tmp_path / "data"),
             capture_output=True,
             text=True,
             env=_serve_env(),
