@@ -219,4 +219,5 @@ def test_hostile_input_is_bounded_and_the_gateway_keeps_serving(tmp_path: Path) 
 
         with sqlite3.connect(gateway.data_dir / "journal.sqlite") as db:
             errors = [row[0] for row in db.execute("SELECT error FROM associations")]
+        print(f"receive process peak RSS: {_peak_rss_mb(pid):.0f} MB")
     assert any("4294967295" in str(error) for error in errors)
