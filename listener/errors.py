@@ -33,6 +33,10 @@ class MissingIdentifierError(InvalidDatasetError):
     """A readable dataset lacks a Type 1 identifying UID (SOP Instance, Study, Series...)."""
 
 
+class InstanceTooLargeError(InvalidDatasetError):
+    """Received data over a size cap (an instance, or a deflated data set once inflated)."""
+
+
 class StorageFullError(GatewayError):
     """Free disk space is under the watermark; new work is refused until space returns."""
 

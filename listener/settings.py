@@ -196,9 +196,31 @@ class Settings(BaseSettings):
     )
     max_associations: int = Field(default=64, ge=1, le=1000)
     receive_processes: int = Field(
-        default=2, ge=1, le=64, description="receive processes sharing the port (SO_REUSEPORT)"
+        default=2,
+        ge=1,
+        le=64,
+        description="receive processes sharing the one listening socket the supervisor opens",
     )
-    max_pdu_size: int = Field(default=0, ge=0, description="0: unlimited")
+    max_pdu_size: int = Field(
+        default=262144,
+        ge=4096,
+        le=16 * 1024 * 1024,
+        description="largest P-DATA-TF PDU we announce and accept (bytes); a larger one aborts",
+    )
+    max_instance_mb: int = Field(
+        default=2048,
+        ge=1,
+        description="largest instance accepted (MiB); a larger one is refused (Out of Resources)",
+    )
+    max_inflated_mb: int = Field(
+        default=256,
+        ge=1,
+        description="largest inflated size of a deflated data set (MiB); larger is refused",
+    )
+    duplicate_conflict: Literal["success", "warning"] = Field(
+        default="success",
+        description="answer to a known SOP Instance UID with different content (kept aside)",
+    )
     acse_timeout_s: float = Field(default=30.0, gt=0)
     dimse_timeout_s: float = Field(default=60.0, gt=0)
     network_timeout_s: float = Field(default=120.0, gt=0)

@@ -259,7 +259,8 @@ def run_gateway(
 @contextmanager
 def run_receiver(data_dir: Path, **overrides: Any) -> Iterator[tuple[Any, Any, Any]]:
     """The receiver alone, in this process, on a free loopback port: (settings, journal, spool)."""
-    from listener.receive.scp import Receiver, start_server
+    from listener.receive.scp import Receiver
+    from listener.receive.server import start_server
     from listener.settings import load_settings
     from listener.store.journal import Journal
     from listener.store.spool import Spool

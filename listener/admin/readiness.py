@@ -7,7 +7,8 @@ A stage is stuck when work it owns is overdue by far more than normal jitter:
   worker is running);
 - infer: a job is IN PROGRESS past its lease (its worker died or hangs), or a scheduled job has
   been due for long (no job worker is running);
-- send: an outbox entry has been due for long (no sender is running, or it is wedged).
+- send: an outbox entry has been due for long (no sender is running, or it is wedged);
+- supervision: a supervised process is crash-looping (its name and last error).
 
 Models are reported apart (:func:`readiness`'s ``models`` section): a model whose circuit breaker
 is open is named unavailable with the endpoint's last failure, the time of the next probe and the
@@ -24,6 +25,7 @@ from typing import Any
 
 from listener.admin.state import AdminState
 from listener.settings import MODEL_NAMES
+from listener.store.records import SupervisedRecords
 from listener.store.stats import model_availability, overdue
 
 HTTP_OK, HTTP_SERVICE_UNAVAILABLE = 200, 503
@@ -70,6 +72,16 @@ def problems(state: AdminState, now: float, limits: Thresholds | None = None) ->
     ):
         if count:
             reasons.append(reason.format(n=count))
+    supervised = SupervisedRecords(state.db_path)
+    try:
+        looping = supervised.crash_looping()
+    finally:
+        supervised.close()
+    for process in looping:
+        reasons.append(
+            f"supervision: {process.name} is crash-looping ({process.failures} quick exits in a"
+            f" row, exit code {process.exitcode}); last error: {process.last_error or 'unknown'}"
+        )
     return reasons
 
 

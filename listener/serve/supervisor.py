@@ -3,16 +3,20 @@
 The supervisor prepares the data folder (removes temporary files a crash left in ``spool/.tmp``,
 closes association records left open, re-indexes spool files the journal lost), then runs:
 
-* ``receive_processes`` receive processes, each a pynetdicom AE on the same port
-  (``SO_REUSEPORT``: the kernel spreads new associations over them), so parallel associations
-  use several cores and no worker CPU ever slows an association;
+* ``receive_processes`` receive processes, each a pynetdicom AE accepting on the one listening
+  socket the supervisor opened before anything else (so a second gateway, or another program, on
+  the port stops start-up with an error naming ``port`` instead of sharing it), so parallel
+  associations use several cores and no worker CPU ever slows an association;
 * one worker process running the assemble loop (:func:`listener.assemble.worker_loop`) with the
   pipeline's routing as its callback, and the outbox deliverer;
 * ``workers`` job-runner processes (:mod:`listener.serve.loops`), each running several jobs at once;
 * in the supervisor itself, the model emulator for models without an endpoint.
 
 Children are started with the ``spawn`` method. A child that exits unexpectedly is restarted
-after a backoff (1 s doubling to 30 s, reset once it has run for a minute). On SIGTERM or
+after a backoff (1 s doubling to 30 s, reset once it has run for a minute); its quick exits in a
+row and its last error (written by the child to ``<data_dir>/run/<name>.error``) are recorded in
+the journal (:class:`~listener.store.records.SupervisedRecords`), and ``/readyz`` is red while
+a child is crash-looping. On SIGTERM or
 SIGINT the supervisor asks every child to stop: receivers close their listening socket, let
 in-flight associations finish for a grace period and then abort them; a C-STORE cut short leaves
 only a temporary file, never a visible spool file.
@@ -24,10 +28,13 @@ import ctypes
 import multiprocessing
 import multiprocessing.connection
 import signal
+import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from listener.admin import start_admin
@@ -36,11 +43,13 @@ from listener.emulator.server import emulator_if_needed
 from listener.logging import configure_logging, get_logger
 from listener.pipeline import build_pipeline
 from listener.receive.admission import AssociationCounter
-from listener.receive.scp import Receiver, start_server
+from listener.receive.scp import Receiver
+from listener.receive.server import open_listener, start_server
 from listener.route.load import effective_rules
 from listener.serve.loops import recover_after_crash, run_deliverer, run_job_worker, run_purger
 from listener.settings import Settings
 from listener.store.journal import Journal
+from listener.store.records import SupervisedProcess, SupervisedRecords
 from listener.store.spool import Spool, reindex
 from listener.timing import backoff_delay
 
@@ -87,15 +96,26 @@ def _child_setup(settings: Settings, name: str) -> threading.Event:
     return stop
 
 
-def run_receiver(settings: Settings, slot: int, shared: Any) -> None:
-    """Entry point of a receive process."""
+def _run_child(name: str, error_file: Path, target: Callable[..., None], *args: Any) -> None:
+    """Run a child's entry point; an exception is written to ``error_file`` (one line, for the
+    supervisor's record and ``/readyz``) and re-raised."""
+    try:
+        target(*args)
+    except Exception as exc:
+        error_file.parent.mkdir(parents=True, exist_ok=True)
+        error_file.write_text(f"{type(exc).__name__}: {exc}"[:500])
+        raise
+
+
+def run_receiver(settings: Settings, slot: int, shared: Any, listener: socket.socket) -> None:
+    """Entry point of a receive process, accepting on the supervisor's listening socket."""
     stop = _child_setup(settings, "receive")
     spool = Spool(
         settings.spool_dir, settings.quarantine_dir, min_free_mb=settings.disk_min_free_mb
     )
     journal = Journal(settings.journal_path)
     receiver = Receiver(settings, spool, journal, counter=AssociationCounter(shared, slot))
-    server = start_server(settings, receiver, reuse_port=True)
+    server = start_server(settings, receiver, listener=listener)
     stop.wait()
     server.shutdown()  # stops accepting and closes the listening socket
     deadline = time.monotonic() + STOP_GRACE_S
@@ -156,15 +176,22 @@ class _Child:
 class Supervisor:
     """Starts the children, restarts crashed ones with backoff, stops them on a signal."""
 
-    def __init__(self, settings: Settings, emulator_url: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        emulator_url: str | None = None,
+        listener: socket.socket | None = None,
+    ) -> None:
         self.settings = settings
         self.ctx = multiprocessing.get_context("spawn")
         self.stop = threading.Event()
         self.log = get_logger("service")
+        self.records = SupervisedRecords(settings.journal_path)
         count = settings.receive_processes
         self.shared = self.ctx.Array("i", count)
+        self.listener = listener or open_listener(settings)
         self.children = [
-            _Child(f"receive-{slot}", run_receiver, (settings, slot, self.shared))
+            _Child(f"receive-{slot}", run_receiver, (settings, slot, self.shared, self.listener))
             for slot in range(count)
         ]
         for slot, child in enumerate(self.children):
@@ -181,8 +208,17 @@ class Supervisor:
 
         return zero
 
+    def _error_file(self, child: _Child) -> Path:
+        return self.settings.data_dir / "run" / f"{child.name}.error"
+
     def _start(self, child: _Child) -> None:
-        child.process = self.ctx.Process(target=child.target, args=child.args, name=child.name)
+        error_file = self._error_file(child)
+        error_file.unlink(missing_ok=True)
+        child.process = self.ctx.Process(
+            target=_run_child,
+            args=(child.name, error_file, child.target, *child.args),
+            name=child.name,
+        )
         child.process.start()
         child.started_at = time.monotonic()
         child.restart_at = None
@@ -190,6 +226,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervise until a stop signal; return the exit status."""
+        self.records.clear()
         for child in self.children:
             self._start(child)
         while not self.stop.is_set():
@@ -198,6 +235,7 @@ class Supervisor:
             if not self.stop.is_set():
                 self._check_children(time.monotonic())
         self._stop_children()
+        self.listener.close()
         return 0
 
     def _check_children(self, now: float) -> None:
@@ -206,20 +244,47 @@ class Supervisor:
                 if now >= child.restart_at:
                     self._start(child)
                 continue
+            healthy = now - child.started_at >= HEALTHY_AFTER_S
             if child.process.is_alive():
+                if healthy and child.failures:
+                    child.failures = 0
+                    self._record(child, None)
                 continue
             child.process.join()
             child.on_exit()
-            healthy = now - child.started_at >= HEALTHY_AFTER_S
             child.failures = 1 if healthy else child.failures + 1
             delay = backoff_delay(child.failures, BACKOFF_START_S, BACKOFF_MAX_S)
             child.restart_at = now + delay
+            error = self._last_error(child)
+            self._record(child, error)
             self.log.error(
                 "child_exited",
                 child=child.name,
                 exitcode=child.process.exitcode,
+                error=error,
+                failures=child.failures,
                 restart_in_s=delay,
             )
+
+    def _last_error(self, child: _Child) -> str | None:
+        try:
+            return self._error_file(child).read_text().strip() or None
+        except OSError:
+            return None
+
+    def _record(self, child: _Child, error: str | None) -> None:
+        try:
+            self.records.record(
+                SupervisedProcess(
+                    name=child.name,
+                    failures=child.failures,
+                    exitcode=child.process.exitcode if child.process else None,
+                    last_error=error,
+                    at=time.time(),
+                )
+            )
+        except sqlite3.Error as exc:
+            self.log.warning("child_not_recorded", child=child.name, error=str(exc))
 
     def _stop_children(self) -> None:
         self.log.info("service_stopping")
@@ -245,16 +310,21 @@ def serve(settings: Settings) -> int:
     metrics, dashboard) runs in this process too.
     """
     effective_rules(settings)
-    now = time.time()
-    prepare_data_dir(settings, now)
-    recover_after_crash(settings, now)
-    admin = start_admin(settings)
+    # First, before the data folder is touched: a second gateway on this port stops here.
+    listener = open_listener(settings)
     try:
-        with emulator_if_needed(settings) as emulator_url:
-            supervisor = Supervisor(settings, emulator_url)
-            return _supervise(supervisor)
+        now = time.time()
+        prepare_data_dir(settings, now)
+        recover_after_crash(settings, now)
+        admin = start_admin(settings)
+        try:
+            with emulator_if_needed(settings) as emulator_url:
+                supervisor = Supervisor(settings, emulator_url, listener)
+                return _supervise(supervisor)
+        finally:
+            admin.stop()
     finally:
-        admin.stop()
+        listener.close()
 
 
 def _supervise(supervisor: Supervisor) -> int:

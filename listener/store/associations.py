@@ -29,6 +29,7 @@ class AssociationRecord:
     stored: int = 0
     duplicates: int = 0
     failed: int = 0
+    error: str | None = None  # why the association was aborted, if it was
 
 
 class AssociationLog:
@@ -60,7 +61,7 @@ class AssociationLog:
         with self._write() as db:
             db.execute(
                 "UPDATE associations SET ended_at = ?, duration_s = ?, received = ?, stored = ?,"
-                " duplicates = ?, failed = ?, ended = ? WHERE id = ?",
+                " duplicates = ?, failed = ?, ended = ?, error = ? WHERE id = ?",
                 (
                     now,
                     now - record.started_at,
@@ -69,6 +70,7 @@ class AssociationLog:
                     record.duplicates,
                     record.failed,
                     ended,
+                    record.error,
                     record.id,
                 ),
             )

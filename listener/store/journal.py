@@ -24,6 +24,7 @@ power failure gets them back (:func:`~listener.store.spool.reindex`).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -61,7 +62,8 @@ CREATE TABLE IF NOT EXISTS instances (
     size INTEGER NOT NULL,
     received_at REAL NOT NULL,
     generation INTEGER NOT NULL,
-    association_id TEXT
+    association_id TEXT,
+    digest TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid, series_uid);
 CREATE TABLE IF NOT EXISTS associations (
@@ -77,7 +79,18 @@ CREATE TABLE IF NOT EXISTS associations (
     stored INTEGER NOT NULL DEFAULT 0,
     duplicates INTEGER NOT NULL DEFAULT 0,
     failed INTEGER NOT NULL DEFAULT 0,
-    ended TEXT
+    ended TEXT,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS instance_conflicts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sop_instance_uid TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    association_id TEXT,
+    size INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    stored_digest TEXT,
+    quarantine_file TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS purges (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -91,6 +104,8 @@ CREATE TABLE IF NOT EXISTS purges (
     finished_at REAL
 );
 """
+# Columns added after the first release: (table, column, type), added to older journals.
+_ADDED_COLUMNS = (("instances", "digest", "TEXT"), ("associations", "error", "TEXT"))
 
 
 class StudyState(StrEnum):
@@ -116,6 +131,20 @@ class InstanceRecord:
     received_at: float
     generation: int
     association_id: str | None = None
+    digest: str | None = None  # SHA-256 of the spool file, hex
+
+
+@dataclass(frozen=True)
+class InstanceConflict:
+    """A known SOP Instance UID received again with other content, kept in the quarantine."""
+
+    sop_instance_uid: str
+    received_at: float
+    association_id: str | None
+    size: int
+    digest: str
+    stored_digest: str | None
+    quarantine_file: str
 
 
 @dataclass(frozen=True)
@@ -177,6 +206,11 @@ class Journal(AssociationLog):
         self.db = Database(path, busy_timeout_s=busy_timeout_s)
         with self.db.read() as db:
             db.executescript(SCHEMA)
+            for table, column, kind in _ADDED_COLUMNS:
+                names = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in names:
+                    with contextlib.suppress(sqlite3.OperationalError):  # added by another
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self.db.close()
@@ -194,6 +228,36 @@ class Journal(AssociationLog):
         """Whether an instance with this SOP Instance UID is already stored."""
         rows = self._read("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
         return bool(rows)
+
+    def instance(self, sop_instance_uid: str) -> InstanceRecord | None:
+        """The stored instance with this SOP Instance UID, or None."""
+        rows = self._read("SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        return InstanceRecord(*rows[0]) if rows else None  # type: ignore[arg-type]
+
+    def record_conflict(self, conflict: InstanceConflict) -> None:
+        """Journal a known SOP Instance UID received with other content (kept in quarantine)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO instance_conflicts (sop_instance_uid, received_at, association_id,"
+                " size, digest, stored_digest, quarantine_file) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    conflict.sop_instance_uid,
+                    conflict.received_at,
+                    conflict.association_id,
+                    conflict.size,
+                    conflict.digest,
+                    conflict.stored_digest,
+                    conflict.quarantine_file,
+                ),
+            )
+
+    def conflicts(self) -> list[InstanceConflict]:
+        """Every journaled conflict, oldest first."""
+        rows = self._read(
+            "SELECT sop_instance_uid, received_at, association_id, size, digest, stored_digest,"
+            " quarantine_file FROM instance_conflicts ORDER BY id"
+        )
+        return [InstanceConflict(*row) for row in rows]  # type: ignore[arg-type]
 
     def record_instance(
         self,
@@ -254,7 +318,7 @@ class Journal(AssociationLog):
                     (StudyState.RECEIVING, generation, quiet_period_s, now, due, record.study_uid),
                 )
             db.execute(
-                "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.sop_instance_uid,
                     record.sop_class_uid,
@@ -267,6 +331,7 @@ class Journal(AssociationLog):
                     now,
                     generation,
                     record.association_id,
+                    record.digest,
                 ),
             )
         return True

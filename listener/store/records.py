@@ -11,6 +11,8 @@
   and this row is how the admin process's readiness learns that a model is down, why, and when
   the next probe is due. The latest change wins: a breaker that closes anywhere means the
   endpoint answered.
+- ``supervised``: each supervised process's quick exits in a row and its last error, written
+  by the supervisor; ``/readyz`` is red while one is crash-looping.
 """
 
 from __future__ import annotations
@@ -52,7 +54,16 @@ CREATE TABLE IF NOT EXISTS rules_reloads (
     source TEXT NOT NULL,
     rule_count INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS supervised (
+    name TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    exitcode INTEGER,
+    last_error TEXT,
+    at REAL NOT NULL
+);
 """
+# Quick exits in a row from which a supervised process counts as crash-looping.
+CRASH_LOOP_FAILURES = 2
 
 _log = get_logger("admin")
 
@@ -129,6 +140,52 @@ class AdminRecords(JournalTables):
                 " ORDER BY id DESC LIMIT 1"
             ).fetchone()
         return None if row is None else RulesReload(*row)
+
+
+@dataclass(frozen=True)
+class SupervisedProcess:
+    """A supervised process that exited: quick exits in a row, exit code, last error."""
+
+    name: str
+    failures: int
+    exitcode: int | None
+    last_error: str | None
+    at: float
+
+
+class SupervisedRecords(JournalTables):
+    """The supervisor's record of its processes' exits, for ``/readyz``."""
+
+    schema = _SCHEMA
+
+    def clear(self) -> None:
+        """Forget the previous run's processes (at supervisor start-up)."""
+        with self.db.transaction() as db:
+            db.execute("DELETE FROM supervised")
+
+    def record(self, process: SupervisedProcess) -> None:
+        with self.db.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO supervised (name, failures, exitcode, last_error, at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    process.name,
+                    process.failures,
+                    process.exitcode,
+                    process.last_error,
+                    process.at,
+                ),
+            )
+
+    def crash_looping(self) -> list[SupervisedProcess]:
+        """Processes with at least :data:`CRASH_LOOP_FAILURES` quick exits in a row."""
+        with self.db.read() as db:
+            rows = db.execute(
+                "SELECT name, failures, exitcode, last_error, at FROM supervised"
+                " WHERE failures >= ? ORDER BY name",
+                (CRASH_LOOP_FAILURES,),
+            ).fetchall()
+        return [SupervisedProcess(*row) for row in rows]
 
 
 def reload_requested(records: AdminRecords, current_fingerprint: str) -> bool:

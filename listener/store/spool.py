@@ -5,134 +5,139 @@ Layout under the spool root::
     .tmp/<random>.part            being written; removed at start-up (never a visible instance)
     <study>/<series>/<sop>.dcm    complete DICOM files (PS3.10 file format), as received
 
-An instance is written to ``.tmp``, fsynced, renamed into place and the directory fsynced; only
-then is it recorded in the journal and the C-STORE answered. Instances that cannot be stored go
-to the quarantine folder with a JSON reason file (no patient data in it).
+An instance is streamed to ``.tmp`` as it arrives (:class:`Incoming`, never held whole in
+memory), fsynced, then *linked* to its final name: ``link(2)`` fails when the name exists, so of
+two senders of the same SOP Instance UID exactly one claims the name and an acknowledged file is
+never replaced. The directory is fsynced; only then is the instance recorded in the journal (with
+the file's size and SHA-256) and the C-STORE answered. Instances that cannot be stored go to the
+quarantine folder with a JSON reason file (no patient data in it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import re
 import shutil
-import struct
 import uuid
-import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import BinaryIO
 
-from pydicom.filereader import read_file_meta_info
-
-from listener.errors import InvalidDatasetError, MissingIdentifierError, StorageFullError
-from listener.store.journal import AssociationRecord, InstanceRecord, Journal
+from listener.errors import (
+    InvalidDatasetError,
+    StorageFullError,
+)
+from listener.store.header import (
+    DEFAULT_MAX_INFLATED,
+    FileSender,
+    InstanceHeader,
+    encode_file_meta,
+    file_sender,
+    is_uid,
+    meta_end,
+    read_file_header,
+    read_header,
+    split_file,
+    uid_problem,
+    walk_dataset,
+)
+from listener.store.journal import AssociationRecord, Journal
 from listener.timing import utc_text
 
-TMP_DIR = ".tmp"
-# PS3.5 §9.1: a UID is digits and dots, at most 64 characters. Checked before it names a file.
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_HEADER_TAGS = [
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "Modality",
-    "PatientID",
-    "PatientName",
+__all__ = [
+    "DEFAULT_MAX_INFLATED",
+    "Incoming",
+    "InstanceHeader",
+    "Spool",
+    "encode_file_meta",
+    "file_digest",
+    "is_uid",
+    "read_file_header",
+    "read_header",
+    "reindex",
+    "split_file",
+    "uid_problem",
+    "walk_dataset",
 ]
 
+TMP_DIR = ".tmp"
+_WRITE_BUFFER = 1 << 20
+_CHUNK = 1 << 20
 
-@dataclass(frozen=True)
-class InstanceHeader:
-    """The few attributes the receiver needs, read without touching the pixel data."""
 
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_uid: str
-    series_uid: str
-    transfer_syntax: str
-    modality: str | None
-    patient_id: str | None
-    patient_name: str | None
+class Incoming:
+    """One instance being received into ``.tmp``, written as it arrives, never held whole.
 
-    def record(
-        self,
-        path: str,
-        size: int,
-        received_at: float,
-        association_id: str | None = None,
-    ) -> InstanceRecord:
-        """The journal row of this instance, stored at ``path`` (relative to the spool)."""
-        return InstanceRecord(
-            sop_instance_uid=self.sop_instance_uid,
-            sop_class_uid=self.sop_class_uid,
-            study_uid=self.study_uid,
-            series_uid=self.series_uid,
-            modality=self.modality,
-            transfer_syntax=self.transfer_syntax,
-            path=path,
-            size=size,
-            received_at=received_at,
-            generation=0,
-            association_id=association_id,
+    The file meta (PS3.10 §7.1) goes first, then the data set's fragments as the DUL reads them
+    (PS3.8 Annex E); the SHA-256 of the file is taken on the way. Past ``limit`` bytes nothing
+    more is written (the instance will be refused), but ``size`` keeps counting.
+    """
+
+    def __init__(self, path: Path, meta: bytes, limit: int) -> None:
+        self.path = path
+        self.meta_length = len(meta)
+        self.limit = limit
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._file: BinaryIO | None = path.open("wb", buffering=_WRITE_BUFFER)
+        self.write(meta)
+
+    @property
+    def over_limit(self) -> bool:
+        return self.size > self.limit
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of what was written, hex (the whole file once it is closed)."""
+        return self._hash.hexdigest()
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        self.size += len(chunk)
+        if self._file is None or self.size > self.limit:
+            return
+        self._file.write(chunk)
+        self._hash.update(chunk)
+
+    def close(self, *, durable: bool = True) -> None:
+        """Flush (and fsync, when ``durable``) the file; idempotent."""
+        handle, self._file = self._file, None
+        if handle is None:
+            return
+        try:
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        finally:
+            handle.close()
+
+    def discard(self) -> None:
+        """Close and remove the temporary file."""
+        try:
+            self.close(durable=False)
+        finally:
+            self.path.unlink(missing_ok=True)
+
+    def header(self, transfer_syntax: str, *, max_inflated: int) -> InstanceHeader:
+        """The identifying attributes of the data set written so far (see :func:`read_header`)."""
+        self.close()
+        return read_file_header(
+            self.path,
+            transfer_syntax,
+            start=self.meta_length,
+            max_inflated=max_inflated,
+            scratch_dir=self.path.parent,
         )
 
 
-def is_uid(value: str) -> bool:
-    """Whether ``value`` is a syntactically valid UID (PS3.5 §9.1)."""
-    return len(value) <= 64 and bool(_UID_RE.match(value))
-
-
-def read_header(dataset: bytes, transfer_syntax: str) -> InstanceHeader:
-    """The identifying attributes of an encoded dataset (no file meta), checking it is whole.
-
-    Raises InvalidDatasetError when the bytes are not a complete dataset or lack one of the
-    identifying UIDs (SOP Class/Instance, Study and Series Instance UID are Type 1, PS3.3 C.12.1,
-    C.7.2.1 and C.7.3.1). Values are read from the encoded bytes; nothing is decoded into a
-    pydicom dataset, and pixel data is skipped, not read.
-    """
-    try:
-        values = walk_dataset(dataset, transfer_syntax)
-    except struct.error as exc:
-        raise InvalidDatasetError("dataset cannot be parsed") from exc
-    uids = {}
-    for tag in _HEADER_TAGS[:4]:
-        value = values.get(tag, "")
-        if not value:
-            raise MissingIdentifierError(f"dataset has no {tag}")
-        if not is_uid(value):
-            raise MissingIdentifierError(f"dataset {tag} is not a valid UID")
-        uids[tag] = value
-    return InstanceHeader(
-        sop_class_uid=uids["SOPClassUID"],
-        sop_instance_uid=uids["SOPInstanceUID"],
-        study_uid=uids["StudyInstanceUID"],
-        series_uid=uids["SeriesInstanceUID"],
-        transfer_syntax=transfer_syntax,
-        modality=values.get("Modality") or None,
-        patient_id=values.get("PatientID") or None,
-        patient_name=values.get("PatientName") or None,
-    )
-
-
-def split_file(data: bytes) -> tuple[str, bytes]:
-    """(transfer syntax, dataset bytes) of a PS3.10 file (preamble, DICM, meta, dataset)."""
-    if len(data) < 144 or data[128:132] != b"DICM":
-        raise InvalidDatasetError("not a DICOM file (no DICM prefix)")
-    (meta_length,) = struct.unpack_from("<I", data, 140)
-    meta = _Walker(data[144 : 144 + meta_length], implicit=False, little=True)
-    syntax = ""
-    pos = 0
-    while pos < len(meta.data):
-        tag, vr, start, length = meta.element(pos)
-        pos = meta.skip_value(tag, vr, start, length)
-        if tag == 0x00020010:
-            syntax = meta.data[start:pos].decode("ascii").strip("\0 ")
-    if not syntax:
-        raise InvalidDatasetError("file meta has no Transfer Syntax UID")
-    return syntax, data[144 + meta_length :]
+def file_digest(path: Path, *, start: int = 0) -> str:
+    """SHA-256 (hex) of the file from ``start`` on, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        handle.seek(start)
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -178,6 +183,46 @@ class Spool:
         """Where an instance lives, relative to the root: ``<study>/<series>/<sop>.dcm``."""
         return f"{header.study_uid}/{header.series_uid}/{header.sop_instance_uid}.dcm"
 
+    def open_incoming(self, meta: bytes, limit: int) -> Incoming:
+        """A new temporary file for one instance, its file meta already written."""
+        return Incoming(self.tmp / f"{uuid.uuid4().hex}.part", meta, limit)
+
+    def claim(self, incoming: Incoming, header: InstanceHeader) -> str | None:
+        """Give a finished instance its final name unless another file has it; the relative path,
+        or None when the name was taken.
+
+        ``link(2)`` creates the name exclusively (as ``O_EXCL``): of two senders of one SOP
+        Instance UID exactly one succeeds, and an existing, acknowledged file is never replaced.
+        The temporary file stays (``incoming.discard()`` once the claim is journaled).
+        """
+        incoming.close()
+        relative = self.relative_path(header)
+        final = self.root / relative
+        self._ensure_dir(final.parent)
+        try:
+            os.link(incoming.path, final)
+        except FileExistsError:
+            return None
+        _fsync_dir(final.parent)
+        return relative
+
+    def unclaim(self, relative: str) -> None:
+        """Remove a name just claimed and never acknowledged (the journal had the UID already)."""
+        (self.root / relative).unlink(missing_ok=True)
+
+    def quarantine_incoming(self, incoming: Incoming, reason: Mapping[str, object]) -> Path:
+        """Move a refused instance's temporary file to the quarantine with a JSON reason file."""
+        incoming.close()
+        data_path, reason_path = self._quarantine_paths(reason)
+        os.replace(incoming.path, data_path)
+        reason_path.write_text(json.dumps(reason, indent=2, sort_keys=True))
+        _fsync_dir(self.quarantine_dir)
+        return data_path
+
+    def _quarantine_paths(self, reason: Mapping[str, object]) -> tuple[Path, Path]:
+        stem = f"{reason.get('time_utc', '')}-{uuid.uuid4().hex[:12]}".replace(":", "")
+        return self.quarantine_dir / f"{stem}.dcm", self.quarantine_dir / f"{stem}.json"
+
     def write(self, header: InstanceHeader, chunks: list[bytes]) -> tuple[str, int]:
         """Write an instance durably; return its relative path and size in bytes.
 
@@ -207,10 +252,8 @@ class Spool:
 
     def quarantine(self, chunks: list[bytes], reason: Mapping[str, object]) -> Path:
         """Keep rejected bytes with a JSON reason file; return the data file's path."""
-        stem = f"{reason.get('time_utc', '')}-{uuid.uuid4().hex[:12]}".replace(":", "")
-        data_path = self.quarantine_dir / f"{stem}.dcm"
+        data_path, reason_path = self._quarantine_paths(reason)
         _write_durably(data_path, chunks)
-        reason_path = self.quarantine_dir / f"{stem}.json"
         reason_path.write_text(json.dumps(reason, indent=2, sort_keys=True))
         _fsync_dir(self.quarantine_dir)
         return data_path
@@ -252,16 +295,19 @@ def reindex(spool: Spool, journal: Journal, *, quiet_period_s: float, now: float
             continue
         path = spool.root / relative
         try:
-            syntax, dataset = split_file(path.read_bytes())
-            header = read_header(dataset, syntax)
+            start = meta_end(path)
+            with path.open("rb") as handle:
+                syntax, _ = split_file(handle.read(start))
+            header = read_file_header(path, syntax, start=start, scratch_dir=spool.tmp)
         except InvalidDatasetError as exc:
             reason = {
                 "reason": str(exc),
                 "spool_path": relative,
                 "time_utc": utc_text(now, precise=True),
             }
-            spool.quarantine([path.read_bytes()], reason)
-            path.unlink()
+            data_path, reason_path = spool._quarantine_paths(reason)
+            os.replace(path, data_path)
+            reason_path.write_text(json.dumps(reason, indent=2, sort_keys=True))
             continue
         sender = file_sender(path)
         association = None
@@ -271,7 +317,11 @@ def reindex(spool: Spool, journal: Journal, *, quiet_period_s: float, now: float
                 association = recovered[sender] = _recovered_association(journal, sender, now)
             association.stored += 1
         record = header.record(
-            relative, path.stat().st_size, now, association.id if association else None
+            relative,
+            path.stat().st_size,
+            now,
+            association.id if association else None,
+            digest=file_digest(path),
         )
         added += journal.record_instance(
             record,
@@ -297,194 +347,3 @@ def _recovered_association(journal: Journal, sender: FileSender, now: float) -> 
     )
     journal.start_association(record)
     return record
-
-
-def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
-    """One explicit VR little endian element (PS3.5 §7.1.2)."""
-    if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UR"):
-        return struct.pack("<HH2sHI", group, element, vr, 0, len(value)) + value
-    return struct.pack("<HH2sH", group, element, vr, len(value)) + value
-
-
-def _padded(text: str, pad: bytes) -> bytes:
-    raw = text.encode("ascii")
-    return raw + pad if len(raw) % 2 else raw
-
-
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1612.1"
-IMPLEMENTATION_VERSION = "PACSAI_010"
-
-
-def encode_file_meta(
-    *,
-    sop_class_uid: str,
-    sop_instance_uid: str,
-    transfer_syntax: str,
-    source_ae: str,
-    called_ae: str = "",
-    peer: tuple[str, int] | None = None,
-) -> bytes:
-    """Preamble, ``DICM`` and the File Meta Information (PS3.10 §7.1) for a received dataset.
-
-    Built directly as bytes (it is a handful of fixed elements) so that storing an instance
-    costs no pydicom dataset construction. The association that brought it is kept with it
-    (PS3.10 Table 7.1-1): Source and Sending Application Entity Title (the calling AE),
-    Receiving Application Entity Title (the called AE) and Sending Presentation Address
-    (``dicom://host:port`` of the peer), so that the file alone says who sent it when the journal
-    has to be rebuilt from the spool (:func:`reindex`).
-    """
-    body = b"".join(
-        (
-            _element(0x0002, 0x0001, b"OB", b"\x00\x01"),
-            _element(0x0002, 0x0002, b"UI", _padded(sop_class_uid, b"\0")),
-            _element(0x0002, 0x0003, b"UI", _padded(sop_instance_uid, b"\0")),
-            _element(0x0002, 0x0010, b"UI", _padded(transfer_syntax, b"\0")),
-            _element(0x0002, 0x0012, b"UI", _padded(IMPLEMENTATION_CLASS_UID, b"\0")),
-            _element(0x0002, 0x0013, b"SH", _padded(IMPLEMENTATION_VERSION, b" ")),
-        )
-    )
-    if source_ae:
-        body += _element(0x0002, 0x0016, b"AE", _padded(source_ae, b" "))
-        body += _element(0x0002, 0x0017, b"AE", _padded(source_ae, b" "))
-    if called_ae:
-        body += _element(0x0002, 0x0018, b"AE", _padded(called_ae, b" "))
-    if peer is not None:
-        host, port = peer
-        address = f"dicom://[{host}]:{port}" if ":" in host else f"dicom://{host}:{port}"
-        body += _element(0x0002, 0x0027, b"UR", _padded(address, b" "))
-    length = _element(0x0002, 0x0000, b"UL", struct.pack("<I", len(body)))
-    return b"\0" * 128 + b"DICM" + length + body
-
-
-@dataclass(frozen=True)
-class FileSender:
-    """The association facts a spool file's meta information holds (see encode_file_meta)."""
-
-    calling_ae: str
-    called_ae: str
-    peer_host: str
-    peer_port: int
-
-
-def file_sender(path: Path) -> FileSender | None:
-    """Who sent the spool file at ``path``, from its file meta; None if it does not say."""
-    meta = read_file_meta_info(path)
-    calling = str(meta.get("SendingApplicationEntityTitle") or "").strip()
-    calling = calling or str(meta.get("SourceApplicationEntityTitle") or "").strip()
-    address = urlsplit(str(meta.get("SendingPresentationAddress") or "").strip())
-    if not calling or address.hostname is None:
-        return None
-    called = str(meta.get("ReceivingApplicationEntityTitle") or "").strip()
-    return FileSender(calling, called, address.hostname, address.port or 0)
-
-
-# --- a header walk that checks the dataset is complete -------------------------------------
-
-# PS3.5 §7.1.2: VRs with a 2-byte reserved field and a 4-byte length in explicit VR.
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN"})
-_LONG_VRS |= frozenset({b"UR", b"UT", b"UV"})
-_UNDEFINED = 0xFFFFFFFF
-_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
-DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
-
-
-class _Walker:
-    """Walks encoded elements (PS3.5 §7) without decoding values; raises on truncation."""
-
-    def __init__(self, data: bytes, *, implicit: bool, little: bool) -> None:
-        self.data = data
-        self.implicit = implicit
-        self.order = "<" if little else ">"
-
-    def element(self, pos: int) -> tuple[int, bytes, int, int]:
-        """(tag, VR or b"", value offset, value length) of the element at ``pos``."""
-        data = self.data
-        if pos + 8 > len(data):
-            raise InvalidDatasetError("dataset is truncated in an element header")
-        group, elem = struct.unpack_from(self.order + "HH", data, pos)
-        tag = group << 16 | elem
-        if self.implicit or group == 0xFFFE:
-            (length,) = struct.unpack_from(self.order + "I", data, pos + 4)
-            return tag, b"", pos + 8, length
-        vr = data[pos + 4 : pos + 6]
-        if vr in _LONG_VRS:
-            if pos + 12 > len(data):
-                raise InvalidDatasetError("dataset is truncated in an element header")
-            (length,) = struct.unpack_from(self.order + "I", data, pos + 8)
-            return tag, vr, pos + 12, length
-        (length,) = struct.unpack_from(self.order + "H", data, pos + 6)
-        return tag, vr, pos + 8, length
-
-    def skip(self, pos: int, end_tag: int | None = None) -> int:
-        """Walk elements from ``pos`` to the end (or past ``end_tag``); return the end offset."""
-        while pos < len(self.data):
-            tag, vr, start, length = self.element(pos)
-            if tag == end_tag:
-                return start
-            pos = self.skip_value(tag, vr, start, length)
-        if end_tag is not None:
-            raise InvalidDatasetError("dataset is truncated inside a sequence")
-        return pos
-
-    def skip_value(self, tag: int, vr: bytes, start: int, length: int) -> int:
-        if length != _UNDEFINED:
-            end = start + length
-            if end > len(self.data):
-                raise InvalidDatasetError("dataset is truncated inside an element value")
-            return end
-        return self._skip_items(start)
-
-    def _skip_items(self, pos: int) -> int:
-        # Undefined length (PS3.5 §7.5): items until a Sequence Delimitation Item; works for
-        # sequences and for encapsulated pixel data, whose fragments are defined-length items.
-        while True:
-            tag, _, start, length = self.element(pos)
-            if tag == _SEQ_END:
-                return start
-            if tag != _ITEM:
-                raise InvalidDatasetError("malformed sequence or encapsulated pixel data")
-            pos = start + length if length != _UNDEFINED else self.skip(start, _ITEM_END)
-            if pos > len(self.data):
-                raise InvalidDatasetError("dataset is truncated inside an item")
-
-
-_WANTED = {
-    0x00080016: "SOPClassUID",
-    0x00080018: "SOPInstanceUID",
-    0x0020000D: "StudyInstanceUID",
-    0x0020000E: "SeriesInstanceUID",
-    0x00080060: "Modality",
-    0x00100020: "PatientID",
-    0x00100010: "PatientName",
-}
-
-
-def walk_dataset(data: bytes, transfer_syntax: str) -> dict[str, str]:
-    """The top-level values :data:`_WANTED` of an encoded dataset, checking it is complete.
-
-    Every element is walked (values skipped), so a dataset cut short anywhere, including in
-    its pixel data, is refused rather than stored. Deflated datasets are inflated first.
-    """
-    if transfer_syntax in DEFLATED:
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        try:
-            data = inflater.decompress(data)
-        except zlib.error as exc:
-            raise InvalidDatasetError("deflated dataset cannot be inflated") from exc
-        if not inflater.eof:
-            raise InvalidDatasetError("deflated dataset is truncated")
-    walker = _Walker(
-        data,
-        implicit=transfer_syntax == IMPLICIT_VR_LE,
-        little=transfer_syntax != EXPLICIT_VR_BE,
-    )
-    found: dict[str, str] = {}
-    pos = 0
-    while pos < len(data):
-        tag, vr, start, length = walker.element(pos)
-        pos = walker.skip_value(tag, vr, start, length)
-        if tag in _WANTED and length != _UNDEFINED:
-            found[_WANTED[tag]] = data[start:pos].decode("latin-1").strip("\0 ")
-    return found

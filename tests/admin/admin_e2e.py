@@ -28,7 +28,8 @@ from listener.assemble import release_step
 from listener.emulator import start_emulator
 from listener.infer import build_clients
 from listener.pipeline import Pipeline, build_pipeline
-from listener.receive.scp import Receiver, start_server
+from listener.receive.scp import Receiver
+from listener.receive.server import start_server
 from listener.serve.loops import worker_id
 from listener.settings import Settings, load_settings
 from listener.store.journal import Journal

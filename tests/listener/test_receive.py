@@ -18,10 +18,8 @@ from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 
 from listener.receive.admission import REJECT_CALLED_AE, REJECT_CALLING_AE, REJECT_LIMIT, admission
-from listener.receive.scp import (
-    Receiver,
-    start_server,
-)
+from listener.receive.scp import Receiver
+from listener.receive.server import start_server
 from listener.receive.status import StoreStatus
 from listener.settings import AllowedCaller, Settings, load_settings
 from listener.store.journal import Journal

@@ -26,13 +26,25 @@ from pynetdicom.pdu import A_ABORT_RQ
 
 from listener.logging import get_logger
 from listener.receive.fastpath.codec import P_DATA_TF
-from listener.receive.fastpath.store import StorePath, lean_path_allowed
+from listener.receive.fastpath.store import (
+    ESTABLISHED_WAIT_S,
+    StorePath,
+    StreamedStore,
+    lean_path_allowed,
+)
 
 REACTOR_WAIT_S = 0.001
 DUL_IDLE_WAIT_S = 0.05
 # PS3.8 §9.3.1: the PDU types a peer may send (A-ASSOCIATE-RQ .. A-ABORT).
 _PDU_TYPES = range(0x01, 0x08)
 _PDU_HEADER = struct.Struct(">BBL")
+# The largest association-control PDU we read (A-ASSOCIATE-RQ with every storage SOP class and
+# transfer syntax, user identity included, is far smaller). P-DATA-TF PDUs are bounded by the
+# maximum length we announce (PS3.8 §D.1).
+CONTROL_PDU_LIMIT = 1024 * 1024
+# PS3.8 Table 9-26: A-ABORT source 2 (service provider), reason 6 (invalid PDU parameter value).
+_ABORT_SOURCE_PROVIDER = 0x02
+_ABORT_INVALID_PARAMETER = 0x06
 
 
 class EventDUL(DULServiceProvider):
@@ -55,22 +67,33 @@ class EventDUL(DULServiceProvider):
         os.set_blocking(self._wake_write, False)
         self._store = StorePath(self)
         self._lean: bool | None = None  # decided at the first PDU in Sta6
+        self._refused = False
 
     def _read_pdu_data(self) -> None:
-        if self.state_machine.current_state != "Sta6":
-            super()._read_pdu_data()
-            return
-        if self._lean is None:
-            self._lean = lean_path_allowed(self.assoc)
-        if not self._lean:
-            super()._read_pdu_data()
+        # As DULServiceProvider._read_pdu_data in pynetdicom 3.0, checking the PDU length before
+        # anything is allocated for it, and serving P-DATA-TF in Sta6 on the fast path.
+        if self._refused:
+            if self.socket is not None:
+                self.socket.close()  # Evt17; the peer ignored our A-ABORT
             return
         header = self._recv_exact(6)
         if header is None:
             self.event_queue.put("Evt17")  # PS3.8 §9.2: transport connection closed
             return
         pdu_type, _, length = _PDU_HEADER.unpack(header)
-        if pdu_type != P_DATA_TF:
+        if pdu_type not in _PDU_TYPES:
+            self.event_queue.put("Evt19")  # PS3.8 §9.2: unrecognised or invalid PDU
+            return
+        limit = self._limit(pdu_type)
+        if length > limit:
+            self._refuse(pdu_type, length, limit)
+            return
+        if pdu_type != P_DATA_TF or self.state_machine.current_state != "Sta6":
+            self._read_other_pdu(header, pdu_type, length)
+            return
+        if self._lean is None:
+            self._lean = lean_path_allowed(self.assoc)
+        if not self._lean:
             self._read_other_pdu(header, pdu_type, length)
             return
         body = self._recv_exact(length)
@@ -78,6 +101,38 @@ class EventDUL(DULServiceProvider):
             self.event_queue.put("Evt17")
             return
         self._store.on_pdu(memoryview(body))
+
+    def _limit(self, pdu_type: int) -> int:
+        if pdu_type != P_DATA_TF:
+            return CONTROL_PDU_LIMIT
+        announced = int(self.assoc.acceptor.maximum_length or 0)
+        return announced if announced > 0 else CONTROL_PDU_LIMIT
+
+    def _refuse(self, pdu_type: int, length: int, limit: int) -> None:
+        """Abort for a PDU longer than we accept (PS3.8 §9.3.1; P-DATA-TF over the maximum
+        length we announced, §D.1), before reading or allocating any of it."""
+        reason = f"PDU of type {pdu_type:#04x} announces {length} bytes, over the limit of {limit}"
+        self.abort_for(reason)
+
+    def abort_for(self, reason: str) -> None:
+        """Send an A-ABORT (service provider, invalid PDU parameter value) and close; the
+        association log records ``reason``."""
+        get_logger("receive").warning("association_aborted", reason=reason)
+        assoc = cast(EventAssociation, self.assoc)
+        if self.state_machine.current_state == "Sta6":
+            # Let the association thread record the association first (EVT_ESTABLISHED), as
+            # the fast path does before it serves a request, so its record shows the abort.
+            assoc.serving.wait(ESTABLISHED_WAIT_S)
+        assoc.failure = reason
+        self._refused = True
+        abort = A_ABORT_RQ()
+        abort.source = _ABORT_SOURCE_PROVIDER
+        abort.reason_diagnostic = _ABORT_INVALID_PARAMETER
+        with contextlib.suppress(OSError):
+            if self.socket is not None and self.socket.socket is not None:
+                self.socket.socket.sendall(abort.encode())
+        if self.socket is not None:
+            self.socket.close()  # Evt17: nothing more from this peer is read
 
     def _recv_exact(self, size: int) -> bytearray | None:
         """``size`` bytes from the socket, or None if it closed or failed first."""
@@ -99,9 +154,6 @@ class EventDUL(DULServiceProvider):
 
     def _read_other_pdu(self, header: bytearray, pdu_type: int, length: int) -> None:
         # As the rest of DULServiceProvider._read_pdu_data in pynetdicom 3.0.
-        if pdu_type not in _PDU_TYPES:
-            self.event_queue.put("Evt19")  # PS3.8 §9.2: unrecognised or invalid PDU
-            return
         body = self._recv_exact(length)
         if body is None:
             self.event_queue.put("Evt17")
@@ -133,6 +185,7 @@ class EventDUL(DULServiceProvider):
         try:
             self._loop()
         finally:
+            self._store.close()
             os.close(self._wake_read)
             os.close(self._wake_write)
 
@@ -192,7 +245,13 @@ class EventAssociation(Association):
     def __init__(self, ae: Any, mode: str) -> None:
         super().__init__(ae, mode)
         self.dul = EventDUL(self)
+        # Association.__init__ set the ARTIM (acse_timeout) and idle (network_timeout) timers on
+        # the DUL it made; the replacement gets them again, or it keeps pynetdicom's defaults.
+        self.acse_timeout = self.acse_timeout
+        self.network_timeout = self.network_timeout
         self.release_answered = False
+        self.failure: str | None = None  # why we aborted it, for the association log
+        self.store_stream: StreamedStore | None = None  # serves C-STOREs on the fast path
         self.serving = threading.Event()  # set once EVT_ESTABLISHED has been handled
 
     def _run_reactor(self) -> None:

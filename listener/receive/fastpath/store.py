@@ -1,22 +1,22 @@
-"""C-STORE requests served in the DUL thread, straight from the P-DATA-TF PDUs.
+"""C-STORE requests served in the DUL thread, streamed from the P-DATA-TF PDUs to the spool.
 
 pynetdicom turns each received PDU into PDU objects and a P-DATA primitive, decodes the command
-set into a pydicom ``Dataset``, queues the message for the association thread, which builds the
-response through another ``Dataset`` and queues it back to the DUL thread. For a C-STORE that
-costs more than storing the instance. :class:`StorePath` takes the fragments (PS3.8 Annex E)
-of each message as the DUL reads them; a C-STORE-RQ it can serve (see :meth:`StorePath._admit`)
-goes to the bound ``EVT_C_STORE`` handler in this thread, and its C-STORE-RSP is written to the
-socket as one P-DATA-TF PDU. Every other message (C-ECHO, a malformed or unusual C-STORE) is
-handed, fragment by fragment and in order, to pynetdicom's DIMSE provider, which serves it as
-before. Association negotiation, release and abort stay pynetdicom's.
+set into a pydicom ``Dataset``, collects the whole data set in memory and queues the message for
+the association thread, which builds the response through another ``Dataset``. For a C-STORE that
+costs more than storing the instance, and an instance is held whole in memory. :class:`StorePath`
+takes the fragments (PS3.8 Annex E) of each message as the DUL reads them; a C-STORE-RQ it can
+serve (see :meth:`StorePath._admit`) is handed to the association's :class:`StreamedStore`
+(the receiver), each data fragment written to the spool as it arrives, and its C-STORE-RSP is
+written to the socket as one P-DATA-TF PDU. Every other message (C-ECHO, a malformed or unusual
+C-STORE) is handed, fragment by fragment and in order, to pynetdicom's DIMSE provider, which
+serves it as before, up to the same size cap. Association negotiation, release and abort stay
+pynetdicom's.
 """
 
 from __future__ import annotations
 
-from io import BytesIO
-from typing import Any
+from typing import Any, Protocol
 
-from pydicom import Dataset
 from pynetdicom import _config, evt
 from pynetdicom._handlers import (
     standard_dimse_recv_handler,
@@ -38,7 +38,21 @@ from listener.receive.fastpath.codec import (
     parse_store_request,
     split_pdvs,
 )
-from listener.receive.status import StoreStatus
+from listener.receive.intake import PendingStore, StoreRequest
+
+
+class StreamedStore(Protocol):
+    """Who stores the C-STOREs of an association as their fragments arrive (the receiver)."""
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The most bytes one message may carry; past it the association is aborted."""
+        ...
+
+    def begin_store(self, assoc: Any, request: StoreRequest) -> PendingStore: ...
+
+    def finish_store(self, pending: PendingStore) -> int: ...
+
 
 # How long a request may wait for its association's EVT_ESTABLISHED handlers to finish.
 ESTABLISHED_WAIT_S = 10.0
@@ -56,8 +70,9 @@ _SKIPPED_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_DIMSE_RECV, evt.
 
 
 def lean_path_allowed(assoc: Any) -> bool:
-    """Whether an association may use :class:`StorePath`: nothing listens for what it skips."""
-    if _config.STORE_RECV_CHUNKED_DATASET:
+    """Whether an association may use :class:`StorePath`: it has a :class:`StreamedStore`, and
+    nothing listens for what the path skips."""
+    if getattr(assoc, "store_stream", None) is None or _config.STORE_RECV_CHUNKED_DATASET:
         return False
     for event in _SKIPPED_EVENTS:
         if any(handler not in _STANDARD_HANDLERS for handler, _ in assoc.get_handlers(event)):
@@ -69,17 +84,18 @@ class StorePath:
     """Assembles the messages of one association from their PDVs and serves its C-STOREs.
 
     ``dul.assoc.serving`` is a :class:`threading.Event` set once the association serves
-    requests (see :class:`listener.receive.fastpath.association.EventAssociation`).
+    requests (see :class:`listener.receive.fastpath.association.EventAssociation`);
+    ``dul.assoc.store_stream`` is its :class:`StreamedStore`.
     """
 
     def __init__(self, dul: Any) -> None:
         self._dul = dul
         self._log = get_logger("receive")
-        self._pending: list[tuple[int, memoryview]] = []  # this message's PDVs, for a hand-over
+        self._pending: list[tuple[int, memoryview]] = []  # this command's PDVs, for a hand-over
         self._command: list[memoryview] = []
-        self._data: list[memoryview] = []
-        self._request: tuple[StoreCommand, C_STORE, int] | None = None
+        self._request: tuple[StoreCommand, int, PendingStore] | None = None
         self._passthrough = False
+        self._forwarded = 0  # bytes of the message being handed to pynetdicom
 
     def on_pdu(self, body: memoryview) -> None:
         """Take the PDVs of one P-DATA-TF PDU (its bytes after the 6-byte PDU header)."""
@@ -95,6 +111,12 @@ class StorePath:
             else:
                 self._on_data(context_id, value)
 
+    def close(self) -> None:
+        """The association is gone: drop a C-STORE cut short (its temporary file)."""
+        request, self._request = self._request, None
+        if request is not None:
+            request[2].abandon()
+
     def _on_command(self, context_id: int, value: memoryview) -> None:
         self._pending.append((context_id, value))
         if not value[0] & COMMAND_FRAGMENT:
@@ -105,33 +127,36 @@ class StorePath:
             return
         command = parse_store_request(b"".join(self._command))
         self._command = []
-        primitive = self._admit(command, context_id) if command is not None else None
-        if command is None or primitive is None:
+        request = self._admit(command, context_id) if command is not None else None
+        if command is None or request is None:
             self._hand_over()
             return
-        self._request = (command, primitive, context_id)
+        self._pending = []
+        stream = self._dul.assoc.store_stream
+        self._request = (command, context_id, stream.begin_store(self._dul.assoc, request))
 
     def _on_data(self, context_id: int, value: memoryview) -> None:
         assert self._request is not None
-        command, primitive, command_context = self._request
-        self._pending.append((context_id, value))
+        command, command_context, pending = self._request
         if value[0] & COMMAND_FRAGMENT or context_id != command_context:
-            self._hand_over()
+            # PS3.8 Annex E: a message's data fragments follow its command on its context.
+            self.close()
+            self._dul.abort_for("a data set fragment came on another context or as a command")
             return
-        self._data.append(value[1:])
+        pending.write(value[1:])
         if not value[0] & LAST_FRAGMENT:
             return
-        primitive.DataSet = BytesIO(b"".join(self._data))
         self._request = None
-        self._data = []
-        self._pending = []
-        self._serve(command, primitive, context_id)
+        status = self._dul.assoc.store_stream.finish_store(pending)
+        if self._dul.assoc.is_established:
+            self._respond(command, context_id, status)
 
-    def _admit(self, command: StoreCommand, context_id: int) -> C_STORE | None:
-        """The request primitive, if pynetdicom would serve it with the Storage service class.
+    def _admit(self, command: StoreCommand, context_id: int) -> StoreRequest | None:
+        """The request to stream, if pynetdicom would serve it with the Storage service class.
 
         As ``Association._serve_request``: not during release, on an accepted context, for a
-        SOP class without SOP Class Common Extended Negotiation (PS3.7 Annex D.3.3.6).
+        SOP class without SOP Class Common Extended Negotiation (PS3.7 Annex D.3.3.6). The UIDs
+        are not checked here: the receiver refuses an invalid one with a status.
         """
         assoc = self._dul.assoc
         # A peer may send its first request before the association thread has run the
@@ -139,57 +164,41 @@ class StorePath:
         assoc.serving.wait(ESTABLISHED_WAIT_S)
         if not assoc.is_established or assoc._sent_release:
             return None
-        if context_id not in assoc._accepted_cx:
+        context = assoc._accepted_cx.get(context_id)
+        if context is None:
             return None
         if command.sop_class_uid in assoc.acceptor.accepted_common_extended:
             return None
-        if uid_to_service_class(command.sop_class_uid) is not StorageServiceClass:
+        if uid_to_service_class(str(context.abstract_syntax)) is not StorageServiceClass:
             return None
-        primitive = C_STORE()
-        try:
-            primitive.MessageID = command.message_id
-            primitive.AffectedSOPClassUID = command.sop_class_uid
-            primitive.AffectedSOPInstanceUID = command.sop_instance_uid
-            primitive.Priority = command.priority
-            primitive.MoveOriginatorApplicationEntityTitle = command.move_originator_ae
-            primitive.MoveOriginatorMessageID = command.move_originator_id
-        except (ValueError, TypeError):
-            return None
-        return primitive
+        return StoreRequest(
+            sop_class_uid=command.sop_class_uid,
+            sop_instance_uid=command.sop_instance_uid,
+            context_class=str(context.abstract_syntax),
+            transfer_syntax=str(context.transfer_syntax[0]),
+        )
 
     def _hand_over(self) -> None:
         """Give this message's fragments so far to pynetdicom, and the rest of it after them."""
         pending, self._pending = self._pending, []
-        self._command, self._data, self._request = [], [], None
+        self._command = []
+        self._forwarded = 0
         for context_id, value in pending:
             self._forward(context_id, value)
 
     def _forward(self, context_id: int, value: memoryview) -> None:
+        self._forwarded += len(value)
+        if self._forwarded > self._dul.assoc.store_stream.max_message_bytes:
+            self._dul.abort_for("a message handed to pynetdicom is over max_instance_mb")
+            return
         primitive = P_DATA()
         item: Any = [context_id, bytes(value)]  # pynetdicom checks for a list, typed as tuple
         primitive.presentation_data_value_list = [item]
         dimse = self._dul.assoc.dimse
         dimse.receive_primitive(primitive)
         self._passthrough = dimse.message is not None
-
-    def _serve(self, command: StoreCommand, primitive: C_STORE, context_id: int) -> None:
-        """Run the bound C-STORE handler and answer, as pynetdicom's Storage SCP does."""
-        assoc = self._dul.assoc
-        context = assoc._accepted_cx[context_id]
-        # As pynetdicom's service classes: an abort from the handler must not wait on this thread.
-        assoc.abort = assoc._abort_nonblocking
-        try:
-            status = evt.trigger(
-                assoc, evt.EVT_C_STORE, {"request": primitive, "context": context.as_tuple}
-            )
-        except Exception:
-            self._log.exception("store_handler_failed", context_id=context_id)
-            status = StoreStatus.PROCESSING_FAILURE
-        finally:
-            assoc.abort = assoc._abort_blocking
-        if not assoc.is_established:
-            return
-        self._respond(command, context_id, _status_code(status))
+        if not self._passthrough:
+            self._forwarded = 0
 
     def _respond(self, command: StoreCommand, context_id: int, status: int) -> None:
         pdu = encode_store_response(context_id, command, status)
@@ -203,12 +212,3 @@ class StorePath:
             self._dul.assoc.dimse.send_msg(response, context_id)
             return
         self._dul.socket.send(pdu)
-
-
-def _status_code(status: object) -> int:
-    """The status a handler returned, as pynetdicom reads it (an int or a Status dataset)."""
-    if isinstance(status, int):
-        return status
-    if isinstance(status, Dataset) and "Status" in status:
-        return int(status.Status)
-    return StoreStatus.CANNOT_UNDERSTAND

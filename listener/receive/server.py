@@ -1,0 +1,275 @@
+"""The receive AE's server: presentation contexts, admission, and the one listening socket.
+
+Association admission (calling AE and host allow-list, called AE titles, the association limit
+shared by all receive processes) is decided by :func:`listener.receive.admission.admission`
+before any presentation context is negotiated (PS3.8 §7.1.1.9 A-ASSOCIATE-RJ reasons).
+
+The listening socket is opened once, by :func:`open_listener` in the supervisor, and shared by
+every receive process (passed to :func:`start_server`): a second gateway, or any other program,
+on the same port makes start-up fail naming the setting, instead of silently sharing the port
+(no ``SO_REUSEPORT``). Accepted connections get ``network_timeout_s`` as their socket timeout,
+so a peer that stalls inside a PDU is closed; one that never associates is closed after
+``acse_timeout_s`` (pynetdicom's ARTIM wait).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+from collections.abc import Sequence
+from copy import deepcopy
+from typing import Any
+
+from pydicom.uid import UID, AllTransferSyntaxes
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.acse import ACSE
+from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from listener.errors import ConfigError
+from listener.logging import get_logger
+from listener.receive.admission import admission
+from listener.receive.fastpath.association import EventAssociation
+from listener.receive.scp import Receiver
+from listener.settings import Settings
+
+VERIFICATION = "1.2.840.10008.1.1"
+UNCOMPRESSED = frozenset(
+    {
+        "1.2.840.10008.1.2",  # Implicit VR Little Endian
+        "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+        "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+    }
+)
+# Storage SOP classes the gateway must accept even if a pynetdicom release drops them.
+REQUIRED_STORAGE_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR Storage
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR Storage
+    "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.11.2",  # Color Softcopy Presentation State Storage
+)
+
+
+def storage_contexts() -> list[PresentationContext]:
+    """Every storage SOP class with every transfer syntax pydicom knows (stored as received)."""
+    classes = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+    classes += [uid for uid in REQUIRED_STORAGE_CLASSES if uid not in classes]
+    syntaxes: list[str | UID] = list(AllTransferSyntaxes)
+    contexts = [build_context(uid, syntaxes) for uid in classes]
+    contexts.append(build_context(VERIFICATION, syntaxes))
+    return contexts
+
+
+def prefer_requested_syntaxes(
+    requested: Sequence[PresentationContext], supported: Sequence[PresentationContext]
+) -> None:
+    """Order each supported context's transfer syntaxes by the requestor's preference.
+
+    pynetdicom accepts the first transfer syntax in the *acceptor's* list that was proposed;
+    a sender proposes its preferred one (usually the one its file is in) first, so following
+    the sender keeps the data as received and spares the sender a conversion it may not be able
+    to do (PS3.8 §9.3.2.2 leaves the choice to the acceptor). Where two proposals of the same
+    SOP class rank syntaxes equally, compressed ones go first: an uncompressed-only context
+    still gets an uncompressed syntax, and the context that offers compression gets it.
+    """
+    ranks: dict[str, dict[str, int]] = {}
+    for context in requested:
+        rank = ranks.setdefault(str(context.abstract_syntax), {})
+        for index, syntax in enumerate(context.transfer_syntax):
+            rank[str(syntax)] = min(rank.get(str(syntax), index), index)
+    for context in supported:
+        rank = ranks.get(str(context.abstract_syntax), {})
+        if rank:
+            context.transfer_syntax = sorted(
+                context.transfer_syntax,
+                key=lambda syntax: (rank.get(str(syntax), len(rank) + 1), syntax in UNCOMPRESSED),
+            )
+
+
+# --- the server ----------------------------------------------------------------------------
+
+
+class _AdmissionACSE(ACSE):
+    """pynetdicom's ACSE with our admission decision taken before context negotiation."""
+
+    def __init__(self, assoc: Any, receiver: Receiver) -> None:
+        super().__init__(assoc)
+        self._receiver = receiver
+
+    def _negotiate_as_acceptor(self) -> None:
+        request = self.requestor.primitive
+        assert request is not None  # set by the DUL before negotiation starts
+        calling = str(request.calling_ae_title).strip()
+        called = str(request.called_ae_title).strip()
+        peer = str(self.assoc.requestor.address)
+        settings = self._receiver.settings
+        local = len(Receiver._acceptors(self.assoc))
+        rejection = admission(
+            calling_ae=calling,
+            called_ae=called,
+            peer_host=peer,
+            ae_titles=settings.ae_titles,
+            allowed=settings.allowed_callers,
+            active=self._receiver.counter.total(local),
+            limit=settings.max_associations,
+        )
+        if rejection is not None:
+            self._receiver.log.warning(
+                "association_rejected",
+                calling_ae=calling,
+                called_ae=called,
+                peer=peer,
+                reason=rejection.why,
+                result=rejection.result,
+                source=rejection.source,
+                diagnostic=rejection.reason,
+            )
+            self._receiver.record_rejection(self.assoc, calling, called, rejection.why)
+            self.requestor.ae_title = request.calling_ae_title
+            self.send_reject(rejection.result, rejection.source, rejection.reason)
+            evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+            self.assoc.kill()
+            return
+        self._receiver.counter.publish(local)
+        self.acceptor.ae_title = called
+        prefer_requested_syntaxes(
+            self.requestor.requested_contexts, self.acceptor.supported_contexts
+        )
+        super()._negotiate_as_acceptor()
+
+
+class _RequestHandler(RequestHandler):
+    """pynetdicom's request handler, making our association and ACSE classes."""
+
+    receiver: Receiver
+
+    def _create_association(self) -> Any:
+        # As RequestHandler._create_association in pynetdicom 3.0, with our classes.
+        assoc = EventAssociation(self.ae, MODE_ACCEPTOR)
+        assoc._server = self.server
+        assoc.name = f"Acceptor@{self.client_address[0]}:{self.client_address[1]}"
+        assoc.set_socket(AssociationSocket(assoc, client_socket=self.request))
+        assoc.acse = _AdmissionACSE(assoc, self.receiver)
+        assoc.store_stream = self.receiver
+        acceptor = assoc.acceptor
+        acceptor.maximum_length = self.ae.maximum_pdu_size
+        acceptor.ae_title = self.server.ae_title
+        acceptor.address_info = self.local
+        acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        acceptor.implementation_version_name = self.ae.implementation_version_name
+        acceptor.supported_contexts = deepcopy(self.server.contexts)
+        assoc.requestor.address_info = self.remote
+        bound: dict[Any, Any] = self.server._handlers
+        for event, handlers in bound.items():
+            if event.is_intervention and handlers:
+                assoc.bind(event, *handlers)
+            elif isinstance(event, evt.NotificationEvent):
+                for handler, args in handlers:
+                    assoc.bind(event, handler, args)
+        return assoc
+
+
+class ReceiveServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server on a listening socket opened beforehand (shared by the
+    receive processes), with TCP_NODELAY and the network timeout on accepted sockets."""
+
+    listener: socket.socket | None = None
+
+    def server_bind(self) -> None:
+        if self.listener is None:
+            super().server_bind()
+            return
+        assert self.socket is not None
+        self.socket.close()
+        self.socket = self.listener
+        # Several processes wait on one socket: the one that loses the race to accept must not
+        # block in accept(), so the shared socket is non-blocking here.
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self.listener is None:
+            super().server_activate()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        client, address = super().get_request()
+        client.setblocking(True)
+        client.settimeout(self.ae.network_timeout)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+
+def open_listener(settings: Settings) -> socket.socket:
+    """Bind and listen on ``host``:``port`` once, for every receive process to share.
+
+    Raises ConfigError naming the setting ``port`` when the port is taken (by another gateway or
+    any other program) or cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT only; not a 2nd listener
+    try:
+        sock.bind((settings.host, settings.port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port: {settings.port} on {settings.host} is already in use"
+                " (another pacs-ai serve or another program listens there)"
+            ) from None
+        raise ConfigError(
+            f"port: cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+        ) from None
+    sock.set_inheritable(False)
+    return sock
+
+
+def make_ae(settings: Settings) -> AE:
+    """The receive AE with the settings' timeouts, PDU size and contexts."""
+    ae = AE(ae_title=settings.ae_titles[0])
+    ae.acse_timeout = settings.acse_timeout_s
+    ae.dimse_timeout = settings.dimse_timeout_s
+    ae.network_timeout = settings.network_timeout_s
+    ae.maximum_pdu_size = settings.max_pdu_size
+    ae.maximum_associations = settings.max_associations
+    ae.require_called_aet = False
+    ae.require_calling_aet = []
+    ae.supported_contexts = storage_contexts()
+    return ae
+
+
+def start_server(
+    settings: Settings, receiver: Receiver, *, listener: socket.socket | None = None
+) -> ReceiveServer:
+    """Serve associations on background threads, on ``listener`` (from :func:`open_listener`)
+    or on a socket of its own bound to ``host``:``port``."""
+    if listener is None:
+        listener = open_listener(settings)
+    ae = make_ae(settings)
+    handler = type("RequestHandler", (_RequestHandler,), {"receiver": receiver})
+    server_class = type("Server", (ReceiveServer,), {"listener": listener})
+    server = ae.make_server(
+        (settings.host, settings.port),
+        evt_handlers=receiver.handlers(),
+        server_class=server_class,
+        request_handler=handler,
+    )
+    assert isinstance(server, ReceiveServer)
+    ae._servers.append(server)
+    thread = threading.Thread(target=server.serve_forever, name="receive-server", daemon=True)
+    thread.start()
+    get_logger("receive").info(
+        "receiver_listening",
+        host=settings.host,
+        port=server.server_address[1],
+        ae_titles=settings.ae_titles,
+        max_pdu_size=settings.max_pdu_size,
+    )
+    return server
