@@ -33,6 +33,8 @@ from pathlib import Path
 
 from listener.store.associations import AssociationLog
 from listener.store.associations import AssociationRecord as AssociationRecord  # re-exported
+from listener.store.conflicts import ConflictLog
+from listener.store.conflicts import InstanceConflict as InstanceConflict  # re-exported
 from listener.store.db import Database
 
 SCHEMA = """
@@ -135,19 +137,6 @@ class InstanceRecord:
 
 
 @dataclass(frozen=True)
-class InstanceConflict:
-    """A known SOP Instance UID received again with other content, kept in the quarantine."""
-
-    sop_instance_uid: str
-    received_at: float
-    association_id: str | None
-    size: int
-    digest: str
-    stored_digest: str | None
-    quarantine_file: str
-
-
-@dataclass(frozen=True)
 class StudyInfo:
     """A study's row: state, timer, counts (patient fields only for explicit display)."""
 
@@ -193,7 +182,7 @@ class Sender:
     peer_host: str | None
 
 
-class Journal(AssociationLog):
+class Journal(AssociationLog, ConflictLog):
     """Thread-safe access to the journal file; one instance per process.
 
     Every method that changes state runs in one ``BEGIN IMMEDIATE`` transaction, so several
@@ -233,31 +222,6 @@ class Journal(AssociationLog):
         """The stored instance with this SOP Instance UID, or None."""
         rows = self._read("SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
         return InstanceRecord(*rows[0]) if rows else None  # type: ignore[arg-type]
-
-    def record_conflict(self, conflict: InstanceConflict) -> None:
-        """Journal a known SOP Instance UID received with other content (kept in quarantine)."""
-        with self._write() as db:
-            db.execute(
-                "INSERT INTO instance_conflicts (sop_instance_uid, received_at, association_id,"
-                " size, digest, stored_digest, quarantine_file) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    conflict.sop_instance_uid,
-                    conflict.received_at,
-                    conflict.association_id,
-                    conflict.size,
-                    conflict.digest,
-                    conflict.stored_digest,
-                    conflict.quarantine_file,
-                ),
-            )
-
-    def conflicts(self) -> list[InstanceConflict]:
-        """Every journaled conflict, oldest first."""
-        rows = self._read(
-            "SELECT sop_instance_uid, received_at, association_id, size, digest, stored_digest,"
-            " quarantine_file FROM instance_conflicts ORDER BY id"
-        )
-        return [InstanceConflict(*row) for row in rows]  # type: ignore[arg-type]
 
     def record_instance(
         self,
