@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from pydicom.filereader import read_file_meta_info
 
 from listener.errors import InvalidDatasetError, MissingIdentifierError, StorageFullError
+from listener.store.header_text import SPECIFIC_CHARACTER_SET, character_sets, decode_header_text
 from listener.store.journal import AssociationRecord, InstanceRecord, Journal
 from listener.timing import utc_text
 
@@ -481,10 +482,13 @@ def walk_dataset(data: bytes, transfer_syntax: str) -> dict[str, str]:
         little=transfer_syntax != EXPLICIT_VR_BE,
     )
     found: dict[str, str] = {}
+    charsets: list[str] = []  # listener.store.header_text: names in the dataset's own sets
     pos = 0
     while pos < len(data):
         tag, vr, start, length = walker.element(pos)
         pos = walker.skip_value(tag, vr, start, length)
-        if tag in _WANTED and length != _UNDEFINED:
-            found[_WANTED[tag]] = data[start:pos].decode("latin-1").strip("\0 ")
+        if tag == SPECIFIC_CHARACTER_SET:
+            charsets = character_sets(data[start:pos])
+        elif tag in _WANTED and length != _UNDEFINED:
+            found[_WANTED[tag]] = decode_header_text(tag, data[start:pos], charsets)
     return found
