@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import KeyObjectSelectionDocumentStorage
 
+from converters.provenance import ResultRef
 from listener.errors import GatewayError
 from listener.infer.clients import ModelClients
 from listener.infer.priors import PriorFinder
@@ -35,6 +38,8 @@ log = get_logger("jobs")
 JOB_LEASE_S = 900.0
 RETRY_BASE_S = 5.0
 RETRY_MAX_S = 600.0
+# What a reference to an earlier result needs (converters.provenance.ResultRef).
+_REF_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID"]
 
 
 def write_durably(path: Path, obj: Dataset) -> None:
@@ -70,7 +75,32 @@ class JobRunner:
         def load(uid: str) -> Dataset:
             return dcmread(paths[uid])
 
-        return TaskContext(clients=clients, load=load, prior=self.priors)
+        return TaskContext(
+            clients=clients,
+            load=load,
+            prior=self.priors,
+            earlier=lambda task: self.earlier_results(study_uid, task),
+        )
+
+    def earlier_results(self, study_uid: str, task: PlannedTask) -> list[ResultRef]:
+        """The results of the task's previous generation on the study, which a follow-up's
+        results supersede (IHE IOCM: converters.kos withdraws them, the new SR names them).
+
+        The job table knows their SOP Instance UIDs; their written files under ``results/``
+        give the series and SOP class a reference needs. Rejection notes are left out (a note
+        is never withdrawn), and so are results whose files retention has already purged.
+        """
+        refs = []
+        for uid in self.jobs.earlier_outputs(study_uid, task.rule, task.name):
+            path = self.results_dir / study_uid / f"{uid}.dcm"
+            try:
+                header = dcmread(path, stop_before_pixels=True, specific_tags=_REF_TAGS)
+            except (OSError, InvalidDicomError):
+                log.warning("earlier_result_unreadable", study_uid=study_uid, sop_instance_uid=uid)
+                continue
+            if str(header.SOPClassUID) != KeyObjectSelectionDocumentStorage:
+                refs.append(ResultRef.of(header))
+        return refs
 
     async def run_job(self, job: Job, context: TaskContext) -> None:
         """Run one claimed job to completion or to a recorded failure (the worker boundary)."""

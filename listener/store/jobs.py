@@ -294,6 +294,20 @@ class JobStore(JournalTables):
             rows = db.execute(f"SELECT * FROM jobs{where} ORDER BY id DESC", args).fetchall()
             return [Job.from_row(row) for row in rows]
 
+    def earlier_outputs(self, study_uid: str, rule: str, task: str) -> list[str]:
+        """The result UIDs of the latest completed job of (study, rule, task) from a generation
+        before the newest one scheduled for it: what that newest job's results supersede."""
+        with self.db.read() as db:
+            row = db.execute(
+                "SELECT outputs FROM jobs WHERE study_uid = ? AND rule = ? AND task = ?"
+                " AND state = ? AND generation < (SELECT MAX(generation) FROM jobs"
+                " WHERE study_uid = ? AND rule = ? AND task = ?)"
+                " ORDER BY generation DESC, id DESC LIMIT 1",
+                (study_uid, rule, task, JobState.COMPLETED.value, study_uid, rule, task),
+            ).fetchone()
+        outputs: list[str] = json.loads(row["outputs"] or "[]") if row is not None else []
+        return outputs
+
     def events(self, job_id: int) -> list[tuple[float, str, str | None]]:
         """The job's timeline: (time, state, detail)."""
         with self.db.read() as db:
