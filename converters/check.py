@@ -21,6 +21,7 @@ from pydicom.uid import (
     ColorSoftcopyPresentationStateStorage,
     Comprehensive3DSRStorage,
     GrayscaleSoftcopyPresentationStateStorage,
+    KeyObjectSelectionDocumentStorage,
     SegmentationStorage,
 )
 
@@ -59,6 +60,7 @@ _READERS: dict[str, Callable[[Dataset], Any]] = {
     Comprehensive3DSRStorage: hd.sr.Comprehensive3DSR.from_dataset,
     GrayscaleSoftcopyPresentationStateStorage: _read_presentation_state,
     ColorSoftcopyPresentationStateStorage: _read_presentation_state,
+    KeyObjectSelectionDocumentStorage: hd.ko.KeyObjectSelectionDocument.from_dataset,
 }
 
 

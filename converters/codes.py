@@ -57,7 +57,7 @@ _PROPERTIES: dict[str, SegmentProperty] = {
 
 # Prompts a rule may send, by their own words: these win over the model's category, which is
 # coarse ("other organ" for a spleen). Every prompt of config/rules.yaml and the default rules
-# is here (no test enforces this yet).
+# is here (tests/converters/test_prompt_codes.py keeps it so).
 _PROMPTS: dict[str, SegmentProperty] = {
     "liver": _PROPERTIES["liver"],
     "lung": _PROPERTIES["lung"],

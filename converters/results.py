@@ -4,6 +4,10 @@ The pipeline calls these and sends what they return; every object returned has p
 :func:`converters.check.check_result`, and a failure raises
 :class:`~converters.check.ResultCheckError`. Sources are first cleaned of malformed patient and
 study values (:mod:`converters.copied`), which highdicom would otherwise refuse or copy.
+
+When the provenance says which earlier results these supersede (a follow-up generation of the
+study), the objects end with the rejection note that withdraws them (:mod:`converters.kos`,
+IHE IOCM), checked like the rest and sent to the same destinations.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from converters.copied import cleaned_source
 from converters.cxr import build_report_sr, split_disclaimers
 from converters.grounding import ImageFrame, PixelFinding
 from converters.insight import build_classification_sr, zero_shot_probabilities
+from converters.kos import build_rejection_note
 from converters.model_outputs import Embeddings
 from converters.pr import build_findings_pr
 from converters.provenance import Provenance
@@ -55,6 +60,7 @@ def build_parse_results(
         objects.append(check_result(outcome.seg, sources))
     sr = build_seg_sr(sources, outcome, provenance)
     objects.append(check_result(sr, sources, companions=[*objects, *_earlier(provenance)]))
+    objects += _rejection_note(sources, provenance)
     return ParseResults(tuple(objects), outcome.not_found, outcome.seg is not None)
 
 
@@ -73,7 +79,7 @@ def build_report_results(
     pr = build_findings_pr(sources, frontal, split_disclaimers(findings)[0], provenance)
     if pr is not None:
         objects.append(check_result(pr, sources))
-    return objects
+    return objects + _rejection_note(sources, provenance)
 
 
 def _same(sources: Sequence[Dataset], image: Dataset) -> Dataset:
@@ -90,6 +96,14 @@ def _earlier(provenance: Provenance) -> list[Dataset]:
         item.SOPInstanceUID = ref.sop_instance_uid
         stand_ins.append(item)
     return stand_ins
+
+
+def _rejection_note(sources: Sequence[Dataset], provenance: Provenance) -> list[Dataset]:
+    """The checked KOS withdrawing ``provenance.supersedes``; none when nothing is superseded."""
+    if not provenance.supersedes:
+        return []
+    note = build_rejection_note(sources, provenance.supersedes, provenance)
+    return [check_result(note, sources, companions=_earlier(provenance))]
 
 
 def build_classification_results(
@@ -109,4 +123,4 @@ def build_classification_results(
     )
     sr = build_classification_sr(sources, image, labels, list(probabilities), provenance)
     checked = check_result(sr, sources, companions=_earlier(provenance))
-    return ClassificationResults((checked,), probabilities)
+    return ClassificationResults((checked, *_rejection_note(sources, provenance)), probabilities)

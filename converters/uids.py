@@ -1,9 +1,12 @@
-"""Deterministic UIDs for result objects, so that a re-run replaces rather than duplicates.
+"""Deterministic UIDs for result objects, so that a re-run duplicates nothing.
 
-A result's Series and SOP Instance UIDs are a function of what produced it: the source study, the
-model and its version, the routing rule and the kind of result (plus an index within the kind).
-Building the same result twice gives the same UIDs, and a PACS then files the second copy over
-the first; a new model version or another rule gives new UIDs.
+A result's Series and SOP Instance UIDs are a function of what produced it
+(:class:`converters.provenance.Provenance` builds the key): the source study and its exact
+source instances, the model and its version, the routing rule and task, and the kind of result
+(plus an index within the kind). Building the same result twice gives the same UIDs and the same
+bytes, so a PACS that keeps the first copy (most do) holds the right one; other inputs, a new
+model version or another task give new UIDs (PS3.5 §9: one UID, one content), and a follow-up
+withdraws the results it supersedes with a rejection note (:mod:`converters.kos`).
 
 Two encodings (PS3.5 §9 and Annex B):
 

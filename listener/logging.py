@@ -8,10 +8,13 @@ job). Patient-identifying attributes and secrets never go into a log event: the
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import warnings
 from collections.abc import MutableMapping
 from typing import Any, Literal
 
+import pydicom.config
 import structlog
 
 # Keys that must never be logged (PS3.15 Annex E basic profile identifiers, plus secrets).
@@ -70,6 +73,43 @@ def configure_logging(
     # pynetdicom logs every PDU at debug and dataset contents at debug; keep it at warning.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    quiet_dicom_libraries()
+
+
+def quiet_dicom_libraries() -> None:
+    """Keep the DICOM libraries from writing source values into the log.
+
+    pydicom validates a value whenever a data element is made, read from a file or set in
+    code (pydicom 3.0 uses its reading validation mode for both), and by default logs and warns
+    about an invalid one with the value itself ("Invalid value for VR DA: '1945-12-31'"): a birth
+    date or a malformed patient name in the log of every process that touches the file. That
+    validation is off: values that do not conform are the sender's, :mod:`converters.copied` and
+    the result gate decide what a result copies, and dciodvfy checks what we write in the tests.
+    Any such message that still comes (explicit validation) loses the value
+    (:class:`RedactValues`), and its duplicate Python warning is not shown. highdicom logs, at
+    info and warning, messages that name source attributes while it copies them; only its
+    errors are kept.
+    """
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    pydicom_logger = logging.getLogger("pydicom")
+    if not any(isinstance(f, RedactValues) for f in pydicom_logger.filters):
+        pydicom_logger.addFilter(RedactValues())
+    warnings.filterwarnings("ignore", message="Invalid value for VR", category=UserWarning)
+    logging.getLogger("highdicom").setLevel(logging.ERROR)
+
+
+class RedactValues(logging.Filter):
+    """Cut the value out of pydicom's "Invalid value for VR XX: 'value'." messages."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _INVALID_VALUE.sub(r"\1 [value removed]", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+_INVALID_VALUE = re.compile(r"(Invalid value for VR \w+:).*", re.DOTALL)
 
 
 def get_logger(name: str, **context: Any) -> Any:

@@ -8,7 +8,7 @@ result objects derived from them can be validated strictly.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    ComputedRadiographyImageStorage,
     CTImageStorage,
     ExplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
@@ -84,14 +85,29 @@ def ct_series(
     body_part: str = "ABDOMEN",
     spacing: float = 0.7,
     thickness: float = 2.5,
+    uid_seed: str | None = None,
+    oblique_deg: float = 0.0,
+    gantry_tilt_deg: float = 0.0,
 ) -> list[Dataset]:
-    """A CT series of ``n`` axial slices with a phantom body and a lesion, dciodvfy-clean."""
-    study_uid = study_uid or generate_uid(prefix=UID_ROOT)
-    series_uid = series_uid or generate_uid(prefix=UID_ROOT)
-    frame_of_reference = generate_uid(prefix=UID_ROOT)
+    """A CT series of ``n`` axial slices with a phantom body and a lesion, dciodvfy-clean.
+
+    ``uid_seed`` fixes every UID (derived from it), for tests that compare bytes across runs.
+    ``oblique_deg`` turns the image plane about the patient's x axis and stacks the slices along
+    its normal (an oblique series); ``gantry_tilt_deg`` turns the plane the same way but keeps
+    the slices stacked along z, as a tilted gantry acquires them (Gantry/Detector Tilt set).
+    """
+    uid = _uid_source(uid_seed)
+    study_uid = study_uid or uid("study")
+    series_uid = series_uid or uid("series")
+    frame_of_reference = uid("frame-of-reference")
+    angle = np.radians(oblique_deg or gantry_tilt_deg)
+    column = [0.0, float(np.cos(angle)), float(np.sin(angle))]
+    normal = np.cross([1.0, 0.0, 0.0], column)
+    step = -normal * thickness if oblique_deg else np.array([0.0, 0.0, -thickness])
+    origin = np.array([-cols * spacing / 2, -rows * spacing / 2, 0.0])
     out = []
     for i in range(n):
-        sop_uid = generate_uid(prefix=UID_ROOT)
+        sop_uid = uid(f"instance-{i}")
         ds = Dataset()
         ds.file_meta = _file_meta(CTImageStorage, sop_uid)
         ds.SpecificCharacterSet = "ISO_IR 100"
@@ -112,8 +128,10 @@ def ct_series(
         ds.AcquisitionNumber = 1
         ds.ContentDate = "20260101"
         ds.ContentTime = "120000"
-        ds.ImagePositionPatient = [-cols * spacing / 2, -rows * spacing / 2, -i * thickness]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [round(float(v), 4) for v in origin + i * step]
+        ds.ImageOrientationPatient = [1, 0, 0, *(round(v, 6) for v in column)]
+        if gantry_tilt_deg:
+            ds.GantryDetectorTilt = gantry_tilt_deg
         ds.PixelSpacing = [spacing, spacing]
         ds.SliceThickness = thickness
         ds.KVP = 120
@@ -133,6 +151,53 @@ def ct_series(
         ds.PixelData = ct_phantom(rows, cols, i, n).tobytes()
         out.append(ds)
     return out
+
+
+def _uid_source(seed: str | None) -> Callable[[str], str]:
+    """UIDs for one synthetic object: random, or derived from ``seed`` and the UID's role."""
+    if seed is None:
+        return lambda _role: generate_uid(prefix=UID_ROOT)
+    return lambda role: generate_uid(prefix=UID_ROOT, entropy_srcs=[seed, role])
+
+
+def chest_radiograph(
+    uid_seed: str, *, rows: int = 320, cols: int = 256, monochrome1: bool = True
+) -> Dataset:
+    """A CR chest PA (12-bit): two dark lungs and a bright mediastinum, fixed UIDs from
+    ``uid_seed``. MONOCHROME1 stores them inverted (higher values darker), as CR plates do."""
+    uid = _uid_source(uid_seed)
+    sop_uid = uid("instance")
+    ds = Dataset()
+    ds.file_meta = _file_meta(ComputedRadiographyImageStorage, sop_uid)
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = ComputedRadiographyImageStorage
+    ds.SOPInstanceUID = sop_uid
+    _patient_study(ds, patient_id="SYN-CR", study_uid=uid("study"), accession="ACCCR")
+    ds.Modality = "CR"
+    ds.SeriesInstanceUID = uid("series")
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = "PA"
+    ds.PatientOrientation = ["L", "F"]
+    ds.ContentDate = "20260101"
+    ds.ContentTime = "120000"
+    ds.ImagerPixelSpacing = [0.7, 0.7]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.Rows, ds.Columns = rows, cols
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    bright = np.full((rows, cols), 3000.0)
+    for centre in (0.3, 0.7):
+        lung = ((yy - rows * 0.5) / (rows * 0.35)) ** 2 + (
+            (xx - cols * centre) / (cols * 0.16)
+        ) ** 2
+        bright[lung <= 1.0] = 800.0
+    stored = 4095 - bright if monochrome1 else bright
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    return ds
 
 
 def rgb_secondary_capture(

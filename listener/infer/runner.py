@@ -35,7 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import KeyObjectSelectionDocumentStorage
 
+from converters.provenance import ResultRef
 from listener.errors import CircuitOpenError, GatewayError, TransientModelError
 from listener.infer.clients import ModelClients
 from listener.infer.priors import PriorFinder
@@ -83,6 +86,10 @@ class LeaseLostError(Exception):
     """The runner no longer holds the job's lease; its work must not be recorded."""
 
 
+# What a reference to an earlier result needs (converters.provenance.ResultRef).
+_REF_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID"]
+
+
 def write_durably(path: Path, obj: Dataset) -> None:
     """Write a result object to ``path`` through a temp file, fsync and rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +127,32 @@ class JobRunner:
         def load(uid: str) -> Dataset:
             return dcmread(paths[uid], defer_size=DEFER_BYTES)
 
-        return TaskContext(clients=clients, load=load, prior=self.priors)
+        return TaskContext(
+            clients=clients,
+            load=load,
+            prior=self.priors,
+            earlier=lambda task: self.earlier_results(study_uid, task),
+        )
+
+    def earlier_results(self, study_uid: str, task: PlannedTask) -> list[ResultRef]:
+        """The results of the task's previous generation on the study, which a follow-up's
+        results supersede (IHE IOCM: converters.kos withdraws them, the new SR names them).
+
+        The job table knows their SOP Instance UIDs; their written files under ``results/``
+        give the series and SOP class a reference needs. Rejection notes are left out (a note
+        is never withdrawn), and so are results whose files retention has already purged.
+        """
+        refs = []
+        for uid in self.jobs.earlier_outputs(study_uid, task.rule, task.name):
+            path = self.results_dir / study_uid / f"{uid}.dcm"
+            try:
+                header = dcmread(path, stop_before_pixels=True, specific_tags=_REF_TAGS)
+            except (OSError, InvalidDicomError):
+                log.warning("earlier_result_unreadable", study_uid=study_uid, sop_instance_uid=uid)
+                continue
+            if str(header.SOPClassUID) != KeyObjectSelectionDocumentStorage:
+                refs.append(ResultRef.of(header))
+        return refs
 
     async def run_job(self, job: Job, context: TaskContext) -> None:
         """Run one claimed job to completion or to a recorded failure (the worker boundary)."""

@@ -10,6 +10,7 @@ result gate; a model or conversion failure raises the matching :mod:`listener.er
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from converters.geometry import cxr_box_to_source, mask_to_source
 from converters.grounding import ImageFrame, PixelFinding
 from converters.model_outputs import PARSE_CATEGORIES, Embeddings, ModelIdentity
 from converters.prepare import ImageModel, prepare_image
-from converters.provenance import Provenance
+from converters.provenance import Provenance, ResultKind, ResultRef
 from converters.results import (
     build_classification_results,
     build_parse_results,
@@ -67,6 +68,8 @@ class TaskContext:
     )
     uid_root: str | None = None
     prior: Callable[[Dataset], PriorImage | None] | None = None
+    # The results of the task's previous generation on this study (IHE IOCM supersession).
+    earlier: Callable[[PlannedTask], Sequence[ResultRef]] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,17 @@ class TaskOutcome:
     model_version: str = ""
 
 
-def _provenance(identity: ModelIdentity, task: PlannedTask, ctx: TaskContext) -> Provenance:
-    return Provenance(
+def _provenance(
+    identity: ModelIdentity, task: PlannedTask, ctx: TaskContext, sources: Sequence[Dataset]
+) -> Provenance:
+    """Who makes these results, and which earlier results of the task they supersede.
+
+    The earlier generation's results (``ctx.earlier``) are superseded unless they are these
+    very results: a result series UID derives from the task, the model and the exact sources
+    (:mod:`converters.provenance`), so an earlier result in one of the series these results
+    will have came from the same inputs and is being made again, not replaced.
+    """
+    provenance = Provenance(
         model=identity,
         rule=task.rule,
         task=task.name,
@@ -89,6 +101,12 @@ def _provenance(identity: ModelIdentity, task: PlannedTask, ctx: TaskContext) ->
         created=ctx.clock(),
         uid_root=ctx.uid_root,
     )
+    earlier = ctx.earlier(task) if ctx.earlier is not None else ()
+    if not earlier or not sources:
+        return provenance
+    own = {provenance.series_uid(sources, kind) for kind in ResultKind}
+    superseded = tuple(ref for ref in earlier if ref.series_uid not in own)
+    return dataclasses.replace(provenance, supersedes=superseded)
 
 
 # The Image Pixel Module's Type 1 attributes (PS3.3 C.7.6.3): without them there is no image to
@@ -187,7 +205,7 @@ async def run_cxr(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
     ]
     sources = [frontal, *([lateral] if lateral is not None else [])]
     objects = build_report_results(
-        sources, ImageFrame(frontal), findings, _provenance(client.identity, task, ctx)
+        sources, ImageFrame(frontal), findings, _provenance(client.identity, task, ctx, sources)
     )
     return TaskOutcome(tuple(objects))
 
@@ -224,9 +242,8 @@ async def run_classification(task: PlannedTask, ctx: TaskContext) -> TaskOutcome
         scaling_factor=image_answer[0].scaling_factor or text_answers[0].scaling_factor,
     )
     frame_ref = ImageFrame(image, frame + 1 if number_of_frames(image) > 1 else None)
-    results = build_classification_results(
-        [image], frame_ref, task.labels, embeddings, _provenance(client.identity, task, ctx)
-    )
+    provenance = _provenance(client.identity, task, ctx, [image])
+    results = build_classification_results([image], frame_ref, task.labels, embeddings, provenance)
     top = task.labels[int(np.argmax(results.probabilities))]
     vector = [float(v) for v in np.asarray(image_vector, dtype=np.float64).ravel()]
     return TaskOutcome(
@@ -273,7 +290,7 @@ async def run_parse(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
     categories = answers[0][0]
     prompts = tuple(Prompt(text, cat) for text, cat in zip(task.prompts, categories, strict=False))
     masks = np.stack([mask for _, mask in answers], axis=1)  # (prompts, frames, rows, cols)
-    provenance = _provenance(ctx.clients.medimageparse.identity, task, ctx)
+    provenance = _provenance(ctx.clients.medimageparse.identity, task, ctx, sources)
     results = build_parse_results(sources, SourceMasks(prompts, masks), provenance)
     return TaskOutcome(results.objects, not_found=tuple(p.text for p in results.not_found))
 
@@ -297,7 +314,7 @@ async def run_parse3d(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
         by_frame = frame_masks(answer.labels, volume, label=label, labels_affine=answer.affine)
         per_prompt.append(np.stack([by_frame[ref] for ref in refs]))
     prompts = tuple(Prompt(text, _category3d(text)) for text in task.prompts)
-    provenance = _provenance(client.identity, task, ctx)
+    provenance = _provenance(client.identity, task, ctx, sources)
     results = build_parse_results(sources, SourceMasks(prompts, np.stack(per_prompt)), provenance)
     return TaskOutcome(results.objects, not_found=tuple(p.text for p in results.not_found))
 

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from pydicom.filereader import read_file_meta_info
 
 from listener.errors import InstanceTooLargeError, InvalidDatasetError, MissingIdentifierError
+from listener.store.header_text import SPECIFIC_CHARACTER_SET, character_sets, decode_header_text
 from listener.store.journal import InstanceRecord
 
 # PS3.5 §9.1: a UID is components of digits separated by dots, no component with a leading zero
@@ -400,13 +401,16 @@ def walk_dataset(
         little=transfer_syntax != EXPLICIT_VR_BE,
     )
     found: dict[str, str] = {}
+    charsets: list[str] = []  # listener.store.header_text: names in the dataset's own sets
     pos, last = start, -1
     while pos < walker.end:
         tag, vr, value_start, length = walker.element(pos)
         last = _ascending(last, tag)
         pos = walker.skip_value(tag, vr, value_start, length)
-        if tag in _WANTED and length != _UNDEFINED:
-            found[_WANTED[tag]] = data[value_start:pos].decode("latin-1").strip("\0 ")
+        if tag == SPECIFIC_CHARACTER_SET:
+            charsets = character_sets(bytes(data[value_start:pos]))
+        elif tag in _WANTED and length != _UNDEFINED:
+            found[_WANTED[tag]] = decode_header_text(tag, bytes(data[value_start:pos]), charsets)
     return found
 
 

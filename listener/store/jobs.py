@@ -24,35 +24,16 @@ result UIDs, is what makes a crash produce each result exactly once.
 
 from __future__ import annotations
 
-import itertools
 import json
 import sqlite3
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from listener.store.db import BUSY_TIMEOUT_S, Database, JournalTables
-
-
-class JobState(StrEnum):
-    """UPS procedure step states (PS3.4 Table CC.1.1-1)."""
-
-    SCHEDULED = "SCHEDULED"
-    IN_PROGRESS = "IN PROGRESS"
-    COMPLETED = "COMPLETED"
-    CANCELED = "CANCELED"
-
-
-# PS3.4 Table CC.1.1-2: the state changes a procedure step may make.
-ALLOWED_TRANSITIONS = frozenset(
-    {
-        (JobState.SCHEDULED, JobState.IN_PROGRESS),
-        (JobState.SCHEDULED, JobState.CANCELED),
-        (JobState.IN_PROGRESS, JobState.COMPLETED),
-        (JobState.IN_PROGRESS, JobState.CANCELED),
-    }
-)
+from listener.store.ups import ALLOWED_TRANSITIONS as ALLOWED_TRANSITIONS  # re-exported
+from listener.store.ups import JobState as JobState  # re-exported
+from listener.store.ups import forbidden_transitions as forbidden_transitions  # re-exported
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -467,6 +448,20 @@ class JobStore(JournalTables):
             rows = db.execute(f"SELECT * FROM jobs{where} ORDER BY id DESC", args).fetchall()
             return [Job.from_row(row) for row in rows]
 
+    def earlier_outputs(self, study_uid: str, rule: str, task: str) -> list[str]:
+        """The result UIDs of the latest completed job of (study, rule, task) from a generation
+        before the newest one scheduled for it: what that newest job's results supersede."""
+        with self.db.read() as db:
+            row = db.execute(
+                "SELECT outputs FROM jobs WHERE study_uid = ? AND rule = ? AND task = ?"
+                " AND state = ? AND generation < (SELECT MAX(generation) FROM jobs"
+                " WHERE study_uid = ? AND rule = ? AND task = ?)"
+                " ORDER BY generation DESC, id DESC LIMIT 1",
+                (study_uid, rule, task, JobState.COMPLETED.value, study_uid, rule, task),
+            ).fetchone()
+        outputs: list[str] = json.loads(row["outputs"] or "[]") if row is not None else []
+        return outputs
+
     def events(self, job_id: int) -> list[tuple[float, str, str | None]]:
         """The job's timeline: (time, state, detail)."""
         with self.db.read() as db:
@@ -481,10 +476,3 @@ class JobStore(JournalTables):
         with self.db.read() as db:
             rows = db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
             return {row["state"]: row["n"] for row in rows}
-
-
-def forbidden_transitions(states: list[str]) -> list[tuple[str, str]]:
-    """The state changes in a job's timeline (its events' states, in order) that PS3.4
-    Table CC.1.1-2 does not allow; notes within one state are not changes."""
-    changes = [(a, b) for a, b in itertools.pairwise(states) if a != b]
-    return [(a, b) for a, b in changes if (JobState(a), JobState(b)) not in ALLOWED_TRANSITIONS]

@@ -60,14 +60,15 @@ def test_same_input_gives_the_same_bytes() -> None:
 
 
 def test_follow_up_rejects_the_earlier_generation(tmp_path: Path) -> None:
-    """A follow-up's SR names the earlier SR as predecessor; the KOS rejects the earlier
-    results with title 113001; everything passes dciodvfy."""
+    """A follow-up's results end with a KOS rejecting the earlier results (title 113001) and
+    their SR names the earlier SR as predecessor; everything passes dciodvfy."""
     series = factory.ct_series(6)
     earlier = parse(series[:4])
     refs = tuple(ResultRef.of(o) for o in earlier)
-    later = parse(series, supersedes=refs)
+    *later, kos = parse(series, supersedes=refs)
     prov = dataclasses.replace(provenance(), supersedes=refs)
-    kos = build_rejection_note(series, refs, prov)
+    assert encode(kos) == encode(build_rejection_note(series, refs, prov))
+    assert [o.Modality for o in later] == ["SEG", "SR"] and kos.Modality == "KO"
     assert not uids(earlier) & uids((*later, kos))
     predecessors = {
         str(sop.ReferencedSOPInstanceUID)

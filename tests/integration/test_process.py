@@ -132,3 +132,29 @@ def test_chest_pair_sends_frontal_and_lateral_and_references_both(tmp_path: Path
         for ref in series.ReferencedImageSequence
     }
     assert drawn_on == {str(frontal.SOPInstanceUID)}
+
+
+@pytest.mark.integration
+def test_a_broken_input_fails_alone_with_its_reason(tmp_path: Path) -> None:
+    """In a run of three studies, an MR whose pixel data is cut in half fails with a FAILED line
+    saying why; the CR and the CT still get their results; the exit status is non-zero."""
+    _inputs(tmp_path / "in")
+    source = get_testdata_file("MR_small.dcm")
+    assert source is not None
+    broken = dcmread(source)
+    broken.PixelData = broken.PixelData[: len(broken.PixelData) // 2]
+    broken.save_as(tmp_path / "in" / "broken.dcm")
+    result = subprocess.run(
+        [PACS_AI, "process", str(tmp_path / "in"), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode != 0, result.stdout
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    failed = [line for line in lines if line[2] == "-"]
+    assert [line[0] for line in failed] == [str(broken.StudyInstanceUID)]
+    assert "pixel data" in failed[0][3].lower(), failed[0][3]
+    written = {line[0] for line in lines if line[2] != "-"}
+    assert len(written) == 2 and str(broken.StudyInstanceUID) not in written

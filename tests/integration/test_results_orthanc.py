@@ -94,11 +94,16 @@ def test_orthanc_files_every_result_under_its_source_study(
 
 
 @pytest.mark.integration
-def test_rebuilding_replaces_rather_than_duplicates(orthanc: Orthanc, tmp_path: Path) -> None:
-    """Sending the results of a re-run again leaves Orthanc with the same instances, not twice."""
+def test_a_rerun_duplicates_nothing(orthanc: Orthanc, tmp_path: Path) -> None:
+    """A re-run's results are byte-identical to the first run's, so Orthanc, which keeps the
+    first copy of a UID (OverwriteInstances false by default), holds exactly one of each and it
+    is the right one."""
     sources = load_sources("mr_small")
     dcmsend(orthanc, write_all(sources, tmp_path / "sources"))
-    dcmsend(orthanc, write_all(all_results(sources), tmp_path / "first"))
+    first = write_all(all_results(sources), tmp_path / "first")
+    dcmsend(orthanc, first)
     count = orthanc.instance_count()
-    dcmsend(orthanc, write_all(all_results(sources), tmp_path / "second"))
+    second = write_all(all_results(sources), tmp_path / "second")
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+    dcmsend(orthanc, second)
     assert orthanc.instance_count() == count

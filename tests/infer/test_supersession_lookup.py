@@ -1,0 +1,69 @@
+"""Which earlier results a follow-up's job supersedes: the job table and the provenance filter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import factory
+
+from converters.model_outputs import ModelIdentity
+from converters.provenance import ResultKind, ResultRef
+from listener.infer.tasks import TaskContext, _provenance
+from listener.route.plan import PlannedTask
+from listener.store.jobs import JobStore
+
+STUDY = "1.2.3"
+
+
+def _job(store: JobStore, generation: int, task: str = "segment") -> int:
+    return store.schedule(
+        job_key=f"{STUDY}:{generation}:rule:{task}",
+        study_uid=STUDY,
+        generation=generation,
+        rule="rule",
+        task=task,
+        payload={},
+        priority=0,
+        now=float(generation),
+    )
+
+
+def test_earlier_outputs_are_the_previous_completed_generation(tmp_path: Path) -> None:
+    """The newest generation's job supersedes the latest completed earlier one of its task,
+    nothing of other tasks, and nothing while it is the only generation."""
+    store = JobStore(tmp_path / "journal.sqlite")
+    first = _job(store, 0)
+    assert store.earlier_outputs(STUDY, "rule", "segment") == []
+    store.complete(first, ["1.1", "1.2"], 1.0)
+    assert store.earlier_outputs(STUDY, "rule", "segment") == []  # generation 0 is the newest
+    _job(store, 1)
+    other = _job(store, 1, task="classify")
+    store.complete(other, ["9.9"], 2.0)
+    assert store.earlier_outputs(STUDY, "rule", "segment") == ["1.1", "1.2"]
+    failed = _job(store, 2)
+    store.fail(failed, "model down", 3.0, retry_at=None)
+    _job(store, 3)
+    assert store.earlier_outputs(STUDY, "rule", "segment") == ["1.1", "1.2"]
+
+
+def _context(earlier: list[ResultRef]) -> TaskContext:
+    clients: Any = None  # no model is called
+    return TaskContext(clients=clients, load=lambda uid: None, earlier=lambda task: earlier)  # type: ignore[arg-type, return-value]
+
+
+def test_results_of_the_same_inputs_are_not_superseded() -> None:
+    """An earlier result in a series the new results will have (same task, model and sources)
+    is being made again, not replaced; one from other sources is superseded."""
+    task = PlannedTask("rule", "segment", "medimageparse", {"default": ()}, prompts=("liver",))
+    identity = ModelIdentity("medimageparse", "emulator-1", emulated=True)
+    series = factory.ct_series(4)
+    bare = _provenance(identity, task, _context([]), series)
+    same = ResultRef(
+        STUDY, bare.series_uid(series, ResultKind.SEG), "1.2.840.10008.5.1.4.1.1.66.4", "5.5"
+    )
+    other = ResultRef(
+        STUDY, bare.series_uid(series[:3], ResultKind.SEG), "1.2.840.10008.5.1.4.1.1.66.4", "6.6"
+    )
+    provenance = _provenance(identity, task, _context([same, other]), series)
+    assert provenance.supersedes == (other,)
