@@ -191,6 +191,11 @@ class Settings(BaseSettings):
     admin_host: str = "127.0.0.1"
     admin_port: int = Field(default=8080, ge=0, le=65535)
     admin_token: SecretStr | None = None
+    admin_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names the admin API answers to besides loopback names and admin_host"
+        " (the Host header; DNS rebinding defence); '*' answers any",
+    )
     rules_file: Path | None = None
     destinations: dict[str, Destination] = Field(
         default_factory=dict,
