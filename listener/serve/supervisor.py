@@ -38,6 +38,7 @@ from listener.pipeline import build_pipeline, effective_rules
 from listener.receive.admission import AssociationCounter
 from listener.receive.scp import Receiver, start_server
 from listener.serve.loops import recover_after_crash, run_deliverer, run_job_worker
+from listener.serve.summary import log_startup_summary, startup_summary
 from listener.settings import Settings
 from listener.store.journal import Journal
 from listener.store.spool import Spool, reindex
@@ -241,15 +242,20 @@ def serve(settings: Settings) -> int:
     The rules are validated first (a bad file stops start-up with a ConfigError naming the rule
     and field). Models without an endpoint are served by the built-in emulator, started here on
     a loopback port and called by the job runners over real HTTP. The admin API (health,
-    metrics, dashboard) runs in this process too.
+    metrics, dashboard) runs in this process too. Before the children start, one log line per
+    destination, per model (endpoint or emulator) and for where results go
+    (:mod:`listener.serve.summary`).
     """
-    effective_rules(settings)
+    rules = effective_rules(settings)
     now = time.time()
     prepare_data_dir(settings, now)
     recover_after_crash(settings, now)
     admin = start_admin(settings)
     try:
         with emulator_if_needed(settings) as emulator_url:
+            log_startup_summary(
+                get_logger("service"), startup_summary(settings, rules, emulator_url)
+            )
             supervisor = Supervisor(settings, emulator_url)
             return _supervise(supervisor)
     finally:
