@@ -17,6 +17,7 @@ from listener.admin import views
 from listener.admin.pictures import has_picture
 from listener.admin.readiness import problems
 from listener.admin.state import AdminState
+from listener.settings import MODEL_NAMES
 
 STUDY_ROWS = 50
 PICTURES = 12
@@ -127,6 +128,21 @@ def _pictures(state: AdminState, summaries: list[dict[str, Any]]) -> str:
     return f'{head}<div class="pictures">{body}</div></section>'
 
 
+def emulated_models(state: AdminState) -> list[str]:
+    """The models the built-in emulator answers for (no endpoint configured)."""
+    return [name for name in MODEL_NAMES if not state.settings.models.get(name).endpoint]
+
+
+def _emulator_mark(state: AdminState) -> str:
+    names = emulated_models(state)
+    if not names:
+        return ""
+    return (
+        f'<span class="bad" id="emulated">emulator: {escape(", ".join(names))} answered by the'
+        " model emulator (synthetic, not a clinical model)</span>"
+    )
+
+
 def render_dashboard(state: AdminState, *, show_patient: bool = False) -> str:
     """The whole dashboard page as HTML text."""
     infos = list(reversed(state.journal.studies()))[:STUDY_ROWS]
@@ -142,7 +158,8 @@ def render_dashboard(state: AdminState, *, show_patient: bool = False) -> str:
         "<title>pacs-ai gateway</title>"
         '<link rel="stylesheet" href="/dashboard.css"></head>'
         "<body><header><h1>pacs-ai gateway</h1>"
-        f"<span id=readiness>{status}</span><span>{_time(state.clock())} UTC</span>"
+        f"<span id=readiness>{status}</span>{_emulator_mark(state)}"
+        f"<span>{_time(state.clock())} UTC</span>"
         '<label><input type="checkbox" id="refresh"> auto refresh</label></header><main>'
         f"{_stages(state)}{_failures(state)}{_pictures(state, summaries)}"
         f"{_studies(state, summaries, show_patient)}</main>"
