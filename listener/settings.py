@@ -9,11 +9,15 @@ option. A bad value stops start-up with a :class:`~listener.errors.ConfigError` 
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import ipaddress
 import os
 import re
+import types
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -59,6 +63,17 @@ MODEL_NAMES: tuple[ModelName, ...] = (
     "medimageparse",
     "medimageparse3d",
 )
+
+
+ENTRA_MODULE = "azure.identity"  # the optional 'entra' extra (azure-identity)
+
+
+def module_available(name: str) -> bool:
+    """Whether ``name`` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 class _Section(BaseModel):
@@ -120,6 +135,16 @@ class ModelSettings(_Section):
     def _endpoint_is_http(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError("the endpoint must be an http(s) URL")
+        return value
+
+    @field_validator("auth")
+    @classmethod
+    def _extra_installed(cls, value: str) -> str:
+        if value == "entra" and not module_available(ENTRA_MODULE):
+            raise ValueError(
+                f"'entra' needs {ENTRA_MODULE}, which is not installed: install the 'entra' extra"
+                " (pip install 'pacs-ai-listener[entra]')"
+            )
         return value
 
 
@@ -235,6 +260,11 @@ class Settings(BaseSettings):
     admin_host: str = "127.0.0.1"
     admin_port: int = Field(default=8080, ge=0, le=65535)
     admin_token: SecretStr | None = None
+    admin_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names the admin API answers to besides loopback names and admin_host"
+        " (the Host header; DNS rebinding defence); '*' answers any",
+    )
     rules_file: Path | None = None
     destinations: dict[str, Destination] = Field(
         default_factory=dict,
@@ -328,16 +358,79 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+ENV_PREFIX = "PACSAI_"
+ENV_DELIMITER = "__"
+ENV_NOT_SETTINGS = frozenset({"PACSAI_CONFIG"})  # read by load_settings itself
+
+
+def _model_of(annotation: Any) -> Any:
+    """The settings model an annotation holds (``X``, ``X | None``), or None."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        found = [_model_of(arg) for arg in get_args(annotation)]
+        return next((model for model in found if model is not None), None)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _env_problem(name: str) -> str | None:
+    """Why ``name`` (a PACSAI_* variable) names no setting, with the nearest valid name; None when
+    it names one. Walks the nested delimiter through sections and named maps (destinations)."""
+    parts = name[len(ENV_PREFIX) :].lower().split(ENV_DELIMITER)
+    model: Any = Settings
+    done: list[str] = []
+    index = 0
+    while index < len(parts):
+        part = parts[index]
+        fields: Mapping[str, Any] = model.model_fields
+        if part not in fields:
+            close = difflib.get_close_matches(part, list(fields), n=1, cutoff=0.6)
+            if not close:
+                return f"{name}: unknown setting (see config/pacs-ai.example.yaml)"
+            fixed = ENV_DELIMITER.join([*done, close[0], *parts[index + 1 :]]).upper()
+            return f"{name}: unknown setting, did you mean {ENV_PREFIX}{fixed}?"
+        done.append(part)
+        annotation = fields[part].annotation
+        index += 1
+        if get_origin(annotation) is dict:
+            if index < len(parts):  # the key of a named map (a destination's name): any name
+                done.append(parts[index])
+                index += 1
+            annotation = get_args(annotation)[1]
+        model = _model_of(annotation)
+        if model is None and index < len(parts):
+            return f"{name}: {'.'.join(done)} is set as a whole, not part by part"
+    return None
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """A message per ``PACSAI_*`` variable that names no setting (a typo would otherwise be
+    ignored silently: ``PACSAI_PROT`` leaves the port at its default)."""
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in ENV_NOT_SETTINGS:
+            problem = _env_problem(upper)
+            if problem is not None:
+                problems.append(problem)
+    return problems
+
+
 def _setting_name(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(settings)"
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings, raising ConfigError whose message names every bad setting.
+    """Build the settings, raising ConfigError whose message names every bad setting, every
+    ``PACSAI_*`` environment variable that names none, and every optional extra a setting needs
+    but is not installed: all found here, at start-up, never later in a child process.
 
     ``overrides`` are command-line values; ``None`` means "not given" and is dropped.
     """
     given = {key: value for key, value in overrides.items() if value is not None}
+    unknown = unknown_environment(os.environ)
+    if unknown:
+        raise ConfigError("; ".join(unknown))
     previous = os.environ.get("PACSAI_CONFIG")
     try:
         if config_file is not None:

@@ -2,24 +2,26 @@
 
 Built by :func:`create_admin_app` from an :class:`~listener.admin.state.AdminState`; handlers
 are plain functions (Starlette runs them in its thread pool), since every answer comes from
-SQLite and files.
+SQLite and files. Every answer passes :mod:`listener.admin.security`'s middleware: security
+headers, the Host allow-list, same-origin JSON for the state-changing POSTs, and the token.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from listener.admin import views
-from listener.admin.dashboard import render_dashboard
+from listener.admin.dashboard import SCRIPT, STYLE, render_dashboard
 from listener.admin.metrics import JournalCollector, build_registry
 from listener.admin.openapi import openapi_schema
 from listener.admin.pictures import study_picture
 from listener.admin.readiness import readiness
-from listener.admin.security import TokenGuard
+from listener.admin.security import BrowserGuard, SecurityHeaders, TokenGuard, allowed_hosts
 from listener.admin.state import AdminState
 from listener.errors import ConfigError
 from listener.logging import get_logger
@@ -158,11 +160,19 @@ class _Handlers:
             render_dashboard(self.state, show_patient=_flag(request, "show_patient"))
         )
 
+    def dashboard_script(self, _: Request) -> Response:
+        return Response(SCRIPT, media_type="text/javascript")
+
+    def dashboard_style(self, _: Request) -> Response:
+        return Response(STYLE, media_type="text/css")
+
 
 def _routes(state: AdminState) -> list[Route]:
     handlers = _Handlers(state)
     return [
         Route("/", handlers.dashboard),
+        Route("/dashboard.js", handlers.dashboard_script),
+        Route("/dashboard.css", handlers.dashboard_style),
         Route("/healthz", handlers.healthz),
         Route("/readyz", handlers.readyz),
         Route("/metrics", handlers.metrics),
@@ -179,8 +189,12 @@ def _routes(state: AdminState) -> list[Route]:
 
 
 def create_admin_app(state: AdminState, *, token: str | None = None) -> Starlette:
-    """The admin app over ``state``; with ``token`` every path but /healthz needs it."""
-    app = Starlette(routes=_routes(state))
+    """The admin app over ``state``; with ``token`` every path but /healthz needs it. The Host
+    allow-list comes from ``state.settings`` (:func:`~listener.admin.security.allowed_hosts`)."""
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(BrowserGuard, allowed=allowed_hosts(state.settings)),
+    ]
     if token:
-        app.add_middleware(TokenGuard, token=token)
-    return app
+        middleware.append(Middleware(TokenGuard, token=token))
+    return Starlette(routes=_routes(state), middleware=middleware)

@@ -1,4 +1,6 @@
-"""The operator dashboard at ``/``: one server-rendered HTML page, inline CSS and JS, no assets.
+"""The operator dashboard at ``/``: one server-rendered HTML page with its script and style served
+beside it (``/dashboard.js``, ``/dashboard.css``), since the Content-Security-Policy allows no
+inline script or style (see :mod:`listener.admin.security`).
 
 It shows the studies flowing through the stages (counts per stage, jobs and outbox queues), the
 recent failures with their reasons, the latest studies, and a picture of each processed study
@@ -15,12 +17,13 @@ from listener.admin import views
 from listener.admin.pictures import has_picture
 from listener.admin.readiness import problems
 from listener.admin.state import AdminState
+from listener.settings import MODEL_NAMES
 
 STUDY_ROWS = 50
 PICTURES = 12
 STAGES = ("receiving", "ready", "processing", "sending", "done", "failed")
 
-_STYLE = """
+STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
 header{background:#1d2330;color:#fff;padding:10px 20px;display:flex;gap:20px;align-items:center}
 header h1{font-size:18px;margin:0}.ok{color:#7be07b}.bad{color:#ff8080}
@@ -35,7 +38,7 @@ figure img{max-width:408px;display:block}
 figcaption{font-size:12px;padding-top:4px;word-break:break-all}
 """
 
-_SCRIPT = """
+SCRIPT = """
 const box = document.getElementById('refresh');
 box.checked = localStorage.getItem('pacsai-refresh') !== 'off';
 box.addEventListener('change',
@@ -125,6 +128,21 @@ def _pictures(state: AdminState, summaries: list[dict[str, Any]]) -> str:
     return f'{head}<div class="pictures">{body}</div></section>'
 
 
+def emulated_models(state: AdminState) -> list[str]:
+    """The models the built-in emulator answers for (no endpoint configured)."""
+    return [name for name in MODEL_NAMES if not state.settings.models.get(name).endpoint]
+
+
+def _emulator_mark(state: AdminState) -> str:
+    names = emulated_models(state)
+    if not names:
+        return ""
+    return (
+        f'<span class="bad" id="emulated">emulator: {escape(", ".join(names))} answered by the'
+        " model emulator (synthetic, not a clinical model)</span>"
+    )
+
+
 def render_dashboard(state: AdminState, *, show_patient: bool = False) -> str:
     """The whole dashboard page as HTML text."""
     infos = list(reversed(state.journal.studies()))[:STUDY_ROWS]
@@ -138,10 +156,12 @@ def render_dashboard(state: AdminState, *, show_patient: bool = False) -> str:
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         "<title>pacs-ai gateway</title>"
-        f"<style>{_STYLE}</style></head><body><header><h1>pacs-ai gateway</h1>"
-        f"<span id=readiness>{status}</span><span>{_time(state.clock())} UTC</span>"
+        '<link rel="stylesheet" href="/dashboard.css"></head>'
+        "<body><header><h1>pacs-ai gateway</h1>"
+        f"<span id=readiness>{status}</span>{_emulator_mark(state)}"
+        f"<span>{_time(state.clock())} UTC</span>"
         '<label><input type="checkbox" id="refresh"> auto refresh</label></header><main>'
         f"{_stages(state)}{_failures(state)}{_pictures(state, summaries)}"
         f"{_studies(state, summaries, show_patient)}</main>"
-        f"<script>{_SCRIPT}</script></body></html>"
+        '<script src="/dashboard.js"></script></body></html>'
     )

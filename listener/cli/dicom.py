@@ -1,40 +1,100 @@
-"""Tools for users testing their set-up: C-ECHO, C-STORE of files, and the journal's studies."""
+"""Tools for users testing their set-up: ``echo`` (C-ECHO), ``send`` (C-STORE of files) and
+``studies`` (the studies the journal holds, at the stage the dashboard shows)."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom import Dataset, dcmread
-from pydicom.errors import InvalidDicomError
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from tqdm import tqdm
-
-from listener.receive.status import STORED_STATUSES, EchoStatus
-from listener.send.scu import prepare_requestor
-from listener.settings import Settings
-from listener.store.journal import Journal
+from listener.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Subparsers,
+    add_config_flag,
+    add_data_dir_flag,
+    dicom_files,
+    existing_journal,
+    port_number,
+    settings_from_args,
+)
 from listener.timing import utc_text
+
+MAX_CONTEXTS = 128  # PS3.8 §9.3.2.2: presentation context IDs are odd numbers 1-255
+
+# PS3.8 §9.3.4 (Table 9-21): A-ASSOCIATE-RJ reasons by source, in DCMTK's wording so that the
+# messages read the same as storescu's and echoscu's.
+_REJECT_REASONS: dict[int, dict[int, str]] = {
+    1: {  # DICOM UL service-user
+        1: "No Reason Given",
+        2: "Application Context Name Not Supported",
+        3: "Calling AE Title Not Recognized",
+        7: "Called AE Title Not Recognized",
+    },
+    2: {1: "No Reason Given", 2: "Protocol Version Not Supported"},  # service-provider (ACSE)
+    3: {1: "Temporary Congestion", 2: "Local Limit Exceeded"},  # service-provider (Presentation)
+}
+_REJECT_RESULTS = {1: "permanent", 2: "transient"}
+
+
+def association_failure(assoc: Any, target: str) -> str:
+    """Why an association with ``target`` was not established, as precisely as the peer said:
+    the A-ASSOCIATE-RJ result and reason, no accepted presentation context, an abort, or no
+    answer at all (nothing listens, a firewall, a timeout)."""
+    answer = assoc.acceptor.primitive
+    if assoc.is_rejected and answer is not None:
+        source, reason = int(answer.result_source or 0), int(answer.diagnostic or 0)
+        text = _REJECT_REASONS.get(source, {}).get(reason, f"reason {reason}, source {source}")
+        kind = _REJECT_RESULTS.get(int(answer.result or 0), "")
+        return f"association rejected by {target} ({kind}): {text}"
+    if answer is not None and answer.result == 0 and not assoc.accepted_contexts:
+        return f"{target} accepted none of the proposed presentation contexts"
+    if assoc.is_aborted and answer is not None:
+        return f"association with {target} was aborted"
+    return f"no association with {target}: nothing answered (port closed, unreachable or timed out)"
+
+
+def _requestor(aet: str, timeout: float) -> Any:
+    from pynetdicom import AE
+
+    ae = AE(ae_title=aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    return ae
+
+
+def _associate(ae: Any, host: str, port: int, aec: str) -> Any:
+    from pynetdicom import evt
+
+    from listener.send.scu import prepare_requestor
+
+    def on_open(event: Any) -> None:
+        prepare_requestor(event.assoc)
+
+    return ae.associate(host, port, ae_title=aec, evt_handlers=[(evt.EVT_CONN_OPEN, on_open)])
 
 
 def echo(host: str, port: int, *, aet: str, aec: str, timeout: float) -> tuple[bool, str]:
     """C-ECHO (PS3.7 §9.1.5) the peer; return whether it answered Success and a message."""
-    ae = AE(ae_title=aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    from listener.receive.status import EchoStatus
+
+    target = f"{aec}@{host}:{port}"
+    ae = _requestor(aet, timeout)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(host, port, ae_title=aec, evt_handlers=[(evt.EVT_CONN_OPEN, _on_open)])
+    assoc = _associate(ae, host, port, aec)
     if not assoc.is_established:
-        return False, f"association with {aec}@{host}:{port} was rejected or failed"
+        return False, association_failure(assoc, target)
     try:
         status = assoc.send_c_echo()
     finally:
         assoc.release()
     if status and status.Status == EchoStatus.SUCCESS:
-        return True, f"C-ECHO to {aec}@{host}:{port}: success"
-    return False, f"C-ECHO to {aec}@{host}:{port} failed: {status!r}"
+        return True, f"C-ECHO to {target}: success"
+    return False, f"C-ECHO to {target} failed: {status!r}"
 
 
 @dataclass
@@ -54,23 +114,24 @@ class SendReport:
         return "\n".join(lines)
 
 
-def dicom_files(paths: list[Path]) -> list[Path]:
-    """The files named, and every file under the folders named, in a stable order."""
-    out: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            out += sorted(p for p in path.rglob("*") if p.is_file())
-        else:
-            out.append(path)
-    return out
+def _contexts(files: list[Path], report: SendReport) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The sendable files and one (SOP class, transfer syntax) per pair they need, from each
+    file's meta information (PS3.10 §7.1) alone: nothing but the meta header is read here."""
+    from pydicom.errors import InvalidDicomError
+    from pydicom.filereader import read_file_meta_info
 
-
-def _contexts_for(datasets: list[tuple[Path, Dataset]]) -> list[tuple[str, list[str]]]:
-    """One presentation context per SOP class and transfer syntax the files need."""
+    sendable: list[Path] = []
     wanted: dict[tuple[str, str], None] = {}
-    for _, ds in datasets:
-        wanted[(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))] = None
-    return [(sop, [syntax]) for sop, syntax in wanted]
+    for path in files:
+        try:
+            meta = read_file_meta_info(path)
+            pair = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+        except (InvalidDicomError, OSError, ValueError, AttributeError) as exc:
+            report.failed.append((path, f"not readable as DICOM: {exc}"))
+            continue
+        sendable.append(path)
+        wanted[pair] = None
+    return sendable, list(wanted)
 
 
 def send_files(
@@ -85,29 +146,36 @@ def send_files(
 ) -> SendReport:
     """C-STORE every DICOM file under ``paths`` over one association, as stored (no transcoding).
 
-    Files that are not DICOM are reported as failed. pynetdicom proposes at most 128 presentation
-    contexts (PS3.8 §9.3.2.2), which covers far more SOP class/transfer syntax pairs than a test
-    set needs.
+    Only the files' meta headers are read before the association opens (to propose one
+    presentation context per SOP class and transfer syntax, at most 128: PS3.8 §9.3.2.2); each
+    data set is read when it is sent, so a large folder never sits in memory. Files that are not
+    DICOM are reported as failed.
     """
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+    from tqdm import tqdm
+
+    from listener.receive.status import STORED_STATUSES
+
     report = SendReport()
-    datasets: list[tuple[Path, Dataset]] = []
-    for path in dicom_files(paths):
-        try:
-            datasets.append((path, dcmread(path)))
-        except (InvalidDicomError, OSError, ValueError) as exc:
-            report.failed.append((path, f"not readable as DICOM: {exc}"))
-    if not datasets:
+    files, contexts = _contexts(dicom_files(paths), report)
+    if not files:
         return report
-    ae = AE(ae_title=aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    for sop, syntaxes in _contexts_for(datasets)[:128]:
-        ae.add_requested_context(sop, syntaxes)
-    assoc = ae.associate(host, port, ae_title=aec, evt_handlers=[(evt.EVT_CONN_OPEN, _on_open)])
+    ae = _requestor(aet, timeout)
+    for sop, syntax in contexts[:MAX_CONTEXTS]:
+        ae.add_requested_context(sop, [syntax])
+    assoc = _associate(ae, host, port, aec)
     if not assoc.is_established:
-        report.failed += [(path, "association rejected or failed") for path, _ in datasets]
+        why = association_failure(assoc, f"{aec}@{host}:{port}")
+        report.failed += [(path, why) for path in files]
         return report
     try:
-        for path, ds in tqdm(datasets, unit="file", disable=not progress):
+        for path in tqdm(files, unit="file", disable=not progress):
+            try:
+                ds = dcmread(path)
+            except (InvalidDicomError, OSError, ValueError) as exc:
+                report.failed.append((path, f"not readable as DICOM: {exc}"))
+                continue
             status = assoc.send_c_store(ds)
             code = getattr(status, "Status", None)
             if code is None:
@@ -116,48 +184,123 @@ def send_files(
                 report.sent += 1
             else:
                 report.failed.append((path, f"status 0x{code:04X}"))
+            del ds
     finally:
         if assoc.is_established:
             assoc.release()
     return report
 
 
-def _on_open(event: Any) -> None:
-    prepare_requestor(event.assoc)
+def study_rows(settings: Any, *, show_patient: bool) -> list[dict[str, object]]:
+    """One row per study the journal holds, oldest first, with the stage the admin API and the
+    dashboard show (:func:`listener.admin.views.study_summary`, the one place that derives it).
 
-
-def print_studies(settings: Settings, *, as_json: bool, show_patient: bool) -> int:
-    """Print the studies the journal holds: state, generation, counts, times (UTC).
-
-    Patient ID and name are shown only with ``show_patient``.
+    Patient ID and name only with ``show_patient``.
     """
-    if not settings.journal_path.exists():
-        print(f"no journal at {settings.journal_path}")
-        return 0
-    journal = Journal(settings.journal_path)
+    from listener.admin.state import open_state
+    from listener.admin.views import study_summary
+
+    existing_journal(settings)
+    state = open_state(settings)
     try:
-        studies = journal.studies()
+        summaries = [
+            study_summary(state, info, show_patient=show_patient)
+            for info in state.journal.studies()
+        ]
     finally:
-        journal.close()
-    for study in studies:
+        state.close()
+    rows = []
+    for study in summaries:
         row: dict[str, object] = {
-            "study_uid": study.study_uid,
-            "state": str(study.state),
-            "generation": study.generation,
-            "instances": study.instance_count,
-            "series": study.series_count,
-            "calling_ae": study.calling_ae,
-            "last_received": utc_text(study.last_received_at),
-            "due": utc_text(study.due_at),
-            "released": utc_text(study.released_at) if study.released_at else None,
+            "study_uid": study["study_uid"],
+            "stage": study["stage"],
+            "state": study["state"],
+            "generation": study["generation"],
+            "instances": study["instances"],
+            "series": study["series"],
+            "jobs": study["jobs"],
+            "results": study["results"],
+            "calling_ae": study["calling_ae"],
+            "last_received": utc_text(study["last_received_at"]),
+            "due": utc_text(study["due_at"]),
+            "released": utc_text(study["released_at"]) if study["released_at"] else None,
         }
         if show_patient:
-            row["patient_id"] = study.patient_id
-            row["patient_name"] = study.patient_name
-        if as_json:
+            row["patient_id"] = study["patient_id"]
+            row["patient_name"] = study["patient_name"]
+        rows.append(row)
+    return rows
+
+
+# --- the commands --------------------------------------------------------------------------
+
+
+def _add_scu_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("host", help="the peer's address")
+    parser.add_argument("port", type=port_number, help="the peer's DICOM port")
+    parser.add_argument("--aet", default="PACSAI-SCU", help="our (calling) AE title")
+    parser.add_argument("--aec", default="PACSAI", help="the peer's (called) AE title")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per network step")
+
+
+def add_echo(sub: Subparsers) -> None:
+    """Declare ``echo``."""
+    parser = sub.add_parser("echo", help="C-ECHO a DICOM peer")
+    _add_scu_flags(parser)
+    parser.set_defaults(func=cmd_echo)
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    """Run ``pacs-ai echo``; the exit status."""
+    ok, message = echo(args.host, args.port, aet=args.aet, aec=args.aec, timeout=args.timeout)
+    print(message, file=sys.stdout if ok else sys.stderr)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def add_send(sub: Subparsers) -> None:
+    """Declare ``send``."""
+    parser = sub.add_parser("send", help="C-STORE DICOM files or folders to a peer")
+    _add_scu_flags(parser)
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=cmd_send)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Run ``pacs-ai send``; the exit status."""
+    report = send_files(
+        args.host,
+        args.port,
+        args.paths,
+        aet=args.aet,
+        aec=args.aec,
+        timeout=args.timeout,
+        progress=not args.no_progress,
+    )
+    print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def add_studies(sub: Subparsers) -> None:
+    """Declare ``studies``."""
+    parser = sub.add_parser("studies", help="list the studies the journal holds")
+    add_config_flag(parser)
+    add_data_dir_flag(parser)
+    parser.add_argument("--json", action="store_true", help="one JSON object per study")
+    parser.add_argument(
+        "--show-patient", action="store_true", help="also show patient ID and name (PHI)"
+    )
+    parser.set_defaults(func=cmd_studies)
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    """Run ``pacs-ai studies``; the exit status."""
+    rows = study_rows(settings_from_args(args), show_patient=args.show_patient)
+    for row in rows:
+        if args.json:
             print(json.dumps(row))
         else:
-            print("  ".join(f"{key}={value}" for key, value in row.items()))
-    if not as_json:
-        print(f"{len(studies)} studies")
-    return 0
+            print("  ".join(f"{key}={value}" for key, value in row.items() if key != "state"))
+    if not args.json:
+        print(f"{len(rows)} studies")
+    return EXIT_OK

@@ -1,7 +1,7 @@
-"""Subcommands around the pipeline: ``process`` (local files), ``jobs`` (list, show, retry, cancel).
+"""``pacs-ai jobs list|show|retry|cancel``: the pipeline's jobs and the outbox's dead letters.
 
-Registered in :mod:`listener.cli.main` like every other command: an ``add_<command>`` function
-declares the arguments and binds the function that runs it.
+Reading commands never create a journal: with none at the data folder given they fail naming
+``--data-dir``.
 """
 
 from __future__ import annotations
@@ -10,105 +10,40 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
+from listener.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Subparsers,
+    add_config_flag,
+    add_data_dir_flag,
+    existing_journal,
+    settings_from_args,
+)
+from listener.store.jobs import JobState
 from listener.timing import utc_text
 
-EXIT_OK, EXIT_FAILED = 0, 1
+
+def _job_state(text: str) -> str:
+    """A job state as typed on the command line: any case, ``_`` for the space."""
+    return text.strip().upper().replace("_", " ")
 
 
-def _settings(args: argparse.Namespace) -> Any:
-    from listener.settings import load_settings
-
-    overrides: dict[str, Any] = {}
-    if getattr(args, "data_dir", None) is not None:
-        overrides["data_dir"] = args.data_dir
-    if getattr(args, "rules", None) is not None:
-        overrides["rules_file"] = args.rules
-    return load_settings(getattr(args, "config", None), **overrides)
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML settings file (see config/)")
-    parser.add_argument("--data-dir", type=Path, help="folder of the spool and the journal")
-
-
-# --- process -------------------------------------------------------------------------------
-
-
-def add_process(sub: Any) -> None:
-    """Declare ``pacs-ai process`` and its arguments."""
-    parser = sub.add_parser(
-        "process", help="run route, infer and convert on local files; write results to --out"
-    )
-    parser.add_argument("paths", nargs="+", type=Path, help="DICOM files or folders")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the result objects")
-    parser.add_argument("--rules", type=Path, help="rules file (default: the embedded plan)")
-    parser.add_argument("--config", type=Path, help="YAML settings file (see config/)")
-    parser.set_defaults(func=cmd_process)
-
-
-def cmd_process(args: argparse.Namespace) -> int:
-    """Run ``pacs-ai process``; the exit status."""
-    from listener.cli.process import process_paths
-    from listener.logging import configure_logging
-    from listener.route.load import effective_rules
-
-    settings = _settings(args)
-    configure_logging(settings.log_level, settings.log_format)
-    lines = process_paths(args.paths, args.out, settings, effective_rules(settings))
-    failed = 0
-    for line in lines:
-        where = line.path if line.path else "-"
-        print(f"{line.study_uid}\t{line.task}\t{where}\t{line.description}")
-        failed += line.path is None
-    if not lines:
-        print("no result: no study matched a rule with a model task", file=sys.stderr)
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-# --- similar -------------------------------------------------------------------------------
-
-
-def add_similar(sub: Any) -> None:
-    """Declare ``pacs-ai similar`` and its arguments."""
-    parser = sub.add_parser(
-        "similar", help="instances most similar to one (MedImageInsight embeddings)"
-    )
-    parser.add_argument("sop_instance_uid")
-    parser.add_argument("--top", type=int, default=5)
-    _common(parser)
-    parser.set_defaults(func=cmd_similar)
-
-
-def cmd_similar(args: argparse.Namespace) -> int:
-    """Run ``pacs-ai similar``; the exit status."""
-    from listener.store.embeddings import EmbeddingStore
-
-    store = EmbeddingStore(_settings(args).journal_path)
-    try:
-        neighbours = store.similar(args.sop_instance_uid, args.top)
-    except KeyError:
-        print(f"pacs-ai: no embedding for {args.sop_instance_uid}", file=sys.stderr)
-        return EXIT_FAILED
-    print("SIMILARITY\tSOP INSTANCE\tSTUDY")
-    for neighbour in neighbours:
-        print(f"{neighbour.similarity:.4f}\t{neighbour.sop_instance_uid}\t{neighbour.study_uid}")
-    return EXIT_OK
-
-
-# --- jobs ----------------------------------------------------------------------------------
-
-
-def add_jobs(sub: Any) -> None:
-    """Declare ``pacs-ai jobs`` and its actions."""
+def add_jobs(sub: Subparsers) -> None:
+    """Declare ``jobs`` and its actions."""
     parser = sub.add_parser("jobs", help="list, show, retry or cancel pipeline jobs")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="jobs and outbox dead letters")
-    listing.add_argument("--state", help="SCHEDULED, IN PROGRESS, COMPLETED or CANCELED")
-    listing.add_argument("--json", action="store_true")
-    _common(listing)
+    listing.add_argument(
+        "--state",
+        type=_job_state,
+        choices=[state.value for state in JobState],
+        help="only jobs in this UPS state (PS3.4 CC.1.1)",
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON document")
+    add_config_flag(listing)
+    add_data_dir_flag(listing)
     for name, text in (
         ("show", "one job with its timeline"),
         ("retry", "rerun a canceled job as a new job and resubmit its dead-lettered sends"),
@@ -116,7 +51,8 @@ def add_jobs(sub: Any) -> None:
     ):
         action = actions.add_parser(name, help=text)
         action.add_argument("job_id", type=int)
-        _common(action)
+        add_config_flag(action)
+        add_data_dir_flag(action)
     parser.set_defaults(func=cmd_jobs)
 
 
@@ -127,13 +63,14 @@ def _stamp(epoch: float | None) -> str:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    """Run ``pacs-ai jobs ACTION``; the exit status."""
-    from listener.store.jobs import JobState, JobStore
+    """Run one ``jobs`` action on the journal at the data folder."""
+    from listener.store.jobs import JobStore
     from listener.store.outbox import Outbox
 
-    settings = _settings(args)
-    jobs = JobStore(settings.journal_path)
-    outbox = Outbox(settings.journal_path)
+    settings = settings_from_args(args)
+    journal = existing_journal(settings)
+    jobs = JobStore(journal)
+    outbox = Outbox(journal)
     now = time.time()
     if args.action == "list":
         state = JobState(args.state) if args.state else None
@@ -199,6 +136,8 @@ def _job_dict(job: Any) -> dict[str, Any]:
         "state": job.state.value,
         "study_uid": job.study_uid,
         "generation": job.generation,
+        "waiting_for": job.waiting_for,
+        "retry_of": job.retry_of,
         "rule": job.rule,
         "task": job.task,
         "model": job.payload.get("model"),
@@ -206,8 +145,6 @@ def _job_dict(job: Any) -> dict[str, Any]:
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
         "last_error": job.last_error,
-        "waiting_for": job.waiting_for,
-        "retry_of": job.retry_of,
         "outputs": job.outputs,
         "created": _stamp(job.created_at),
         "updated": _stamp(job.updated_at),

@@ -1,10 +1,20 @@
-"""The ``pacs-ai`` command line: one small function per subcommand.
+"""The ``pacs-ai`` command line: :func:`build_parser` and :func:`main`.
 
-Each subcommand has an ``_add_<command>`` function that declares its arguments and binds its
-``_cmd_<command>`` function as ``func``; :func:`build_parser` calls them in turn. Heavy modules are
-imported inside the command functions so that ``pacs-ai --help`` stays fast. Settings are built
-once with :func:`listener.settings.load_settings`; a bad setting ends the command with a one-line
-message naming it and exit status 2.
+Each group of commands lives in its own module with an ``add_<command>`` function that declares
+the arguments and binds the function that runs it as ``func``:
+
+- ``serve``: :mod:`listener.cli.serve`;
+- ``echo``, ``send``, ``studies``: :mod:`listener.cli.dicom`;
+- ``rules check|test``: :mod:`listener.cli.rules`;
+- ``process``: :mod:`listener.cli.process`;
+- ``jobs list|show|retry|cancel``: :mod:`listener.cli.jobs`;
+- ``similar``: :mod:`listener.cli.similar`;
+- ``emulator``: :mod:`listener.emulator.command` (it also runs as ``python -m listener.emulator``).
+
+Heavy modules are imported inside the command functions so that ``pacs-ai --help`` stays fast.
+Settings are built once with :func:`listener.settings.load_settings`. Exit statuses are those of
+:mod:`listener.cli.common`: a bad argument, setting or rules file ends the command with one line
+naming it and status 2.
 """
 
 from __future__ import annotations
@@ -12,155 +22,33 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
-from listener.cli.jobs import add_jobs, add_process, add_similar
+from listener.cli.common import EXIT_FAILED, EXIT_USAGE, CommandError, Parser, Subparsers
+from listener.cli.dicom import add_echo, add_send, add_studies
+from listener.cli.jobs import add_jobs
+from listener.cli.process import add_process
 from listener.cli.rules import add_rules
+from listener.cli.serve import add_serve
+from listener.cli.similar import add_similar
 from listener.emulator.command import add_emulator
 from listener.errors import ConfigError
-from listener.settings import Settings, load_settings
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-
-Subparsers = Any  # argparse's _SubParsersAction is private; its type is not worth importing
-
-
-def _add_config_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML settings file (see config/)")
-
-
-def _add_data_dir_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, help="folder of the spool and the journal")
-
-
-def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
-    """Settings from ``--config`` and the common flags present on ``args`` (None: not given)."""
-    flags = {
-        "host": getattr(args, "host", None),
-        "port": getattr(args, "port", None),
-        "ae_titles": getattr(args, "ae_title", None),
-        "data_dir": getattr(args, "data_dir", None),
-        "quiet_period_s": getattr(args, "quiet_period", None),
-    }
-    flags.update(overrides)
-    return load_settings(getattr(args, "config", None), **flags)
-
-
-# --- serve ---------------------------------------------------------------------------------
-
-
-def _add_serve(sub: Subparsers) -> None:
-    parser = sub.add_parser("serve", help="receive studies and run the pipeline")
-    _add_config_flag(parser)
-    parser.add_argument("--host", help="address to listen on")
-    parser.add_argument("--port", type=int, help="DICOM port")
-    parser.add_argument(
-        "--ae-title", action="append", help="AE title to answer to (repeat for several)"
-    )
-    _add_data_dir_flag(parser)
-    parser.add_argument("--quiet-period", type=float, help="seconds without a new instance")
-    parser.add_argument(
-        "--receivers", type=int, help="number of receive processes sharing the port"
-    )
-    parser.set_defaults(func=_cmd_serve)
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from listener.logging import configure_logging
-    from listener.serve.supervisor import serve
-
-    settings = settings_from_args(args, receive_processes=args.receivers)
-    configure_logging(settings.log_level, settings.log_format)
-    return serve(settings)
-
-
-# --- echo ----------------------------------------------------------------------------------
-
-
-def _add_scu_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("host")
-    parser.add_argument("port", type=int)
-    parser.add_argument("--aet", default="PACSAI-SCU", help="our (calling) AE title")
-    parser.add_argument("--aec", default="PACSAI", help="the peer's (called) AE title")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per network step")
-
-
-def _add_echo(sub: Subparsers) -> None:
-    parser = sub.add_parser("echo", help="C-ECHO a DICOM peer")
-    _add_scu_flags(parser)
-    parser.set_defaults(func=_cmd_echo)
-
-
-def _cmd_echo(args: argparse.Namespace) -> int:
-    from listener.cli.dicom import echo
-
-    ok, message = echo(args.host, args.port, aet=args.aet, aec=args.aec, timeout=args.timeout)
-    print(message, file=sys.stdout if ok else sys.stderr)
-    return EXIT_OK if ok else EXIT_FAILED
-
-
-# --- send ----------------------------------------------------------------------------------
-
-
-def _add_send(sub: Subparsers) -> None:
-    parser = sub.add_parser("send", help="C-STORE DICOM files or folders to a peer")
-    _add_scu_flags(parser)
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_cmd_send)
-
-
-def _cmd_send(args: argparse.Namespace) -> int:
-    from listener.cli.dicom import send_files
-
-    report = send_files(
-        args.host,
-        args.port,
-        args.paths,
-        aet=args.aet,
-        aec=args.aec,
-        timeout=args.timeout,
-        progress=not args.no_progress,
-    )
-    print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
-    return EXIT_OK if report.ok else EXIT_FAILED
-
-
-# --- studies -------------------------------------------------------------------------------
-
-
-def _add_studies(sub: Subparsers) -> None:
-    parser = sub.add_parser("studies", help="list the studies the journal holds")
-    _add_config_flag(parser)
-    _add_data_dir_flag(parser)
-    parser.add_argument("--json", action="store_true", help="one JSON object per study")
-    parser.add_argument(
-        "--show-patient", action="store_true", help="also show patient ID and name (PHI)"
-    )
-    parser.set_defaults(func=_cmd_studies)
-
-
-def _cmd_studies(args: argparse.Namespace) -> int:
-    from listener.cli.dicom import print_studies
-
-    settings = settings_from_args(args)
-    return print_studies(settings, as_json=args.json, show_patient=args.show_patient)
-
-
-# --- parser and entry point ----------------------------------------------------------------
-
-ADDERS: list[Callable[[Subparsers], None]] = [_add_serve, _add_echo, _add_send, _add_studies]
-ADDERS.append(add_rules)
-ADDERS.append(add_emulator)
-ADDERS.extend([add_process, add_jobs, add_similar])
+ADDERS: list[Callable[[Subparsers], None]] = [
+    add_serve,
+    add_echo,
+    add_send,
+    add_studies,
+    add_rules,
+    add_emulator,
+    add_process,
+    add_jobs,
+    add_similar,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pacs-ai`` parser with every subcommand in :data:`ADDERS`."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pacs-ai",
         description="DICOM gateway between a PACS and hosted medical imaging models.",
     )
@@ -171,13 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one subcommand; exit status 0 on success, 1 on failure, 2 on bad settings."""
-    args = build_parser().parse_args(argv)
+    """Run one subcommand and return its exit status (see :mod:`listener.cli.common`)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a bad argument (already reported on one line)
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        return EXIT_USAGE
     try:
         result: int = args.func(args)
     except ConfigError as exc:
         print(f"pacs-ai: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USAGE
+    except CommandError as exc:
+        print(f"pacs-ai: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return result
 
 

@@ -9,43 +9,34 @@ with its reason and the run goes on with the others (the command then exits non-
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydicom import Dataset, dcmread
-from pydicom.errors import InvalidDicomError
-
-from converters.copied import redact
-from listener.cli.dicom import dicom_files
-from listener.emulator.server import emulator_if_needed
+from listener.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Subparsers,
+    add_config_flag,
+    read_studies,
+    settings_from_args,
+)
 from listener.errors import GatewayError
-from listener.infer import build_clients
-from listener.infer.tasks import TaskContext, TaskOutcome, run_task
 from listener.logging import get_logger
-from listener.route.model import RuleSet
-from listener.route.plan import headers_from_dataset, plan_study
 from listener.settings import Settings
 
+if TYPE_CHECKING:  # the pipeline's modules load when the command runs: --help stays fast
+    from pydicom import Dataset
+
+    from listener.infer.tasks import TaskOutcome
+    from listener.route.model import RuleSet
+
 log = get_logger("process")
-
-
-def read_studies(paths: Sequence[Path]) -> dict[str, list[Dataset]]:
-    """Readable DICOM files grouped by Study Instance UID; unreadable files are logged, skipped."""
-    studies: dict[str, list[Dataset]] = {}
-    for path in dicom_files(list(paths)):
-        try:
-            ds = dcmread(path)
-        except (InvalidDicomError, OSError, ValueError) as exc:
-            log.warning("file_skipped", path=str(path), reason=str(exc))
-            continue
-        if "StudyInstanceUID" not in ds or "SOPInstanceUID" not in ds:
-            log.warning("file_skipped", path=str(path), reason="no study or instance UID")
-            continue
-        studies.setdefault(str(ds.StudyInstanceUID), []).append(ds)
-    return studies
 
 
 @dataclass(frozen=True)
@@ -65,6 +56,10 @@ async def _process_study(
     emulator_url: str | None,
     clock: Callable[[], datetime] | None = None,
 ) -> list[tuple[str, TaskOutcome | GatewayError]]:
+    from listener.infer import build_clients
+    from listener.infer.tasks import TaskContext, TaskOutcome, run_task
+    from listener.route.plan import headers_from_dataset, plan_study
+
     by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
     plan = plan_study(rules, [headers_from_dataset(ds) for ds in datasets])
     if plan.discard:
@@ -98,10 +93,16 @@ def process_paths(
 
     ``clock`` fixes the results' creation time (tests use it for byte-identical re-runs).
     """
+    from converters.copied import redact
+    from listener.emulator.server import emulator_if_needed
+
     out_dir.mkdir(parents=True, exist_ok=True)
     lines: list[ResultLine] = []
     with emulator_if_needed(settings) as emulator_url:
-        for study_uid, datasets in read_studies(paths).items():
+        studies, skipped = read_studies(paths)
+        for path, reason in skipped:
+            log.warning("file_skipped", path=str(path), reason=reason)
+        for study_uid, datasets in studies.items():
             try:
                 outcomes = asyncio.run(
                     _process_study(datasets, rules, settings, emulator_url, clock)
@@ -123,3 +124,33 @@ def process_paths(
                         text += f" top label: {outcome.top_label}"
                     lines.append(ResultLine(study_uid, task, path, text))
     return lines
+
+
+def add_process(sub: Subparsers) -> None:
+    """Declare ``process``."""
+    parser = sub.add_parser(
+        "process", help="run route, infer and convert on local files; write results to --out"
+    )
+    parser.add_argument("paths", nargs="+", type=Path, help="DICOM files or folders")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the result objects")
+    parser.add_argument("--rules", type=Path, help="rules file (default: the embedded rules)")
+    add_config_flag(parser)
+    parser.set_defaults(func=cmd_process)
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    """Print one line per result (or failed task); exit 1 when a task failed."""
+    from listener.logging import configure_logging
+    from listener.route.load import effective_rules
+
+    settings = settings_from_args(args)
+    configure_logging(settings.log_level, settings.log_format)
+    lines = process_paths(args.paths, args.out, settings, effective_rules(settings))
+    failed = 0
+    for line in lines:
+        where = line.path if line.path else "-"
+        print(f"{line.study_uid}\t{line.task}\t{where}\t{line.description}")
+        failed += line.path is None
+    if not lines:
+        print("no result: no study matched a rule with a model task", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK

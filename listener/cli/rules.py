@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
+
+from listener.cli.common import EXIT_FAILED, EXIT_OK, Subparsers, read_studies
 
 if TYPE_CHECKING:
     from listener.route import AssociationFacts, RuleSet
     from listener.route.plan import StudyPlan
 
-EXIT_OK = 0
-EXIT_NOTHING = 1
 
-
-def add_rules(sub: Any) -> None:
+def add_rules(sub: Subparsers) -> None:
     """Declare ``rules check`` and ``rules test`` on the ``pacs-ai`` subparsers."""
     parser = sub.add_parser("rules", help="check routing rules or show what they would do")
     rules_sub = parser.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
@@ -64,44 +63,24 @@ def rules_test(
 ) -> int:
     """Print the plan of every study found under ``paths``; exit 1 when there is no DICOM file."""
     from listener.route import default_rules, load_rules
-    from listener.route.plan import plan_study
+    from listener.route.plan import headers_from_dataset, plan_study
 
     ruleset = default_rules() if rules_file is None else load_rules(rules_file)
     source = "embedded default rules" if rules_file is None else str(rules_file)
-    studies, skipped = read_studies(paths)
+    studies, skipped = read_studies(paths, headers_only=True)
     out.write(f"rules: {source}\n")
     if skipped:
-        out.write(f"skipped {skipped} files that are not readable DICOM\n")
+        out.write(f"skipped {len(skipped)} files that are not readable DICOM with study UIDs\n")
     if not studies:
         out.write("no DICOM instances found\n")
-        return EXIT_NOTHING
-    for study_uid, headers in studies.items():
+        return EXIT_FAILED
+    for study_uid, datasets in studies.items():
+        headers = [headers_from_dataset(ds) for ds in datasets]
         plan = plan_study(ruleset, headers, facts)
         out.write("\n")
         for line in describe_plan(study_uid, headers, plan, ruleset):
             out.write(line + "\n")
     return EXIT_OK
-
-
-def read_studies(paths: Iterable[Path]) -> tuple[dict[str, list[dict[str, Any]]], int]:
-    """Headers of every DICOM file under ``paths``, by Study Instance UID, and the skip count."""
-    from pydicom import dcmread
-
-    from listener.route.plan import headers_from_dataset
-
-    studies: dict[str, list[dict[str, Any]]] = {}
-    skipped = 0
-    from listener.cli.dicom import dicom_files
-
-    for file in dicom_files(list(paths)):
-        try:
-            ds = dcmread(file, stop_before_pixels=True)
-        except Exception:  # any unreadable file (not DICOM, truncated, ...) counts as skipped
-            skipped += 1
-            continue
-        headers = headers_from_dataset(ds)
-        studies.setdefault(str(headers.get("StudyInstanceUID", "")), []).append(headers)
-    return studies, skipped
 
 
 def describe_plan(

@@ -47,6 +47,7 @@ from listener.receive.scp import Receiver
 from listener.receive.server import open_listener, start_server
 from listener.route.load import effective_rules
 from listener.serve.loops import recover_after_crash, run_deliverer, run_job_worker, run_purger
+from listener.serve.summary import log_startup_summary, startup_summary
 from listener.settings import Settings
 from listener.store.journal import Journal
 from listener.store.records import SupervisedProcess, SupervisedRecords
@@ -307,9 +308,11 @@ def serve(settings: Settings) -> int:
     The rules are validated first (a bad file stops start-up with a ConfigError naming the rule
     and field). Models without an endpoint are served by the built-in emulator, started here on
     a loopback port and called by the job runners over real HTTP. The admin API (health,
-    metrics, dashboard) runs in this process too.
+    metrics, dashboard) runs in this process too. Before the children start, one log line per
+    destination, per model (endpoint or emulator) and for where results go
+    (:mod:`listener.serve.summary`).
     """
-    effective_rules(settings)
+    rules = effective_rules(settings)
     # First, before the data folder is touched: a second gateway on this port stops here.
     listener = open_listener(settings)
     try:
@@ -319,6 +322,9 @@ def serve(settings: Settings) -> int:
         admin = start_admin(settings)
         try:
             with emulator_if_needed(settings) as emulator_url:
+                log_startup_summary(
+                    get_logger("service"), startup_summary(settings, rules, emulator_url)
+                )
                 supervisor = Supervisor(settings, emulator_url, listener)
                 return _supervise(supervisor)
         finally:

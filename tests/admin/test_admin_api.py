@@ -110,7 +110,7 @@ def test_job_cancel_and_retry_through_the_api(e2e: EndToEnd, api: httpx.Client) 
     old one stays CANCELED), and a worker can claim the new one; a completed job without dead
     letters cannot be retried."""
     done = next(j for j in api.get("/api/jobs").json() if j["state"] == "COMPLETED")
-    assert api.post(f"/api/jobs/{done['id']}/retry").status_code == 409
+    assert api.post(f"/api/jobs/{done['id']}/retry", json={}).status_code == 409
     original = e2e.pipeline.jobs.get(done["id"])
     assert original is not None
     job_id = e2e.pipeline.jobs.schedule(
@@ -123,10 +123,10 @@ def test_job_cancel_and_retry_through_the_api(e2e: EndToEnd, api: httpx.Client) 
         priority=original.priority,
         now=time.time(),
     )
-    canceled = api.post(f"/api/jobs/{job_id}/cancel")
+    canceled = api.post(f"/api/jobs/{job_id}/cancel", json={})
     assert canceled.status_code == 200 and canceled.json()["state"] == JobState.CANCELED
     assert api.get("/api/jobs", params={"state": "CANCELED"}).json()[0]["id"] == job_id
-    retried = api.post(f"/api/jobs/{job_id}/retry").json()
+    retried = api.post(f"/api/jobs/{job_id}/retry", json={}).json()
     assert retried["id"] != job_id and retried["retry_of"] == job_id
     assert retried["state"] == JobState.SCHEDULED and retried["attempts"] == 0
     assert retried["events"][-1]["detail"] == f"operator retry of job {job_id}"
@@ -135,7 +135,7 @@ def test_job_cancel_and_retry_through_the_api(e2e: EndToEnd, api: httpx.Client) 
     claimed = e2e.pipeline.jobs.claim(worker_id(), time.time(), 600.0)
     assert claimed is not None and claimed.id == retried["id"] and claimed.lease is not None
     e2e.pipeline.jobs.complete(claimed.lease, claimed.outputs, time.time())  # leave it done
-    assert api.post("/api/jobs/999999/retry").status_code == 404
+    assert api.post("/api/jobs/999999/retry", json={}).status_code == 404
 
 
 def test_association_log_and_openapi(e2e: EndToEnd, api: httpx.Client) -> None:

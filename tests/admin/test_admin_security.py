@@ -80,7 +80,7 @@ def test_token_required_off_loopback(tmp_path: Path, capsys: pytest.CaptureFixtu
             good = httpx.get(f"{base}{path}", headers={"Authorization": f"Bearer {TOKEN}"})
             assert good.status_code == 200, path
         assert httpx.get(f"{base}/api/jobs", auth=("operator", TOKEN)).status_code == 200
-        assert httpx.post(f"{base}/api/rules/reload").status_code == 401
+        assert httpx.post(f"{base}/api/rules/reload", json={}).status_code == 401
     finally:
         server.stop()
     captured = capsys.readouterr()
@@ -109,14 +109,14 @@ def test_rules_reload_validates_and_records(rules_app: tuple[str, Path, Settings
     broken = good.replace("one_of: [CR, DX]", 'regex: "([unclosed"', 1)
     assert broken != good
     rules_file.write_text(broken)
-    refused = httpx.post(f"{url}/api/rules/reload")
+    refused = httpx.post(f"{url}/api/rules/reload", json={})
     assert refused.status_code == 400
     message = refused.json()["error"]
     assert "rule 'chest-xray-ed' field match.all[0].regex: invalid regular expression" in message
     records = AdminRecords(settings.journal_path)
     assert records.latest_rules_reload() is None
     rules_file.write_text(good)
-    accepted = httpx.post(f"{url}/api/rules/reload")
+    accepted = httpx.post(f"{url}/api/rules/reload", json={})
     assert accepted.status_code == 200
     latest = records.latest_rules_reload()
     assert latest is not None

@@ -18,7 +18,7 @@ re-run gives the same bytes. dcmqi reads every SEG but the gantry-tilted one int
 distinct colour per segment, and every SEG-linked SR (tid1500reader).
 
 After a deliberate change of the results' bytes (or of a library that writes them), regenerate
-the stored digests with ``PACSAI_UPDATE_CORPUS_DIGESTS=1 pytest tests/integration/test_corpus.py``
+the stored digests with ``UPDATE_CORPUS_DIGESTS=1 pytest tests/integration/test_corpus.py``
 and review the diff of ``corpus_digests.json``.
 """
 
@@ -53,7 +53,7 @@ from test_sr_template import run_pixelmed  # the PixelMed runner (one JVM for al
 pytestmark = pytest.mark.integration
 
 DIGESTS = Path(__file__).with_name("corpus_digests.json")
-UPDATE = os.environ.get("PACSAI_UPDATE_CORPUS_DIGESTS") == "1"
+UPDATE = os.environ.get("UPDATE_CORPUS_DIGESTS") == "1"
 CLOCK = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=1)))
 DCMQI = Path(sys.executable).parent
 NON_ASCII_PROMPTS = ["pneumothorax – large", "肺炎", "liver"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
-from listener.cli.main import EXIT_CONFIG, build_parser, main
+from listener.cli.common import EXIT_USAGE
+from listener.cli.main import build_parser, main
 
 LONG_TITLE = "A" * 17
 
@@ -23,7 +25,7 @@ def test_bad_flag_names_the_setting(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], setting: str
 ) -> None:
     """A bad command-line value exits with status 2 and one line naming the setting."""
-    assert main(["serve", "--data-dir", str(tmp_path), *flags]) == EXIT_CONFIG
+    assert main(["serve", "--data-dir", str(tmp_path), *flags]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert setting in err and len(err.strip().splitlines()) == 1
 
@@ -42,7 +44,7 @@ def test_bad_environment_variable_names_the_setting(
 ) -> None:
     """A bad PACSAI_* variable stops start-up with a message naming the setting."""
     monkeypatch.setenv(variable, value)
-    assert main(["serve", "--data-dir", str(tmp_path)]) == EXIT_CONFIG
+    assert main(["serve", "--data-dir", str(tmp_path)]) == EXIT_USAGE
     assert setting in capsys.readouterr().err
 
 
@@ -56,15 +58,35 @@ def test_bad_settings_file_names_the_setting(
     """A bad value in the YAML settings file stops start-up with a message naming it."""
     config = tmp_path / "settings.yaml"
     config.write_text(text)
-    assert main(["serve", "--config", str(config)]) == EXIT_CONFIG
+    assert main(["serve", "--config", str(config)]) == EXIT_USAGE
     assert setting in capsys.readouterr().err
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommands registered on a parser, by name (argparse's subparsers action)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def test_every_command_is_registered() -> None:
-    """serve, echo, send and studies are subcommands of pacs-ai."""
-    text = build_parser().format_help()
-    for command in ("serve", "echo", "send", "studies"):
-        assert command in text
+    """Every documented command is a registered subcommand of pacs-ai (the parser's names, not
+    its help text, in which a command's name can appear in another's description)."""
+    commands = _subcommands(build_parser())
+    assert set(commands) == {
+        "serve",
+        "echo",
+        "send",
+        "studies",
+        "rules",
+        "emulator",
+        "process",
+        "jobs",
+        "similar",
+    }
+    assert set(_subcommands(commands["jobs"])) == {"list", "show", "retry", "cancel"}
+    assert set(_subcommands(commands["rules"])) == {"check", "test"}
 
 
 def test_example_settings_file_matches_the_defaults() -> None:
