@@ -1,4 +1,4 @@
-"""Assemble: decide when a study is complete and hand it to the worker side.
+"""Assemble: decide when a study is complete and hand it to the route stage.
 
 A study is ready when no instance has arrived for its quiet period, or at the latest
 ``max_study_wait_s`` after its first instance (mercure's force-complete: a study that keeps
@@ -7,7 +7,7 @@ stored in the journal (``studies.due_at``), pushed forward by every new instance
 the middle of a quiet period resumes the same timer: the study is released once, when it falls
 due, whichever process is running then. Releasing is one journal transaction
 (:meth:`~listener.store.journal.Journal.release_due_studies`), so it happens exactly once per
-generation even with several workers.
+generation even with several dispatchers.
 
 Late instances: an instance that arrives after its study was released opens a *follow-up*. The
 study goes back to ``receiving`` with its generation raised by one, gets a fresh quiet period,
@@ -16,9 +16,9 @@ generation and counts the late instances in ``new_instances``
 (``Journal.instances(uid, generation=g)`` lists them). What a follow-up triggers (re-run,
 amend, ignore) is the routing rules' decision.
 
-Delivery to the worker callback is at least once: a study stays ``ready`` until its callback
-returned and :meth:`~listener.store.journal.Journal.mark_dispatched` ran, and a worker that starts
-hands every ``ready`` study over again.
+Delivery to the route callback is at least once: a study stays ``ready`` until its callback
+returned and :meth:`~listener.store.journal.Journal.mark_dispatched` ran, and a dispatcher that
+starts hands every ``ready`` study over again.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def next_wait(
     return max(0.0, min(poll_interval_s, due - now))
 
 
-def worker_loop(
+def release_loop(
     journal: Journal,
     stop: threading.Event,
     *,
@@ -87,8 +87,8 @@ def worker_loop(
     """
     log = get_logger("assemble")
     redelivered = dispatch(journal, journal.ready_studies(), on_ready)
-    log.info("worker_started", redelivered=redelivered)
+    log.info("release_loop_started", redelivered=redelivered)
     while not stop.is_set():
         release_step(journal, clock(), on_ready, max_wait_s)
         stop.wait(next_wait(journal, clock(), poll_interval_s, max_wait_s))
-    log.info("worker_stopped")
+    log.info("release_loop_stopped")

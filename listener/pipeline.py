@@ -70,7 +70,7 @@ class Pipeline:
 def build_pipeline(
     settings: Settings, journal: Journal | None = None, clock: Callable[[], float] = time.time
 ) -> Pipeline:
-    """Every stage a worker-side process needs, from the settings (one per process)."""
+    """Every stage a dispatcher or job-runner process needs, from the settings (one per process)."""
     rules = effective_rules(settings)
     journal = journal or Journal(settings.journal_path)
     jobs = JobStore(settings.journal_path)

@@ -302,8 +302,10 @@ class Settings(BaseSettings):
     retention_interval_s: float = Field(
         default=300.0, gt=0, le=86400, description="how often retention looks for what may go"
     )
-    workers: int = Field(default=2, ge=1, le=64, description="job worker processes")
-    jobs_per_worker: int = Field(default=4, ge=1, le=64, description="concurrent jobs each")
+    job_runners: int = Field(default=2, ge=1, le=64, description="job-runner processes")
+    jobs_per_runner: int = Field(
+        default=4, ge=1, le=64, description="concurrent jobs per job runner"
+    )
     job_lease_s: float = Field(
         default=60.0,
         ge=1,

@@ -1,9 +1,10 @@
 """Prometheus metrics read from the journal database and the data folder at scrape time.
 
-Receive processes, workers and the admin server share nothing but the journal and the files, so
-the numbers come from there (:class:`JournalCollector`), not from in-process counters: they are
-the same whichever process is scraped, and survive restarts. Counters are totals over what the
-journal holds (instances, associations, outbox entries, model calls).
+Receive processes, the dispatcher, the job runners and the admin server share nothing but the
+journal and the files, so the numbers come from there (:class:`JournalCollector`), not from
+in-process counters: they are the same whichever process is scraped, and survive restarts.
+Counters are totals over what the journal holds (instances, associations, outbox entries, model
+calls).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def _received(stats: Stats) -> Iterator[Metric]:
     buckets, total = histogram_buckets(stats.completion_waits, COMPLETION_BUCKETS)
     yield HistogramMetricFamily(
         f"{PREFIX}_study_completion_wait_seconds",
-        "Time from a study's last instance to its release to the workers",
+        "Time from a study's last instance to its release to the route stage",
         buckets=buckets,
         sum_value=total,
     )

@@ -85,7 +85,7 @@ def openapi_schema() -> dict[str, Any]:
                 "Cancel a SCHEDULED or IN PROGRESS job", [job_id], conflict
             ),
             "/api/rules/reload": _post(
-                "Validate the rules file and ask the workers to reload it",
+                "Validate the rules file and ask the dispatcher and job runners to reload it",
                 [],
                 {"400": {"description": "invalid rules: the message names rule and field"}},
             ),

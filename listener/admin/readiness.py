@@ -4,9 +4,9 @@ A stage is stuck when work it owns is overdue by far more than normal jitter:
 
 - disk: the spool's free space is under ``disk_min_free_mb`` (receivers refuse new instances);
 - assemble: a receiving study's quiet period ended long ago but it was not released (no assemble
-  worker is running);
-- infer: a job is IN PROGRESS past its lease (its worker died or hangs), or a scheduled job has
-  been due for long (no job worker is running);
+  dispatcher is running);
+- infer: a job is IN PROGRESS past its lease (its job runner died or hangs), or a scheduled job has
+  been due for long (no job runner is running);
 - send: an outbox entry has been due for long (no sender is running, or it is wedged);
 - supervision: a supervised process is crash-looping (its name and last error).
 

@@ -184,13 +184,23 @@ class JobRunner:
                 await heartbeat
         if self.jobs.complete(lease, outputs, self.clock()):
             bound.info(
-                "job_completed", outputs=len(outputs), seconds=round(self.clock() - started, 3)
+                "job_completed",
+                outputs=len(outputs),
+                seconds=round(self.clock() - started, 3),
             )
         else:
             bound.warning("job_lease_lost", attempt=job.attempts)
 
     async def _work(self, job: Job, lease: Lease, context: TaskContext) -> list[str]:
-        outcome = await run_task(task_from_payload(job.payload), context)
+        task = task_from_payload(job.payload)
+        outcome = await run_task(task, context)
+        log.info(
+            "task_answered",
+            job_id=job.id,
+            model=task.model,
+            model_version=outcome.model_version,
+            emulator=outcome.emulated,  # the answers are synthetic: not a clinical model
+        )
         if not self.jobs.holds(lease):  # do not write or queue what another runner will
             raise LeaseLostError
         # writing and fsyncing the results off the event loop keeps the heartbeat beating

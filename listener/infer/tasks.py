@@ -81,6 +81,7 @@ class TaskOutcome:
     embeddings: dict[str, list[float]] = field(default_factory=dict)
     not_found: tuple[str, ...] = ()
     model_version: str = ""
+    emulated: bool = False  # the answers came from the emulator, not a clinical model
 
 
 def _provenance(
@@ -340,6 +341,8 @@ async def run_task(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
     bad input fails its task alone."""
     try:
         outcome: TaskOutcome = await RUNNERS[task.model](task, ctx)
+        identity = getattr(ctx.clients, task.model).identity
+        outcome = dataclasses.replace(outcome, emulated=identity.emulated)
     except GatewayError:
         raise
     except Exception as exc:  # the task boundary: whatever the input did, the task fails alone

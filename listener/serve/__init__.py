@@ -1,1 +1,2 @@
-"""``pacs-ai serve``: process supervision and the worker loops."""
+"""``pacs-ai serve``: process supervision and the loops each process runs (dispatcher, job
+runners, deliverer, purger)."""

@@ -1,7 +1,7 @@
 """Worker-side loops: job runners (infer + convert), the outbox deliverer and retention.
 
-``pacs-ai serve`` starts ``settings.workers`` job-runner processes; each claims jobs from the
-journal (highest priority first) and runs up to ``settings.jobs_per_worker`` of them at once, so
+``pacs-ai serve`` starts ``settings.job_runners`` job-runner processes; each claims jobs from the
+journal (highest priority first) and runs up to ``settings.jobs_per_runner`` of them at once, so
 one slow or failing study never holds up the others. The deliverer sends what the outbox holds
 due. All of them take their work from the journal only, so they can be killed at any time.
 """
@@ -29,19 +29,19 @@ from listener.store.records import (
 )
 from listener.store.retention import Retention, RetentionPolicy
 
-log = get_logger("workers")
+log = get_logger("serve")
 
 
-def worker_id() -> str:
+def runner_id() -> str:
     """The identity of the running process as a lease owner: host and PID."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def recover_after_crash(settings: Settings, now: float) -> int:
-    """Release the leases of jobs that workers of this host held when the service last stopped
+    """Release the leases of jobs that job runners of this host held when the service last stopped
     (they run again at once, still IN PROGRESS), and make the outbox's pending sends due now.
 
-    Called by the supervisor before it starts any worker: no job can be in progress on this host
+    Called by the supervisor before it starts any job runner: no job can be in progress on this host
     then, so every ``IN PROGRESS`` lease of this host belongs to a process that is gone.
     """
     pipeline = build_pipeline(settings)
@@ -62,8 +62,8 @@ async def _job_loop(
     pipeline: Pipeline, emulator_url: str | None, stop: threading.Event, clock: Callable[[], float]
 ) -> None:
     settings = pipeline.settings
-    owner = worker_id()
-    slots = asyncio.Semaphore(settings.jobs_per_worker)
+    owner = runner_id()
+    slots = asyncio.Semaphore(settings.jobs_per_runner)
     running: set[asyncio.Task[None]] = set()
     records = AdminRecords(settings.journal_path)
     async with build_clients(
@@ -98,16 +98,16 @@ def reload_rules_if_asked(pipeline: Pipeline, records: AdminRecords) -> None:
         log.info("rules_reloaded", rules=len(pipeline.rules.rules))
 
 
-def run_job_worker(settings: Settings, emulator_url: str | None, stop: threading.Event) -> None:
+def run_job_runner(settings: Settings, emulator_url: str | None, stop: threading.Event) -> None:
     """Run jobs until ``stop`` is set (the body of a job-runner process)."""
     pipeline = build_pipeline(settings)
-    log.info("job_worker_started", owner=worker_id(), concurrency=settings.jobs_per_worker)
+    log.info("job_runner_started", owner=runner_id(), concurrency=settings.jobs_per_runner)
     asyncio.run(_job_loop(pipeline, emulator_url, stop, pipeline.runner.clock))
-    log.info("job_worker_stopped", owner=worker_id())
+    log.info("job_runner_stopped", owner=runner_id())
 
 
 def run_deliverer(pipeline: Pipeline, stop: threading.Event) -> None:
-    """Send what the outbox holds due until ``stop`` is set (a thread of the worker process)."""
+    """Send what the outbox holds due until ``stop`` is set (a thread of the dispatcher process)."""
     enable_chunked_send()
     records = AdminRecords(pipeline.settings.journal_path)
     while not stop.is_set():
@@ -138,7 +138,7 @@ def retention(pipeline: Pipeline) -> Retention:
 
 def run_purger(pipeline: Pipeline, stop: threading.Event) -> None:
     """Purge what the retention policy lets go, every ``retention_interval_s``, until ``stop``
-    is set (a thread of the worker process)."""
+    is set (a thread of the dispatcher process)."""
     purger = retention(pipeline)
     while not stop.is_set():
         try:

@@ -6,10 +6,11 @@ closes association records left open, re-indexes spool files the journal lost), 
 * ``receive_processes`` receive processes, each a pynetdicom AE accepting on the one listening
   socket the supervisor opened before anything else (so a second gateway, or another program, on
   the port stops start-up with an error naming ``port`` instead of sharing it), so parallel
-  associations use several cores and no worker CPU ever slows an association;
-* one worker process running the assemble loop (:func:`listener.assemble.worker_loop`) with the
-  pipeline's routing as its callback, and the outbox deliverer;
-* ``workers`` job-runner processes (:mod:`listener.serve.loops`), each running several jobs at once;
+  associations use several cores and no job runner's CPU ever slows an association;
+* one dispatcher process running the assemble loop (:func:`listener.assemble.release_loop`)
+  with the route stage as its callback, the outbox deliverer and the retention purger;
+* ``job_runners`` job-runner processes (:mod:`listener.serve.loops`), each running several jobs
+  at once;
 * in the supervisor itself, the model emulator for models without an endpoint.
 
 Children are started with the ``spawn`` method. A child that exits unexpectedly is restarted
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from listener.admin import start_admin
-from listener.assemble import worker_loop
+from listener.assemble import release_loop
 from listener.emulator.server import emulator_if_needed
 from listener.logging import configure_logging, get_logger
 from listener.pipeline import build_pipeline
@@ -46,7 +47,7 @@ from listener.receive.admission import AssociationCounter
 from listener.receive.scp import Receiver
 from listener.receive.server import open_listener, start_server
 from listener.route.load import effective_rules
-from listener.serve.loops import recover_after_crash, run_deliverer, run_job_worker, run_purger
+from listener.serve.loops import recover_after_crash, run_deliverer, run_job_runner, run_purger
 from listener.serve.summary import log_startup_summary, startup_summary
 from listener.settings import Settings
 from listener.store.journal import Journal
@@ -127,10 +128,10 @@ def run_receiver(settings: Settings, slot: int, shared: Any, listener: socket.so
     journal.close()
 
 
-def run_worker(settings: Settings) -> None:
-    """Entry point of the worker process: the assemble loop, whose callback plans each released
+def dispatcher_main(settings: Settings) -> None:
+    """Entry point of the dispatcher process: the assemble loop, whose callback plans each released
     study (route), and the outbox deliverer (send) in a thread beside it."""
-    stop = _child_setup(settings, "worker")
+    stop = _child_setup(settings, "dispatcher")
     journal = Journal(settings.journal_path)
     pipeline = build_pipeline(settings, journal)
     deliverer = threading.Thread(
@@ -140,7 +141,7 @@ def run_worker(settings: Settings) -> None:
     purger = threading.Thread(target=run_purger, args=(pipeline, stop), name="purger", daemon=True)
     purger.start()
     try:
-        worker_loop(
+        release_loop(
             journal,
             stop,
             on_ready=pipeline.router.on_study_ready,
@@ -153,10 +154,10 @@ def run_worker(settings: Settings) -> None:
         journal.close()
 
 
-def run_jobs(settings: Settings, emulator_url: str | None) -> None:
+def job_runner_main(settings: Settings, emulator_url: str | None) -> None:
     """Entry point of a job-runner process (infer + convert)."""
-    stop = _child_setup(settings, "jobs")
-    run_job_worker(settings, emulator_url, stop)
+    stop = _child_setup(settings, "job-runner")
+    run_job_runner(settings, emulator_url, stop)
 
 
 # --- supervisor ----------------------------------------------------------------------------
@@ -197,10 +198,10 @@ class Supervisor:
         ]
         for slot, child in enumerate(self.children):
             child.on_exit = self._zero_slot(slot)
-        self.children.append(_Child("worker", run_worker, (settings,)))
+        self.children.append(_Child("dispatcher", dispatcher_main, (settings,)))
         self.children += [
-            _Child(f"jobs-{index}", run_jobs, (settings, emulator_url))
-            for index in range(settings.workers)
+            _Child(f"job-runner-{index}", job_runner_main, (settings, emulator_url))
+            for index in range(settings.job_runners)
         ]
 
     def _zero_slot(self, slot: int) -> Callable[[], None]:

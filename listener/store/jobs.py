@@ -13,11 +13,11 @@ COMPLETED or CANCELED, and nothing goes back to SCHEDULED:
 - an operator's retry of a CANCELED job is a new job (a new procedure step) whose ``retry_of``
   names the old one (:func:`listener.store.retry.retry_job`).
 
-Claiming is atomic (one transaction), so any number of worker processes, on this host or another
+Claiming is atomic (one transaction), so any number of job-runner processes, on this host or another
 sharing the database, can take work. A claim carries a lease (owner, generation ``token``, expiry):
 the runner renews it while the job runs, and every change a runner makes (renew, complete, fail)
 is fenced by the owner *and* the token, so a runner that lost its lease (killed, hung, or overtaken
-after the lease ran out) cannot change the job any more. A worker killed mid-job leaves an
+after the lease ran out) cannot change the job any more. A job runner killed mid-job leaves an
 IN PROGRESS row whose lease runs out, and the next claim takes it again. That, with deterministic
 result UIDs, is what makes a crash produce each result exactly once.
 """

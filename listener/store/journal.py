@@ -1,6 +1,6 @@
 """The SQLite journal: what has been received, each study's quiet-period timer and state.
 
-The journal is the hand-over point between the receive processes and the workers (they never
+The journal is the hand-over point between the receive processes and the dispatcher (they never
 share memory). It runs in WAL mode with ``synchronous=NORMAL``: a commit is not fsynced, but the
 spool file it describes was fsynced before the C-STORE was answered, and :meth:`Journal.reconcile`
 re-indexes any spool file the journal lost (power failure) at start-up. A process crash (kill -9)
@@ -8,7 +8,7 @@ loses nothing either way, because WAL pages are written to the OS before the com
 
 Study life cycle (see ``listener/assemble.py`` for the timer rules)::
 
-    receiving --(quiet period over)--> ready --(worker took it)--> dispatched
+    receiving --(quiet period over)--> ready --(route took it)--> dispatched
         ^                                                               |
         +---------------- a later instance opens a follow-up -----------+
 
@@ -157,7 +157,7 @@ class StudyInfo:
 
 @dataclass(frozen=True)
 class ReleasedStudy:
-    """A study whose quiet period ended: handed to the worker side exactly once per generation.
+    """A study whose quiet period ended: handed to the route stage exactly once per generation.
 
     ``generation`` 0 is the first release; a higher one is a follow-up holding late instances
     (``new_instances`` of ``instance_count`` arrived in this generation).
@@ -186,7 +186,7 @@ class Journal(AssociationLog, ConflictLog):
     """Thread-safe access to the journal file; one instance per process.
 
     Every method that changes state runs in one ``BEGIN IMMEDIATE`` transaction, so several
-    processes (receivers, the worker) can share the file.
+    processes (receivers, the dispatcher) can share the file.
     """
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
@@ -393,7 +393,7 @@ class Journal(AssociationLog, ConflictLog):
         With ``max_wait_s``, a study whose generation opened that long ago is released too,
         however recently its last instance came (a hard ceiling for a study that keeps
         trickling in; anything later opens a follow-up). One transaction selects and updates, so
-        a study is released exactly once per generation even with several workers or a crash
+        a study is released exactly once per generation even with several dispatchers or a crash
         between two calls.
         """
         ceiling = ""
@@ -415,7 +415,8 @@ class Journal(AssociationLog, ConflictLog):
             return [self._released(db, study_uid) for study_uid, _ in rows]
 
     def ready_studies(self) -> list[ReleasedStudy]:
-        """Studies released but not yet taken by a worker (e.g. the worker crashed in between)."""
+        """Studies released but not yet taken by the route stage (e.g. the dispatcher crashed in
+        between)."""
         with self._write() as db:
             rows = db.execute(
                 "SELECT study_uid FROM studies WHERE state = ? ORDER BY released_at",
@@ -435,7 +436,7 @@ class Journal(AssociationLog, ConflictLog):
             return cursor.rowcount == 1
 
     def mark_dispatched(self, study_uid: str, generation: int) -> bool:
-        """Record that the worker took this release; False if a follow-up superseded it."""
+        """Record that the route stage took this release; False if a follow-up superseded it."""
         return self.set_study_state(
             study_uid, StudyState.DISPATCHED, expect=StudyState.READY, generation=generation
         )

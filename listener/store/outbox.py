@@ -7,8 +7,8 @@ failure stays ``pending`` with a later ``next_attempt_at``; a permanent failure 
 with its reason, until an operator :meth:`Outbox.resubmit` s it.
 
 Time is a parameter (``now``, seconds since the epoch). Entries are claimed before sending by
-moving their ``next_attempt_at`` a lease ahead, in one transaction, so two workers never send the
-same entry at once, and entries claimed by a worker that died become due again when the lease
+moving their ``next_attempt_at`` a lease ahead, in one transaction, so two deliverers never send the
+same entry at once, and entries claimed by a deliverer that died become due again when the lease
 runs out. Enqueueing is idempotent: the same (destination, job, SOP instance) is one entry.
 """
 

@@ -4,8 +4,9 @@
   transport through :class:`ModelCallRecorder`, read by the metrics at scrape time. Rows older
   than :data:`MODEL_CALLS_KEEP_S` are pruned as new ones arrive.
 - ``rules_reloads``: each validated rules reload an operator asked for, with the rules'
-  fingerprint; worker loops compare :meth:`AdminRecords.latest_rules_reload` with the
-  fingerprint of the rules they run and reload when it differs.
+  fingerprint; the dispatcher and job runners compare
+  :meth:`AdminRecords.latest_rules_reload` with the fingerprint of the rules they run and
+  reload when it differs.
 - ``model_health``: the latest state of each model's circuit breaker, written by the job runner
   process whose breaker changed (:class:`ModelHealthRecorder`); a breaker lives in one process,
   and this row is how the admin process's readiness learns that a model is down, why, and when
@@ -122,8 +123,8 @@ class AdminRecords(JournalTables):
     def record_rules_reload(
         self, fingerprint: str, rule_count: int, *, source: str, now: float
     ) -> RulesReload:
-        """Record that workers should run the rules with ``fingerprint`` (already validated,
-        :func:`listener.route.model.rules_fingerprint`) from now on."""
+        """Record that the dispatcher and job runners should run the rules with ``fingerprint``
+        (already validated, :func:`listener.route.model.rules_fingerprint`) from now on."""
         with self.db.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO rules_reloads (at, fingerprint, source, rule_count)"
@@ -190,7 +191,7 @@ class SupervisedRecords(JournalTables):
 
 def reload_requested(records: AdminRecords, current_fingerprint: str) -> bool:
     """Whether an operator asked for rules other than those with ``current_fingerprint`` (a
-    worker then reloads with :func:`listener.route.load.effective_rules`)."""
+    process then reloads with :func:`listener.route.load.effective_rules`)."""
     latest = records.latest_rules_reload()
     return latest is not None and latest.fingerprint != current_fingerprint
 

@@ -113,7 +113,7 @@ def _waiting_jobs(db: sqlite3.Connection) -> dict[str, int]:
 def _health(
     db: sqlite3.Connection,
 ) -> dict[str, tuple[str, float, float | None, str | None]]:
-    """Model -> (breaker state, since, next probe, last error); empty before any worker ran."""
+    """Model -> (breaker state, since, next probe, last error); empty before any job runner ran."""
     try:
         rows = db.execute(
             "SELECT model, state, since, next_probe_at, last_error FROM model_health"

@@ -30,7 +30,7 @@ from listener.infer import build_clients
 from listener.pipeline import Pipeline, build_pipeline
 from listener.receive.scp import Receiver
 from listener.receive.server import start_server
-from listener.serve.loops import worker_id
+from listener.serve.loops import runner_id
 from listener.settings import Settings, load_settings
 from listener.store.journal import Journal
 from listener.store.records import AdminRecords
@@ -74,7 +74,7 @@ async def _run_jobs(pipeline: Pipeline, settings: Settings, emulator_url: str) -
     async with build_clients(
         settings.models, emulator_url, emulator_key=settings.emulator.key, on_call=recorder
     ) as clients:
-        while (job := pipeline.jobs.claim(worker_id(), time.time(), 600.0)) is not None:
+        while (job := pipeline.jobs.claim(runner_id(), time.time(), 600.0)) is not None:
             await pipeline.runner.run_job(job, pipeline.runner.context(clients, job.study_uid))
 
 

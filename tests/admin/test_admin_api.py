@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from listener.admin import create_admin_app, open_state
 from listener.asgi import BackgroundServer
-from listener.serve.loops import worker_id
+from listener.serve.loops import runner_id
 from listener.store.jobs import JobState
 
 pytestmark = pytest.mark.integration
@@ -132,7 +132,7 @@ def test_job_cancel_and_retry_through_the_api(e2e: EndToEnd, api: httpx.Client) 
     assert retried["events"][-1]["detail"] == f"operator retry of job {job_id}"
     old = api.get(f"/api/jobs/{job_id}").json()
     assert old["state"] == JobState.CANCELED  # a canceled step stays canceled (PS3.4 CC.1.1)
-    claimed = e2e.pipeline.jobs.claim(worker_id(), time.time(), 600.0)
+    claimed = e2e.pipeline.jobs.claim(runner_id(), time.time(), 600.0)
     assert claimed is not None and claimed.id == retried["id"] and claimed.lease is not None
     e2e.pipeline.jobs.complete(claimed.lease, claimed.outputs, time.time())  # leave it done
     assert api.post("/api/jobs/999999/retry", json={}).status_code == 404

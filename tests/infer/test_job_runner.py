@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import structlog.testing
 from factory import ct_series
 from peers import free_port
 from pydicom import Dataset
@@ -261,3 +262,15 @@ def test_an_image_without_pixel_module_attributes_fails_once_with_its_cause(
     assert "lacks pixel-module attributes BitsStored" in (job.last_error or "")
     assert "internal error" not in (job.last_error or "")
     assert stats(server)["requests"] == 0
+
+
+def test_a_job_answered_by_the_emulator_says_so_in_its_log(tmp_path: Path, emulator: Start) -> None:
+    """The job's log line for the model's answer names the model and marks it as the emulator's
+    (synthetic, not a clinical model), so an operator reading the logs cannot mistake it."""
+    server = emulator()
+    pipeline, job_id = classification_job(tmp_path)
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(run_claimed(pipeline, server.url))
+    answered = [e for e in logs if e["event"] == "task_answered" and e["job_id"] == job_id]
+    assert answered and answered[0]["model"] == "medimageinsight"
+    assert answered[0]["emulator"] is True

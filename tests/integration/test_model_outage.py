@@ -53,7 +53,7 @@ def _env(tmp_path: Path, port: int, **extra: str) -> dict[str, str]:
         f"{prefix}CIRCUIT_RESET_S": "2",
         f"{prefix}TIMEOUT_S": "10",
         "PACSAI_JOB_RETRY_BASE_S": "1",
-        "PACSAI_WORKERS": "1",
+        "PACSAI_JOB_RUNNERS": "1",
         **extra,
     }
 

@@ -215,7 +215,8 @@ def test_restart_during_quiet_period_releases_once_on_time(tmp_path: Path) -> No
         last, released = db.execute("SELECT last_received_at, released_at FROM studies").fetchone()
     # Never early; on time, or (when the restart itself outlasted the quiet period on a loaded
     # machine) as soon as the restarted worker looked, within a few poll intervals.
-    started = datetime.fromisoformat(again.events("worker_started")[0]["timestamp"]).timestamp()
+    first = again.events("release_loop_started")[0]
+    started = datetime.fromisoformat(first["timestamp"]).timestamp()
     assert released - last >= quiet
     assert released < max(last + quiet, started) + 3.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from listener.assemble import next_wait, release_step, worker_loop
+from listener.assemble import next_wait, release_loop, release_step
 from listener.store.journal import InstanceRecord, Journal, ReleasedStudy, StudyState
 
 
@@ -61,7 +61,7 @@ def test_worker_redelivers_studies_left_ready(tmp_path: Path) -> None:
         seen.append(study)
         stop.set()
 
-    worker_loop(journal, stop, on_ready=on_ready, clock=lambda: 20.0, poll_interval_s=0.01)
+    release_loop(journal, stop, on_ready=on_ready, clock=lambda: 20.0, poll_interval_s=0.01)
     assert [s.study_uid for s in seen] == ["9.9"]
 
 

@@ -29,7 +29,7 @@ def test_crash_looping_child_makes_readiness_fail_with_its_name_and_error(
         None, host="127.0.0.1", port=free_port(), data_dir=tmp_path / "data", disk_min_free_mb=0
     )
     supervisor = Supervisor(settings)
-    supervisor.children = [_Child("jobs-0", crash, ("model client cannot start",))]
+    supervisor.children = [_Child("job-runner-0", crash, ("model client cannot start",))]
     state = open_state(settings)
     try:
         with BackgroundServer(create_admin_app(state)) as server:
@@ -47,5 +47,5 @@ def test_crash_looping_child_makes_readiness_fail_with_its_name_and_error(
         state.close()
     assert answer.status_code == 503
     (reason,) = answer.json()["reasons"]
-    assert "jobs-0 is crash-looping" in reason
+    assert "job-runner-0 is crash-looping" in reason
     assert "RuntimeError: model client cannot start" in reason
