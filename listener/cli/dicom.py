@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+
 from listener.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -40,7 +43,7 @@ _REJECT_REASONS: dict[int, dict[int, str]] = {
 _REJECT_RESULTS = {1: "permanent", 2: "transient"}
 
 
-def association_failure(assoc: Any, target: str) -> str:
+def association_failure(assoc: Association, target: str) -> str:
     """Why an association with ``target`` was not established, as precisely as the peer said:
     the A-ASSOCIATE-RJ result and reason, no accepted presentation context, an abort, or no
     answer at all (nothing listens, a firewall, a timeout)."""
@@ -70,7 +73,7 @@ def _associate(ae: Any, host: str, port: int, aec: str) -> Any:
 
     from listener.send.scu import prepare_requestor
 
-    def on_open(event: Any) -> None:
+    def on_open(event: Event) -> None:
         prepare_requestor(event.assoc)
 
     return ae.associate(host, port, ae_title=aec, evt_handlers=[(evt.EVT_CONN_OPEN, on_open)])

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
 
 from listener.logging import get_logger
 from listener.receive.admission import AssociationCounter
@@ -70,7 +73,13 @@ class Receiver:
     # association life cycle
 
     def record_rejection(
-        self, assoc: Any, calling_ae: str, called_ae: str, why: str, *, ended: str = "rejected"
+        self,
+        assoc: Association,
+        calling_ae: str,
+        called_ae: str,
+        why: str,
+        *,
+        ended: str = "rejected",
     ) -> None:
         """Journal an association refused or aborted before it was established."""
         now = self.clock()
@@ -86,7 +95,7 @@ class Receiver:
         self.journal.start_association(record)
         self.journal.end_association(record, ended=ended, now=now)
 
-    def on_established(self, event: Any) -> None:
+    def on_established(self, event: Event) -> None:
         assoc = event.assoc
         record = AssociationRecord(
             id=uuid.uuid4().hex[:16],
@@ -107,10 +116,10 @@ class Receiver:
             peer=f"{record.peer_host}:{record.peer_port}",
         )
 
-    def on_released(self, event: Any) -> None:
+    def on_released(self, event: Event) -> None:
         self._note_end(event.assoc, "released")
 
-    def on_aborted(self, event: Any) -> None:
+    def on_aborted(self, event: Event) -> None:
         self._note_end(event.assoc, "aborted")
 
     def _note_end(self, assoc: object, how: str) -> None:
@@ -119,7 +128,7 @@ class Receiver:
             if entry is not None and entry.ended == "closed":
                 entry.ended = how
 
-    def on_closed(self, event: Any) -> None:
+    def on_closed(self, event: Event) -> None:
         with self._lock:
             entry = self._open.pop(event.assoc, None)
         self.counter.publish(len(self._acceptors(event.assoc)) - 1)
@@ -150,12 +159,12 @@ class Receiver:
         )
 
     @staticmethod
-    def _acceptors(assoc: Any) -> list[Any]:
+    def _acceptors(assoc: Association) -> list[Any]:
         return [a for a in assoc.ae.active_associations if a.is_acceptor]
 
     # DIMSE services
 
-    def on_c_echo(self, event: Any) -> int:
+    def on_c_echo(self, event: Event) -> int:
         """Answer C-ECHO (PS3.7 §9.1.5) with Success."""
         return EchoStatus.SUCCESS
 
@@ -165,7 +174,7 @@ class Receiver:
         command set); the fast path aborts an association that sends more in one message."""
         return self.settings.max_instance_mb * 1024 * 1024 + 65536
 
-    def begin_store(self, assoc: Any, request: StoreRequest) -> PendingStore:
+    def begin_store(self, assoc: Association, request: StoreRequest) -> PendingStore:
         """Start one C-STORE of ``assoc``; its data set is then written fragment by fragment."""
         entry = self._open.get(assoc)
         return self.intake.begin(request, entry.record if entry else None)
@@ -183,9 +192,11 @@ class Receiver:
             pending.record.failed += 1
         return status
 
-    def on_c_store(self, event: Any) -> int:
+    def on_c_store(self, event: Event) -> int:
         """Spool one C-STORE that pynetdicom assembled (the fast path streams instead)."""
         request = event.request
+        if not isinstance(request, C_STORE) or request.DataSet is None:
+            return StoreStatus.CANNOT_UNDERSTAND  # pynetdicom hands C-STOREs only: a guard
         pending = self.begin_store(
             event.assoc,
             StoreRequest(
@@ -203,7 +214,7 @@ class Receiver:
         return self.finish_store(pending)
 
 
-def _how_it_ended(assoc: Any) -> str:
+def _how_it_ended(assoc: Association) -> str:
     """Released / aborted / closed, for a connection that closed before the event said so."""
     if getattr(assoc, "release_answered", False):
         return "released"

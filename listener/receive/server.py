@@ -25,6 +25,7 @@ from pydicom.uid import UID, AllTransferSyntaxes
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.acse import ACSE
+from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
@@ -98,7 +99,7 @@ def prefer_requested_syntaxes(
 class _AdmissionACSE(ACSE):
     """pynetdicom's ACSE with our admission decision taken before context negotiation."""
 
-    def __init__(self, assoc: Any, receiver: Receiver) -> None:
+    def __init__(self, assoc: Association, receiver: Receiver) -> None:
         super().__init__(assoc)
         self._receiver = receiver
 

@@ -46,6 +46,8 @@ from pydicom.uid import (
     JPEGExtended12Bit,
 )
 from pynetdicom import AE, _config, build_context, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
 from pynetdicom.status import code_to_category
 
 from listener.errors import PermanentSendError, SendError, TransientSendError
@@ -177,7 +179,7 @@ class StoreSender:
     def _send_association(self, dest: Destination, chunk: list[_Prepared]) -> list[InstanceOutcome]:
         opened = threading.Event()
 
-        def on_open(event: Any) -> None:
+        def on_open(event: Event) -> None:
             opened.set()
             prepare_requestor(event.assoc)
 
@@ -293,7 +295,7 @@ def _contexts(chunk: Sequence[_Prepared]) -> list[Any]:
     return contexts
 
 
-def prepare_requestor(assoc: Any) -> None:
+def prepare_requestor(assoc: Association) -> None:
     """Ready an outgoing association (bind it to ``EVT_CONN_OPEN``, so it runs before pynetdicom
     starts the association's reactor): TCP_NODELAY, and responses kept for the caller.
 
@@ -312,10 +314,10 @@ def prepare_requestor(assoc: Any) -> None:
     def blocking_only(block: bool = False) -> Any:
         return get_msg(block=True) if block else (None, None)
 
-    dimse.get_msg = blocking_only
+    dimse.get_msg = blocking_only  # type: ignore[method-assign]  # the reactor-race guard
 
 
-def set_nodelay(assoc: Any) -> None:
+def set_nodelay(assoc: Association) -> None:
     """Turn Nagle's algorithm off on an association's socket (pynetdicom never does; without
     it every C-STORE waits for the peer's delayed ACK)."""
     sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
@@ -323,11 +325,13 @@ def set_nodelay(assoc: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _association_error(assoc: Any, connected: bool, dest: Destination) -> SendError:
+def _association_error(assoc: Association, connected: bool, dest: Destination) -> SendError:
     """Classify an association that did not come up."""
     where = dest.describe()
     if assoc.is_rejected:
         rsp = assoc.acceptor.primitive
+        if rsp is None:
+            return TransientSendError(f"association rejected by {where} (no reason given)")
         why = f"{rsp.result_str}, {rsp.source_str}: {rsp.reason_str}"
         if rsp.result == _REJECTED_TRANSIENT:
             return TransientSendError(f"association rejected by {where} ({why})")
@@ -340,7 +344,7 @@ def _association_error(assoc: Any, connected: bool, dest: Destination) -> SendEr
     return TransientSendError(f"association with {where} aborted or timed out")
 
 
-def _store_one(assoc: Any, prepared: _Prepared) -> InstanceOutcome:
+def _store_one(assoc: Association, prepared: _Prepared) -> InstanceOutcome:
     """C-STORE one file on an established association and classify the answer.
 
     The stored syntax goes out as stored; otherwise an accepted uncompressed context takes the
@@ -384,7 +388,7 @@ def _store_one(assoc: Any, prepared: _Prepared) -> InstanceOutcome:
     return InstanceOutcome(item, _status_error(int(status)), int(status))
 
 
-def _no_response(assoc: Any, elapsed_s: float) -> TransientSendError:
+def _no_response(assoc: Association, elapsed_s: float) -> TransientSendError:
     """No C-STORE response: the DIMSE timeout ran out, or the peer aborted the association.
 
     Some PACS (Orthanc, for one) refuse a calling AE they do not know by aborting the

@@ -61,7 +61,7 @@ class EventDUL(DULServiceProvider):
     every other PDU, and every PDU in another state, is read and decoded as pynetdicom does.
     """
 
-    def __init__(self, assoc: Any) -> None:
+    def __init__(self, assoc: Association) -> None:
         super().__init__(assoc)
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)

@@ -24,6 +24,7 @@ from pynetdicom._handlers import (
     standard_pdu_recv_handler,
     standard_pdu_sent_handler,
 )
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
@@ -49,7 +50,7 @@ class StreamedStore(Protocol):
         """The most bytes one message may carry; past it the association is aborted."""
         ...
 
-    def begin_store(self, assoc: Any, request: StoreRequest) -> PendingStore: ...
+    def begin_store(self, assoc: Association, request: StoreRequest) -> PendingStore: ...
 
     def finish_store(self, pending: PendingStore) -> int: ...
 
@@ -69,13 +70,16 @@ _STANDARD_HANDLERS = frozenset(
 _SKIPPED_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT)
 
 
-def lean_path_allowed(assoc: Any) -> bool:
+def lean_path_allowed(assoc: Association) -> bool:
     """Whether an association may use :class:`StorePath`: it has a :class:`StreamedStore`, and
     nothing listens for what the path skips."""
     if getattr(assoc, "store_stream", None) is None or _config.STORE_RECV_CHUNKED_DATASET:
         return False
     for event in _SKIPPED_EVENTS:
-        if any(handler not in _STANDARD_HANDLERS for handler, _ in assoc.get_handlers(event)):
+        bound = assoc.get_handlers(event)
+        if not isinstance(bound, list):  # an intervention event: one handler and its arguments
+            bound = [bound] if bound is not None else []
+        if any(entry[0] not in _STANDARD_HANDLERS for entry in bound):
             return False
     return True
 
