@@ -44,10 +44,11 @@ from listener.logging import configure_logging, get_logger
 from listener.pipeline import build_pipeline
 from listener.receive.admission import AssociationCounter
 from listener.receive.scp import Receiver
-from listener.receive.server import open_listener, start_server
+from listener.receive.server import open_listeners, start_server
 from listener.route.load import effective_rules
 from listener.serve.loops import recover_after_crash, run_deliverer, run_job_worker, run_purger
 from listener.settings import Settings
+from listener.store.audit import AuditTrail
 from listener.store.journal import Journal
 from listener.store.records import SupervisedProcess, SupervisedRecords
 from listener.store.spool import Spool, reindex
@@ -107,23 +108,36 @@ def _run_child(name: str, error_file: Path, target: Callable[..., None], *args: 
         raise
 
 
-def run_receiver(settings: Settings, slot: int, shared: Any, listener: socket.socket) -> None:
-    """Entry point of a receive process, accepting on the supervisor's listening socket."""
+def run_receiver(
+    settings: Settings, slot: int, shared: Any, listeners: list[socket.socket]
+) -> None:
+    """Entry point of a receive process, accepting on the supervisor's listening sockets (the
+    plain port unless it is 0, then the DICOM TLS port when configured)."""
     stop = _child_setup(settings, "receive")
     spool = Spool(
         settings.spool_dir, settings.quarantine_dir, min_free_mb=settings.disk_min_free_mb
     )
     journal = Journal(settings.journal_path)
-    receiver = Receiver(settings, spool, journal, counter=AssociationCounter(shared, slot))
-    server = start_server(settings, receiver, listener=listener)
+    audit = AuditTrail.open(settings)
+    receiver = Receiver(
+        settings, spool, journal, counter=AssociationCounter(shared, slot), audit=audit
+    )
+    tls_flags = ([False] if settings.port else []) + ([True] if settings.tls.enabled else [])
+    servers = [
+        start_server(settings, receiver, listener=listener, tls=tls)
+        for listener, tls in zip(listeners, tls_flags, strict=True)
+    ]
     stop.wait()
-    server.shutdown()  # stops accepting and closes the listening socket
+    for server in servers:
+        server.shutdown()  # stops accepting and closes the listening socket
     deadline = time.monotonic() + STOP_GRACE_S
-    while server.active_associations and time.monotonic() < deadline:
+    while any(s.active_associations for s in servers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    for assoc in server.active_associations:
-        assoc.abort()
+    for server in servers:
+        for assoc in server.active_associations:
+            assoc.abort()
     journal.close()
+    audit.close()
 
 
 def run_worker(settings: Settings) -> None:
@@ -180,7 +194,7 @@ class Supervisor:
         self,
         settings: Settings,
         emulator_url: str | None = None,
-        listener: socket.socket | None = None,
+        listeners: list[socket.socket] | None = None,
     ) -> None:
         self.settings = settings
         self.ctx = multiprocessing.get_context("spawn")
@@ -189,9 +203,9 @@ class Supervisor:
         self.records = SupervisedRecords(settings.journal_path)
         count = settings.receive_processes
         self.shared = self.ctx.Array("i", count)
-        self.listener = listener or open_listener(settings)
+        self.listeners = listeners or open_listeners(settings)
         self.children = [
-            _Child(f"receive-{slot}", run_receiver, (settings, slot, self.shared, self.listener))
+            _Child(f"receive-{slot}", run_receiver, (settings, slot, self.shared, self.listeners))
             for slot in range(count)
         ]
         for slot, child in enumerate(self.children):
@@ -235,7 +249,8 @@ class Supervisor:
             if not self.stop.is_set():
                 self._check_children(time.monotonic())
         self._stop_children()
-        self.listener.close()
+        for listener in self.listeners:
+            listener.close()
         return 0
 
     def _check_children(self, now: float) -> None:
@@ -311,7 +326,7 @@ def serve(settings: Settings) -> int:
     """
     effective_rules(settings)
     # First, before the data folder is touched: a second gateway on this port stops here.
-    listener = open_listener(settings)
+    listeners = open_listeners(settings)
     try:
         now = time.time()
         prepare_data_dir(settings, now)
@@ -319,12 +334,13 @@ def serve(settings: Settings) -> int:
         admin = start_admin(settings)
         try:
             with emulator_if_needed(settings) as emulator_url:
-                supervisor = Supervisor(settings, emulator_url, listener)
+                supervisor = Supervisor(settings, emulator_url, listeners)
                 return _supervise(supervisor)
         finally:
             admin.stop()
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
 
 
 def _supervise(supervisor: Supervisor) -> int:
