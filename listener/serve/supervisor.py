@@ -47,6 +47,7 @@ from listener.receive.scp import Receiver
 from listener.receive.server import open_listeners, start_server
 from listener.route.load import effective_rules
 from listener.serve.loops import recover_after_crash, run_deliverer, run_job_worker, run_purger
+from listener.serve.syslog import run_shipper
 from listener.settings import Settings
 from listener.store.audit import AuditTrail
 from listener.store.journal import Journal
@@ -152,6 +153,15 @@ def run_worker(settings: Settings) -> None:
     deliverer.start()
     purger = threading.Thread(target=run_purger, args=(pipeline, stop), name="purger", daemon=True)
     purger.start()
+    shipper = None
+    if settings.audit.syslog_host is not None and pipeline.audit is not None:
+        shipper = threading.Thread(
+            target=run_shipper,
+            args=(pipeline.audit.log, settings.audit, stop),
+            name="audit-shipper",
+            daemon=True,
+        )
+        shipper.start()
     try:
         worker_loop(
             journal,
@@ -163,6 +173,8 @@ def run_worker(settings: Settings) -> None:
     finally:
         deliverer.join(STOP_GRACE_S)
         purger.join(STOP_GRACE_S)
+        if shipper is not None:
+            shipper.join(STOP_GRACE_S)
         journal.close()
 
 
@@ -332,11 +344,15 @@ def serve(settings: Settings) -> int:
         prepare_data_dir(settings, now)
         recover_after_crash(settings, now)
         admin = start_admin(settings)
+        audit = AuditTrail.open(settings)
+        audit.application(started=True)
         try:
             with emulator_if_needed(settings) as emulator_url:
                 supervisor = Supervisor(settings, emulator_url, listeners)
                 return _supervise(supervisor)
         finally:
+            audit.application(started=False)
+            audit.close()
             admin.stop()
     finally:
         for listener in listeners:
