@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from listener.cli.audit import add_audit
 from listener.cli.jobs import add_jobs, add_process, add_similar
 from listener.cli.rules import add_rules
 from listener.emulator.command import add_emulator
@@ -154,6 +155,7 @@ def _cmd_studies(args: argparse.Namespace) -> int:
 
 ADDERS: list[Callable[[Subparsers], None]] = [_add_serve, _add_echo, _add_send, _add_studies]
 ADDERS.append(add_rules)
+ADDERS.append(add_audit)
 ADDERS.append(add_emulator)
 ADDERS.extend([add_process, add_jobs, add_similar])
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from listener.route import AssociationFacts, RuleSet
     from listener.route.plan import StudyPlan
+    from listener.security_settings import EgressPolicy
 
 EXIT_OK = 0
 EXIT_NOTHING = 1
@@ -34,6 +35,7 @@ def add_rules(sub: Any) -> None:
     test.add_argument("--calling-ae", help="the sender's AE title to assume")
     test.add_argument("--called-ae", help="our AE title the sender calls, to assume")
     test.add_argument("--peer", help="the sender's IP address to assume")
+    test.add_argument("--config", type=Path, help="settings file (for the models' egress policy)")
     test.set_defaults(func=_cmd_test)
 
 
@@ -43,9 +45,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_test(args: argparse.Namespace) -> int:
     from listener.route import AssociationFacts
+    from listener.settings import MODEL_NAMES, load_settings
 
+    settings = load_settings(args.config)
+    egress: dict[str, EgressPolicy] = {n: settings.models.get(n).egress for n in MODEL_NAMES}
     facts = AssociationFacts(args.calling_ae, args.called_ae, args.peer)
-    return rules_test(args.paths, args.rules, facts, sys.stdout)
+    return rules_test(args.paths, args.rules, facts, sys.stdout, egress)
 
 
 def rules_check(path: Path, out: TextIO) -> int:
@@ -60,15 +65,22 @@ def rules_check(path: Path, out: TextIO) -> int:
 
 
 def rules_test(
-    paths: Sequence[Path], rules_file: Path | None, facts: AssociationFacts | None, out: TextIO
+    paths: Sequence[Path],
+    rules_file: Path | None,
+    facts: AssociationFacts | None,
+    out: TextIO,
+    egress: Mapping[str, EgressPolicy] | None = None,
 ) -> int:
-    """Print the plan of every study found under ``paths``; exit 1 when there is no DICOM file."""
+    """Print the plan of every study found under ``paths``; exit 1 when there is no DICOM file.
+
+    With ``egress`` (the models' policies) each task also says what would leave for its model:
+    the images withheld and why, and CXRReportGen's text fields as they would be sent."""
     from listener.route import default_rules, load_rules
     from listener.route.plan import plan_study
 
     ruleset = default_rules() if rules_file is None else load_rules(rules_file)
     source = "embedded default rules" if rules_file is None else str(rules_file)
-    studies, skipped = read_studies(paths)
+    studies, skipped = read_studies(paths, egress)
     out.write(f"rules: {source}\n")
     if skipped:
         out.write(f"skipped {skipped} files that are not readable DICOM\n")
@@ -78,13 +90,17 @@ def rules_test(
     for study_uid, headers in studies.items():
         plan = plan_study(ruleset, headers, facts)
         out.write("\n")
-        for line in describe_plan(study_uid, headers, plan, ruleset):
+        for line in describe_plan(study_uid, headers, plan, ruleset, egress):
             out.write(line + "\n")
     return EXIT_OK
 
 
-def read_studies(paths: Iterable[Path]) -> tuple[dict[str, list[dict[str, Any]]], int]:
-    """Headers of every DICOM file under ``paths``, by Study Instance UID, and the skip count."""
+def read_studies(
+    paths: Iterable[Path], egress: Mapping[str, EgressPolicy] | None = None
+) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """Headers of every DICOM file under ``paths``, by Study Instance UID, and the skip count;
+    with ``egress``, each header also holds what the policies would let leave of it
+    (``_egress``: model -> why withheld or None; ``_egress_text``: CXRReportGen's text)."""
     from pydicom import dcmread
 
     from listener.route.plan import headers_from_dataset
@@ -100,12 +116,49 @@ def read_studies(paths: Iterable[Path]) -> tuple[dict[str, list[dict[str, Any]]]
             skipped += 1
             continue
         headers = headers_from_dataset(ds)
+        if egress is not None:
+            _egress_preview(ds, headers, egress)
         studies.setdefault(str(headers.get("StudyInstanceUID", "")), []).append(headers)
     return studies, skipped
 
 
+def _egress_preview(ds: Any, headers: dict[str, Any], egress: Mapping[str, EgressPolicy]) -> None:
+    from listener.infer.egress import EgressReport, outgoing_text, withheld_because
+    from listener.infer.tasks import INDICATION_ATTRIBUTES, TECHNIQUE_ATTRIBUTES
+
+    headers["_egress"] = {model: withheld_because(ds, policy) for model, policy in egress.items()}
+    values = {
+        "indication": next((str(ds.get(k)) for k in INDICATION_ATTRIBUTES if ds.get(k)), ""),
+        "technique": next((str(ds.get(k)) for k in TECHNIQUE_ATTRIBUTES if ds.get(k)), ""),
+    }
+    policy = egress.get("cxrreportgen")
+    if policy is not None:
+        text = outgoing_text(values, ds, policy, EgressReport("cxrreportgen"))
+        headers["_egress_text"] = text
+
+
+def _egress_lines(
+    model: str, headers: list[dict[str, Any]], egress: Mapping[str, Any]
+) -> list[str]:
+    from listener.infer.egress import describe
+
+    lines = [f"    egress ({model}): {describe(egress[model])}"]
+    withheld = [h["_egress"][model] for h in headers if h.get("_egress", {}).get(model)]
+    if withheld:
+        lines.append(f"    not sent: {len(withheld)} images ({'; '.join(sorted(set(withheld)))})")
+    if model == "cxrreportgen":
+        for h in headers[:1]:
+            for name, value in h.get("_egress_text", {}).items():
+                lines.append(f"    sent {name}: {value!r}")
+    return lines
+
+
 def describe_plan(
-    study_uid: str, headers: list[dict[str, Any]], plan: StudyPlan, ruleset: RuleSet
+    study_uid: str,
+    headers: list[dict[str, Any]],
+    plan: StudyPlan,
+    ruleset: RuleSet,
+    egress: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The lines ``rules test`` prints for one study (no patient identifiers)."""
     modalities = sorted({str(h.get("Modality", "?")) for h in headers})
@@ -122,6 +175,8 @@ def describe_plan(
         what += f" window {task.window}" if task.window else ""
         target = ", ".join(task.result_destinations) or "no destination"
         lines.append(f"  task {task.rule}/{task.name}: {task.model} ({roles}){what} -> {target}")
+        if egress is not None and task.model in egress:
+            lines += _egress_lines(task.model, headers, egress)
         if task.routes or task.default_route:
             routes = "; ".join(f"{label} -> {dest}" for label, dest in task.routes.items())
             other = task.default_route or "not forwarded"
