@@ -17,7 +17,7 @@ from typing import Self
 import uvicorn
 from starlette.types import ASGIApp
 
-from listener.tls import BCP195_CIPHERS
+from listener.security.tls import BCP195_CIPHERS
 
 _START_TIMEOUT_S = 10.0
 

@@ -34,7 +34,7 @@ from pydantic_settings import (
 )
 
 from listener.errors import ConfigError
-from listener.security_settings import (
+from listener.security.settings import (
     AdminTlsSettings,
     AuditSettings,
     EgressPolicy,

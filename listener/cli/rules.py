@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 if TYPE_CHECKING:
     from listener.route import AssociationFacts, RuleSet
     from listener.route.plan import StudyPlan
-    from listener.security_settings import EgressPolicy
+    from listener.security.settings import EgressPolicy
 
 EXIT_OK = 0
 EXIT_NOTHING = 1

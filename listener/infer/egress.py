@@ -1,7 +1,7 @@
 """What leaves the hospital: the per-model egress policy, applied before every model call.
 
 A model endpoint is usually outside the hospital (a cloud region), so before anything is sent
-the task's inputs pass through the model's :class:`~listener.security_settings.EgressPolicy`:
+the task's inputs pass through the model's :class:`~listener.security.settings.EgressPolicy`:
 
 - images that may carry patient data in their pixels are withheld: Burned In Annotation
   (0028,0301) YES, or an ultrasound or secondary capture image (modalities and SOP classes
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from pydicom import Dataset
 
-from listener.security_settings import EgressPolicy
+from listener.security.settings import EgressPolicy
 
 # Secondary Capture Image Storage and its multi-frame variants (PS3.4 B.5).
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"

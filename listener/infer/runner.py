@@ -43,7 +43,7 @@ from listener.infer.priors import PriorFinder
 from listener.infer.tasks import EgressObserver, TaskContext, TaskOutcome, run_task
 from listener.logging import get_logger
 from listener.route.plan import PlannedTask, task_from_payload
-from listener.security_settings import EgressPolicy
+from listener.security.settings import EgressPolicy
 from listener.settings import Settings
 from listener.store.audit import AuditTrail
 from listener.store.embeddings import EmbeddingStore

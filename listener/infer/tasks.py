@@ -39,7 +39,7 @@ from listener.errors import ConversionError, GatewayError
 from listener.infer import ModelClients
 from listener.infer.egress import EgressReport, admit_images, outgoing_text, withheld_because
 from listener.route.plan import DEFAULT_ROLE, PlannedTask
-from listener.security_settings import EgressPolicy
+from listener.security.settings import EgressPolicy
 
 # Told after every task's model calls what left (or was withheld), whether the task succeeded,
 # and why not: the audit trail's model-call records.

@@ -41,8 +41,8 @@ from listener.logging import get_logger
 from listener.receive.admission import admission
 from listener.receive.fastpath.association import EventAssociation
 from listener.receive.scp import Receiver
+from listener.security.tls import handshake_reason, server_context, subject_cn
 from listener.settings import Settings
-from listener.tls import handshake_reason, server_context, subject_cn
 
 VERIFICATION = "1.2.840.10008.1.1"
 UNCOMPRESSED = frozenset(

@@ -58,7 +58,7 @@ from listener.errors import PermanentSendError, SendError, TransientSendError
 from listener.logging import get_logger
 from listener.receive.status import StoreStatus
 from listener.route import Destination
-from listener.tls import client_context, handshake_reason
+from listener.security.tls import client_context, handshake_reason
 
 # PS3.8 §9.3.1: at most 128 presentation contexts in one A-ASSOCIATE-RQ (odd IDs 1..255).
 MAX_CONTEXTS = 128

@@ -22,9 +22,9 @@ import time
 from datetime import UTC, datetime
 
 from listener.logging import get_logger
-from listener.security_settings import AuditSettings
+from listener.security.settings import AuditSettings
+from listener.security.tls import client_context, handshake_reason
 from listener.store.audit import AuditLog
-from listener.tls import client_context, handshake_reason
 
 FACILITY_AUTHPRIV = 10  # RFC 5424 Table 1: security/authorization messages
 SEVERITY_NOTICE, SEVERITY_WARNING = 5, 4

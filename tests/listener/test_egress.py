@@ -11,7 +11,7 @@ from pydicom.data import get_testdata_file
 
 from listener.cli.rules import rules_test
 from listener.infer.egress import EgressReport, outgoing_text, scrub, withheld_because
-from listener.security_settings import EgressPolicy
+from listener.security.settings import EgressPolicy
 
 
 def header(**values: object) -> Dataset:

@@ -11,7 +11,7 @@ from pathlib import Path
 from tlscerts import make_pki
 
 from listener.receive.fastpath.association import wait_readable
-from listener.tls import client_context, server_context
+from listener.security.tls import client_context, server_context
 
 
 def test_decrypted_bytes_pending_in_tls_count_as_readable(tmp_path: Path) -> None:
