@@ -7,7 +7,13 @@ the gateway, so nothing is a duplicate; an empty folder for storescp). The figur
 time of the senders, best of ``--repeat`` runs; the ratios are storescp time / gateway time.
 ``--associations 1`` or ``4`` measures only one of the two sets.
 
+``--tls`` runs every transfer over DICOM TLS (PS3.15 Annex B, BCP 195 suites): storescu
+``+tls`` with a client certificate to storescp ``+tls`` and to the gateway's TLS port, with
+certificates made for the run. Runs of the two receivers alternate (storescp, gateway,
+storescp, ...), so a load that changes during the benchmark touches both.
+
     .venv/bin/python bench/receive_throughput.py --instances 200 --repeat 3
+    .venv/bin/python bench/receive_throughput.py --instances 200 --repeat 3 --tls
 """
 
 from __future__ import annotations
@@ -26,9 +32,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from factory import ct_series, write_series  # noqa: E402
-from peers import nodelay_env, run_gateway, run_storescp  # noqa: E402
+from peers import free_port, nodelay_env, run_gateway, run_storescp  # noqa: E402
+from tlscerts import Pki, make_pki  # noqa: E402
 
 Receiver = Callable[[Path], AbstractContextManager[tuple[int, str]]]
+PKI: Pki | None = None  # set by --tls
+
+
+def _client_tls() -> list[str]:
+    if PKI is None:
+        return []
+    return ["+tls", str(PKI.client.key), str(PKI.client.cert), "+cf", str(PKI.ca)]
 
 
 def send(port: int, aec: str, folders: list[Path]) -> float:
@@ -36,7 +50,7 @@ def send(port: int, aec: str, folders: list[Path]) -> float:
     start = time.perf_counter()
     senders = [
         subprocess.Popen(
-            ["storescu", "-aec", aec, "+sd", "127.0.0.1", str(port), str(folder)],
+            ["storescu", "-aec", aec, *_client_tls(), "+sd", "127.0.0.1", str(port), str(folder)],
             env=nodelay_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -56,7 +70,10 @@ def storescp(workdir: Path) -> AbstractContextManager[tuple[int, str]]:
 
     @contextmanager
     def running() -> Iterator[tuple[int, str]]:
-        with run_storescp(workdir) as scp:
+        tls = []
+        if PKI is not None:
+            tls = ["+tls", str(PKI.server.key), str(PKI.server.cert), "+cf", str(PKI.ca)]
+        with run_storescp(workdir, "STORESCP", *tls) as scp:
             yield scp.port, scp.aet
 
     return running()
@@ -69,22 +86,35 @@ def gateway(receivers: int) -> Receiver:
     @contextmanager
     def running(workdir: Path) -> Iterator[tuple[int, str]]:
         args = ["--quiet-period", "3600", "--receivers", str(receivers)]
-        with run_gateway(workdir / "data", *args) as served:
+        env, port = {}, None
+        if PKI is not None:
+            port = free_port()
+            env = {
+                "PACSAI_TLS__CERT_FILE": str(PKI.server.cert),
+                "PACSAI_TLS__KEY_FILE": str(PKI.server.key),
+                "PACSAI_TLS__CA_FILE": str(PKI.ca),
+                "PACSAI_TLS__PORT": str(port),
+            }
+        with run_gateway(workdir / "data", *args, env=env) as served:
             time.sleep(1.0 + receivers)  # let every receive process bind
-            yield served.port, "PACSAI"
+            yield port or served.port, "PACSAI"
 
     return running
 
 
-def best(receiver: Receiver, folders: list[Path], repeat: int, scratch: Path) -> float:
-    """Best wall time over ``repeat`` runs, each against a fresh receiver."""
-    times = []
+def best_alternating(
+    receivers: list[Receiver], folders: list[Path], repeat: int, scratch: Path
+) -> list[float]:
+    """Best wall time of each receiver over ``repeat`` rounds, each round running every receiver
+    once in turn, each run against a fresh receiver."""
+    times: list[list[float]] = [[] for _ in receivers]
     for run in range(repeat):
-        workdir = scratch / f"run{time.monotonic_ns()}-{run}"
-        with receiver(workdir) as (port, aec):
-            times.append(send(port, aec, folders))
-        shutil.rmtree(workdir, ignore_errors=True)
-    return min(times)
+        for index, receiver in enumerate(receivers):
+            workdir = scratch / f"run{time.monotonic_ns()}-{run}"
+            with receiver(workdir) as (port, aec):
+                times[index].append(send(port, aec, folders))
+            shutil.rmtree(workdir, ignore_errors=True)
+    return [min(each) for each in times]
 
 
 def main() -> None:
@@ -100,9 +130,13 @@ def main() -> None:
         default="both",
         help="measure one association, four at once, or both",
     )
+    parser.add_argument("--tls", action="store_true", help="every transfer over DICOM TLS")
     args = parser.parse_args()
+    global PKI
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
+        if args.tls:
+            PKI = make_pki(scratch / "pki")
         series = ct_series(args.instances, rows=args.size, cols=args.size)
         whole = scratch / "series"
         files = write_series(series, whole)
@@ -119,10 +153,12 @@ def main() -> None:
         if args.associations != "both":
             sets = sets[:1] if args.associations == "1" else sets[1:]
         for label, folders in sets:
-            ref = best(storescp, folders, args.repeat, scratch)
-            ours = best(gateway(args.receivers), folders, args.repeat, scratch)
+            ref, ours = best_alternating(
+                [storescp, gateway(args.receivers)], folders, args.repeat, scratch
+            )
             rows.append((label, ref, ours))
-        print(f"{args.instances} instances, {megabytes:.1f} MB, best of {args.repeat}")
+        transport = "DICOM TLS" if args.tls else "plain TCP"
+        print(f"{args.instances} instances, {megabytes:.1f} MB, {transport}, best of {args.repeat}")
         print("| associations | storescp s (inst/s) | pacs-ai serve s (inst/s) | ratio |")
         print("|---|---|---|---|")
         for label, ref, ours in rows:

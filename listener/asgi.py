@@ -10,11 +10,14 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 import uvicorn
 from starlette.types import ASGIApp
+
+from listener.security.tls import BCP195_CIPHERS
 
 _START_TIMEOUT_S = 10.0
 
@@ -31,24 +34,37 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def server_config(app: ASGIApp) -> uvicorn.Config:
-    """Uvicorn's settings for our apps: quiet logs, no lifespan, a short graceful stop."""
+def server_config(app: ASGIApp, tls: tuple[Path, Path] | None = None) -> uvicorn.Config:
+    """Uvicorn's settings for our apps: quiet logs, no lifespan, a short graceful stop; with
+    ``tls`` (certificate, key) HTTPS only, with the BCP 195 cipher suites."""
+    options: dict[str, object] = {}
+    if tls is not None:
+        options = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])}
+        options["ssl_ciphers"] = BCP195_CIPHERS
     return uvicorn.Config(
         app,
         log_level="warning",
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=2,
+        **options,  # type: ignore[arg-type]
     )
 
 
 class BackgroundServer:
     """Serves an ASGI app from a daemon thread; use as a context manager or start()/stop()."""
 
-    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self._app = app
         self._host = host
         self._port = port
+        self._tls = tls
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -57,8 +73,9 @@ class BackgroundServer:
         """Start serving and return the base URL, e.g. ``http://127.0.0.1:40123``."""
         sock = bind(self._host, self._port)
         host, port = sock.getsockname()[:2]
-        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        server = uvicorn.Server(server_config(self._app))
+        scheme = "https" if self._tls else "http"
+        self.url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+        server = uvicorn.Server(server_config(self._app, self._tls))
         thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="asgi-server", daemon=True
         )

@@ -31,7 +31,8 @@ from listener.route.model import RuleSet
 from listener.route.release import StudyRouter
 from listener.send.deliver import Deliverer, SendBackoff
 from listener.send.scu import StoreSender
-from listener.settings import Settings
+from listener.settings import MODEL_NAMES, Settings
+from listener.store.audit import AuditTrail
 from listener.store.embeddings import EmbeddingStore
 from listener.store.jobs import JobStore
 from listener.store.journal import Journal
@@ -50,6 +51,7 @@ class Pipeline:
     router: StudyRouter
     runner: JobRunner
     deliverer: Deliverer
+    audit: AuditTrail | None = None
 
     @property
     def rules(self) -> RuleSet:
@@ -65,6 +67,8 @@ class Pipeline:
     def close(self) -> None:
         for store in (self.journal, self.jobs, self.outbox, self.embeddings):
             store.close()
+        if self.audit is not None:
+            self.audit.close()
 
 
 def build_pipeline(
@@ -77,6 +81,7 @@ def build_pipeline(
     outbox = Outbox(settings.journal_path, rules.destinations)
     embeddings = EmbeddingStore(settings.journal_path)
     results_dir = settings.data_dir / "results"
+    audit = AuditTrail.open(settings, clock)
     return Pipeline(
         settings=settings,
         journal=journal,
@@ -102,6 +107,8 @@ def build_pipeline(
             results_dir,
             clock,
             JobPolicy.from_settings(settings),
+            egress={name: settings.models.get(name).egress for name in MODEL_NAMES},
+            audit=audit,
         ),
         deliverer=Deliverer(
             outbox,
@@ -112,5 +119,7 @@ def build_pipeline(
                 max_attempts=settings.send_max_attempts,
                 max_age_s=settings.send_max_age_s,
             ),
+            audit=audit,
         ),
+        audit=audit,
     )

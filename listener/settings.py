@@ -18,6 +18,7 @@ import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -27,6 +28,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -36,6 +38,14 @@ from pydantic_settings import (
 )
 
 from listener.errors import ConfigError
+from listener.security.settings import (
+    AdminTlsSettings,
+    AuditSettings,
+    EgressPolicy,
+    TlsSettings,
+    check_files,
+    is_loopback_host,
+)
 
 # PS3.5 §6.2: AE is up to 16 characters of the default repertoire, no backslash, no control
 # characters; leading/trailing spaces are not significant, so an all-space title is invalid.
@@ -85,6 +95,11 @@ class AllowedCaller(_Section):
 
     ae_title: AETitle
     host: str | None = None
+    tls_subject: str | None = Field(
+        default=None,
+        description="common name (CN) the peer's verified client certificate must carry;"
+        " such an entry admits only DICOM TLS associations",
+    )
 
     @field_validator("host")
     @classmethod
@@ -104,6 +119,24 @@ class Destination(_Section):
     calling_ae: AETitle | None = Field(
         default=None, description="our AE title towards this peer; default: the service's first"
     )
+    tls: bool = Field(default=False, description="DICOM TLS (PS3.15 Annex B) to this peer")
+    tls_ca_file: Path | None = Field(
+        default=None, description="CA the peer's certificate is verified with; default: system"
+    )
+    tls_cert_file: Path | None = Field(
+        default=None, description="our client certificate, for a peer that asks for one"
+    )
+    tls_key_file: Path | None = None
+    tls_check_hostname: bool = Field(
+        default=True, description="the peer's certificate must name ``host``"
+    )
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> Destination:
+        check_files(self, "tls_ca_file", "tls_cert_file", "tls_key_file")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file: set both or neither")
+        return self
 
     def describe(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
@@ -129,6 +162,7 @@ class ModelSettings(_Section):
     batch_size: int = Field(default=8, ge=1, le=1024)
     circuit_failures: int = Field(default=5, ge=1, le=1000)
     circuit_reset_s: float = Field(default=30.0, gt=0)
+    egress: EgressPolicy = Field(default_factory=EgressPolicy)
 
     @field_validator("endpoint")
     @classmethod
@@ -163,6 +197,37 @@ class ModelsSettings(_Section):
     def get(self, name: ModelName) -> ModelSettings:
         value: ModelSettings = getattr(self, name)
         return value
+
+    @model_validator(mode="after")
+    def _credentials_safe(self) -> ModelsSettings:
+        for name in MODEL_NAMES:
+            problem = credential_problem(name, self.get(name))
+            if problem is not None:
+                raise ValueError(problem)
+        return self
+
+
+def credential_problem(name: str, model: ModelSettings) -> str | None:
+    """Why the endpoint settings of model ``name`` would leak or lack a credential, naming the
+    setting; None when they are sound.
+
+    A key or an Entra token is never sent over cleartext: an ``http://`` endpoint with key or
+    Entra auth is refused unless it is on loopback (the emulator). A real (non-loopback) endpoint
+    with ``auth: key`` and no key would be answered 401 on every call, so it stops start-up.
+    """
+    if model.endpoint is None:
+        return None
+    parts = urlsplit(model.endpoint)
+    local = is_loopback_host(parts.hostname or "")
+    if parts.scheme == "http" and not local and (model.key is not None or model.auth == "entra"):
+        what = "key" if model.auth == "key" else "Entra token"
+        return (
+            f"models.{name}.endpoint: an http:// endpoint would send the {what} in cleartext;"
+            " use https://"
+        )
+    if model.auth == "key" and model.key is None and not local:
+        return f"models.{name}.key: required for endpoint {model.endpoint} with auth: key"
+    return None
 
 
 class EmulatorSettings(_Section):
@@ -206,7 +271,10 @@ class Settings(BaseSettings):
     )
 
     host: str = Field(default="0.0.0.0", description="address the DICOM listener binds to")
-    port: Port = 11112
+    port: int = Field(
+        default=11112, ge=0, le=65535, description="plain DICOM port; 0: only the TLS listener"
+    )
+    tls: TlsSettings = Field(default_factory=TlsSettings)
     ae_titles: list[AETitle] = Field(default_factory=lambda: ["PACSAI"], min_length=1)
     data_dir: Path = Path("var")
     quiet_period_s: float = Field(default=10.0, gt=0, le=86400)
@@ -265,6 +333,8 @@ class Settings(BaseSettings):
         description="host names the admin API answers to besides loopback names and admin_host"
         " (the Host header; DNS rebinding defence); '*' answers any",
     )
+    admin_tls: AdminTlsSettings = Field(default_factory=AdminTlsSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     rules_file: Path | None = None
     destinations: dict[str, Destination] = Field(
         default_factory=dict,
@@ -324,6 +394,12 @@ class Settings(BaseSettings):
         description="first wait after a transient job failure; doubles, max 10 min; a later"
         " Retry-After or circuit-breaker probe time wins",
     )
+
+    @model_validator(mode="after")
+    def _some_listener(self) -> Settings:
+        if self.port == 0 and not self.tls.enabled:
+            raise ValueError("port: 0 turns the plain listener off, which needs tls.cert_file")
+        return self
 
     @field_validator("ae_titles")
     @classmethod
@@ -445,6 +521,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         for error in exc.errors():
             name = _setting_name(error["loc"])
             secret = any(str(part).endswith(("key", "token")) for part in error["loc"])
+            # a section's own check gets the whole section as input, credentials included
+            secret = secret or isinstance(error.get("input"), dict)
             shown = "" if secret else f" (got {error.get('input')!r})"
             problems.append(f"{name}: {error['msg']}{shown}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None

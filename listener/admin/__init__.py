@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from listener.admin.app import create_admin_app
 from listener.admin.security import required_token
@@ -22,8 +23,15 @@ from listener.store.records import AdminRecords, ModelCallRecorder
 class AdminServer(BackgroundServer):
     """The admin app on its background thread; :meth:`stop` also closes its journal handle."""
 
-    def __init__(self, state: AdminState, host: str, port: int, token: str | None) -> None:
-        super().__init__(create_admin_app(state, token=token), host, port)
+    def __init__(
+        self,
+        state: AdminState,
+        host: str,
+        port: int,
+        token: str | None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
+        super().__init__(create_admin_app(state, token=token), host, port, tls)
         self.state = state
 
     def stop(self) -> None:
@@ -35,11 +43,16 @@ def start_admin(settings: Settings, clock: Callable[[], float] = time.time) -> A
     """Start the admin server for ``settings`` and return it (``.url``, ``.stop()``).
 
     Raises ConfigError naming ``admin_token`` when ``admin_host`` is not loopback and no token
-    is set.
+    is set. With ``admin_tls.cert_file`` it serves HTTPS only.
     """
     token = required_token(settings)
+    cert, key = settings.admin_tls.cert_file, settings.admin_tls.key_file
     server = AdminServer(
-        open_state(settings, clock), settings.admin_host, settings.admin_port, token
+        open_state(settings, clock),
+        settings.admin_host,
+        settings.admin_port,
+        token,
+        (cert, key) if cert is not None and key is not None else None,
     )
     server.start()
     get_logger("admin").info("admin_listening", url=server.url, token_required=token is not None)

@@ -122,6 +122,7 @@ class _Handlers:
             done, shown = self.state.jobs.cancel(job_id, now), job_id
         else:
             return _error(404, "unknown action: retry or cancel")
+        self._audit(request, action, f"job {job_id}", done)
         if not done:
             return _error(409, f"cannot {action} a job in state {found.state.value}")
         _log.info(f"job_{action}_requested", job_id=job_id, study_uid=found.study_uid)
@@ -129,7 +130,29 @@ class _Handlers:
         assert updated is not None
         return JSONResponse(views.job_detail(self.state, updated))
 
-    def rules_reload(self, _: Request) -> Response:
+    def _audit(
+        self, request: Request, action: str, target: str, ok: bool, detail: str | None = None
+    ) -> None:
+        """An operator action into the audit trail, with the caller's address."""
+        if self.state.audit is not None:
+            caller = request.client.host if request.client else "unknown"
+            self.state.audit.admin_action(
+                action=action, caller=caller, target=target, ok=ok, detail=detail
+            )
+
+    def audit(self, request: Request) -> Response:
+        """The audit trail, newest first (PS3.15 A.5 messages); reading it is audited too."""
+        if self.state.audit is None:
+            return _error(404, "no audit trail")
+        records = self.state.audit.log.records(
+            limit=_limit(request),
+            study_uid=request.query_params.get("study"),
+            event=request.query_params.get("event"),
+        )
+        self.state.audit.audit_read(request.client.host if request.client else "unknown")
+        return JSONResponse(records)
+
+    def rules_reload(self, request: Request) -> Response:
         settings = self.state.settings
         if settings.rules_file is None:
             return _error(400, "rules_file: not set; the embedded default rules are in use")
@@ -137,7 +160,9 @@ class _Handlers:
             rules = effective_rules(settings)
         except ConfigError as exc:
             _log.warning("rules_reload_refused", error=str(exc))
+            self._audit(request, "reload", "rules", False, str(exc))
             return _error(400, str(exc))
+        self._audit(request, "reload", "rules", True)
         reload = self.state.records.record_rules_reload(
             rules_fingerprint(rules),
             len(rules.rules),
@@ -185,6 +210,7 @@ def _routes(state: AdminState) -> list[Route]:
         Route("/api/jobs/{id:int}/{action}", handlers.job_action, methods=["POST"]),
         Route("/api/rules/reload", handlers.rules_reload, methods=["POST"]),
         Route("/api/associations", handlers.associations),
+        Route("/api/audit", handlers.audit),
     ]
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from listener.settings import Settings
+from listener.store.audit import AuditTrail
 from listener.store.jobs import JobStore
 from listener.store.journal import Journal
 from listener.store.outbox import Outbox
@@ -26,6 +27,7 @@ class AdminState:
     records: AdminRecords
     spool: Spool
     clock: Callable[[], float] = field(default=time.time)
+    audit: AuditTrail | None = None
 
     @property
     def db_path(self) -> Path:
@@ -38,6 +40,8 @@ class AdminState:
     def close(self) -> None:
         for store in (self.journal, self.jobs, self.outbox, self.records):
             store.close()
+        if self.audit is not None:
+            self.audit.close()
 
 
 def open_state(settings: Settings, clock: Callable[[], float] = time.time) -> AdminState:
@@ -55,4 +59,5 @@ def open_state(settings: Settings, clock: Callable[[], float] = time.time) -> Ad
         records=AdminRecords(settings.journal_path),
         spool=spool,
         clock=clock,
+        audit=AuditTrail.open(settings, clock),
     )

@@ -23,6 +23,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from listener.cli.audit import add_audit
 from listener.cli.common import EXIT_FAILED, EXIT_USAGE, CommandError, Parser, Subparsers
 from listener.cli.dicom import add_echo, add_send, add_studies
 from listener.cli.jobs import add_jobs
@@ -39,6 +40,7 @@ ADDERS: list[Callable[[Subparsers], None]] = [
     add_send,
     add_studies,
     add_rules,
+    add_audit,
     add_emulator,
     add_process,
     add_jobs,

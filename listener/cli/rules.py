@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -18,6 +18,7 @@ from listener.cli.common import EXIT_FAILED, EXIT_OK, Subparsers, read_studies
 if TYPE_CHECKING:
     from listener.route import AssociationFacts, RuleSet
     from listener.route.plan import StudyPlan
+    from listener.security.settings import EgressPolicy
 
 
 def add_rules(sub: Subparsers) -> None:
@@ -33,6 +34,7 @@ def add_rules(sub: Subparsers) -> None:
     test.add_argument("--calling-ae", help="the sender's AE title to assume")
     test.add_argument("--called-ae", help="our AE title the sender calls, to assume")
     test.add_argument("--peer", help="the sender's IP address to assume")
+    test.add_argument("--config", type=Path, help="settings file (for the models' egress policy)")
     test.set_defaults(func=_cmd_test)
 
 
@@ -42,9 +44,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_test(args: argparse.Namespace) -> int:
     from listener.route import AssociationFacts
+    from listener.settings import MODEL_NAMES, load_settings
 
+    settings = load_settings(args.config)
+    egress: dict[str, EgressPolicy] = {n: settings.models.get(n).egress for n in MODEL_NAMES}
     facts = AssociationFacts(args.calling_ae, args.called_ae, args.peer)
-    return rules_test(args.paths, args.rules, facts, sys.stdout)
+    return rules_test(args.paths, args.rules, facts, sys.stdout, egress)
 
 
 def rules_check(path: Path, out: TextIO) -> int:
@@ -59,9 +64,16 @@ def rules_check(path: Path, out: TextIO) -> int:
 
 
 def rules_test(
-    paths: Sequence[Path], rules_file: Path | None, facts: AssociationFacts | None, out: TextIO
+    paths: Sequence[Path],
+    rules_file: Path | None,
+    facts: AssociationFacts | None,
+    out: TextIO,
+    egress: Mapping[str, EgressPolicy] | None = None,
 ) -> int:
-    """Print the plan of every study found under ``paths``; exit 1 when there is no DICOM file."""
+    """Print the plan of every study found under ``paths``; exit 1 when there is no DICOM file.
+
+    With ``egress`` (the models' policies) each task also says what would leave for its model:
+    the images withheld and why, and CXRReportGen's text fields as they would be sent."""
     from listener.route import default_rules, load_rules
     from listener.route.plan import headers_from_dataset, plan_study
 
@@ -76,15 +88,53 @@ def rules_test(
         return EXIT_FAILED
     for study_uid, datasets in studies.items():
         headers = [headers_from_dataset(ds) for ds in datasets]
+        if egress is not None:
+            for ds, header in zip(datasets, headers, strict=True):
+                _egress_preview(ds, header, egress)
         plan = plan_study(ruleset, headers, facts)
         out.write("\n")
-        for line in describe_plan(study_uid, headers, plan, ruleset):
+        for line in describe_plan(study_uid, headers, plan, ruleset, egress):
             out.write(line + "\n")
     return EXIT_OK
 
 
+def _egress_preview(ds: Any, headers: dict[str, Any], egress: Mapping[str, EgressPolicy]) -> None:
+    from listener.infer.egress import EgressReport, outgoing_text, withheld_because
+    from listener.infer.tasks import INDICATION_ATTRIBUTES, TECHNIQUE_ATTRIBUTES
+
+    headers["_egress"] = {model: withheld_because(ds, policy) for model, policy in egress.items()}
+    values = {
+        "indication": next((str(ds.get(k)) for k in INDICATION_ATTRIBUTES if ds.get(k)), ""),
+        "technique": next((str(ds.get(k)) for k in TECHNIQUE_ATTRIBUTES if ds.get(k)), ""),
+    }
+    policy = egress.get("cxrreportgen")
+    if policy is not None:
+        text = outgoing_text(values, ds, policy, EgressReport("cxrreportgen"))
+        headers["_egress_text"] = text
+
+
+def _egress_lines(
+    model: str, headers: list[dict[str, Any]], egress: Mapping[str, Any]
+) -> list[str]:
+    from listener.infer.egress import describe
+
+    lines = [f"    egress ({model}): {describe(egress[model])}"]
+    withheld = [h["_egress"][model] for h in headers if h.get("_egress", {}).get(model)]
+    if withheld:
+        lines.append(f"    not sent: {len(withheld)} images ({'; '.join(sorted(set(withheld)))})")
+    if model == "cxrreportgen":
+        for h in headers[:1]:
+            for name, value in h.get("_egress_text", {}).items():
+                lines.append(f"    sent {name}: {value!r}")
+    return lines
+
+
 def describe_plan(
-    study_uid: str, headers: list[dict[str, Any]], plan: StudyPlan, ruleset: RuleSet
+    study_uid: str,
+    headers: list[dict[str, Any]],
+    plan: StudyPlan,
+    ruleset: RuleSet,
+    egress: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The lines ``rules test`` prints for one study (no patient identifiers)."""
     modalities = sorted({str(h.get("Modality", "?")) for h in headers})
@@ -101,6 +151,8 @@ def describe_plan(
         what += f" window {task.window}" if task.window else ""
         target = ", ".join(task.result_destinations) or "no destination"
         lines.append(f"  task {task.rule}/{task.name}: {task.model} ({roles}){what} -> {target}")
+        if egress is not None and task.model in egress:
+            lines += _egress_lines(task.model, headers, egress)
         if task.routes or task.default_route:
             routes = "; ".join(f"{label} -> {dest}" for label, dest in task.routes.items())
             other = task.default_route or "not forwarded"

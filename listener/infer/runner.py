@@ -41,11 +41,14 @@ from pydicom.uid import KeyObjectSelectionDocumentStorage
 from converters.provenance import ResultRef
 from listener.errors import CircuitOpenError, GatewayError, TransientModelError
 from listener.infer.clients import ModelClients
+from listener.infer.egress import EgressReport
 from listener.infer.priors import PriorFinder
-from listener.infer.tasks import TaskContext, TaskOutcome, run_task
+from listener.infer.tasks import EgressObserver, TaskContext, TaskOutcome, run_task
 from listener.logging import get_logger
 from listener.route.plan import PlannedTask, task_from_payload
+from listener.security.settings import EgressPolicy
 from listener.settings import Settings
+from listener.store.audit import AuditTrail
 from listener.store.embeddings import EmbeddingStore
 from listener.store.jobs import Job, JobState, JobStore, Lease
 from listener.store.journal import Journal, instance_paths
@@ -112,6 +115,8 @@ class JobRunner:
     results_dir: Path
     clock: Callable[[], float] = field(default=time.time)
     policy: JobPolicy = field(default_factory=JobPolicy)
+    egress: dict[str, EgressPolicy] = field(default_factory=dict)  # models.<name>.egress
+    audit: AuditTrail | None = None
 
     @property
     def priors(self) -> PriorFinder:
@@ -132,6 +137,8 @@ class JobRunner:
             load=load,
             prior=self.priors,
             earlier=lambda task: self.earlier_results(study_uid, task),
+            egress=self.egress,
+            on_egress=self._egress_observer(clients, study_uid),
         )
 
     def earlier_results(self, study_uid: str, task: PlannedTask) -> list[ResultRef]:
@@ -153,6 +160,26 @@ class JobRunner:
             if str(header.SOPClassUID) != KeyObjectSelectionDocumentStorage:
                 refs.append(ResultRef.of(header))
         return refs
+
+    def _egress_observer(self, clients: ModelClients, study_uid: str) -> EgressObserver | None:
+        """What each task sent to its model, into the audit trail (Begin Transferring)."""
+        audit = self.audit
+        if audit is None:
+            return None
+
+        def observe(report: EgressReport, ok: bool, failure: str | None) -> None:
+            client = getattr(clients, report.model)
+            audit.model_call(
+                model=report.model,
+                endpoint=str(client.transport.endpoint),
+                study_uid=report.study_uid or study_uid,
+                patient_id=report.patient_id,
+                sent=report.details(),
+                ok=ok,
+                reason=failure,
+            )
+
+        return observe
 
     async def run_job(self, job: Job, context: TaskContext) -> None:
         """Run one claimed job to completion or to a recorded failure (the worker boundary)."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -38,7 +38,13 @@ from converters.volume import FrameRef, VolumeError, build_volume, frame_masks
 from listener import __version__
 from listener.errors import ConversionError, GatewayError
 from listener.infer import ModelClients
+from listener.infer.egress import EgressReport, admit_images, outgoing_text, withheld_because
 from listener.route.plan import DEFAULT_ROLE, PlannedTask
+from listener.security.settings import EgressPolicy
+
+# Told after every task's model calls what left (or was withheld), whether the task succeeded,
+# and why not: the audit trail's model-call records.
+EgressObserver = Callable[[EgressReport, bool, str | None], None]
 
 # Attributes read, in order, for CXRReportGen's text inputs; the task parameters
 # ``indication_from`` / ``technique_from`` (comma-separated keywords) override them.
@@ -70,6 +76,13 @@ class TaskContext:
     prior: Callable[[Dataset], PriorImage | None] | None = None
     # The results of the task's previous generation on this study (IHE IOCM supersession).
     earlier: Callable[[PlannedTask], Sequence[ResultRef]] | None = None
+    # The egress policy per model (models.<name>.egress); a model not listed gets the default.
+    egress: Mapping[str, EgressPolicy] = field(default_factory=dict)
+    on_egress: EgressObserver | None = None
+    report: EgressReport | None = None  # of the task being run (set by run_task)
+
+    def policy(self, model: str) -> EgressPolicy:
+        return self.egress.get(model) or EgressPolicy()
 
 
 @dataclass(frozen=True)
@@ -129,7 +142,18 @@ def _images(task: PlannedTask, ctx: TaskContext, role: str | None = None) -> lis
     data are left out, and an image that lacks a pixel-module attribute fails the task."""
     roles = [role] if role else list(task.inputs)
     uids = [uid for name in roles for uid in task.inputs.get(name, ())]
-    datasets = [ds for ds in map(ctx.load, dict.fromkeys(uids)) if "PixelData" in ds]
+    loaded = [ds for ds in map(ctx.load, dict.fromkeys(uids)) if "PixelData" in ds]
+    report = ctx.report if ctx.report is not None else EgressReport(task.model)
+    if loaded and not report.study_uid:
+        report.study_uid = str(loaded[0].get("StudyInstanceUID", ""))
+        report.patient_id = str(loaded[0].get("PatientID", "")) or None
+    datasets = admit_images(loaded, ctx.policy(task.model), report)
+    if loaded and not datasets:
+        reasons = sorted(set(report.withheld.values()))
+        raise ConversionError(
+            f"task {task.name}: no image may leave under models.{task.model}.egress"
+            f" ({'; '.join(reasons)}; allow_burned_in is false)"
+        )
     for ds in datasets:
         missing = [name for name in PIXEL_MODULE if ds.get(name) in (None, "")]
         if missing:
@@ -185,18 +209,36 @@ async def run_cxr(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
     frontal = frontal_images[0]
     lateral = next(iter(_images(task, ctx, LATERAL_ROLE)), None)
     prior = ctx.prior(frontal) if ctx.prior else None
+    policy = ctx.policy(task.model)
+    egress = ctx.report if ctx.report is not None else EgressReport(task.model)
+    if prior is not None and withheld_because(prior.dataset, policy) is not None:
+        egress.withheld[str(prior.dataset.get("SOPInstanceUID", "?"))] = str(
+            withheld_because(prior.dataset, policy)
+        )
+        prior = None
+    text = outgoing_text(
+        {
+            "indication": _first_present(
+                frontal, _attribute_list(task, "indication_from", INDICATION_ATTRIBUTES)
+            ),
+            "technique": _first_present(
+                frontal, _attribute_list(task, "technique_from", TECHNIQUE_ATTRIBUTES)
+            ),
+            "comparison": f"Prior study of {prior.study_date}" if prior else "None",
+        },
+        frontal,
+        policy,
+        egress,
+    )
+    egress.images_sent = 1 + (lateral is not None) + (prior is not None)
     client = ctx.clients.cxrreportgen
     report = await client.generate(
         prepare_image(frontal, ImageModel.CXRREPORTGEN).png,
         lateral=prepare_image(lateral, ImageModel.CXRREPORTGEN).png if lateral else None,
         prior=prepare_image(prior.dataset, ImageModel.CXRREPORTGEN).png if prior else None,
-        indication=_first_present(
-            frontal, _attribute_list(task, "indication_from", INDICATION_ATTRIBUTES)
-        ),
-        technique=_first_present(
-            frontal, _attribute_list(task, "technique_from", TECHNIQUE_ATTRIBUTES)
-        ),
-        comparison=f"Prior study of {prior.study_date}" if prior else "None",
+        indication=text["indication"],
+        technique=text["technique"],
+        comparison=text["comparison"] or "None",
         prior_report=prior.report if prior else None,
     )
     rows, cols = int(frontal.Rows), int(frontal.Columns)
@@ -228,6 +270,8 @@ async def run_classification(task: PlannedTask, ctx: TaskContext) -> TaskOutcome
     if not images:
         raise ConversionError(f"task {task.name}: no image among the inputs")
     image, frame = _representative(images)
+    if ctx.report is not None:
+        ctx.report.images_sent = 1
     client = ctx.clients.medimageinsight
     prepared = prepare_image(image, ImageModel.MEDIMAGEINSIGHT, frame=frame)
     image_answer, text_answers = await asyncio.gather(
@@ -286,6 +330,8 @@ async def run_parse(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
     frames = [(ds, i) for ds in sources for i in range(number_of_frames(ds))]
     if len(sources) > 1 and len(frames) != len(sources):
         raise ConversionError(f"task {task.name}: a series mixing multi-frame images")
+    if ctx.report is not None:
+        ctx.report.images_sent = len(frames)
     slots = asyncio.Semaphore(FRAMES_IN_FLIGHT)
     answers = await asyncio.gather(*(_parse_frame(ctx, ds, i, task, slots) for ds, i in frames))
     categories = answers[0][0]
@@ -305,6 +351,8 @@ async def run_parse3d(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
         volume = build_volume(sources, preset=task.window)
     except VolumeError as exc:
         raise ConversionError(f"task {task.name}: {exc}") from exc
+    if ctx.report is not None:
+        ctx.report.images_sent = len(sources)
     client = ctx.clients.medimageparse3d
     answer = await client.segment(volume.nifti, task.prompts)
     refs = [
@@ -338,17 +386,28 @@ async def run_task(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
     """Run ``task`` with the runner of its model; any failure that is not the gateway's own
     (result gate, image preparation, a library's TypeError on an unusual input) becomes a
     ConversionError naming the task and the reason, with the sources' values redacted, so one
-    bad input fails its task alone."""
+    bad input fails its task alone. The model's egress policy is applied before any call, and
+    ``ctx.on_egress`` is told what left (:mod:`listener.infer.egress`)."""
+    ctx = replace(ctx, report=EgressReport(task.model))
+    assert ctx.report is not None
     try:
         outcome: TaskOutcome = await RUNNERS[task.model](task, ctx)
         identity = getattr(ctx.clients, task.model).identity
         outcome = dataclasses.replace(outcome, emulated=identity.emulated)
-    except GatewayError:
+    except GatewayError as exc:
+        _tell_egress(ctx, ctx.report, str(exc))
         raise
     except Exception as exc:  # the task boundary: whatever the input did, the task fails alone
         reason = redact(f"{type(exc).__name__}: {exc}", _loaded_sources(task, ctx))
+        _tell_egress(ctx, ctx.report, reason)
         raise ConversionError(f"task {task.name}: {reason}") from exc
+    _tell_egress(ctx, ctx.report, None)
     return outcome
+
+
+def _tell_egress(ctx: TaskContext, report: EgressReport, failure: str | None) -> None:
+    if ctx.on_egress is not None:
+        ctx.on_egress(report, failure is None, failure)
 
 
 def _loaded_sources(task: PlannedTask, ctx: TaskContext) -> list[Dataset]:

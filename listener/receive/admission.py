@@ -36,6 +36,7 @@ def admission(
     calling_ae: str,
     called_ae: str,
     peer_host: str,
+    peer_cn: str | None = None,
     ae_titles: Sequence[str],
     allowed: Sequence[AllowedCaller],
     active: int,
@@ -45,12 +46,16 @@ def admission(
 
     ``active`` counts the associations already open (in every receive process) including this
     one. An empty allow-list accepts any calling AE; an entry with a host also requires the peer
-    address to be in that host or network.
+    address to be in that host or network, and one with a ``tls_subject`` a verified DICOM TLS
+    client certificate whose subject CN is ``peer_cn`` (PS3.15 B.1: the certificate
+    authenticates the node).
     """
     calling, called = calling_ae.strip(), called_ae.strip()
     if called not in ae_titles:
         return Rejection(*REJECT_CALLED_AE, why=f"called AE {called!r} is not one of ours")
-    if allowed and not any(_caller_matches(entry, calling, peer_host) for entry in allowed):
+    if allowed and not any(
+        _caller_matches(entry, calling, peer_host, peer_cn) for entry in allowed
+    ):
         known = any(entry.ae_title == calling for entry in allowed)
         why = (
             f"calling AE {calling!r} is not allowed from {peer_host}"
@@ -63,8 +68,12 @@ def admission(
     return None
 
 
-def _caller_matches(entry: AllowedCaller, calling_ae: str, peer_host: str) -> bool:
+def _caller_matches(
+    entry: AllowedCaller, calling_ae: str, peer_host: str, peer_cn: str | None
+) -> bool:
     if entry.ae_title != calling_ae:
+        return False
+    if entry.tls_subject is not None and entry.tls_subject != peer_cn:
         return False
     if entry.host is None:
         return True

@@ -115,6 +115,8 @@ class Intake:
         self.journal = journal
         self.clock = clock
         self.log = get_logger("receive")
+        # Told of every instance stored (not of duplicates): the receiver's audit tally.
+        self.on_stored: Callable[[AssociationRecord | None, InstanceHeader], None] | None = None
 
     def begin(self, request: StoreRequest, record: AssociationRecord | None) -> PendingStore:
         """Start receiving one instance; refused at once (nothing written) when the disk is full.
@@ -227,6 +229,8 @@ class Intake:
             return self._duplicate(pending, header, existing)
         if record is not None:
             record.stored += 1
+        if self.on_stored is not None:
+            self.on_stored(record, header)
         self.log.debug(
             "instance_stored",
             association=record.id if record else None,

@@ -11,8 +11,9 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pynetdicom import evt
@@ -25,8 +26,9 @@ from listener.receive.admission import AssociationCounter
 from listener.receive.intake import Intake, PendingStore, StoreFailedError, StoreRequest, utc_text
 from listener.receive.status import STORED_STATUSES, EchoStatus, StoreStatus
 from listener.settings import Settings
+from listener.store.audit import AuditTrail
 from listener.store.journal import AssociationRecord, Journal
-from listener.store.spool import Spool
+from listener.store.spool import InstanceHeader, Spool
 
 __all__ = ["Receiver", "StoreFailedError", "utc_text"]
 
@@ -35,6 +37,9 @@ __all__ = ["Receiver", "StoreFailedError", "utc_text"]
 class _Open:
     record: AssociationRecord
     ended: str = "closed"
+    tls_subject: str | None = None
+    # per study stored: the patient ID and the instances per SOP class, for the audit trail
+    studies: dict[str, tuple[str | None, Counter[str]]] = field(default_factory=dict)
 
 
 class Receiver:
@@ -48,6 +53,7 @@ class Receiver:
         *,
         clock: Callable[[], float] = time.time,
         counter: AssociationCounter | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
@@ -56,6 +62,8 @@ class Receiver:
         self.counter = counter or AssociationCounter()
         self.intake = Intake(settings, spool, journal, clock=clock)
         self.log = get_logger("receive")
+        self.audit = audit
+        self.intake.on_stored = self._note_stored
         self._open: dict[object, _Open] = {}
         self._lock = threading.Lock()
 
@@ -82,11 +90,37 @@ class Receiver:
         ended: str = "rejected",
     ) -> None:
         """Journal an association refused or aborted before it was established."""
+        self._record_refusal(
+            str(assoc.requestor.address),
+            int(assoc.requestor.port or 0),
+            calling_ae,
+            called_ae,
+            why,
+            ended=ended,
+            tls_subject=getattr(assoc, "tls_subject", None),
+        )
+
+    def record_refused_connection(self, peer_host: str, peer_port: int, why: str) -> None:
+        """Journal a connection refused before any association request (a failed TLS
+        handshake): no AE titles are known yet."""
+        self._record_refusal(peer_host, peer_port, "", "", why, ended="rejected")
+
+    def _record_refusal(
+        self,
+        peer_host: str,
+        peer_port: int,
+        calling_ae: str,
+        called_ae: str,
+        why: str,
+        *,
+        ended: str,
+        tls_subject: str | None = None,
+    ) -> None:
         now = self.clock()
         record = AssociationRecord(
             id=uuid.uuid4().hex[:16],
-            peer_host=str(assoc.requestor.address),
-            peer_port=int(assoc.requestor.port or 0),
+            peer_host=peer_host,
+            peer_port=peer_port,
             calling_ae=calling_ae,
             called_ae=called_ae,
             started_at=now,
@@ -94,6 +128,8 @@ class Receiver:
         )
         self.journal.start_association(record)
         self.journal.end_association(record, ended=ended, now=now)
+        if self.audit is not None:
+            self.audit.association(record, tls_subject, False)
 
     def on_established(self, event: Event) -> None:
         assoc = event.assoc
@@ -106,15 +142,20 @@ class Receiver:
             started_at=self.clock(),
         )
         with self._lock:
-            self._open[assoc] = _Open(record)
+            self._open[assoc] = _Open(record, tls_subject=getattr(assoc, "tls_subject", None))
         self.journal.start_association(record)
+        tls_subject = getattr(assoc, "tls_subject", None)
         self.log.info(
             "association_accepted",
             association=record.id,
             calling_ae=record.calling_ae,
             called_ae=record.called_ae,
             peer=f"{record.peer_host}:{record.peer_port}",
+            tls=bool(getattr(assoc, "tls", False)),
+            tls_subject=tls_subject,
         )
+        if self.audit is not None:
+            self.audit.association(record, tls_subject, True)
 
     def on_released(self, event: Event) -> None:
         self._note_end(event.assoc, "released")
@@ -145,6 +186,11 @@ class Receiver:
         record = entry.record
         record.error = failure
         self.journal.end_association(record, ended=entry.ended, now=now)
+        if self.audit is not None:
+            for study_uid, (patient_id, classes) in entry.studies.items():
+                self.audit.study_received(
+                    record, entry.tls_subject, study_uid, patient_id, dict(classes)
+                )
         self.log.info(
             "association_ended",
             association=record.id,
@@ -157,6 +203,16 @@ class Receiver:
             failed=record.failed,
             duration_s=round(now - record.started_at, 3),
         )
+
+    def _note_stored(self, record: AssociationRecord | None, header: InstanceHeader) -> None:
+        if record is None:
+            return
+        with self._lock:
+            entry = next((e for e in self._open.values() if e.record is record), None)
+            if entry is None:
+                return
+            _, classes = entry.studies.setdefault(header.study_uid, (header.patient_id, Counter()))
+            classes[header.sop_class_uid] += 1
 
     @staticmethod
     def _acceptors(assoc: Association) -> list[Any]:

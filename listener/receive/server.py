@@ -10,12 +10,20 @@ on the same port makes start-up fail naming the setting, instead of silently sha
 (no ``SO_REUSEPORT``). Accepted connections get ``network_timeout_s`` as their socket timeout,
 so a peer that stalls inside a PDU is closed; one that never associates is closed after
 ``acse_timeout_s`` (pynetdicom's ARTIM wait).
+
+DICOM TLS (PS3.15 Annex B.1, B.9): with ``tls.cert_file`` set, a second listening socket on
+``tls.port`` serves the same AE over TLS. The handshake runs in the connection's own thread,
+never in the accepting one, bounded by ``acse_timeout_s``, so a slow or hostile client delays
+no one else; a refused handshake (no client certificate, one from another CA, plain DICOM on
+the TLS port) is logged and recorded in the association log with its reason. The verified
+client certificate's subject CN is kept on the association for the allow-list and the logs.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
+import ssl
 import threading
 from collections.abc import Sequence
 from copy import deepcopy
@@ -34,6 +42,7 @@ from listener.logging import get_logger
 from listener.receive.admission import admission
 from listener.receive.fastpath.association import EventAssociation
 from listener.receive.scp import Receiver
+from listener.security.tls import handshake_reason, server_context, subject_cn
 from listener.settings import Settings
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -115,6 +124,7 @@ class _AdmissionACSE(ACSE):
             calling_ae=calling,
             called_ae=called,
             peer_host=peer,
+            peer_cn=getattr(self.assoc, "tls_subject", None),
             ae_titles=settings.ae_titles,
             allowed=settings.allowed_callers,
             active=self._receiver.counter.total(local),
@@ -146,9 +156,37 @@ class _AdmissionACSE(ACSE):
 
 
 class _RequestHandler(RequestHandler):
-    """pynetdicom's request handler, making our association and ACSE classes."""
+    """pynetdicom's request handler, making our association and ACSE classes; on the TLS port it
+    first completes the TLS handshake in this connection's thread."""
 
     receiver: Receiver
+    tls_subject: str | None = None
+
+    def handle(self) -> None:
+        context: ssl.SSLContext | None = getattr(self.server, "tls_context", None)
+        if context is not None and not self._handshake(context):
+            return
+        super().handle()
+
+    def _handshake(self, context: ssl.SSLContext) -> bool:
+        """Wrap the connection in TLS; False (logged, recorded) when the handshake fails."""
+        raw: socket.socket = self.request
+        host, port = str(self.client_address[0]), int(self.client_address[1])
+        raw.settimeout(self.ae.acse_timeout)
+        try:
+            secure = context.wrap_socket(raw, server_side=True)
+        except (OSError, ValueError) as exc:
+            reason = f"TLS handshake failed: {handshake_reason(exc)}"
+            self.receiver.log.warning(
+                "association_rejected", peer=host, reason=reason, tls=True, source="tls"
+            )
+            self.receiver.record_refused_connection(host, port, reason)
+            raw.close()
+            return False
+        secure.settimeout(self.ae.network_timeout)
+        self.request = secure
+        self.tls_subject = subject_cn(secure)
+        return True
 
     def _create_association(self) -> Any:
         # As RequestHandler._create_association in pynetdicom 3.0, with our classes.
@@ -158,6 +196,8 @@ class _RequestHandler(RequestHandler):
         assoc.set_socket(AssociationSocket(assoc, client_socket=self.request))
         assoc.acse = _AdmissionACSE(assoc, self.receiver)
         assoc.store_stream = self.receiver
+        assoc.tls_subject = self.tls_subject
+        assoc.tls = isinstance(self.request, ssl.SSLSocket)
         acceptor = assoc.acceptor
         acceptor.maximum_length = self.ae.maximum_pdu_size
         acceptor.ae_title = self.server.ae_title
@@ -181,6 +221,7 @@ class ReceiveServer(ThreadedAssociationServer):
     receive processes), with TCP_NODELAY and the network timeout on accepted sockets."""
 
     listener: socket.socket | None = None
+    tls_context: ssl.SSLContext | None = None
 
     def server_bind(self) -> None:
         if self.listener is None:
@@ -206,30 +247,61 @@ class ReceiveServer(ThreadedAssociationServer):
         return client, address
 
 
-def open_listener(settings: Settings) -> socket.socket:
-    """Bind and listen on ``host``:``port`` once, for every receive process to share.
+def open_listener(settings: Settings, *, tls: bool = False) -> socket.socket:
+    """Bind and listen on ``host``:``port`` (``tls.port`` with ``tls``) once, for every receive
+    process to share.
 
-    Raises ConfigError naming the setting ``port`` when the port is taken (by another gateway or
-    any other program) or cannot be bound.
+    Raises ConfigError naming the setting (``port`` or ``tls.port``) when the port is taken (by
+    another gateway or any other program) or cannot be bound.
     """
+    name, port = ("tls.port", settings.tls.port) if tls else ("port", settings.port)
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT only; not a 2nd listener
     try:
-        sock.bind((settings.host, settings.port))
+        sock.bind((settings.host, port))
         sock.listen(128)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise ConfigError(
-                f"port: {settings.port} on {settings.host} is already in use"
+                f"{name}: {port} on {settings.host} is already in use"
                 " (another pacs-ai serve or another program listens there)"
             ) from None
         raise ConfigError(
-            f"port: cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+            f"{name}: cannot listen on {settings.host}:{port}: {exc.strerror}"
         ) from None
     sock.set_inheritable(False)
     return sock
+
+
+def open_listeners(settings: Settings) -> list[socket.socket]:
+    """The listening sockets of the settings: the plain port unless it is 0, and the TLS port
+    when a certificate is configured."""
+    sockets = []
+    try:
+        if settings.port:
+            sockets.append(open_listener(settings))
+        if settings.tls.enabled:
+            sockets.append(open_listener(settings, tls=True))
+    except ConfigError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def tls_server_context(settings: Settings) -> ssl.SSLContext:
+    """The receive TLS context of ``tls``; ConfigError naming the setting when the certificate
+    or key cannot be loaded."""
+    tls = settings.tls
+    assert tls.cert_file is not None and tls.key_file is not None
+    try:
+        return server_context(
+            tls.cert_file, tls.key_file, tls.ca_file, require_client_cert=tls.require_client_cert
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"tls.cert_file: cannot load the certificate and key: {exc}") from None
 
 
 def make_ae(settings: Settings) -> AE:
@@ -247,15 +319,21 @@ def make_ae(settings: Settings) -> AE:
 
 
 def start_server(
-    settings: Settings, receiver: Receiver, *, listener: socket.socket | None = None
+    settings: Settings,
+    receiver: Receiver,
+    *,
+    listener: socket.socket | None = None,
+    tls: bool = False,
 ) -> ReceiveServer:
     """Serve associations on background threads, on ``listener`` (from :func:`open_listener`)
-    or on a socket of its own bound to ``host``:``port``."""
+    or on a socket of its own bound to ``host``:``port`` (``tls.port`` with ``tls``); with
+    ``tls`` every connection is DICOM TLS."""
     if listener is None:
-        listener = open_listener(settings)
+        listener = open_listener(settings, tls=tls)
+    context = tls_server_context(settings) if tls else None
     ae = make_ae(settings)
     handler = type("RequestHandler", (_RequestHandler,), {"receiver": receiver})
-    server_class = type("Server", (ReceiveServer,), {"listener": listener})
+    server_class = type("Server", (ReceiveServer,), {"listener": listener, "tls_context": context})
     server = ae.make_server(
         (settings.host, settings.port),
         evt_handlers=receiver.handlers(),
@@ -264,12 +342,15 @@ def start_server(
     )
     assert isinstance(server, ReceiveServer)
     ae._servers.append(server)
-    thread = threading.Thread(target=server.serve_forever, name="receive-server", daemon=True)
+    name = "receive-server-tls" if tls else "receive-server"
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
     thread.start()
     get_logger("receive").info(
         "receiver_listening",
         host=settings.host,
         port=server.server_address[1],
+        tls=tls,
+        client_cert_required=settings.tls.require_client_cert if tls else None,
         ae_titles=settings.ae_titles,
         max_pdu_size=settings.max_pdu_size,
     )

@@ -11,14 +11,18 @@ the metrics and ``pacs-ai jobs``, and an operator resubmits them once it is back
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+from pydicom import dcmread
 
 from listener.errors import PermanentSendError, TransientSendError
 from listener.logging import get_logger
 from listener.send.scu import InstanceOutcome, StoreItem, StoreSender
 from listener.settings import Destination
+from listener.store.audit import AuditTrail
 from listener.store.outbox import Outbox, OutboxEntry, Outcome
 from listener.timing import backoff_delay
 
@@ -81,6 +85,7 @@ class Deliverer:
         *,
         batch_size: int = 500,
         lease_s: float = 600.0,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.queue = queue
         self.destinations = dict(destinations)
@@ -88,6 +93,7 @@ class Deliverer:
         self.backoff = backoff or SendBackoff()
         self.batch_size = batch_size
         self.lease_s = lease_s
+        self.audit = audit
 
     def deliver_due(self, now: float) -> DeliveryReport:
         """Send every due entry, all destinations in parallel, and record each outcome."""
@@ -132,6 +138,8 @@ class Deliverer:
             decided.append(decision)
             report.add(name, decision.state)
         self.queue.record(decided, now)
+        if self.audit is not None:
+            self._audit(name, decided)
         _log.info(
             "outbox_delivered",
             destination=name,
@@ -139,6 +147,35 @@ class Deliverer:
             retrying=report.retrying.get(name, 0),
             dead=report.dead.get(name, 0),
         )
+
+    def _audit(self, name: str, decided: list[Outcome]) -> None:
+        """One audit record per study and outcome: sent, or dead-lettered with its reason."""
+        dest = self.destinations.get(name)
+        address = f"{dest.host}:{dest.port}" if dest is not None else ""
+        groups: dict[tuple[str, str | None, str | None], Counter[str]] = {}
+        for outcome in decided:
+            if outcome.state == "retry":
+                continue
+            try:
+                ds = dcmread(
+                    outcome.entry.path,
+                    stop_before_pixels=True,
+                    specific_tags=["StudyInstanceUID", "PatientID", "SOPClassUID"],
+                )
+            except (OSError, ValueError):
+                continue
+            failure = outcome.error if outcome.state == "dead" else None
+            key = (str(ds.get("StudyInstanceUID", "")), ds.get("PatientID"), failure)
+            groups.setdefault(key, Counter())[str(ds.get("SOPClassUID", ""))] += 1
+        for (study_uid, patient_id, failure), classes in groups.items():
+            self.audit.result_sent(  # type: ignore[union-attr]
+                destination=name,
+                address=address,
+                study_uid=study_uid,
+                patient_id=str(patient_id) if patient_id else None,
+                sop_classes=dict(classes),
+                failure=failure,
+            )
 
     def _decide(self, entry: OutboxEntry, outcome: InstanceOutcome, now: float) -> Outcome:
         attempts = entry.attempts + 1

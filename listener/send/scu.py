@@ -16,6 +16,11 @@
   send, :func:`enable_chunked_send`), so what arrives is byte-identical to what was stored.
 - At most ``Destination.max_associations`` associations are open to one destination at a time,
   across every caller of the same :class:`StoreSender`.
+- DICOM TLS (PS3.15 Annex B.1, BCP 195) to a destination with ``tls: true``: the peer's
+  certificate is verified against ``tls_ca_file`` (and its host name unless
+  ``tls_check_hostname: false``); our ``tls_cert_file`` goes to a peer that asks for one. A
+  handshake that fails on a certificate (ours refused, theirs unverifiable) is a
+  :class:`PermanentSendError` naming the TLS reason: no retry changes a certificate.
 - Failures are classified per instance: refused connection, timeout, Out of Resources (A7xx),
   aborted or transiently rejected association are :class:`TransientSendError`; a permanently
   rejected association (e.g. calling AE not recognised, PS3.8 §9.3.4), no accepted presentation
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import math
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -54,6 +60,7 @@ from listener.errors import PermanentSendError, SendError, TransientSendError
 from listener.logging import get_logger
 from listener.receive.status import StoreStatus
 from listener.route import Destination
+from listener.security.tls import client_context, handshake_reason
 
 # PS3.8 §9.3.1: at most 128 presentation contexts in one A-ASSOCIATE-RQ (odd IDs 1..255).
 MAX_CONTEXTS = 128
@@ -187,6 +194,7 @@ class StoreSender:
         ae.acse_timeout = self.timeouts.acse_s
         ae.dimse_timeout = self.timeouts.dimse_s
         ae.network_timeout = self.timeouts.network_s
+        tls = _TlsAttempt(dest) if dest.tls else None
         assoc = ae.associate(
             dest.host,
             dest.port,
@@ -194,9 +202,10 @@ class StoreSender:
             ae_title=dest.ae_title,
             max_pdu=self.max_pdu,
             evt_handlers=[(evt.EVT_CONN_OPEN, on_open)],
+            tls_args=tls.args if tls else None,
         )
         if not assoc.is_established:
-            error = _association_error(assoc, opened.is_set(), dest)
+            error = _association_error(assoc, opened.is_set(), dest, tls)
             _log.warning("send_association_failed", destination=dest.describe(), reason=str(error))
             return [InstanceOutcome(p.item, error) for p in chunk]
         outcomes: list[InstanceOutcome] = []
@@ -325,9 +334,59 @@ def set_nodelay(assoc: Association) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _association_error(assoc: Association, connected: bool, dest: Destination) -> SendError:
+class _TlsAttempt:
+    """The TLS context of one association to ``dest``, remembering why its handshake failed
+    (pynetdicom only logs it)."""
+
+    def __init__(self, dest: Destination) -> None:
+        context = client_context(
+            dest.tls_ca_file,
+            dest.tls_cert_file,
+            dest.tls_key_file,
+            check_hostname=dest.tls_check_hostname,
+        )
+        self.failure: ssl.SSLError | None = None
+        attempt = self
+
+        class _Socket(ssl.SSLSocket):
+            def connect(self, address: Any) -> None:
+                try:
+                    super().connect(address)
+                except ssl.SSLError as exc:
+                    attempt.failure = exc
+                    raise
+
+            def read(self, *args: Any, **kwargs: Any) -> Any:
+                # Under TLS 1.3 the server refuses our certificate after the client's side of
+                # the handshake is done: its alert arrives with the first read.
+                try:
+                    return super().read(*args, **kwargs)
+                except ssl.SSLError as exc:
+                    attempt.failure = attempt.failure or exc
+                    raise
+
+        context.sslsocket_class = _Socket
+        self.args = (context, dest.host)  # SNI; checked only with tls_check_hostname
+
+    def error(self, where: str) -> SendError | None:
+        """The classified handshake failure, or None when the handshake did not fail."""
+        exc = self.failure
+        if exc is None:
+            return None
+        reason = f"TLS handshake with {where} failed: {handshake_reason(exc)}"
+        if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLWantReadError):
+            return TransientSendError(reason)  # the connection dropped mid-handshake
+        return PermanentSendError(reason)
+
+
+def _association_error(
+    assoc: Association, connected: bool, dest: Destination, tls: _TlsAttempt | None = None
+) -> SendError:
     """Classify an association that did not come up."""
     where = dest.describe()
+    handshake = tls.error(where) if tls is not None else None
+    if handshake is not None:
+        return handshake
     if assoc.is_rejected:
         rsp = assoc.acceptor.primitive
         if rsp is None:

@@ -45,11 +45,13 @@ from listener.logging import configure_logging, get_logger
 from listener.pipeline import build_pipeline
 from listener.receive.admission import AssociationCounter
 from listener.receive.scp import Receiver
-from listener.receive.server import open_listener, start_server
+from listener.receive.server import open_listeners, start_server
 from listener.route.load import effective_rules
 from listener.serve.loops import recover_after_crash, run_deliverer, run_job_runner, run_purger
 from listener.serve.summary import log_startup_summary, startup_summary
+from listener.serve.syslog import run_shipper
 from listener.settings import Settings
+from listener.store.audit import AuditTrail
 from listener.store.journal import Journal
 from listener.store.records import SupervisedProcess, SupervisedRecords
 from listener.store.spool import Spool, reindex
@@ -109,23 +111,36 @@ def _run_child(name: str, error_file: Path, target: Callable[..., None], *args: 
         raise
 
 
-def run_receiver(settings: Settings, slot: int, shared: Any, listener: socket.socket) -> None:
-    """Entry point of a receive process, accepting on the supervisor's listening socket."""
+def run_receiver(
+    settings: Settings, slot: int, shared: Any, listeners: list[socket.socket]
+) -> None:
+    """Entry point of a receive process, accepting on the supervisor's listening sockets (the
+    plain port unless it is 0, then the DICOM TLS port when configured)."""
     stop = _child_setup(settings, "receive")
     spool = Spool(
         settings.spool_dir, settings.quarantine_dir, min_free_mb=settings.disk_min_free_mb
     )
     journal = Journal(settings.journal_path)
-    receiver = Receiver(settings, spool, journal, counter=AssociationCounter(shared, slot))
-    server = start_server(settings, receiver, listener=listener)
+    audit = AuditTrail.open(settings)
+    receiver = Receiver(
+        settings, spool, journal, counter=AssociationCounter(shared, slot), audit=audit
+    )
+    tls_flags = ([False] if settings.port else []) + ([True] if settings.tls.enabled else [])
+    servers = [
+        start_server(settings, receiver, listener=listener, tls=tls)
+        for listener, tls in zip(listeners, tls_flags, strict=True)
+    ]
     stop.wait()
-    server.shutdown()  # stops accepting and closes the listening socket
+    for server in servers:
+        server.shutdown()  # stops accepting and closes the listening socket
     deadline = time.monotonic() + STOP_GRACE_S
-    while server.active_associations and time.monotonic() < deadline:
+    while any(s.active_associations for s in servers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    for assoc in server.active_associations:
-        assoc.abort()
+    for server in servers:
+        for assoc in server.active_associations:
+            assoc.abort()
     journal.close()
+    audit.close()
 
 
 def dispatcher_main(settings: Settings) -> None:
@@ -140,6 +155,15 @@ def dispatcher_main(settings: Settings) -> None:
     deliverer.start()
     purger = threading.Thread(target=run_purger, args=(pipeline, stop), name="purger", daemon=True)
     purger.start()
+    shipper = None
+    if settings.audit.syslog_host is not None and pipeline.audit is not None:
+        shipper = threading.Thread(
+            target=run_shipper,
+            args=(pipeline.audit.log, settings.audit, stop),
+            name="audit-shipper",
+            daemon=True,
+        )
+        shipper.start()
     try:
         release_loop(
             journal,
@@ -151,6 +175,8 @@ def dispatcher_main(settings: Settings) -> None:
     finally:
         deliverer.join(STOP_GRACE_S)
         purger.join(STOP_GRACE_S)
+        if shipper is not None:
+            shipper.join(STOP_GRACE_S)
         journal.close()
 
 
@@ -182,7 +208,7 @@ class Supervisor:
         self,
         settings: Settings,
         emulator_url: str | None = None,
-        listener: socket.socket | None = None,
+        listeners: list[socket.socket] | None = None,
     ) -> None:
         self.settings = settings
         self.ctx = multiprocessing.get_context("spawn")
@@ -191,9 +217,9 @@ class Supervisor:
         self.records = SupervisedRecords(settings.journal_path)
         count = settings.receive_processes
         self.shared = self.ctx.Array("i", count)
-        self.listener = listener or open_listener(settings)
+        self.listeners = listeners or open_listeners(settings)
         self.children = [
-            _Child(f"receive-{slot}", run_receiver, (settings, slot, self.shared, self.listener))
+            _Child(f"receive-{slot}", run_receiver, (settings, slot, self.shared, self.listeners))
             for slot in range(count)
         ]
         for slot, child in enumerate(self.children):
@@ -237,7 +263,8 @@ class Supervisor:
             if not self.stop.is_set():
                 self._check_children(time.monotonic())
         self._stop_children()
-        self.listener.close()
+        for listener in self.listeners:
+            listener.close()
         return 0
 
     def _check_children(self, now: float) -> None:
@@ -315,23 +342,28 @@ def serve(settings: Settings) -> int:
     """
     rules = effective_rules(settings)
     # First, before the data folder is touched: a second gateway on this port stops here.
-    listener = open_listener(settings)
+    listeners = open_listeners(settings)
     try:
         now = time.time()
         prepare_data_dir(settings, now)
         recover_after_crash(settings, now)
         admin = start_admin(settings)
+        audit = AuditTrail.open(settings)
+        audit.application(started=True)
         try:
             with emulator_if_needed(settings) as emulator_url:
                 log_startup_summary(
                     get_logger("service"), startup_summary(settings, rules, emulator_url)
                 )
-                supervisor = Supervisor(settings, emulator_url, listener)
+                supervisor = Supervisor(settings, emulator_url, listeners)
                 return _supervise(supervisor)
         finally:
+            audit.application(started=False)
+            audit.close()
             admin.stop()
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
 
 
 def _supervise(supervisor: Supervisor) -> int:

@@ -15,6 +15,8 @@ import contextlib
 import os
 import queue
 import select
+import socket
+import ssl
 import struct
 import threading
 from typing import Any, cast
@@ -45,6 +47,26 @@ CONTROL_PDU_LIMIT = 1024 * 1024
 # PS3.8 Table 9-26: A-ABORT source 2 (service provider), reason 6 (invalid PDU parameter value).
 _ABORT_SOURCE_PROVIDER = 0x02
 _ABORT_INVALID_PARAMETER = 0x06
+
+
+def wait_readable(sock: socket.socket | None, wake_fd: int, timeout_s: float) -> bool:
+    """Wait until ``sock`` has data to read or ``wake_fd`` is written to (drained here), at most
+    ``timeout_s``; True when the socket has data.
+
+    Over DICOM TLS a wait on the descriptor is not enough: bytes already read from the network
+    and decrypted sit inside the TLS object (``pending()``), and the descriptor stays quiet until
+    the peer sends more, which it will not do before we answer. So decrypted bytes count as
+    readable at once (pynetdicom checks ``pending()`` for its own sockets for the same reason).
+    """
+    if isinstance(sock, ssl.SSLSocket) and sock.fileno() >= 0 and sock.pending():
+        return True
+    watched = [wake_fd]
+    if sock is not None and sock.fileno() >= 0:
+        watched.append(sock.fileno())
+    ready, _, _ = select.select(watched, [], [], timeout_s)
+    if wake_fd in ready:
+        os.read(wake_fd, 4096)
+    return len(ready) > (wake_fd in ready)
 
 
 class EventDUL(DULServiceProvider):
@@ -173,13 +195,8 @@ class EventDUL(DULServiceProvider):
             os.write(self._wake_write, b"\0")
 
     def _wait(self) -> None:
-        watched = [self._wake_read]
         sock = self.socket.socket if self.socket is not None else None
-        if sock is not None and sock.fileno() >= 0:
-            watched.append(sock.fileno())
-        ready, _, _ = select.select(watched, [], [], DUL_IDLE_WAIT_S)
-        if self._wake_read in ready:
-            os.read(self._wake_read, 4096)
+        wait_readable(sock, self._wake_read, DUL_IDLE_WAIT_S)
 
     def run_reactor(self) -> None:
         try:
@@ -253,6 +270,8 @@ class EventAssociation(Association):
         self.failure: str | None = None  # why we aborted it, for the association log
         self.store_stream: StreamedStore | None = None  # serves C-STOREs on the fast path
         self.serving = threading.Event()  # set once EVT_ESTABLISHED has been handled
+        self.tls = False  # over DICOM TLS
+        self.tls_subject: str | None = None  # the verified client certificate's CN
 
     def _run_reactor(self) -> None:
         self.serving.set()
