@@ -171,15 +171,6 @@ class ModelSettings(_Section):
             raise ValueError("the endpoint must be an http(s) URL")
         return value
 
-    @field_validator("auth")
-    @classmethod
-    def _extra_installed(cls, value: str) -> str:
-        if value == "entra" and not module_available(ENTRA_MODULE):
-            raise ValueError(
-                f"'entra' needs {ENTRA_MODULE}, which is not installed: install the 'entra' extra"
-                " (pip install 'pacs-ai-listener[entra]')"
-            )
-        return value
 
 
 class ModelsSettings(_Section):
@@ -204,6 +195,12 @@ class ModelsSettings(_Section):
             problem = credential_problem(name, self.get(name))
             if problem is not None:
                 raise ValueError(problem)
+        for name in MODEL_NAMES:  # after the cleartext check: a leak outranks a missing extra
+            if self.get(name).auth == "entra" and not module_available(ENTRA_MODULE):
+                raise ValueError(
+                    f"models.{name}.auth: 'entra' needs {ENTRA_MODULE}, which is not installed:"
+                    " install the 'entra' extra (pip install 'pacs-ai-listener[entra]')"
+                )
         return self
 
 

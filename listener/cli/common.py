@@ -73,6 +73,14 @@ def port_number(text: str) -> int:
     return value
 
 
+def listen_port(text: str) -> int:
+    """A port to listen on: 1-65535, or 0 for no plain DICOM listener (TLS only): an argparse
+    ``type``."""
+    if text.strip() == "0":
+        return 0
+    return port_number(text)
+
+
 def positive_int(text: str) -> int:
     """An integer of at least 1: an argparse ``type``."""
     try:

@@ -12,7 +12,7 @@ from listener.cli.common import (
     Subparsers,
     add_config_flag,
     add_data_dir_flag,
-    port_number,
+    listen_port,
     positive_int,
     setting_default,
     settings_from_args,
@@ -28,7 +28,9 @@ def add_serve(sub: Subparsers) -> None:
     parser = sub.add_parser("serve", help="receive studies and run the pipeline")
     add_config_flag(parser)
     parser.add_argument("--host", help=_setting("address the DICOM listener binds to", "host"))
-    parser.add_argument("--port", type=port_number, help=_setting("DICOM port", "port"))
+    parser.add_argument(
+        "--port", type=listen_port, help=_setting("DICOM port (0: TLS port only)", "port")
+    )
     parser.add_argument(
         "--ae-title",
         action="append",

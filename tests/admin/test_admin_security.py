@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import structlog.testing
 from peers import free_port
 
 from listener.admin import AdminRecords, create_admin_app, open_state, start_admin
@@ -67,7 +68,8 @@ def test_token_required_off_loopback(tmp_path: Path, capsys: pytest.CaptureFixtu
     with it (Bearer or Basic); the token never appears in the logs."""
     port = free_port()
     settings = _settings(tmp_path, admin_host="0.0.0.0", admin_port=port, admin_token=TOKEN)
-    server = start_admin(settings)
+    with structlog.testing.capture_logs() as events:
+        server = start_admin(settings)
     try:
         base = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{base}/healthz").status_code == 200
@@ -84,8 +86,8 @@ def test_token_required_off_loopback(tmp_path: Path, capsys: pytest.CaptureFixtu
     finally:
         server.stop()
     captured = capsys.readouterr()
-    assert "admin_listening" in captured.out + captured.err
-    assert TOKEN not in captured.out + captured.err
+    assert [e for e in events if e["event"] == "admin_listening"]
+    assert TOKEN not in repr(events) + captured.out + captured.err
 
 
 @pytest.fixture

@@ -11,12 +11,13 @@ from converters.model_outputs import ModelIdentity
 from converters.provenance import ResultKind, ResultRef
 from listener.infer.tasks import TaskContext, _provenance
 from listener.route.plan import PlannedTask
-from listener.store.jobs import JobStore
+from listener.store.jobs import JobStore, Lease
 
 STUDY = "1.2.3"
 
 
 def _job(store: JobStore, generation: int, task: str = "segment") -> int:
+    """Schedule the task's job for ``generation`` of the study; its id."""
     return store.schedule(
         job_key=f"{STUDY}:{generation}:rule:{task}",
         study_uid=STUDY,
@@ -29,20 +30,29 @@ def _job(store: JobStore, generation: int, task: str = "segment") -> int:
     )
 
 
+def _lease(store: JobStore, job_id: int) -> Lease:
+    """Claim due jobs until ``job_id`` is claimed and return its lease (the others stay claimed:
+    in progress, not completed, so they are nobody's earlier outputs)."""
+    while (job := store.claim("runner", 10.0, 60.0)) is not None:
+        if job.id == job_id and job.lease is not None:
+            return job.lease
+    raise AssertionError(f"job {job_id} was not due")
+
+
 def test_earlier_outputs_are_the_previous_completed_generation(tmp_path: Path) -> None:
     """The newest generation's job supersedes the latest completed earlier one of its task,
     nothing of other tasks, and nothing while it is the only generation."""
     store = JobStore(tmp_path / "journal.sqlite")
     first = _job(store, 0)
     assert store.earlier_outputs(STUDY, "rule", "segment") == []
-    store.complete(first, ["1.1", "1.2"], 1.0)
+    store.complete(_lease(store, first), ["1.1", "1.2"], 1.0)
     assert store.earlier_outputs(STUDY, "rule", "segment") == []  # generation 0 is the newest
     _job(store, 1)
     other = _job(store, 1, task="classify")
-    store.complete(other, ["9.9"], 2.0)
+    store.complete(_lease(store, other), ["9.9"], 2.0)
     assert store.earlier_outputs(STUDY, "rule", "segment") == ["1.1", "1.2"]
     failed = _job(store, 2)
-    store.fail(failed, "model down", 3.0, retry_at=None)
+    store.fail(_lease(store, failed), "model down", 3.0, retry_at=None)
     _job(store, 3)
     assert store.earlier_outputs(STUDY, "rule", "segment") == ["1.1", "1.2"]
 

@@ -150,7 +150,7 @@ def test_audit_trail_of_a_run_validates_and_reaches_syslog(
                 "the ultrasound job to fail",
                 lambda: [j for j in api.get("/api/jobs").json() if j["state"] == "CANCELED"],
             )
-            retried = api.post(f"/api/jobs/{failed[0]['id']}/retry")
+            retried = api.post(f"/api/jobs/{failed[0]['id']}/retry", json={})
             assert retried.status_code in (200, 409)
             _wait_for(
                 "the results-sent record",

@@ -84,6 +84,7 @@ def test_every_command_is_registered() -> None:
         "process",
         "jobs",
         "similar",
+        "audit",
     }
     assert set(_subcommands(commands["jobs"])) == {"list", "show", "retry", "cancel"}
     assert set(_subcommands(commands["rules"])) == {"check", "test"}

@@ -7,6 +7,7 @@ to send.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import socket
@@ -181,7 +182,9 @@ def test_pdu_over_the_announced_maximum_aborts_and_is_logged(tmp_path: Path) -> 
         assoc = rawdicom.associate(settings.port, [(rawdicom.CT_IMAGE, [rawdicom.EXPLICIT_LE])])
         sop = ct_series(1)[0].SOPInstanceUID
         data = rawdicom.header(sop) + bytes(1 << 20)
-        assoc.sock.sendall(rawdicom.p_data(1, 0x02, data))
+        # the gateway may abort as soon as it has read the length field: a broken pipe is fine
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            assoc.sock.sendall(rawdicom.p_data(1, 0x02, data))
         kind, _ = rawdicom.read_pdu(assoc.sock)
         assert kind == rawdicom.A_ABORT
         assert rawdicom.closed_by_peer(assoc.sock)
