@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from listener.admin import views
+from listener.admin import dicomweb, views
 from listener.admin.dashboard import render_dashboard
 from listener.admin.metrics import JournalCollector, build_registry
 from listener.admin.openapi import openapi_schema
@@ -175,6 +175,7 @@ def _routes(state: AdminState) -> list[Route]:
         Route("/api/jobs/{id:int}/{action}", handlers.job_action, methods=["POST"]),
         Route("/api/rules/reload", handlers.rules_reload, methods=["POST"]),
         Route("/api/associations", handlers.associations),
+        *dicomweb.routes(state),
     ]
 
 
