@@ -60,6 +60,7 @@ class Pipeline:
         rules = effective_rules(self.settings)
         self.router.rules = rules
         self.deliverer.destinations = dict(rules.destinations)
+        self.runner.priors.destinations = dict(rules.destinations)
         self.outbox.destinations = set(rules.destinations)
 
     def close(self) -> None:
@@ -102,6 +103,9 @@ def build_pipeline(
             results_dir,
             clock,
             JobPolicy.from_settings(settings),
+            settings.priors,
+            rules.destinations,
+            settings.ae_titles[0],
         ),
         deliverer=Deliverer(
             outbox,
