@@ -145,15 +145,12 @@ class PriorsSettings(_Section):
     """Where CXRReportGen's prior image and report come from.
 
     ``source`` names a destination: a DIMSE one is queried with C-FIND (Study Root) and retrieved
-    with C-GET (or C-MOVE to our own AE), a DICOMweb one with QIDO-RS and WADO-RS. Unset, only
+    with C-GET (PS3.4 C.4.3), a DICOMweb one with QIDO-RS and WADO-RS. Unset, only
     studies the gateway itself received are looked at. A rule's CXRReportGen task can name
     another source with its ``priors_source`` parameter.
     """
 
     source: str | None = None
-    retrieve: Literal["get", "move"] = Field(
-        default="get", description="DIMSE retrieval: C-GET, or C-MOVE to our own AE title"
-    )
     timeout_s: float = Field(
         default=20.0, gt=0, le=600, description="longest a job waits for its prior"
     )

@@ -122,6 +122,35 @@ def send_files(
     return report
 
 
+def send_dicomweb(url: str, paths: list[Path], *, user: str | None, timeout: float) -> SendReport:
+    """STOW-RS every DICOM file under ``paths`` to ``url`` as stored, with the gateway's own
+    sender (:class:`~listener.send.stow.StowSender`); ``user`` is ``USER:PASSWORD``."""
+    from listener.send.scu import StoreItem
+    from listener.send.stow import StowSender
+    from listener.settings import Destination, WebAuth
+
+    report = SendReport()
+    items = []
+    for path in dicom_files(paths):
+        try:
+            uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        except (InvalidDicomError, OSError, ValueError, AttributeError) as exc:
+            report.failed.append((path, f"not readable as DICOM: {exc}"))
+            continue
+        items.append(StoreItem(path, uid))
+    auth = WebAuth()
+    if user:
+        name, _, password = user.partition(":")
+        auth = WebAuth(type="basic", username=name, password=password)  # type: ignore[arg-type]
+    dest = Destination(kind="dicomweb", url=url, auth=auth, timeout_s=timeout)
+    for outcome in StowSender().send(dest, items):
+        if outcome.confirmed:
+            report.sent += 1
+        else:
+            report.failed.append((Path(outcome.item.path), str(outcome.error)))
+    return report
+
+
 def _on_open(event: Any) -> None:
     prepare_requestor(event.assoc)
 

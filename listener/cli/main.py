@@ -106,25 +106,43 @@ def _cmd_echo(args: argparse.Namespace) -> int:
 
 
 def _add_send(sub: Subparsers) -> None:
-    parser = sub.add_parser("send", help="C-STORE DICOM files or folders to a peer")
-    _add_scu_flags(parser)
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    parser = sub.add_parser(
+        "send",
+        help="C-STORE DICOM files or folders to a peer (HOST PORT PATH...), or STOW-RS them"
+        " (--dicomweb URL PATH...)",
+    )
+    parser.add_argument("target", nargs="+", metavar="HOST PORT PATH")
+    parser.add_argument("--aet", default="PACSAI-SCU", help="our (calling) AE title")
+    parser.add_argument("--aec", default="PACSAI", help="the peer's (called) AE title")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per network step")
+    parser.add_argument("--dicomweb", metavar="URL", help="STOW-RS to this DICOMweb service root")
+    parser.add_argument(
+        "--user", metavar="USER:PASSWORD", help="basic auth for --dicomweb (as curl's -u)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_cmd_send)
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
-    from listener.cli.dicom import send_files
+    from listener.cli.dicom import send_dicomweb, send_files
 
-    report = send_files(
-        args.host,
-        args.port,
-        args.paths,
-        aet=args.aet,
-        aec=args.aec,
-        timeout=args.timeout,
-        progress=not args.no_progress,
-    )
+    if args.dicomweb:
+        report = send_dicomweb(
+            args.dicomweb, [Path(p) for p in args.target], user=args.user, timeout=args.timeout
+        )
+    elif len(args.target) < 3 or not args.target[1].isdigit():
+        print("send: HOST PORT PATH... (or --dicomweb URL PATH...)", file=sys.stderr)
+        return EXIT_FAILED
+    else:
+        report = send_files(
+            args.target[0],
+            int(args.target[1]),
+            [Path(p) for p in args.target[2:]],
+            aet=args.aet,
+            aec=args.aec,
+            timeout=args.timeout,
+            progress=not args.no_progress,
+        )
     print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
     return EXIT_OK if report.ok else EXIT_FAILED
 

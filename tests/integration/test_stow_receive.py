@@ -3,12 +3,14 @@ and the read-only QIDO-RS view."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 from factory import ct_series, write_series
-from peers import run_gateway, run_orthanc
+from peers import nodelay_env, run_gateway, run_orthanc
 from pydicom import dcmread
 from webpeers import (
     CANNOT_UNDERSTAND,
@@ -118,3 +120,29 @@ def test_stow_needs_the_admin_token_and_multipart_related(tmp_path: Path) -> Non
             headers={"Content-Type": "application/dicom", "Authorization": "Bearer s3cret-token"},
         )
         assert wrong.status_code == 415
+
+
+def test_cli_send_reaches_the_gateway_by_stow_rs_and_by_c_store(tmp_path: Path) -> None:
+    """``pacs-ai send --dicomweb URL`` stores through STOW-RS, ``pacs-ai send HOST PORT`` through
+    C-STORE; both land in the spool."""
+    ct = write_series(ct_series(5), tmp_path / "ct")
+    cli = [sys.executable, "-m", "listener.cli", "send"]
+    with run_gateway(tmp_path / "var") as gateway:
+        web = subprocess.run(
+            [*cli, "--dicomweb", f"{gateway.admin_url}/dicomweb", *map(str, ct[:3])],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert web.returncode == 0, web.stderr
+        assert "sent 3, failed 0" in web.stdout
+        dimse = subprocess.run(
+            [*cli, "127.0.0.1", str(gateway.port), *map(str, ct[3:]), "--no-progress"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=nodelay_env(),
+        )
+        assert dimse.returncode == 0, dimse.stderr
+        spooled = {p.stem for p in (gateway.data_dir / "spool").glob("*/*/*.dcm")}
+    assert spooled == {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in ct}
