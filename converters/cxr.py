@@ -36,7 +36,9 @@ from converters.sr import Group, add_texts, measurement_report, sr_algorithm, sr
 
 # Sentences that describe the draft's origin rather than the image.
 EMULATOR_DISCLAIMER = "This draft was produced by a model emulator, not a clinical model."
-DISCLAIMERS = frozenset({EMULATOR_DISCLAIMER})
+# Said in the report SR (a root comment) when CXRReportGen had no prior study to compare with.
+NO_PRIOR_STATEMENT = "No prior study was available for comparison."
+DISCLAIMERS = frozenset({EMULATOR_DISCLAIMER, NO_PRIOR_STATEMENT})
 
 
 def split_disclaimers(

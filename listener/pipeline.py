@@ -62,6 +62,7 @@ class Pipeline:
         rules = effective_rules(self.settings)
         self.router.rules = rules
         self.deliverer.destinations = dict(rules.destinations)
+        self.runner.priors.destinations = dict(rules.destinations)
         self.outbox.destinations = set(rules.destinations)
 
     def close(self) -> None:
@@ -107,6 +108,9 @@ def build_pipeline(
             results_dir,
             clock,
             JobPolicy.from_settings(settings),
+            prior_settings=settings.priors,
+            destinations=rules.destinations,
+            calling_ae=settings.ae_titles[0],
             egress={name: settings.models.get(name).egress for name in MODEL_NAMES},
             audit=audit,
         ),

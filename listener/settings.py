@@ -109,12 +109,36 @@ class AllowedCaller(_Section):
         return value
 
 
-class Destination(_Section):
-    """A DICOM peer results or originals go to (PS3.8 association parameters)."""
+class WebAuth(_Section):
+    """How the gateway authenticates to a DICOMweb service (PS3.18 §8.9 leaves it to HTTP).
 
-    ae_title: AETitle
-    host: str
-    port: Port
+    ``basic``: ``username`` and ``password``; ``bearer``: a fixed ``token``; ``entra``: a token
+    from azure-identity's default credential for ``scope`` (the ``entra`` extra), e.g. the Azure
+    Health Data Services DICOM service's.
+    """
+
+    type: Literal["none", "basic", "bearer", "entra"] = "none"
+    username: str | None = None
+    password: SecretStr | None = Field(default=None, description="basic auth (never logged)")
+    token: SecretStr | None = Field(default=None, description="bearer token (never logged)")
+    scope: str = "https://dicom.healthcareapis.azure.com/.default"
+
+    @model_validator(mode="after")
+    def _complete(self) -> WebAuth:
+        if self.type == "basic" and (not self.username or self.password is None):
+            raise ValueError("auth type basic needs username and password")
+        if self.type == "bearer" and self.token is None:
+            raise ValueError("auth type bearer needs token")
+        return self
+
+
+class Destination(_Section):
+    """A peer results or originals go to: a DICOM AE (PS3.8 association parameters, ``kind:
+    dimse``, the default) or a DICOMweb service (``kind: dicomweb``, STOW-RS to ``url``)."""
+
+    ae_title: AETitle = ""
+    host: str = ""
+    port: Port = 104
     max_associations: int = Field(default=2, ge=1, le=64)
     calling_ae: AETitle | None = Field(
         default=None, description="our AE title towards this peer; default: the service's first"
@@ -131,6 +155,13 @@ class Destination(_Section):
         default=True, description="the peer's certificate must name ``host``"
     )
 
+    kind: Literal["dimse", "dicomweb"] = "dimse"
+    url: str | None = Field(
+        default=None, description="DICOMweb service root (kind dicomweb), e.g. .../dicom-web"
+    )
+    auth: WebAuth = Field(default_factory=WebAuth)
+    timeout_s: float = Field(default=60.0, gt=0, le=3600, description="DICOMweb request timeout")
+
     @model_validator(mode="after")
     def _tls_files(self) -> Destination:
         check_files(self, "tls_ca_file", "tls_cert_file", "tls_key_file")
@@ -138,8 +169,41 @@ class Destination(_Section):
             raise ValueError("tls_cert_file and tls_key_file: set both or neither")
         return self
 
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> Destination:
+        if self.kind == "dicomweb":
+            if not self.url or not self.url.startswith(("https://", "http://")):
+                raise ValueError("a dicomweb destination needs url, an http(s) URL")
+            if "@" in self.url.partition("://")[2].partition("/")[0]:
+                raise ValueError("url must not carry credentials: use auth")
+            return self
+        given = self.model_fields_set
+        missing = [name for name in ("ae_title", "host", "port") if name not in given]
+        if missing:
+            raise ValueError(f"a DIMSE destination needs {', '.join(missing)}")
+        return self
+
     def describe(self) -> str:
+        if self.kind == "dicomweb":
+            return str(self.url)
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class PriorsSettings(_Section):
+    """Where CXRReportGen's prior image and report come from.
+
+    ``source`` names a destination: a DIMSE one is queried with C-FIND (Study Root) and retrieved
+    with C-GET (PS3.4 C.4.3), a DICOMweb one with QIDO-RS and WADO-RS. Unset, only
+    studies the gateway itself received are looked at. A rule's CXRReportGen task can name
+    another source with its ``priors_source`` parameter.
+    """
+
+    source: str | None = None
+    timeout_s: float = Field(
+        default=20.0, gt=0, le=600, description="longest a job waits for its prior"
+    )
+    cache_s: float = Field(default=3600.0, ge=0, description="how long a looked-up prior is kept")
+    max_studies: int = Field(default=10, ge=1, le=200, description="earlier studies examined")
 
 
 class ModelSettings(_Section):
@@ -170,7 +234,6 @@ class ModelSettings(_Section):
         if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError("the endpoint must be an http(s) URL")
         return value
-
 
 
 class ModelsSettings(_Section):
@@ -337,6 +400,12 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="named DICOM peers; the rules' results and forwards refer to them by name",
     )
+    dicomweb_ae_title: AETitle = Field(
+        default="DICOMWEB",
+        description="the calling AE title STOW-RS uploads are admitted (allowed_callers) and"
+        " recorded under",
+    )
+    priors: PriorsSettings = Field(default_factory=PriorsSettings)
     send_retry_base_s: float = Field(
         default=5.0,
         gt=0,
@@ -517,9 +586,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         problems = []
         for error in exc.errors():
             name = _setting_name(error["loc"])
-            secret = any(str(part).endswith(("key", "token")) for part in error["loc"])
-            # a section's own check gets the whole section as input, credentials included
-            secret = secret or isinstance(error.get("input"), dict)
+            secret = any(
+                str(part).endswith(("key", "token", "password", "auth")) for part in error["loc"]
+            ) or isinstance(error.get("input"), dict)  # a section's values may hold secrets
             shown = "" if secret else f" (got {error.get('input')!r})"
             problems.append(f"{name}: {error['msg']}{shown}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None

@@ -114,7 +114,9 @@ def run_orthanc(workdir: Path, aet: str = "ORTHANC", **config: Any) -> Iterator[
         "Plugins": [],
     }
     settings.update(config)
-    dicom_port = int(settings["DicomPort"])
+    dicom_port, http_port = int(settings["DicomPort"]), int(settings["HttpPort"])
+    users = settings.get("RegisteredUsers") if settings["AuthenticationEnabled"] else None
+    auth = next(iter(users.items())) if users else None
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(settings, indent=2))
     log = (workdir / "orthanc.log").open("wb")
@@ -125,7 +127,7 @@ def run_orthanc(workdir: Path, aet: str = "ORTHANC", **config: Any) -> Iterator[
         env=nodelay_env(),
         start_new_session=True,
     )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=30)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=30, auth=auth)
     try:
         deadline = time.monotonic() + 30
         while True:

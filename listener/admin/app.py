@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from listener.admin import views
+from listener.admin import dicomweb, views
 from listener.admin.dashboard import SCRIPT, STYLE, render_dashboard
 from listener.admin.metrics import JournalCollector, build_registry
 from listener.admin.openapi import openapi_schema
@@ -211,6 +211,7 @@ def _routes(state: AdminState) -> list[Route]:
         Route("/api/rules/reload", handlers.rules_reload, methods=["POST"]),
         Route("/api/associations", handlers.associations),
         Route("/api/audit", handlers.audit),
+        *dicomweb.routes(state),
     ]
 
 

@@ -16,6 +16,7 @@ from pynetdicom.events import Event
 from listener.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_USAGE,
     Subparsers,
     add_config_flag,
     add_data_dir_flag,
@@ -194,6 +195,38 @@ def send_files(
     return report
 
 
+def send_dicomweb(url: str, paths: list[Path], *, user: str | None, timeout: float) -> SendReport:
+    """STOW-RS every DICOM file under ``paths`` to ``url`` as stored, with the gateway's own
+    sender (:class:`~listener.send.stow.StowSender`); ``user`` is ``USER:PASSWORD``."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    from listener.send.scu import StoreItem
+    from listener.send.stow import StowSender
+    from listener.settings import Destination, WebAuth
+
+    report = SendReport()
+    items = []
+    for path in dicom_files(paths):
+        try:
+            uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        except (InvalidDicomError, OSError, ValueError, AttributeError) as exc:
+            report.failed.append((path, f"not readable as DICOM: {exc}"))
+            continue
+        items.append(StoreItem(path, uid))
+    auth = WebAuth()
+    if user:
+        name, _, password = user.partition(":")
+        auth = WebAuth(type="basic", username=name, password=password)  # type: ignore[arg-type]
+    dest = Destination(kind="dicomweb", url=url, auth=auth, timeout_s=timeout)
+    for outcome in StowSender().send(dest, items):
+        if outcome.confirmed:
+            report.sent += 1
+        else:
+            report.failed.append((Path(outcome.item.path), str(outcome.error)))
+    return report
+
+
 def study_rows(settings: Any, *, show_patient: bool) -> list[dict[str, object]]:
     """One row per study the journal holds, oldest first, with the stage the admin API and the
     dashboard show (:func:`listener.admin.views.study_summary`, the one place that derives it).
@@ -261,25 +294,50 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def add_send(sub: Subparsers) -> None:
-    """Declare ``send``."""
-    parser = sub.add_parser("send", help="C-STORE DICOM files or folders to a peer")
-    _add_scu_flags(parser)
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
+    """Declare ``send``: C-STORE (``HOST PORT PATH...``) or STOW-RS (``--dicomweb URL PATH...``)."""
+    parser = sub.add_parser(
+        "send",
+        help="C-STORE DICOM files or folders to a peer (HOST PORT PATH...), or STOW-RS them"
+        " (--dicomweb URL PATH...)",
+    )
+    parser.add_argument(
+        "target", nargs="+", metavar="HOST PORT PATH", help="the peer and the files or folders"
+    )
+    parser.add_argument("--aet", default="PACSAI-SCU", help="our (calling) AE title")
+    parser.add_argument("--aec", default="PACSAI", help="the peer's (called) AE title")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per network step")
+    parser.add_argument("--dicomweb", metavar="URL", help="STOW-RS to this DICOMweb service root")
+    parser.add_argument(
+        "--user", metavar="USER:PASSWORD", help="basic auth for --dicomweb (as curl's -u)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=cmd_send)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
     """Run ``pacs-ai send``; the exit status."""
-    report = send_files(
-        args.host,
-        args.port,
-        args.paths,
-        aet=args.aet,
-        aec=args.aec,
-        timeout=args.timeout,
-        progress=not args.no_progress,
-    )
+    if args.dicomweb:
+        report = send_dicomweb(
+            args.dicomweb, [Path(p) for p in args.target], user=args.user, timeout=args.timeout
+        )
+    else:
+        if len(args.target) < 3:
+            print("pacs-ai send: HOST PORT PATH... (or --dicomweb URL PATH...)", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            port = port_number(args.target[1])
+        except argparse.ArgumentTypeError as exc:
+            print(f"pacs-ai send: argument port: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        report = send_files(
+            args.target[0],
+            port,
+            [Path(p) for p in args.target[2:]],
+            aet=args.aet,
+            aec=args.aec,
+            timeout=args.timeout,
+            progress=not args.no_progress,
+        )
     print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
     return EXIT_OK if report.ok else EXIT_FAILED
 

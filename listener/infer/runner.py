@@ -29,8 +29,9 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from listener.infer.tasks import EgressObserver, TaskContext, TaskOutcome, run_t
 from listener.logging import get_logger
 from listener.route.plan import PlannedTask, task_from_payload
 from listener.security.settings import EgressPolicy
-from listener.settings import Settings
+from listener.settings import Destination, PriorsSettings, Settings
 from listener.store.audit import AuditTrail
 from listener.store.embeddings import EmbeddingStore
 from listener.store.jobs import Job, JobState, JobStore, Lease
@@ -115,12 +116,24 @@ class JobRunner:
     results_dir: Path
     clock: Callable[[], float] = field(default=time.time)
     policy: JobPolicy = field(default_factory=JobPolicy)
+    prior_settings: PriorsSettings = field(default_factory=PriorsSettings)
+    destinations: Mapping[str, Destination] = field(default_factory=dict)
+    calling_ae: str = "PACSAI"
     egress: dict[str, EgressPolicy] = field(default_factory=dict)  # models.<name>.egress
     audit: AuditTrail | None = None
 
-    @property
+    @cached_property
     def priors(self) -> PriorFinder:
-        return PriorFinder(self.journal, self.spool_dir, self.results_dir)
+        """The prior look-up of this runner (one index connection and cache per process)."""
+        return PriorFinder(
+            self.journal,
+            self.spool_dir,
+            self.results_dir,
+            self.prior_settings,
+            self.destinations,
+            self.calling_ae,
+            self.clock,
+        )
 
     def context(self, clients: ModelClients, study_uid: str) -> TaskContext:
         """The task context of one job: clients, its study's spooled files, prior lookup.

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from pydicom import Dataset
 
 from converters.copied import redact
+from converters.cxr import NO_PRIOR_STATEMENT
 from converters.frames import number_of_frames
 from converters.geometry import cxr_box_to_source, mask_to_source
 from converters.grounding import ImageFrame, PixelFinding
@@ -73,7 +74,8 @@ class TaskContext:
         default_factory=lambda: lambda: datetime.now().astimezone()
     )
     uid_root: str | None = None
-    prior: Callable[[Dataset], PriorImage | None] | None = None
+    # The prior of a frontal image, from the source a task names (None: the configured one).
+    prior: Callable[[Dataset, str | None], PriorImage | None] | None = None
     # The results of the task's previous generation on this study (IHE IOCM supersession).
     earlier: Callable[[PlannedTask], Sequence[ResultRef]] | None = None
     # The egress policy per model (models.<name>.egress); a model not listed gets the default.
@@ -208,7 +210,10 @@ async def run_cxr(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
         raise ConversionError(f"task {task.name}: no frontal chest image among the inputs")
     frontal = frontal_images[0]
     lateral = next(iter(_images(task, ctx, LATERAL_ROLE)), None)
-    prior = ctx.prior(frontal) if ctx.prior else None
+    prior = None
+    if ctx.prior is not None:  # may ask the PACS: off the event loop, bounded by its timeout
+        source = task.parameters.get("priors_source")
+        prior = await asyncio.to_thread(ctx.prior, frontal, str(source) if source else None)
     policy = ctx.policy(task.model)
     egress = ctx.report if ctx.report is not None else EgressReport(task.model)
     if prior is not None and withheld_because(prior.dataset, policy) is not None:
@@ -246,6 +251,8 @@ async def run_cxr(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
         PixelFinding(f.text, tuple(cxr_box_to_source(box, rows, cols) for box in f.boxes))
         for f in report.findings
     ]
+    if prior is None:
+        findings.append(PixelFinding(NO_PRIOR_STATEMENT))
     sources = [frontal, *([lateral] if lateral is not None else [])]
     objects = build_report_results(
         sources, ImageFrame(frontal), findings, _provenance(client.identity, task, ctx, sources)

@@ -47,6 +47,8 @@ class StoreRequest:
     sop_instance_uid: str
     context_class: str  # the abstract syntax the context was negotiated for
     transfer_syntax: str
+    # STOW-RS to /studies/{study} (PS3.18 §10.5.1): an instance of another study is refused.
+    expected_study: str | None = None
 
 
 class StoreFailedError(Exception):
@@ -197,6 +199,11 @@ class Intake:
             raise StoreFailedError(
                 StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                 "dataset SOP Instance UID differs from the command's Affected SOP Instance UID",
+            )
+        if request.expected_study is not None and header.study_uid != request.expected_study:
+            raise StoreFailedError(
+                StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "dataset Study Instance UID differs from the study of the request",
             )
         return header
 

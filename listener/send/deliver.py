@@ -1,7 +1,8 @@
 """The outbox deliverer: sends what the outbox queue holds due, and records each outcome.
 
 Destinations are served in parallel, each with its own C-STORE association(s)
-(:class:`~listener.send.scu.StoreSender`). A confirmed instance is ``sent``; a transient failure
+(:class:`~listener.send.scu.StoreSender`), or STOW-RS requests for a ``kind: dicomweb`` one
+(:class:`~listener.send.stow.StowSender`). A confirmed instance is ``sent``; a transient failure
 is retried after an exponential backoff (:class:`SendBackoff`) until it has failed for
 ``max_age_s`` (a day by default) or ``max_attempts`` times in a row, and then becomes a dead
 letter with its reason; a permanent failure is a dead letter at once. A destination that stays
@@ -12,7 +13,7 @@ the metrics and ``pacs-ai jobs``, and an operator resubmits them once it is back
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -21,12 +22,17 @@ from pydicom import dcmread
 from listener.errors import PermanentSendError, TransientSendError
 from listener.logging import get_logger
 from listener.send.scu import InstanceOutcome, StoreItem, StoreSender
+from listener.send.stow import StowSender
 from listener.settings import Destination
 from listener.store.audit import AuditTrail
 from listener.store.outbox import Outbox, OutboxEntry, Outcome
 from listener.timing import backoff_delay
 
 _log = get_logger("outbox")
+
+# Called with the destination's name, its settings and the outcome of every instance sent to it
+# in one delivery: where an audit trail of what left the gateway is written.
+SendObserver = Callable[[str, Destination | None, list[InstanceOutcome]], None]
 
 DEFAULT_SEND_MAX_AGE_S = 86400.0
 
@@ -85,11 +91,15 @@ class Deliverer:
         *,
         batch_size: int = 500,
         lease_s: float = 600.0,
+        web_sender: StowSender | None = None,
+        observer: SendObserver | None = None,
         audit: AuditTrail | None = None,
     ) -> None:
         self.queue = queue
         self.destinations = dict(destinations)
         self.sender = sender
+        self.web_sender = web_sender or StowSender()
+        self.observer = observer
         self.backoff = backoff or SendBackoff()
         self.batch_size = batch_size
         self.lease_s = lease_s
@@ -114,8 +124,14 @@ class Deliverer:
         items = [StoreItem(e.path, e.sop_instance_uid) for e in entries]
         if dest is None:
             error = PermanentSendError(f"destination {name!r} is not configured any more")
-            return [InstanceOutcome(item, error) for item in items]
-        return self.sender.send(dest, items)
+            outcomes = [InstanceOutcome(item, error) for item in items]
+        elif dest.kind == "dicomweb":
+            outcomes = self.web_sender.send(dest, items)
+        else:
+            outcomes = self.sender.send(dest, items)
+        if self.observer is not None:
+            self.observer(name, dest, outcomes)
+        return outcomes
 
     def _record(
         self,

@@ -444,7 +444,7 @@ def _store_one(assoc: Association, prepared: _Prepared) -> InstanceOutcome:
     status = reply.get("Status") if reply is not None else None
     if status is None:
         return InstanceOutcome(item, _no_response(assoc, time.monotonic() - started))
-    return InstanceOutcome(item, _status_error(int(status)), int(status))
+    return InstanceOutcome(item, status_error(int(status)), int(status))
 
 
 def _no_response(assoc: Association, elapsed_s: float) -> TransientSendError:
@@ -462,7 +462,7 @@ def _no_response(assoc: Association, elapsed_s: float) -> TransientSendError:
     return TransientSendError("the peer aborted the association during C-STORE")
 
 
-def _status_error(status: int) -> SendError | None:
+def status_error(status: int) -> SendError | None:
     """None for Success and Warning (stored, PS3.4 B.2.3); the classified error otherwise."""
     category = code_to_category(status)
     if category in ("Success", "Warning"):

@@ -154,20 +154,30 @@ def read_header(
 
 def split_file(data: bytes) -> tuple[str, bytes]:
     """(transfer syntax, dataset bytes) of a PS3.10 file (preamble, DICM, meta, dataset)."""
+    values, end = file_meta_values(data)
+    syntax = values.get(0x00020010, "")
+    if not syntax:
+        raise InvalidDatasetError("file meta has no Transfer Syntax UID")
+    return syntax, data[end:]
+
+
+def file_meta_values(data: bytes) -> tuple[dict[int, str], int]:
+    """The text values of a PS3.10 file's meta elements (PS3.10 §7.1) by tag, and where its
+    data set begins; ``data`` holds at least the preamble, ``DICM`` and group 0002."""
     if len(data) < 144 or data[128:132] != b"DICM":
         raise InvalidDatasetError("not a DICOM file (no DICM prefix)")
     (meta_length,) = struct.unpack_from("<I", data, 140)
+    if len(data) < 144 + meta_length:
+        raise InvalidDatasetError("file meta is cut short")
     meta = _Walker(data[144 : 144 + meta_length], implicit=False, little=True)
-    syntax = ""
+    values: dict[int, str] = {}
     pos = 0
     while pos < len(meta.data):
         tag, vr, start, length = meta.element(pos)
         pos = meta.skip_value(tag, vr, start, length)
-        if tag == 0x00020010:
-            syntax = meta.data[start:pos].decode("ascii").strip("\0 ")
-    if not syntax:
-        raise InvalidDatasetError("file meta has no Transfer Syntax UID")
-    return syntax, data[144 + meta_length :]
+        if vr in (b"UI", b"AE", b"SH", b"UR"):
+            values[tag] = meta.data[start:pos].decode("ascii", "replace").strip("\0 ")
+    return values, 144 + meta_length
 
 
 def read_file_header(
