@@ -38,6 +38,18 @@ def nodelay_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def wait_for(what: str, check: Any, timeout: float = 240.0) -> Any:
+    """Poll ``check`` every half second until it returns something true, and return that;
+    fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def wait_for_port(
     port: int, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None
 ) -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from peers import Orthanc
+from peers import wait_for as wait_for  # re-exported
 from pydicom.data import get_testdata_file
 
 BOUNDARY = "pacs-ai-test-boundary-3f1c"
@@ -58,17 +57,6 @@ def dataset_bytes(path: Path) -> bytes:
     data = path.read_bytes()
     (meta_length,) = struct.unpack_from("<I", data, 140)
     return data[144 + meta_length :]
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 240.0) -> Any:
-    """Poll ``check`` until it gives something true; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def series_modalities(orthanc: Orthanc, study_uid: str) -> list[str]:

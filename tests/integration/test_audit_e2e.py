@@ -12,15 +12,13 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from lxml import etree
-from peers import free_port, nodelay_env, run_gateway, run_storescp
+from peers import free_port, nodelay_env, run_gateway, run_storescp, wait_for
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from tlscerts import Pki, make_pki
@@ -64,16 +62,6 @@ class SyslogCollector:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def _wait_for(what: str, check: Callable[[], Any], timeout: float = 240.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _inputs(folder: Path) -> tuple[Path, Path]:
@@ -145,21 +133,21 @@ def test_audit_trail_of_a_run_validates_and_reaches_syslog(
                 timeout=120,
             )
             api = httpx.Client(base_url=gateway.admin_url, timeout=30)
-            _wait_for("results at the PACS", lambda: len(list(pacs.folder.iterdir())) >= 2)
-            failed = _wait_for(
+            wait_for("results at the PACS", lambda: len(list(pacs.folder.iterdir())) >= 2)
+            failed = wait_for(
                 "the ultrasound job to fail",
                 lambda: [j for j in api.get("/api/jobs").json() if j["state"] == "CANCELED"],
             )
             retried = api.post(f"/api/jobs/{failed[0]['id']}/retry", json={})
             assert retried.status_code in (200, 409)
-            _wait_for(
+            wait_for(
                 "the results-sent record",
                 lambda: api.get(
                     "/api/audit", params={"event": "DICOM Instances Transferred"}
                 ).json(),
             )
             records = api.get("/api/audit", params={"limit": 1000}).json()
-            _wait_for("every record at the collector", lambda: len(syslog.messages) >= len(records))
+            wait_for("every record at the collector", lambda: len(syslog.messages) >= len(records))
             api.close()
 
     events = {r["event"] for r in records}

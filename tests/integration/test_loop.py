@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from peers import (
     run_gateway,
     run_orthanc,
     run_storescp,
+    wait_for,
 )
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
@@ -40,16 +41,6 @@ pytestmark = pytest.mark.integration
 def _destination_env(name: str, aet: str, port: int) -> dict[str, str]:
     prefix = f"PACSAI_DESTINATIONS__{name.upper().replace('-', '_')}__"
     return {f"{prefix}AE_TITLE": aet, f"{prefix}HOST": "127.0.0.1", f"{prefix}PORT": str(port)}
-
-
-def _wait_for(what: str, check: Callable[[], Any], timeout: float = 240.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _storescu(port: int, paths: list[Path], *, aet: str = "MODALITY", aec: str = "PACSAI") -> None:
@@ -123,15 +114,15 @@ def test_cr_and_ct_results_reach_the_pacs_and_originals_are_forwarded(
             _storescu(gateway.port, ct_files, aet="CT_SCANNER1")
             cr_uid = str(dcmread(cr).StudyInstanceUID)
             ct_uid = str(dcmread(ct_files[0]).StudyInstanceUID)
-            _wait_for(
+            wait_for(
                 "CR results in Orthanc",
                 lambda: (
                     _series_modalities(pacs, cr_uid).count("SR") == 2
                     and "PR" in _series_modalities(pacs, cr_uid)
                 ),
             )
-            _wait_for("CT SEG in Orthanc", lambda: "SEG" in _series_modalities(pacs, ct_uid))
-            _wait_for(
+            wait_for("CT SEG in Orthanc", lambda: "SEG" in _series_modalities(pacs, ct_uid))
+            wait_for(
                 "CT originals in the archive", lambda: len(list(archive.folder.iterdir())) == 64
             )
         assert "CR" not in _series_modalities(pacs, cr_uid)  # results only, originals stay put
@@ -167,7 +158,7 @@ def test_routing_by_classification_sends_each_study_to_its_label(
         with run_gateway(tmp_path / "var", "--quiet-period", "1", env=env) as gateway:
             for files in studies.values():
                 _storescu(gateway.port, files, aec="PACSAI_SORT")
-            done = _wait_for(
+            done = wait_for(
                 "both classification jobs",
                 lambda: (
                     [j for j in _jobs(gateway.data_dir)["jobs"] if j["state"] == "COMPLETED"]
@@ -187,12 +178,12 @@ def test_routing_by_classification_sends_each_study_to_its_label(
                 expected = routes.get(top)
                 count = len(_files(studies, job["study_uid"]))
                 if expected is None:
-                    _wait_for(
+                    wait_for(
                         "study in the PACS",
                         lambda uid=job["study_uid"]: pacs.find("Study", {"StudyInstanceUID": uid}),
                     )
                 else:
-                    _wait_for(
+                    wait_for(
                         f"{top} study at {expected.aet}",
                         lambda e=expected, uid=job["study_uid"], n=count: (
                             _received(e.folder, uid) == n
@@ -257,11 +248,11 @@ def test_destination_down_then_back_gets_results_once(tmp_path: Path) -> None:
     }
     with run_gateway(tmp_path / "var", "--quiet-period", "1", env=env) as gateway:
         _storescu(gateway.port, [cr])
-        _wait_for("the jobs to finish", lambda: _all_completed(gateway, 2))
-        _wait_for("a failed send", lambda: gateway.events("send_association_failed"))
+        wait_for("the jobs to finish", lambda: _all_completed(gateway, 2))
+        wait_for("a failed send", lambda: gateway.events("send_association_failed"))
         with run_orthanc(tmp_path / "orthanc", DicomPort=port) as pacs:
             uid = str(dcmread(cr).StudyInstanceUID)
-            _wait_for(
+            wait_for(
                 "results in Orthanc", lambda: _series_modalities(pacs, uid) == ["PR", "SR", "SR"]
             )
             time.sleep(3)
@@ -285,7 +276,7 @@ def test_permanent_rejection_goes_to_dead_letter_and_retry_delivers(tmp_path: Pa
         }
         with run_gateway(tmp_path / "var", "--quiet-period", "1", env=wrong) as gateway:
             _storescu(gateway.port, [cr])
-            listing = _wait_for(
+            listing = wait_for(
                 "dead letters",
                 lambda: (lambda j: j if len(j["dead_letters"]) == 3 else None)(
                     _jobs(gateway.data_dir)
@@ -309,7 +300,7 @@ def test_permanent_rejection_goes_to_dead_letter_and_retry_delivers(tmp_path: Pa
                     check=True,
                     env=nodelay_env(**{k: v for k, v in right.items()}),
                 )
-            _wait_for("results in Orthanc", lambda: len(_series_modalities(pacs, uid)) == 3)
+            wait_for("results in Orthanc", lambda: len(_series_modalities(pacs, uid)) == 3)
 
 
 def test_kill_during_inference_completes_every_study_exactly_once(
@@ -327,7 +318,7 @@ def test_kill_during_inference_completes_every_study_exactly_once(
     with run_gateway(tmp_path / "var", "--quiet-period", "1", env=env) as gateway:
         _storescu(gateway.port, [cr])
         _storescu(gateway.port, ct_files)
-        _wait_for(
+        wait_for(
             "jobs in progress",
             lambda: any(j["state"] == "IN PROGRESS" for j in _jobs(gateway.data_dir)["jobs"]),
         )
@@ -335,11 +326,11 @@ def test_kill_during_inference_completes_every_study_exactly_once(
     with run_gateway(
         tmp_path / "var", "--quiet-period", "1", env=env, log_name="again.log"
     ) as gateway:
-        _wait_for("every job completed", lambda: _all_completed(gateway, 3))
+        wait_for("every job completed", lambda: _all_completed(gateway, 3))
         cr_uid = str(dcmread(cr).StudyInstanceUID)
         ct_uid = str(dcmread(ct_files[0]).StudyInstanceUID)
-        _wait_for("CR results", lambda: len(_series_modalities(pacs, cr_uid)) == 3)
-        _wait_for("CT results", lambda: _series_modalities(pacs, ct_uid) == ["SEG", "SR"])
+        wait_for("CR results", lambda: len(_series_modalities(pacs, cr_uid)) == 3)
+        wait_for("CT results", lambda: _series_modalities(pacs, ct_uid) == ["SEG", "SR"])
         time.sleep(2)
     per_series = [
         len(pacs.get(f"/series/{s['ID']}/instances"))

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from factory import ct_series, write_series
-from peers import Gateway, free_port, nodelay_env, run_gateway
+from peers import Gateway, free_port, nodelay_env, run_gateway, wait_for
 
 from listener.asgi import BackgroundServer
 from listener.emulator import create_app
@@ -89,13 +89,8 @@ def _job(gateway: Gateway, study_uid: str) -> dict[str, Any] | None:
 
 
 def _wait(what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    """:func:`peers.wait_for` with this file's shorter default."""
+    return wait_for(what, check, timeout)
 
 
 def _mi_readiness(gateway: Gateway) -> dict[str, Any]:

@@ -4,14 +4,13 @@ address, expected content with a maximum wait, and the hard ceiling on a study's
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from factory import ct_series, write_series
-from peers import Gateway, StoreSCP, free_port, nodelay_env, run_gateway, run_storescp
+from peers import Gateway, StoreSCP, free_port, nodelay_env, run_gateway, run_storescp, wait_for
 from pydicom import dcmread
 
 from listener.store.outbox import Outbox
@@ -20,13 +19,8 @@ pytestmark = pytest.mark.integration
 
 
 def _wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
+    """:func:`peers.wait_for` with this file's shorter default."""
+    return wait_for(what, check, timeout)
 
 
 def _storescu(port: int, paths: list[Path]) -> None:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from factory import ct_series, write_series
-from peers import Gateway, nodelay_env, run_gateway
+from peers import Gateway, nodelay_env, run_gateway, wait_for
 from pydicom import dcmread
 from pydicom.data import get_charset_files, get_testdata_file
 
@@ -54,17 +53,6 @@ def jobs(data_dir: Path) -> list[dict[str, Any]]:
         cli("jobs", "list", "--json", "--data-dir", str(data_dir))
     )["jobs"]
     return listed
-
-
-def wait_for(what: str, check: Any, timeout: float = 240.0) -> Any:
-    """Poll ``check`` until it returns something true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_studies_show_names_in_their_character_sets(tmp_path: Path) -> None:

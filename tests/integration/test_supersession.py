@@ -10,15 +10,12 @@ configuration (no IOCM) keeps both generations and the note side by side.
 from __future__ import annotations
 
 import subprocess
-import time
-from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
-from typing import Any
 
 import pytest
 from factory import ct_series, write_series
-from peers import Gateway, Orthanc, nodelay_env, run_gateway
+from peers import Gateway, Orthanc, nodelay_env, run_gateway, wait_for
 from pydicom import Dataset, dcmread
 
 pytestmark = pytest.mark.integration
@@ -27,16 +24,6 @@ pytestmark = pytest.mark.integration
 def _storescu(gateway: Gateway, paths: list[Path]) -> None:
     command = ["storescu", "-aet", "MODALITY", "-aec", "PACSAI", "127.0.0.1", str(gateway.port)]
     subprocess.run([*command, *map(str, paths)], check=True, env=nodelay_env(), timeout=120)
-
-
-def _wait_for(what: str, check: Callable[[], Any], timeout: float = 240.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _results(orthanc: Orthanc, study_uid: str) -> dict[str, list[Dataset]]:
@@ -83,10 +70,10 @@ def test_follow_up_supersedes_the_earlier_results_in_orthanc(
     }
     with run_gateway(tmp_path / "var", "--quiet-period", "1", env=env) as gateway:
         _storescu(gateway, files[:4])
-        _wait_for("first results", lambda: _counts(orthanc, study_uid) == {"SEG": 1, "SR": 1})
+        wait_for("first results", lambda: _counts(orthanc, study_uid) == {"SEG": 1, "SR": 1})
         first = _results(orthanc, study_uid)
         _storescu(gateway, files[4:])
-        _wait_for(
+        wait_for(
             "follow-up results and the rejection note",
             lambda: _counts(orthanc, study_uid) == {"SEG": 2, "SR": 2, "KO": 1},
         )
