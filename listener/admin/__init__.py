@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from listener.admin.app import create_admin_app
 from listener.admin.security import required_token
 from listener.admin.state import AdminState, open_state
 from listener.asgi import BackgroundServer
+from listener.errors import ConfigError
 from listener.logging import get_logger
 from listener.route.model import rules_fingerprint
 from listener.settings import Settings
@@ -43,7 +45,8 @@ def start_admin(settings: Settings, clock: Callable[[], float] = time.time) -> A
     """Start the admin server for ``settings`` and return it (``.url``, ``.stop()``).
 
     Raises ConfigError naming ``admin_token`` when ``admin_host`` is not loopback and no token
-    is set. With ``admin_tls.cert_file`` it serves HTTPS only.
+    is set, and naming ``admin_port`` when the port is taken (one line, not a traceback). With
+    ``admin_tls.cert_file`` it serves HTTPS only.
     """
     token = required_token(settings)
     cert, key = settings.admin_tls.cert_file, settings.admin_tls.key_file
@@ -54,7 +57,15 @@ def start_admin(settings: Settings, clock: Callable[[], float] = time.time) -> A
         token,
         (cert, key) if cert is not None and key is not None else None,
     )
-    server.start()
+    try:
+        server.start()
+    except OSError as exc:
+        server.state.close()
+        taken = exc.errno == errno.EADDRINUSE
+        why = "is already in use (another program listens there)" if taken else exc.strerror
+        raise ConfigError(
+            f"admin_port: {settings.admin_port} on {settings.admin_host} {why}"
+        ) from None
     get_logger("admin").info("admin_listening", url=server.url, token_required=token is not None)
     return server
 

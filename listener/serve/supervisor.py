@@ -341,13 +341,15 @@ def serve(settings: Settings) -> int:
     (:mod:`listener.serve.summary`).
     """
     rules = effective_rules(settings)
-    # First, before the data folder is touched: a second gateway on this port stops here.
+    # First, before the data folder is touched: a second gateway on this port, or a taken
+    # admin_port, stops here in one line.
     listeners = open_listeners(settings)
+    admin = None
     try:
+        admin = start_admin(settings)
         now = time.time()
         prepare_data_dir(settings, now)
         recover_after_crash(settings, now)
-        admin = start_admin(settings)
         audit = AuditTrail.open(settings)
         audit.application(started=True)
         try:
@@ -360,8 +362,9 @@ def serve(settings: Settings) -> int:
         finally:
             audit.application(started=False)
             audit.close()
-            admin.stop()
     finally:
+        if admin is not None:
+            admin.stop()
         for listener in listeners:
             listener.close()
 

@@ -86,6 +86,28 @@ def test_port_held_by_another_program_stops_start_up_in_one_line(tmp_path: Path)
     assert len(lines) == 1 and f"port: {port}" in lines[0], done.stderr
 
 
+def test_admin_port_held_by_another_program_stops_start_up_in_one_line(tmp_path: Path) -> None:
+    """With the admin port held by another program, serve exits non-zero with one line that
+    names the setting ``admin_port`` (not a traceback)."""
+    with socket.socket() as holder, socket.socket() as free:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        admin_port = holder.getsockname()[1]
+        free.bind(("127.0.0.1", 0))
+        dicom_port = free.getsockname()[1]
+        free.close()
+        done = subprocess.run(
+            _serve_command(dicom_port, tmp_path / "data"),
+            capture_output=True,
+            text=True,
+            env={**_serve_env(), "PACSAI_ADMIN_PORT": str(admin_port)},
+            timeout=60,
+        )
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"admin_port: {admin_port}" in lines[0], done.stderr
+
+
 def _receive_pid(gateway: Gateway) -> int:
     (started,) = [e for e in gateway.events("child_started") if e["child"] == "receive-0"]
     return int(started["pid"])
