@@ -62,8 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand and return its exit status (see :mod:`listener.cli.common`)."""
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        # ``send HOST PORT --aec X PATH...``: argparse gives a positional's words after an option
+        # back as extras; they are more paths. Anything else unknown is an error as usual.
+        if (
+            extra
+            and getattr(args, "command", None) == "send"
+            and not any(word.startswith("-") for word in extra)
+        ):
+            args.target += extra
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, or a bad argument (already reported on one line)
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or 0
