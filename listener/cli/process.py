@@ -59,6 +59,7 @@ async def _process_study(
     from listener.infer import build_clients
     from listener.infer.tasks import TaskContext, TaskOutcome, run_task
     from listener.route.plan import headers_from_dataset, plan_study
+    from listener.settings import MODEL_NAMES
 
     by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
     plan = plan_study(rules, [headers_from_dataset(ds) for ds in datasets])
@@ -67,7 +68,11 @@ async def _process_study(
     async with build_clients(
         settings.models, emulator_url, emulator_key=settings.emulator.key
     ) as clients:
-        context = TaskContext(clients=clients, load=by_uid.__getitem__)
+        context = TaskContext(
+            clients=clients,
+            load=by_uid.__getitem__,
+            egress={name: settings.models.get(name).egress for name in MODEL_NAMES},
+        )
         if clock is not None:
             context.clock = clock
         outcomes = await asyncio.gather(

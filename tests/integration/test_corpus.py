@@ -44,7 +44,7 @@ from pydicom.data import get_charset_files, get_testdata_file
 from listener.cli.process import process_paths
 from listener.route.defaults import default_rule_data
 from listener.route.model import RuleSet
-from listener.settings import load_settings
+from listener.settings import MODEL_NAMES, Settings, load_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "converters"))
 
@@ -181,11 +181,30 @@ class Corpus:
     folder: Path
 
 
+def _allowing_burned_in(settings: Settings) -> Settings:
+    """The settings with every model's egress policy letting images that may carry burned-in
+    text leave: pydicom's chrX1/chrH31 are secondary captures that do not say Burned In
+    Annotation NO, which the default policy withholds (a site allows such images by setting);
+    the corpus is about the result objects, not the egress policy (tests/listener/test_egress.py
+    is)."""
+    models = {
+        name: settings.models.get(name).model_copy(
+            update={
+                "egress": settings.models.get(name).egress.model_copy(
+                    update={"allow_burned_in": True}
+                )
+            }
+        )
+        for name in MODEL_NAMES
+    }
+    return settings.model_copy(update={"models": settings.models.model_copy(update=models)})
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     """Each input processed alone, the way ``pacs-ai process`` does it."""
     root = tmp_path_factory.mktemp("corpus")
-    settings = load_settings(None, data_dir=root / "var")
+    settings = _allowing_burned_in(load_settings(None, data_dir=root / "var"))
     data = default_rule_data()
     rules = RuleSet.model_validate({**data, "rules": [*CORPUS_RULES, *data["rules"]]})
     outputs, failures = [], []
