@@ -201,14 +201,15 @@ def _root_texts(report: Path) -> list[str]:
 
 def test_prior_image_and_radiologist_report_through_c_find_and_c_get(tmp_path: Path) -> None:
     """The CXRReportGen request carries Orthanc's prior image and the radiologist's report text
-    (C-FIND Study Root, C-GET), and the comparison names the prior's date."""
+    (C-FIND Study Root, C-GET), and the comparison names the prior study (its date scrubbed, as
+    the default egress policy does with every date in the text it sends)."""
     with run_orthanc(tmp_path / "orthanc", **_orthanc_config(web=False)) as pacs:
         _store_prior(pacs, tmp_path)
         env = {**dimse_destination("pacs", pacs), "PACSAI_PRIORS__SOURCE": "pacs"}
         row, report = _run_current(tmp_path, env)
     assert row.get("prior_image")
     assert row["prior_report"] == RADIOLOGIST_TEXT
-    assert row["comparison"] == "Prior study of 20200315"
+    assert row["comparison"] == "Prior study of [date]"
     assert NO_PRIOR_STATEMENT not in _root_texts(report)
 
 
