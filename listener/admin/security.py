@@ -18,8 +18,9 @@ operator's browser opens (:class:`BrowserGuard`):
   ``Sec-Fetch-Site`` (Fetch Metadata) is neither ``same-origin`` nor ``none``, or whose ``Origin``
   is not the app's own, is refused with 403. Programs that send neither header (curl, scripts)
   are not browsers and pass.
-- Form posts: a state-changing request must say ``Content-Type: application/json``; a browser
-  sends that cross-site only after a CORS preflight, which the app never grants (415 otherwise).
+- Form posts: a state-changing request must say ``Content-Type: application/json`` (STOW-RS
+  under ``/dicomweb/``: ``multipart/related``); a browser sends either cross-site only after a
+  CORS preflight, which the app never grants (415 otherwise).
 
 :class:`SecurityHeaders` adds to every answer a Content-Security-Policy with no inline script or
 style (the dashboard loads ``/dashboard.js`` and ``/dashboard.css``), ``frame-ancestors 'none'``
@@ -46,6 +47,8 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SAME_SITE_FETCHES = frozenset({"same-origin", "none"})  # Fetch Metadata: our page, or typed in
 JSON_TYPE = "application/json"
+STOW_TYPE = "multipart/related"  # PS3.18 10.5: the STOW-RS request body
+DICOMWEB_PREFIX = "/dicomweb/"
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -168,6 +171,12 @@ class BrowserGuard:
         if origin is not None and origin.partition("://")[2].lower() != host.strip().lower():
             return 403, "cross-origin request refused"
         media_type = headers.get(b"content-type", "").partition(";")[0].strip().lower()
+        if str(scope.get("path", "")).startswith(DICOMWEB_PREFIX):
+            # STOW-RS bodies are multipart/related, a type no page can post without a preflight;
+            # the route itself answers 415 for anything else (PS3.18 10.5)
+            if media_type not in (JSON_TYPE, STOW_TYPE):
+                return 415, f"send {STOW_TYPE} (STOW-RS) or {JSON_TYPE}"
+            return None
         if media_type != JSON_TYPE:
             return 415, f"send a JSON body (Content-Type: {JSON_TYPE}); form posts are refused"
         return None
