@@ -55,9 +55,11 @@ def _read_presentation_state(ds: Dataset) -> None:
                 raise ValueError("graphic data does not match its number of points")
 
 
+# The read-back is the gate's own throwaway copy, so highdicom's readers may work on it in place
+# (``copy=False``): its deep copy of a 200-image SR or SEG cost as much as the reading itself.
 _READERS: dict[str, Callable[[Dataset], Any]] = {
-    SegmentationStorage: hd.seg.Segmentation.from_dataset,
-    Comprehensive3DSRStorage: hd.sr.Comprehensive3DSR.from_dataset,
+    SegmentationStorage: lambda ds: hd.seg.Segmentation.from_dataset(ds, copy=False),
+    Comprehensive3DSRStorage: lambda ds: hd.sr.Comprehensive3DSR.from_dataset(ds, copy=False),
     GrayscaleSoftcopyPresentationStateStorage: _read_presentation_state,
     ColorSoftcopyPresentationStateStorage: _read_presentation_state,
     KeyObjectSelectionDocumentStorage: hd.ko.KeyObjectSelectionDocument.from_dataset,
