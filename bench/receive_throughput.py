@@ -4,7 +4,8 @@ The same synthetic CT series (default 200 slices of 512×512, 0.5 MB each) goes 
 storescu to each receiver over one association, and split in four over four parallel
 associations (four storescu processes). Each run gets a fresh receiver (a new data folder for
 the gateway, so nothing is a duplicate; an empty folder for storescp). The figure is the wall
-time of the senders, best of ``--repeat`` runs; the ratios are storescp time / gateway time.
+time of the senders, best of ``--repeat`` runs (each round and the median of the per-round ratios
+are printed too); the ratios are storescp time / gateway time.
 ``--associations 1`` or ``4`` measures only one of the two sets.
 
 ``--tls`` runs every transfer over DICOM TLS (PS3.15 Annex B, BCP 195 suites): storescu
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,10 +104,10 @@ def gateway(receivers: int) -> Receiver:
     return running
 
 
-def best_alternating(
+def alternating(
     receivers: list[Receiver], folders: list[Path], repeat: int, scratch: Path
-) -> list[float]:
-    """Best wall time of each receiver over ``repeat`` rounds, each round running every receiver
+) -> list[list[float]]:
+    """Wall times of each receiver over ``repeat`` rounds, each round running every receiver
     once in turn, each run against a fresh receiver."""
     times: list[list[float]] = [[] for _ in receivers]
     for run in range(repeat):
@@ -114,7 +116,7 @@ def best_alternating(
             with receiver(workdir) as (port, aec):
                 times[index].append(send(port, aec, folders))
             shutil.rmtree(workdir, ignore_errors=True)
-    return [min(each) for each in times]
+    return times
 
 
 def main() -> None:
@@ -153,10 +155,16 @@ def main() -> None:
         if args.associations != "both":
             sets = sets[:1] if args.associations == "1" else sets[1:]
         for label, folders in sets:
-            ref, ours = best_alternating(
+            refs, ourses = alternating(
                 [storescp, gateway(args.receivers)], folders, args.repeat, scratch
             )
-            rows.append((label, ref, ours))
+            ratios = [r / o for r, o in zip(refs, ourses, strict=True)]
+            print(
+                f"{label}: storescp {' / '.join(f'{t:.3f}' for t in refs)} s; gateway "
+                f"{' / '.join(f'{t:.3f}' for t in ourses)} s; ratio per round "
+                f"{' / '.join(f'{r:.2f}' for r in ratios)}, median {statistics.median(ratios):.2f}"
+            )
+            rows.append((label, min(refs), min(ourses)))
         transport = "DICOM TLS" if args.tls else "plain TCP"
         print(f"{args.instances} instances, {megabytes:.1f} MB, {transport}, best of {args.repeat}")
         print("| associations | storescp s (inst/s) | pacs-ai serve s (inst/s) | ratio |")

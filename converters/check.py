@@ -55,9 +55,11 @@ def _read_presentation_state(ds: Dataset) -> None:
                 raise ValueError("graphic data does not match its number of points")
 
 
+# The read-back is the gate's own throwaway copy, so highdicom's readers may work on it in place
+# (``copy=False``): its deep copy of a 200-image SR or SEG cost as much as the reading itself.
 _READERS: dict[str, Callable[[Dataset], Any]] = {
-    SegmentationStorage: hd.seg.Segmentation.from_dataset,
-    Comprehensive3DSRStorage: hd.sr.Comprehensive3DSR.from_dataset,
+    SegmentationStorage: lambda ds: hd.seg.Segmentation.from_dataset(ds, copy=False),
+    Comprehensive3DSRStorage: lambda ds: hd.sr.Comprehensive3DSR.from_dataset(ds, copy=False),
     GrayscaleSoftcopyPresentationStateStorage: _read_presentation_state,
     ColorSoftcopyPresentationStateStorage: _read_presentation_state,
     KeyObjectSelectionDocumentStorage: hd.ko.KeyObjectSelectionDocument.from_dataset,
@@ -68,6 +70,11 @@ class ResultCheckError(ValueError):
     """A built result object failed its self-check and must not be sent."""
 
 
+# The attribute under which the gate leaves the Part 10 bytes it checked on the object, so the
+# writer sends those very bytes instead of encoding the object a second time.
+_GATE_BYTES = "_gate_part10"
+
+
 def encode(obj: Dataset) -> bytes:
     """The object as a DICOM Part 10 file, exactly as it would be written or sent."""
     buffer = BytesIO()
@@ -75,9 +82,18 @@ def encode(obj: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+def checked_bytes(obj: Dataset) -> bytes:
+    """The Part 10 bytes the gate read back and checked for ``obj`` (what must be written and
+    sent: the very bytes that passed), or a fresh encoding for an object that did not pass
+    through :func:`check_result`. A result is not changed after its check, so both are equal."""
+    data = obj.__dict__.get(_GATE_BYTES)
+    return data if isinstance(data, bytes) else encode(obj)
+
+
 def _read_back(obj: Dataset) -> Dataset:
     try:
-        back = dcmread(BytesIO(encode(obj)))
+        data = encode(obj)
+        back = dcmread(BytesIO(data))
     except Exception as exc:  # any encoding or parsing failure means the object is unusable
         raise ResultCheckError(f"result does not encode and read back: {exc}") from exc
     reader = _READERS.get(str(back.get("SOPClassUID", "")))
@@ -87,6 +103,7 @@ def _read_back(obj: Dataset) -> Dataset:
         reader(back)
     except Exception as exc:  # highdicom raises many types for malformed objects
         raise ResultCheckError(f"highdicom cannot read the result back: {exc}") from exc
+    obj.__dict__[_GATE_BYTES] = data
     return back
 
 

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from converters.check import checked_bytes
 from listener.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -123,7 +124,7 @@ def process_paths(
                     continue
                 for obj in outcome.objects:
                     path = out_dir / f"{obj.SOPInstanceUID}.dcm"
-                    obj.save_as(path, enforce_file_format=True)
+                    path.write_bytes(checked_bytes(obj))  # the bytes the gate checked
                     text = f"{obj.Modality} {obj.get('SeriesDescription', '')}"
                     if outcome.top_label:
                         text += f" top label: {outcome.top_label}"

@@ -112,17 +112,31 @@ class CxrReportGenClient(_Client):
 
 
 class MedImageParseClient(_Client):
-    """2D text-prompted segmentation (§3); the image must already be 1024×1024."""
+    """2D text-prompted segmentation (§3); the image must already be 1024×1024. A request holds
+    at most ``batch_size`` rows (within the documented 256), one image and the prompts each."""
 
     model: ModelName = "medimageparse"
 
+    def __init__(self, transport: ModelTransport, *, batch_size: int = 1) -> None:
+        super().__init__(transport)
+        self.batch_size = max(1, min(batch_size, wire.PARSE_MAX_ROWS))
+
     async def segment(self, png: bytes, prompts: Sequence[str]) -> ParseResult:
         """One 0/255 mask per prompt (in prompt order) and the category the model gave each."""
+        return (await self.segment_rows([png], prompts))[0]
+
+    async def segment_rows(
+        self, pngs: Sequence[bytes], prompts: Sequence[str]
+    ) -> list[ParseResult]:
+        """:meth:`segment` for several images with the same prompts in one request (at most
+        ``batch_size`` of them: the caller splits a longer series); results in input order."""
+        if not 0 < len(pngs) <= self.batch_size:
+            raise ValueError(f"{len(pngs)} images for a request of at most {self.batch_size}")
         text = wire.join_prompts(prompts)
-        body = wire.envelope(["image", "text"], [[wire.encode_b64(png), text]], {})
+        body = wire.envelope(["image", "text"], [[wire.encode_b64(png), text] for png in pngs], {})
         answer = await self.transport.score(body)
         prompt_tuple = tuple(text.split(wire.PROMPT_SEPARATOR))
-        return await asyncio.to_thread(wire.decode_parse, answer, prompt_tuple)
+        return await asyncio.to_thread(wire.decode_parse_rows, answer, prompt_tuple, len(pngs))
 
 
 class MedImageParse3DClient(_Client):
@@ -214,6 +228,8 @@ def build_clients(
             transport("medimageinsight"), batch_size=models.medimageinsight.batch_size
         ),
         cxrreportgen=CxrReportGenClient(transport("cxrreportgen")),
-        medimageparse=MedImageParseClient(transport("medimageparse")),
+        medimageparse=MedImageParseClient(
+            transport("medimageparse"), batch_size=models.medimageparse.batch_size
+        ),
         medimageparse3d=MedImageParse3DClient(transport("medimageparse3d")),
     )

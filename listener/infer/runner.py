@@ -39,6 +39,7 @@ from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import KeyObjectSelectionDocumentStorage
 
+from converters.check import checked_bytes
 from converters.provenance import ResultRef
 from listener.errors import CircuitOpenError, GatewayError, TransientModelError
 from listener.infer.clients import ModelClients
@@ -95,11 +96,14 @@ _REF_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanc
 
 
 def write_durably(path: Path, obj: Dataset) -> None:
-    """Write a result object to ``path`` through a temp file, fsync and rename."""
+    """Write a result object to ``path`` through a temp file, fsync and rename: the Part 10
+    bytes the result gate checked (:func:`converters.check.checked_bytes`), not a second
+    encoding of the object."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
-    obj.save_as(temp, enforce_file_format=True)
-    with temp.open("rb") as handle:
+    with temp.open("wb") as handle:
+        handle.write(checked_bytes(obj))
+        handle.flush()
         os.fsync(handle.fileno())
     temp.replace(path)
 
@@ -139,11 +143,16 @@ class JobRunner:
         """The task context of one job: clients, its study's spooled files, prior lookup.
 
         Instances are read when the task asks for them, with their large elements (pixel data)
-        left in the file until used (:data:`DEFER_BYTES`)."""
+        left in the file until used (:data:`DEFER_BYTES`), and each at most once per job: a
+        task that asks again (the lateral among all images, then by its role; the sources
+        again for an error message) gets the dataset already read."""
         paths = instance_paths(self.journal, self.spool_dir, study_uid)
+        read: dict[str, Dataset] = {}
 
         def load(uid: str) -> Dataset:
-            return dcmread(paths[uid], defer_size=DEFER_BYTES)
+            if uid not in read:
+                read[uid] = dcmread(paths[uid], defer_size=DEFER_BYTES)
+            return read[uid]
 
         return TaskContext(
             clients=clients,

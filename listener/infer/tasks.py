@@ -26,8 +26,8 @@ from converters.cxr import NO_PRIOR_STATEMENT
 from converters.frames import number_of_frames
 from converters.geometry import cxr_box_to_source, mask_to_source
 from converters.grounding import ImageFrame, PixelFinding
-from converters.model_outputs import PARSE_CATEGORIES, Embeddings, ModelIdentity
-from converters.prepare import ImageModel, prepare_image
+from converters.model_outputs import PARSE_CATEGORIES, Embeddings, ModelIdentity, ParseResult
+from converters.prepare import ImageModel, PreparedImage, prepare_image
 from converters.provenance import Provenance, ResultKind, ResultRef
 from converters.results import (
     build_classification_results,
@@ -237,10 +237,20 @@ async def run_cxr(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
     )
     egress.images_sent = 1 + (lateral is not None) + (prior is not None)
     client = ctx.clients.cxrreportgen
+    # CPU-heavy preparation and result building run in a worker thread: the job process's
+    # event loop keeps its other jobs' model calls and the lease heartbeats going.
+    pngs = await asyncio.to_thread(
+        lambda: [
+            prepare_image(ds, ImageModel.CXRREPORTGEN).png if ds is not None else None
+            for ds in (frontal, lateral, prior.dataset if prior else None)
+        ]
+    )
+    frontal_png = pngs[0]
+    assert frontal_png is not None
     report = await client.generate(
-        prepare_image(frontal, ImageModel.CXRREPORTGEN).png,
-        lateral=prepare_image(lateral, ImageModel.CXRREPORTGEN).png if lateral else None,
-        prior=prepare_image(prior.dataset, ImageModel.CXRREPORTGEN).png if prior else None,
+        frontal_png,
+        lateral=pngs[1],
+        prior=pngs[2],
         indication=text["indication"],
         technique=text["technique"],
         comparison=text["comparison"] or "None",
@@ -254,8 +264,9 @@ async def run_cxr(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
     if prior is None:
         findings.append(PixelFinding(NO_PRIOR_STATEMENT))
     sources = [frontal, *([lateral] if lateral is not None else [])]
-    objects = build_report_results(
-        sources, ImageFrame(frontal), findings, _provenance(client.identity, task, ctx, sources)
+    provenance = _provenance(client.identity, task, ctx, sources)
+    objects = await asyncio.to_thread(
+        build_report_results, sources, ImageFrame(frontal), findings, provenance
     )
     return TaskOutcome(tuple(objects))
 
@@ -280,7 +291,9 @@ async def run_classification(task: PlannedTask, ctx: TaskContext) -> TaskOutcome
     if ctx.report is not None:
         ctx.report.images_sent = 1
     client = ctx.clients.medimageinsight
-    prepared = prepare_image(image, ImageModel.MEDIMAGEINSIGHT, frame=frame)
+    prepared = await asyncio.to_thread(
+        prepare_image, image, ImageModel.MEDIMAGEINSIGHT, frame=frame
+    )
     image_answer, text_answers = await asyncio.gather(
         client.embed_images([prepared.png]), client.embed_texts(list(task.labels))
     )
@@ -295,7 +308,9 @@ async def run_classification(task: PlannedTask, ctx: TaskContext) -> TaskOutcome
     )
     frame_ref = ImageFrame(image, frame + 1 if number_of_frames(image) > 1 else None)
     provenance = _provenance(client.identity, task, ctx, [image])
-    results = build_classification_results([image], frame_ref, task.labels, embeddings, provenance)
+    results = await asyncio.to_thread(
+        build_classification_results, [image], frame_ref, task.labels, embeddings, provenance
+    )
     top = task.labels[int(np.argmax(results.probabilities))]
     vector = [float(v) for v in np.asarray(image_vector, dtype=np.float64).ravel()]
     return TaskOutcome(
@@ -308,23 +323,40 @@ async def run_classification(task: PlannedTask, ctx: TaskContext) -> TaskOutcome
 
 # Frames of one task prepared and in flight at once: bounds memory (a 1024x1024 PNG and a
 # prompts x 1024 x 1024 answer per frame) however long the series; the client's own limit
-# bounds the requests.
+# bounds the requests. A request carries up to ``models.medimageparse.batch_size`` frames.
 FRAMES_IN_FLIGHT = 8
 
 
-async def _parse_frame(
+def _prepare_frames(
+    frames: Sequence[tuple[Dataset, int]], window: str | None
+) -> list[PreparedImage]:
+    return [prepare_image(ds, ImageModel.MEDIMAGEPARSE, frame=i, preset=window) for ds, i in frames]
+
+
+def _masks_on_source(
+    answers: Sequence[ParseResult], prepared: Sequence[PreparedImage]
+) -> list[npt.NDArray[np.bool_]]:
+    return [
+        np.stack([mask_to_source(mask, image.transform) for mask in answer.masks])
+        for answer, image in zip(answers, prepared, strict=True)
+    ]
+
+
+async def _parse_batch(
     ctx: TaskContext,
-    ds: Dataset,
-    frame: int,
+    frames: Sequence[tuple[Dataset, int]],
     task: PlannedTask,
     slots: asyncio.Semaphore,
-) -> tuple[tuple[str, ...], npt.NDArray[np.bool_]]:
-    """One frame through MedImageParse: its categories and its masks on the source grid."""
+) -> list[tuple[tuple[str, ...], npt.NDArray[np.bool_]]]:
+    """Frames through MedImageParse in one request: each frame's categories and masks on the
+    source grid. Preparing the images and mapping the masks back run in a worker thread, so
+    the event loop keeps the job's other requests (and its lease heartbeat) going meanwhile."""
     async with slots:
-        prepared = prepare_image(ds, ImageModel.MEDIMAGEPARSE, frame=frame, preset=task.window)
-        answer = await ctx.clients.medimageparse.segment(prepared.png, task.prompts)
-        masks = np.stack([mask_to_source(mask, prepared.transform) for mask in answer.masks])
-    return answer.categories, masks
+        prepared = await asyncio.to_thread(_prepare_frames, frames, task.window)
+        client = ctx.clients.medimageparse
+        answers = await client.segment_rows([p.png for p in prepared], task.prompts)
+        masks = await asyncio.to_thread(_masks_on_source, answers, prepared)
+    return [(answer.categories, mask) for answer, mask in zip(answers, masks, strict=True)]
 
 
 async def run_parse(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
@@ -339,13 +371,18 @@ async def run_parse(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
         raise ConversionError(f"task {task.name}: a series mixing multi-frame images")
     if ctx.report is not None:
         ctx.report.images_sent = len(frames)
-    slots = asyncio.Semaphore(FRAMES_IN_FLIGHT)
-    answers = await asyncio.gather(*(_parse_frame(ctx, ds, i, task, slots) for ds, i in frames))
+    size = ctx.clients.medimageparse.batch_size
+    slots = asyncio.Semaphore(max(1, FRAMES_IN_FLIGHT // size))
+    batches = [frames[i : i + size] for i in range(0, len(frames), size)]
+    answered = await asyncio.gather(*(_parse_batch(ctx, b, task, slots) for b in batches))
+    answers = [answer for batch in answered for answer in batch]
     categories = answers[0][0]
     prompts = tuple(Prompt(text, cat) for text, cat in zip(task.prompts, categories, strict=False))
     masks = np.stack([mask for _, mask in answers], axis=1)  # (prompts, frames, rows, cols)
     provenance = _provenance(ctx.clients.medimageparse.identity, task, ctx, sources)
-    results = build_parse_results(sources, SourceMasks(prompts, masks), provenance)
+    results = await asyncio.to_thread(
+        build_parse_results, sources, SourceMasks(prompts, masks), provenance
+    )
     return TaskOutcome(results.objects, not_found=tuple(p.text for p in results.not_found))
 
 

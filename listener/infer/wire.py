@@ -217,10 +217,20 @@ def labels_from_masks(stack: npt.NDArray[Any]) -> npt.NDArray[np.int32]:
 
 
 def decode_parse(body: Any, prompts: tuple[str, ...]) -> ParseResult:
-    """MedImageParse answer (§3.2): ``image_features`` a serialized ``[N, 1024, 1024]`` uint8
-    array, ``text_features`` one of the 16 categories per prompt."""
+    """MedImageParse answer (§3.2) to a one-row request."""
+    return decode_parse_rows(body, prompts, 1)[0]
+
+
+def decode_parse_rows(body: Any, prompts: tuple[str, ...], expected: int) -> list[ParseResult]:
+    """MedImageParse answer (§3.2) to a request of ``expected`` rows, one result per row in
+    row order."""
+    return [_parse_row(row, prompts) for row in answer_rows(body, expected, "medimageparse")]
+
+
+def _parse_row(row: dict[str, Any], prompts: tuple[str, ...]) -> ParseResult:
+    """One answer row: ``image_features`` a serialized ``[N, 1024, 1024]`` uint8 array,
+    ``text_features`` one of the 16 categories per prompt."""
     model = "medimageparse"
-    row = answer_rows(body, 1, model)[0]
     masks = as_mask_255(decode_array(row.get("image_features"), model, "image_features"))
     if masks.ndim == 2:
         masks = masks[np.newaxis]

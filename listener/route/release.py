@@ -10,7 +10,7 @@ scheduled per model task.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,12 +40,14 @@ class StudyRouter:
     clock: Callable[[], float] = field(default=time.time)
     max_study_wait_s: float | None = None
 
-    def plan(self, study: ReleasedStudy) -> StudyPlan:
+    def plan(self, study: ReleasedStudy, paths: Mapping[str, Path] | None = None) -> StudyPlan:
         """Plan a released study from its instances' headers, each instance with the facts of
-        the association that brought it (calling and called AE title, peer address)."""
+        the association that brought it (calling and called AE title, peer address).
+        ``paths`` are the study's spool files when the caller already looked them up."""
+        if paths is None:
+            paths = instance_paths(self.journal, self.spool_dir, study.study_uid)
         headers = [
-            headers_from_dataset(dcmread(path, stop_before_pixels=True))
-            for path in instance_paths(self.journal, self.spool_dir, study.study_uid).values()
+            headers_from_dataset(dcmread(path, stop_before_pixels=True)) for path in paths.values()
         ]
         facts = {
             uid: AssociationFacts(s.calling_ae, s.called_ae, s.peer_host)
@@ -83,7 +85,8 @@ class StudyRouter:
         """Assemble's callback: plan the study, queue forwards and schedule its model jobs."""
         bound = log.bind(study_uid=study.study_uid, generation=study.generation)
         now = self.clock()
-        plan = self.plan(study)
+        paths = instance_paths(self.journal, self.spool_dir, study.study_uid)
+        plan = self.plan(study, paths)
         due = self._wait_longer(study, plan, now)
         if due is not None and self.journal.rearm_study(study.study_uid, study.generation, due):
             bound.info("study_waiting", until=due, missing=[e.missing for e in plan.expectations])
@@ -92,7 +95,6 @@ class StudyRouter:
         if plan.discard or any(e.on_timeout == "discard" for e in timed_out):
             bound.info("study_discarded", rules=list(plan.matched))
             return
-        paths = instance_paths(self.journal, self.spool_dir, study.study_uid)
         # A follow-up forwards only its late instances; the earlier ones went with their release.
         late = (
             {r.sop_instance_uid for r in self.journal.instances(study.study_uid, generation=g)}
