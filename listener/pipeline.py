@@ -113,6 +113,7 @@ def build_pipeline(
             calling_ae=settings.ae_titles[0],
             egress={name: settings.models.get(name).egress for name in MODEL_NAMES},
             audit=audit,
+            adapters_dir=settings.data_dir / "adapters",
         ),
         deliverer=Deliverer(
             outbox,

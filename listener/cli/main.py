@@ -23,6 +23,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from listener.cli.adapter import add_adapter
 from listener.cli.audit import add_audit
 from listener.cli.common import EXIT_FAILED, EXIT_USAGE, CommandError, Parser, Subparsers
 from listener.cli.dicom import add_echo, add_send, add_studies
@@ -45,6 +46,7 @@ ADDERS: list[Callable[[Subparsers], None]] = [
     add_process,
     add_jobs,
     add_similar,
+    add_adapter,
 ]
 
 

@@ -121,6 +121,7 @@ class JobRunner:
     calling_ae: str = "PACSAI"
     egress: dict[str, EgressPolicy] = field(default_factory=dict)  # models.<name>.egress
     audit: AuditTrail | None = None
+    adapters_dir: Path | None = None  # saved adapters (listener.infer.adapters)
 
     @cached_property
     def priors(self) -> PriorFinder:
@@ -152,6 +153,10 @@ class JobRunner:
             earlier=lambda task: self.earlier_results(study_uid, task),
             egress=self.egress,
             on_egress=self._egress_observer(clients, study_uid),
+            adapters_dir=self.adapters_dir,
+            stored_embedding=lambda uid, version: (
+                self.embeddings.by_version([uid]).get(uid, {}).get(version)
+            ),
         )
 
     def earlier_results(self, study_uid: str, task: PlannedTask) -> list[ResultRef]:

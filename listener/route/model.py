@@ -4,8 +4,10 @@ A rule says which studies it applies to (``match``, evaluated per instance), how
 them (``quiet_period_s``, ``expect``), and what to do: model ``tasks``, ``forward_to``
 destinations (modality forwarding of the originals), ``results_to`` destinations, or ``discard``.
 A MedImageInsight task with ``labels`` and ``routes`` also forwards the study to the destination
-mapped to its top label. Cross references (destination names) are checked when the file loads, so
-a typo stops start-up instead of losing a study later.
+mapped to its top label. A task with ``model: adapter`` and ``adapter: NAME`` classifies with a
+trained adapter (:mod:`listener.infer.adapters`) on the study's MedImageInsight embedding, and
+routes the same way by the adapter's label. Cross references (destination names) are checked
+when the file loads, so a typo stops start-up instead of losing a study later.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from converters.intensity import CT_PRESETS
 from listener.route.conditions import Condition
-from listener.settings import Destination, ModelName
+from listener.settings import Destination
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _PROMPT_MODELS = ("medimageparse", "medimageparse3d")
+# The models a task names: the four hosted models, and ``adapter`` (MedImageInsight + an adapter).
+TaskModel = Literal[
+    "medimageinsight", "cxrreportgen", "medimageparse", "medimageparse3d", "adapter"
+]
 
 
 class _Section(BaseModel):
@@ -44,7 +50,8 @@ class ModelTask(_Section):
     """
 
     name: str | None = Field(default=None, description="unique within the rule; default: model")
-    model: ModelName
+    model: TaskModel
+    adapter: str | None = Field(default=None, description="adapter name (model: adapter)")
     inputs: dict[str, Condition] | None = None
     prompts: list[str] = Field(default_factory=list)
     labels: list[str] = Field(default_factory=list)
@@ -58,6 +65,11 @@ class ModelTask(_Section):
     def _name(cls, value: str | None) -> str | None:
         return None if value is None else check_name(value)
 
+    @field_validator("adapter")
+    @classmethod
+    def _adapter(cls, value: str | None) -> str | None:
+        return None if value is None else check_name(value)
+
     @field_validator("window")
     @classmethod
     def _window(cls, value: str | None) -> str | None:
@@ -67,12 +79,18 @@ class ModelTask(_Section):
 
     @model_validator(mode="after")
     def _fits_model(self) -> ModelTask:
+        if (self.model == "adapter") != (self.adapter is not None):
+            raise ValueError("model: adapter and adapter: NAME go together")
+        if self.model == "adapter" and self.labels:
+            raise ValueError("an adapter brings its own labels; leave labels out")
         if self.prompts and self.model not in _PROMPT_MODELS:
             raise ValueError(f"prompts apply to medimageparse(3d), not {self.model}")
         if self.model in _PROMPT_MODELS and not self.prompts:
             raise ValueError(f"{self.model} needs prompts")
         if self.labels and self.model != "medimageinsight":
             raise ValueError(f"labels apply to medimageinsight, not {self.model}")
+        if self.model == "adapter":
+            return self  # route labels are the adapter's, known when it loads
         if (self.routes or self.default_route) and not self.labels:
             raise ValueError("routes need labels to classify with")
         unknown = sorted(set(self.routes) - set(self.labels))

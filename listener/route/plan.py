@@ -199,16 +199,22 @@ class _PlanBuilder:
                     role: _uids(h for h in matched if condition.matches(h, facts(h)))
                     for role, condition in task.inputs.items()
                 }
+            # An adapter task is a MedImageInsight task (its client, egress policy and breaker)
+            # whose parameters name the adapter that classifies the embedding.
+            model: ModelName = "medimageinsight" if task.model == "adapter" else task.model
+            parameters = dict(task.parameters)
+            if task.adapter is not None:
+                parameters["adapter"] = task.adapter
             self.tasks.append(
                 PlannedTask(
                     rule=rule.name,
                     name=task.task_name,
-                    model=task.model,
+                    model=model,
                     inputs=inputs,
                     prompts=tuple(task.prompts),
                     labels=tuple(task.labels),
                     window=task.window,
-                    parameters=dict(task.parameters),
+                    parameters=parameters,
                     routes=dict(task.routes),
                     default_route=task.default_route,
                     result_destinations=tuple(rule.results_to),
