@@ -34,6 +34,7 @@ from listener.send.scu import StoreSender
 from listener.settings import MODEL_NAMES, Settings
 from listener.store.audit import AuditTrail
 from listener.store.embeddings import EmbeddingStore
+from listener.store.flags import StudyFlags
 from listener.store.jobs import JobStore
 from listener.store.journal import Journal
 from listener.store.outbox import Outbox
@@ -68,6 +69,8 @@ class Pipeline:
     def close(self) -> None:
         for store in (self.journal, self.jobs, self.outbox, self.embeddings):
             store.close()
+        if self.runner.flags is not None:
+            self.runner.flags.close()
         if self.audit is not None:
             self.audit.close()
 
@@ -114,6 +117,7 @@ def build_pipeline(
             egress={name: settings.models.get(name).egress for name in MODEL_NAMES},
             audit=audit,
             adapters_dir=settings.data_dir / "adapters",
+            flags=StudyFlags(settings.journal_path),
         ),
         deliverer=Deliverer(
             outbox,

@@ -164,7 +164,7 @@ def family_study(family: str, index: int, *, size: int = 64) -> Dataset:
     so that the emulator's pixel-derived embeddings of one family lie close together and far
     from the other's.
     """
-    rng = np.random.default_rng(index * 2 + IMAGE_FAMILIES.index(family))
+    rng = np.random.default_rng([index, sum(family.encode())])
     (ds,) = ct_series(
         1,
         rows=size,
@@ -181,8 +181,11 @@ def family_study(family: str, index: int, *, size: int = 64) -> Dataset:
     elif family == "band":
         top, height = rng.uniform(0.0, 0.1) * size, rng.uniform(0.2, 0.4) * size
         shape = (yy >= top) & (yy < top + height)
+    elif family == "corner":  # a third family, unlike the other two (out of distribution)
+        edge = rng.uniform(0.55, 0.7) * size
+        shape = (yy > edge) & (xx > edge)
     else:
-        raise ValueError(f"unknown family {family!r} (known: {', '.join(IMAGE_FAMILIES)})")
+        raise ValueError(f"unknown family {family!r} (known: {', '.join(IMAGE_FAMILIES)}, corner)")
     hu = 1000 + 40 + 160 * shape + rng.normal(0, 15, (size, size))  # stored = HU + 1000
     ds.PixelData = np.clip(hu, 0, 3000).astype(np.int16).tobytes()
     ds.StudyDescription = "Synthetic family"

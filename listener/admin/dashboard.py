@@ -100,13 +100,26 @@ def _studies(state: AdminState, summaries: list[dict[str, Any]], show_patient: b
             f'<tr data-study-uid="{uid}"><td class=uid><a href="/api/studies/{uid}">{uid}</a></td>'
             f"{patient}<td>{escape(s['stage'])}</td><td>{s['instances']}</td>"
             f"<td>{_counts(s['jobs'])}</td><td>{s['results']}</td><td>{_counts(s['sends'])}</td>"
-            f"<td>{_time(s['last_received_at'])}</td></tr>"
+            f"<td>{_time(s['last_received_at'])}</td><td>{_ood(s.get('ood_score'))}</td>"
+            f"<td class=flags>{_flags(s.get('flags') or [])}</td></tr>"
         )
     body = "".join(rows) or '<tr><td colspan="8">No studies yet.</td></tr>'
     return (
         f"<section id=studies><h2>Latest studies</h2><table><tr><th>Study</th>{patient_head}"
         "<th>Stage</th><th>Instances</th><th>Jobs</th><th>Results</th><th>Sends</th>"
-        f"<th>Last received (UTC)</th></tr>{body}</table></section>"
+        f"<th>Last received (UTC)</th><th>OOD score</th><th>Flags</th></tr>{body}</table>"
+        "</section>"
+    )
+
+
+def _ood(score: Any) -> str:
+    return "" if score is None else f"{float(score):.3f}"
+
+
+def _flags(flags: list[dict[str, Any]]) -> str:
+    """Review and OOD flags (listener.store.flags), each with its reason."""
+    return "<br>".join(
+        f"<mark>{escape(str(f['kind']))}</mark> {escape(str(f['reason']))}" for f in flags
     )
 
 

@@ -9,6 +9,7 @@ calls).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -65,6 +66,7 @@ class JournalCollector(Collector):
         yield from _models(stats)
         yield from _sends(stats)
         yield from _purged(stats)
+        yield from _flags(self.database)
         quarantined = sum(1 for _ in self.quarantine_dir.glob("*.json"))
         yield CounterMetricFamily(
             f"{PREFIX}_quarantined_instances", "Instances set aside as unstorable", quarantined
@@ -72,6 +74,32 @@ class JournalCollector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_spool_free_bytes", "Free space on the spool file system", self.free_bytes()
         )
+
+
+OOD_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0)
+
+
+def _flags(database: Database) -> Iterator[Metric]:
+    """Studies' latest OOD scores and the review/OOD flags raised (listener.store.flags)."""
+    try:
+        with database.snapshot() as db:
+            scores = [float(r[0]) for r in db.execute("SELECT score FROM study_ood")]
+            flags = list(db.execute("SELECT kind, COUNT(*) FROM study_flags GROUP BY kind"))
+    except sqlite3.OperationalError:  # no job runner has created the tables yet
+        scores, flags = [], []
+    buckets, total = histogram_buckets(scores, OOD_BUCKETS)
+    yield HistogramMetricFamily(
+        f"{PREFIX}_study_ood_score",
+        "Latest out-of-distribution score of each scored study",
+        buckets=buckets,
+        sum_value=total,
+    )
+    family = CounterMetricFamily(
+        f"{PREFIX}_study_flags", "Flags raised on studies by kind (review, ood)", labels=["kind"]
+    )
+    for kind, n in flags:
+        family.add_metric([str(kind)], int(n))
+    yield family
 
 
 def _received(stats: Stats) -> Iterator[Metric]:

@@ -146,7 +146,29 @@ def study_summary(state: AdminState, info: StudyInfo, *, show_patient: bool = Fa
     data["sends"] = _count(str(entry["state"]) for entry in sends)
     folder = state.results_dir / info.study_uid
     data["results"] = len(list(folder.glob("*.dcm"))) if folder.is_dir() else 0
+    data |= study_flags(state, info.study_uid)
     return data
+
+
+def study_flags(state: AdminState, study_uid: str) -> Json:
+    """The study's review/OOD flags and its latest OOD score (listener.store.flags)."""
+    if state.flags is None:
+        return {"flags": [], "ood_score": None}
+    return {
+        "flags": [
+            {
+                "kind": f.kind,
+                "rule": f.rule,
+                "task": f.task,
+                "reason": f.reason,
+                "score": f.score,
+                "destination": f.destination,
+                "at": f.created_at,
+            }
+            for f in state.flags.flags(study_uid)
+        ],
+        "ood_score": state.flags.ood(study_uid),
+    }
 
 
 def _count(values: Any) -> dict[str, int]:
@@ -193,6 +215,7 @@ def study_timeline(state: AdminState, info: StudyInfo, *, show_patient: bool = F
     data["jobs"] = [job_detail(state, job) for job in reversed(jobs)]
     data["results"] = result_files(state, info.study_uid)
     data["sends"] = sends
+    data |= study_flags(state, info.study_uid)
     return data
 
 

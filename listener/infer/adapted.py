@@ -65,4 +65,5 @@ async def run_adapter(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
         adapter.labels[int(np.argmax(probabilities))],
         fresh,
         model_version=version,
+        probabilities=dict(zip(adapter.labels, map(float, probabilities), strict=True)),
     )

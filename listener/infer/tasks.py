@@ -102,6 +102,7 @@ class TaskOutcome:
     not_found: tuple[str, ...] = ()
     model_version: str = ""
     emulated: bool = False  # the answers came from the emulator, not a clinical model
+    probabilities: dict[str, float] = field(default_factory=dict)  # per label (classification)
 
 
 def _provenance(
@@ -312,6 +313,7 @@ async def run_classification(task: PlannedTask, ctx: TaskContext) -> TaskOutcome
         top,
         {str(image.SOPInstanceUID): vector},
         model_version=client.identity.version,
+        probabilities=dict(zip(task.labels, map(float, results.probabilities), strict=True)),
     )
 
 

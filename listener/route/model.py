@@ -24,6 +24,7 @@ from listener.settings import Destination
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _PROMPT_MODELS = ("medimageparse", "medimageparse3d")
+_EMBEDDING_MODELS = ("medimageinsight", "adapter")
 # The models a task names: the four hosted models, and ``adapter`` (MedImageInsight + an adapter).
 TaskModel = Literal[
     "medimageinsight", "cxrreportgen", "medimageparse", "medimageparse3d", "adapter"
@@ -39,6 +40,27 @@ def check_name(value: str) -> str:
     if not _NAME_RE.match(value):
         raise ValueError(f"{value!r} is not a valid name (letters, digits, _ . -; up to 64)")
     return value
+
+
+class ReviewAction(_Section):
+    """Flag a study for review when a label's probability is above a threshold.
+
+    ``label`` defaults to the task's top label; the flag is kept (admin API and dashboard), and
+    optionally the study is forwarded to ``forward_to`` and its waiting jobs' priority raised.
+    """
+
+    label: str | None = None
+    above: float = Field(gt=0, lt=1)
+    forward_to: str | None = None
+    raise_priority: int = Field(default=0, ge=0, le=1000)
+
+
+class OodAction(_Section):
+    """Flag (and optionally forward) a study whose out-of-distribution score is above a
+    threshold (:mod:`listener.store.embeddings`)."""
+
+    above: float = Field(gt=0)
+    forward_to: str | None = None
 
 
 class ModelTask(_Section):
@@ -59,6 +81,8 @@ class ModelTask(_Section):
     parameters: dict[str, str | float | int | bool] = Field(default_factory=dict)
     routes: dict[str, str] = Field(default_factory=dict, description="label -> destination")
     default_route: str | None = Field(default=None, description="destination for other labels")
+    flag_for_review: ReviewAction | None = None
+    ood: OodAction | None = None
 
     @field_validator("name")
     @classmethod
@@ -89,6 +113,11 @@ class ModelTask(_Section):
             raise ValueError(f"{self.model} needs prompts")
         if self.labels and self.model != "medimageinsight":
             raise ValueError(f"labels apply to medimageinsight, not {self.model}")
+        if (self.flag_for_review or self.ood) and self.model not in _EMBEDDING_MODELS:
+            raise ValueError("flag_for_review and ood apply to medimageinsight and adapter tasks")
+        review = self.flag_for_review
+        if review and review.label and self.labels and review.label not in self.labels:
+            raise ValueError(f"flag_for_review.label {review.label!r} is not in labels")
         if self.model == "adapter":
             return self  # route labels are the adapter's, known when it loads
         if (self.routes or self.default_route) and not self.labels:
@@ -187,6 +216,12 @@ def reference_problems(ruleset: RuleSet) -> list[str]:
             refs += [(f"tasks[{t}].routes.{label}", d) for label, d in task.routes.items()]
             if task.default_route is not None:
                 refs.append((f"tasks[{t}].default_route", task.default_route))
+            if task.flag_for_review and task.flag_for_review.forward_to is not None:
+                refs.append(
+                    (f"tasks[{t}].flag_for_review.forward_to", task.flag_for_review.forward_to)
+                )
+            if task.ood and task.ood.forward_to is not None:
+                refs.append((f"tasks[{t}].ood.forward_to", task.ood.forward_to))
         for field, dest in refs:
             if dest not in ruleset.destinations:
                 problems.append(

@@ -30,7 +30,7 @@ from typing import Any
 from pydicom import Dataset
 
 from listener.route.conditions import AssociationFacts, Headers
-from listener.route.model import Rule, RuleSet
+from listener.route.model import ModelTask, Rule, RuleSet
 from listener.settings import ModelName
 
 DEFAULT_ROLE = "images"
@@ -205,6 +205,7 @@ class _PlanBuilder:
             parameters = dict(task.parameters)
             if task.adapter is not None:
                 parameters["adapter"] = task.adapter
+            parameters |= _action_parameters(task)
             self.tasks.append(
                 PlannedTask(
                     rule=rule.name,
@@ -234,6 +235,21 @@ class _PlanBuilder:
             quiet_period_s=self.quiet,
             expectations=tuple(self.expectations),
         )
+
+
+def _action_parameters(task: ModelTask) -> dict[str, str | float | int | bool]:
+    """A task's actions on its output as job parameters (listener.infer.actions reads them)."""
+    out: dict[str, str | float | int | bool] = {}
+    review = task.flag_for_review
+    if review is not None:
+        out["review_above"] = review.above
+        out |= {"review_label": review.label} if review.label else {}
+        out |= {"review_destination": review.forward_to} if review.forward_to else {}
+        out |= {"review_priority": review.raise_priority} if review.raise_priority else {}
+    if task.ood is not None:
+        out["ood_threshold"] = task.ood.above
+        out |= {"ood_destination": task.ood.forward_to} if task.ood.forward_to else {}
+    return out
 
 
 def _uids(headers: Iterable[Headers]) -> tuple[str, ...]:

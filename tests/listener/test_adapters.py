@@ -138,3 +138,54 @@ def test_adapter_task_mistakes_stop_loading(task: str, message: str) -> None:
     text = RULES.replace("{model: adapter, adapter: fam, routes: {disc: discs}}", task)
     with pytest.raises(ConfigError, match=message):
         parse_rules(text)
+
+
+ACTION_RULES = """
+destinations:
+  review: {ae_title: REVIEW, host: 127.0.0.1, port: 11112}
+  odd: {ae_title: ODD, host: 127.0.0.1, port: 11113}
+rules:
+  - name: triage
+    match: {attribute: Modality, equals: CT}
+    tasks:
+      - model: medimageinsight
+        labels: [normal, fracture]
+        flag_for_review: {label: fracture, above: 0.7, forward_to: review, raise_priority: 5}
+        ood: {above: 0.4, forward_to: odd}
+"""
+
+
+@pytest.mark.parametrize(
+    ("typo", "field"),
+    [
+        ("forward_to: review,", "tasks[0].flag_for_review.forward_to"),
+        ("forward_to: odd}", "tasks[0].ood.forward_to"),
+    ],
+)
+def test_action_destination_typo_stops_loading_naming_rule_and_field(typo: str, field: str) -> None:
+    """A misspelt review or OOD destination is refused when the rules load (so serve does not
+    start), naming the rule and the field."""
+    text = ACTION_RULES.replace(typo, typo.replace("forward_to: ", "forward_to: x"))
+    with pytest.raises(ConfigError) as caught:
+        parse_rules(text)
+    assert f"rule 'triage' field {field}: unknown destination" in str(caught.value)
+
+
+def test_actions_are_planned_into_the_job_parameters() -> None:
+    """The review and OOD actions travel with the planned task; review decisions follow them."""
+    from listener.infer.actions import ood_flag, review_flag
+
+    (task,) = plan_study(parse_rules(ACTION_RULES), [{"Modality": "CT"}]).tasks
+    assert review_flag(task, {"normal": 0.25, "fracture": 0.75}, "1.2", 5.0) is not None
+    flag, priority = review_flag(task, {"normal": 0.25, "fracture": 0.75}, "1.2", 5.0) or (None, 0)
+    assert flag is not None and (flag.destination, priority) == ("review", 5)
+    assert review_flag(task, {"normal": 0.35, "fracture": 0.65}, "1.2", 5.0) is None
+    odd = ood_flag(task, 0.5, "1.2", 5.0)
+    assert odd is not None and odd.destination == "odd"
+    assert ood_flag(task, 0.3, "1.2", 5.0) is None
+
+
+def test_review_label_must_be_one_of_the_labels() -> None:
+    """flag_for_review.label names a label the task classifies with."""
+    with pytest.raises(ConfigError, match=r"flag_for_review\.label 'fractur' is not in labels"):
+        parse_rules(ACTION_RULES.replace("label: fracture", "label: fractur"))
