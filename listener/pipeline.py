@@ -33,6 +33,7 @@ from listener.send.deliver import Deliverer, SendBackoff
 from listener.send.scu import StoreSender
 from listener.settings import MODEL_NAMES, Settings
 from listener.store.audit import AuditTrail
+from listener.store.drift import DriftStore
 from listener.store.embeddings import EmbeddingStore
 from listener.store.flags import StudyFlags
 from listener.store.jobs import JobStore
@@ -69,8 +70,9 @@ class Pipeline:
     def close(self) -> None:
         for store in (self.journal, self.jobs, self.outbox, self.embeddings):
             store.close()
-        if self.runner.flags is not None:
-            self.runner.flags.close()
+        for extra in (self.runner.flags, self.runner.drift):
+            if extra is not None:
+                extra.close()
         if self.audit is not None:
             self.audit.close()
 
@@ -118,6 +120,7 @@ def build_pipeline(
             audit=audit,
             adapters_dir=settings.data_dir / "adapters",
             flags=StudyFlags(settings.journal_path),
+            drift=DriftStore(settings.journal_path, settings.drift),
         ),
         deliverer=Deliverer(
             outbox,

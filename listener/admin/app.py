@@ -8,6 +8,8 @@ headers, the Host allow-list, same-origin JSON for the state-changing POSTs, and
 
 from __future__ import annotations
 
+import dataclasses
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -17,6 +19,7 @@ from starlette.routing import Route
 
 from listener.admin import dicomweb, views
 from listener.admin.dashboard import SCRIPT, STYLE, render_dashboard
+from listener.admin.drift_plot import drift_readings, render_drift
 from listener.admin.metrics import JournalCollector, build_registry
 from listener.admin.openapi import openapi_schema
 from listener.admin.pictures import study_picture
@@ -89,6 +92,23 @@ class _Handlers:
         png = study_picture(self.state, uid) if self.state.journal.study(uid) is not None else None
         if png is None:
             return _error(404, "no drawable result for this study")
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    def drift(self, request: Request) -> Response:
+        """Each drift group's latest reading (listener.store.drift)."""
+        return JSONResponse(
+            {
+                group: dataclasses.asdict(readings[-1])
+                for group, readings in drift_readings(self.state).items()
+            }
+        )
+
+    def drift_plot(self, request: Request) -> Response:
+        group = request.query_params.get("group", "")
+        readings = drift_readings(self.state).get(group)
+        if readings is None:
+            return _error(404, "no drift readings for this group")
+        png = render_drift(group, readings)
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
     def jobs(self, request: Request) -> Response:
@@ -205,6 +225,8 @@ def _routes(state: AdminState) -> list[Route]:
         Route("/api/studies", handlers.studies),
         Route("/api/studies/{uid}", handlers.study),
         Route("/api/studies/{uid}/overlay.png", handlers.overlay),
+        Route("/api/drift", handlers.drift),
+        Route("/api/drift/plot.png", handlers.drift_plot),
         Route("/api/jobs", handlers.jobs),
         Route("/api/jobs/{id:int}", handlers.job),
         Route("/api/jobs/{id:int}/{action}", handlers.job_action, methods=["POST"]),

@@ -12,8 +12,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
+from urllib.parse import quote
 
 from listener.admin import views
+from listener.admin.drift_plot import drift_readings
 from listener.admin.pictures import has_picture
 from listener.admin.readiness import problems
 from listener.admin.state import AdminState
@@ -123,6 +125,23 @@ def _flags(flags: list[dict[str, Any]]) -> str:
     )
 
 
+def _drift(state: AdminState) -> str:
+    """A drift plot per group (listener.admin.drift_plot) with its latest reading."""
+    figures = []
+    for group, readings in drift_readings(state).items():
+        last = readings[-1]
+        mark = " DRIFTED" if last.drifted else ""
+        figures.append(
+            f'<figure data-drift-group="{escape(group)}"><img class="drift"'
+            f' src="/api/drift/plot.png?group={quote(group)}" alt="drift of {escape(group)}">'
+            f"<figcaption>{escape(group)}: MMD² {last.statistic:.4f},"
+            f" p {last.p_value:.4f}{mark}</figcaption></figure>"
+        )
+    if not figures:
+        return ""
+    return f"<section id=drift><h2>Embedding drift</h2>{''.join(figures)}</section>"
+
+
 def _pictures(state: AdminState, summaries: list[dict[str, Any]]) -> str:
     figures = []
     for s in summaries:
@@ -175,6 +194,6 @@ def render_dashboard(state: AdminState, *, show_patient: bool = False) -> str:
         f"<span>{_time(state.clock())} UTC</span>"
         '<label><input type="checkbox" id="refresh"> auto refresh</label></header><main>'
         f"{_stages(state)}{_failures(state)}{_pictures(state, summaries)}"
-        f"{_studies(state, summaries, show_patient)}</main>"
+        f"{_studies(state, summaries, show_patient)}{_drift(state)}</main>"
         '<script src="/dashboard.js"></script></body></html>'
     )

@@ -67,6 +67,7 @@ class JournalCollector(Collector):
         yield from _sends(stats)
         yield from _purged(stats)
         yield from _flags(self.database)
+        yield from _drift(self.database)
         quarantined = sum(1 for _ in self.quarantine_dir.glob("*.json"))
         yield CounterMetricFamily(
             f"{PREFIX}_quarantined_instances", "Instances set aside as unstorable", quarantined
@@ -100,6 +101,41 @@ def _flags(database: Database) -> Iterator[Metric]:
     for kind, n in flags:
         family.add_metric([str(kind)], int(n))
     yield family
+
+
+def _drift(database: Database) -> Iterator[Metric]:
+    """Each drift group's latest reading (listener.store.drift): MMD², p-value, drifted."""
+    try:
+        with database.snapshot() as db:
+            rows = list(
+                db.execute(
+                    "SELECT grp, statistic, p_value, drifted FROM drift_readings WHERE id IN"
+                    " (SELECT MAX(id) FROM drift_readings GROUP BY grp) ORDER BY grp"
+                )
+            )
+    except sqlite3.OperationalError:  # no job runner has created the table yet
+        rows = []
+    families = [
+        GaugeMetricFamily(
+            f"{PREFIX}_embedding_drift",
+            "MMD² of the group's latest embedding window against its reference",
+            labels=["group"],
+        ),
+        GaugeMetricFamily(
+            f"{PREFIX}_embedding_drift_p_value",
+            "Permutation p-value of the group's latest drift test",
+            labels=["group"],
+        ),
+        GaugeMetricFamily(
+            f"{PREFIX}_embedding_drifted",
+            "1 when the group's latest drift test is under drift.alpha",
+            labels=["group"],
+        ),
+    ]
+    for group, statistic, p_value, drifted in rows:
+        for family, value in zip(families, (statistic, p_value, drifted), strict=True):
+            family.add_metric([str(group)], float(value))
+    yield from families
 
 
 def _received(stats: Stats) -> Iterator[Metric]:

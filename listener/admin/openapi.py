@@ -75,6 +75,12 @@ def openapi_schema() -> dict[str, Any]:
                 params=[_path("uid")],
                 media="image/png",
             ),
+            "/api/drift": _get("Each embedding drift group's latest reading (MMD², p-value)"),
+            "/api/drift/plot.png": _get(
+                "A drift group's MMD² readings over time, drifted ones in red",
+                params=[_query("group", "drift group, e.g. calling_ae=CT1,modality=CT")],
+                media="image/png",
+            ),
             "/api/jobs": _get(
                 "Jobs, newest first",
                 params=[_query("state", "UPS state"), _query("study_uid", "one study"), _LIMIT],

@@ -51,6 +51,7 @@ from listener.route.plan import PlannedTask, task_from_payload
 from listener.security.settings import EgressPolicy
 from listener.settings import Destination, PriorsSettings, Settings
 from listener.store.audit import AuditTrail
+from listener.store.drift import DriftStore, drift_facts, group_key
 from listener.store.embeddings import EmbeddingStore
 from listener.store.flags import StudyFlag, StudyFlags
 from listener.store.jobs import Job, JobState, JobStore, Lease
@@ -125,6 +126,7 @@ class JobRunner:
     audit: AuditTrail | None = None
     adapters_dir: Path | None = None  # saved adapters (listener.infer.adapters)
     flags: StudyFlags | None = None  # review and OOD flags, OOD scores (listener.store.flags)
+    drift: DriftStore | None = None  # embedding drift per group (listener.store.drift)
 
     @cached_property
     def priors(self) -> PriorFinder:
@@ -369,3 +371,24 @@ class JobRunner:
             flag = ood_flag(task, score, job.study_uid, now)
             if flag is not None:
                 self._raise_flag(flag, f"ood:{job.id}", now)
+        for vector in list(outcome.embeddings.values())[:1]:  # a study joins its group once
+            self._watch_drift(job.study_uid, vector, outcome.model_version, now)
+
+    def _watch_drift(
+        self, study_uid: str, vector: list[float], model_version: str, now: float
+    ) -> None:
+        """Add the study to its drift group; audit and log a group that turns drifted."""
+        if self.drift is None or not self.drift.settings.enabled:
+            return
+        group = group_key(drift_facts(self.journal, self.spool_dir, study_uid), self.drift.keys)
+        reading, turned = self.drift.observe(group, study_uid, vector, model_version, now)
+        if reading is None or not turned:
+            return
+        log.warning(
+            "embedding_drift_detected",
+            group=group,
+            statistic=round(reading.statistic, 5),
+            p_value=round(reading.p_value, 4),
+        )
+        if self.audit is not None:
+            self.audit.drift_detected(group, reading.statistic, reading.p_value)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from factory import IMAGE_FAMILIES, family_study
 from peers import Gateway, StoreSCP, nodelay_env, run_gateway, run_storescp, wait_for
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 
 from listener.store.embeddings import EmbeddingStore
 
@@ -58,6 +58,16 @@ def _embedded(gateway: Gateway) -> int:
 
 def _received(scp: StoreSCP) -> set[str]:
     return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in scp.folder.iterdir()}
+
+
+def _texts(ds: Dataset) -> dict[str, str]:
+    """The SR's TEXT content items by concept name (TID 4019 Algorithm Name, Version...)."""
+    found: dict[str, str] = {}
+    for item in ds.get("ContentSequence", []):
+        if "TextValue" in item:
+            found[str(item.ConceptNameCodeSequence[0].CodeMeaning)] = str(item.TextValue)
+        found |= _texts(item)
+    return found
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -137,9 +147,9 @@ def test_adapter_trained_on_served_studies_routes_new_studies_by_family(tmp_path
                 wait_for(f"the {family} studies", lambda s=scp, e=expected: _received(s) == e)
             study = str(dcmread(new["disc"][0]).StudyInstanceUID)
             (sr,) = [dcmread(p) for p in (data_dir / "results" / study).glob("*.dcm")]
-            text = str(sr)
-            assert "MedImageInsight adapter families" in text
-            assert f"v1 on MedImageInsight {model_version}" in text
+            algorithm = _texts(sr)
+            assert algorithm["Algorithm Name"] == "MedImageInsight adapter families"
+            assert algorithm["Algorithm Version"] == f"v1 on MedImageInsight {model_version}"
 
             # an adapter of another model version, newest: refused at load, naming both
             adapter = json.loads((data_dir / "adapters/families/v1.json").read_text())

@@ -86,6 +86,7 @@ def test_every_command_is_registered() -> None:
         "similar",
         "audit",
         "adapter",
+        "drift",
     }
     assert set(_subcommands(commands["adapter"])) == {"train", "list", "show"}
     assert set(_subcommands(commands["jobs"])) == {"list", "show", "retry", "cancel"}
