@@ -46,7 +46,7 @@ box.checked = localStorage.getItem('pacsai-refresh') !== 'off';
 box.addEventListener('change',
   () => localStorage.setItem('pacsai-refresh', box.checked ? 'on' : 'off'));
 setInterval(() => { if (box.checked) location.reload(); }, 15000);
-for (const img of document.querySelectorAll('img.overlay')) {
+for (const img of document.querySelectorAll('img.overlay, img.drift')) {
   const mark = () => { img.dataset.loaded = img.naturalWidth > 0 ? 'yes' : 'no'; };
   if (img.complete) { mark(); } else { img.addEventListener('load', mark);
     img.addEventListener('error', mark); }
