@@ -42,7 +42,7 @@ class SimilarFilter:
         return self.modality is not None or self.since is not None or self.until is not None
 
 
-def new_index(dimensions: int = DIMENSIONS) -> Index:
+def new_index(dimensions: int = DIMENSIONS, expansion_search: int = 128) -> Index:
     """An empty cosine HNSW index of half-precision vectors (half the memory of float32)."""
     return Index(
         ndim=dimensions,
@@ -50,7 +50,7 @@ def new_index(dimensions: int = DIMENSIONS) -> Index:
         dtype="f16",
         connectivity=16,
         expansion_add=128,
-        expansion_search=128,
+        expansion_search=expansion_search,
     )
 
 
