@@ -21,6 +21,7 @@ from listener.store.vector_index import new_index
 
 
 def main() -> None:
+    """Build the index, run the queries, print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=1024)

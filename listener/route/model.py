@@ -222,6 +222,9 @@ def reference_problems(ruleset: RuleSet) -> list[str]:
                 )
             if task.ood and task.ood.forward_to is not None:
                 refs.append((f"tasks[{t}].ood.forward_to", task.ood.forward_to))
+            legacy = task.parameters.get("ood_destination")  # the older spelling of ood
+            if isinstance(legacy, str) and legacy:
+                refs.append((f"tasks[{t}].parameters.ood_destination", legacy))
         for field, dest in refs:
             if dest not in ruleset.destinations:
                 problems.append(

@@ -195,7 +195,7 @@ class DriftSettings(_Section):
 
     A group's reference is its first ``reference_size`` embedded studies; its window is the
     latest ``window_size`` after them. Once the window holds ``min_window`` studies, every new
-    study tests the window against the reference (MMD, listener.infer.mmd); a p-value under
+    study tests the window against the reference (MMD, listener.store.mmd); a p-value under
     ``alpha`` marks the group as drifted.
     """
 

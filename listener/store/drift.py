@@ -2,7 +2,7 @@
 
 Each embedded study joins its group (the ``drift.group_by`` facts of its first instance: calling
 AE title, modality, body part; e.g. ``calling_ae=CT1,modality=CT``) with its embedding through a
-fixed random projection (:mod:`listener.infer.mmd`). The group's first ``reference_size``
+fixed random projection (:mod:`listener.store.mmd`). The group's first ``reference_size``
 studies are its reference (a pinned set: a later change of input does not move it); its latest
 ``window_size`` studies after them are the window. From ``min_window`` studies on, every new
 study tests the window against the reference; the reading (MMD², permutation p-value, drifted
@@ -22,10 +22,10 @@ import numpy.typing as npt
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from listener.infer.mmd import mmd_test, projection
 from listener.settings import DriftSettings
 from listener.store.db import JournalTables
 from listener.store.journal import Journal
+from listener.store.mmd import mmd_test, projection
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS drift_members (

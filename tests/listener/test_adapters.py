@@ -171,6 +171,19 @@ def test_action_destination_typo_stops_loading_naming_rule_and_field(typo: str, 
     assert f"rule 'triage' field {field}: unknown destination" in str(caught.value)
 
 
+def test_legacy_ood_destination_parameter_is_checked_too() -> None:
+    """The older ``parameters: {ood_destination: ...}`` is a destination reference as well."""
+    text = ACTION_RULES.replace(
+        "        ood: {above: 0.4, forward_to: odd}\n",
+        "        parameters: {ood_threshold: 0.4, ood_destination: od}\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_rules(text)
+    assert "rule 'triage' field tasks[0].parameters.ood_destination: unknown destination 'od'" in (
+        str(caught.value)
+    )
+
+
 def test_actions_are_planned_into_the_job_parameters() -> None:
     """The review and OOD actions travel with the planned task; review decisions follow them."""
     from listener.infer.actions import ood_flag, review_flag

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from listener.infer.mmd import mmd_test, projection
 from listener.settings import DriftSettings
 from listener.store.drift import DriftStore, group_key
+from listener.store.mmd import mmd_test, projection
 
 
 def _cloud(centre: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
