@@ -292,7 +292,8 @@ async def run_classification(task: PlannedTask, ctx: TaskContext) -> TaskOutcome
     client = ctx.clients.medimageinsight
     prepared = prepare_image(image, ImageModel.MEDIMAGEINSIGHT, frame=frame)
     image_answer, text_answers = await asyncio.gather(
-        client.embed_images([prepared.png]), client.embed_texts(list(task.labels))
+        client.embed_images([prepared.png]),
+        client.embed_texts(list(task.label_texts or task.labels)),
     )
     image_vector = image_answer[0].image
     texts = [answer.text for answer in text_answers]

@@ -42,6 +42,24 @@ def check_name(value: str) -> str:
     return value
 
 
+DEFAULT_LABEL_TEMPLATE = "{modality} {anatomy} {finding}"
+_TEMPLATE_FIELDS = ("modality", "anatomy", "finding")
+
+
+class LabelSpec(_Section):
+    """A zero-shot label in the form MedImageInsight's model card recommends: the modality, the
+    anatomy and the finding (e.g. ``x-ray``, ``chest``, ``pleural effusion``). The text the model
+    embeds is the rules' ``label_template`` filled with them; the label results and routes name
+    is the finding."""
+
+    modality: str = Field(min_length=1)
+    anatomy: str = Field(min_length=1)
+    finding: str = Field(min_length=1)
+
+    def text(self, template: str) -> str:
+        return " ".join(template.format(**self.model_dump()).split())
+
+
 class ReviewAction(_Section):
     """Flag a study for review when a label's probability is above a threshold.
 
@@ -76,7 +94,7 @@ class ModelTask(_Section):
     adapter: str | None = Field(default=None, description="adapter name (model: adapter)")
     inputs: dict[str, Condition] | None = None
     prompts: list[str] = Field(default_factory=list)
-    labels: list[str] = Field(default_factory=list)
+    labels: list[str | LabelSpec] = Field(default_factory=list)
     window: str | None = Field(default=None, description="CT window preset, e.g. ct-abdomen")
     parameters: dict[str, str | float | int | bool] = Field(default_factory=dict)
     routes: dict[str, str] = Field(default_factory=dict, description="label -> destination")
@@ -116,13 +134,16 @@ class ModelTask(_Section):
         if (self.flag_for_review or self.ood) and self.model not in _EMBEDDING_MODELS:
             raise ValueError("flag_for_review and ood apply to medimageinsight and adapter tasks")
         review = self.flag_for_review
-        if review and review.label and self.labels and review.label not in self.labels:
+        if review and review.label and self.labels and review.label not in self.label_names:
             raise ValueError(f"flag_for_review.label {review.label!r} is not in labels")
         if self.model == "adapter":
             return self  # route labels are the adapter's, known when it loads
         if (self.routes or self.default_route) and not self.labels:
             raise ValueError("routes need labels to classify with")
-        unknown = sorted(set(self.routes) - set(self.labels))
+        names = self.label_names
+        if len(set(names)) != len(names):
+            raise ValueError("labels must be distinct (a structured label is named by its finding)")
+        unknown = sorted(set(self.routes) - set(names))
         if unknown:
             raise ValueError(f"routes name labels that are not in labels: {', '.join(unknown)}")
         return self
@@ -130,6 +151,15 @@ class ModelTask(_Section):
     @property
     def task_name(self) -> str:
         return self.name or self.model
+
+    @property
+    def label_names(self) -> list[str]:
+        """The labels as results and routes name them (a structured label: its finding)."""
+        return [label if isinstance(label, str) else label.finding for label in self.labels]
+
+    def label_texts(self, template: str) -> list[str]:
+        """The texts the model embeds: plain labels as written, structured ones templated."""
+        return [label if isinstance(label, str) else label.text(template) for label in self.labels]
 
 
 class Expectation(_Section):
@@ -181,6 +211,21 @@ class RuleSet(_Section):
 
     destinations: dict[str, Destination] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
+    label_template: str = Field(
+        default=DEFAULT_LABEL_TEMPLATE,
+        description="text of a structured zero-shot label: {modality}, {anatomy}, {finding}",
+    )
+
+    @field_validator("label_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        try:
+            value.format(**dict.fromkeys(_TEMPLATE_FIELDS, "x"))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"label_template may use only {{modality}}, {{anatomy}}, {{finding}} ({exc})"
+            ) from None
+        return value
 
     @field_validator("destinations")
     @classmethod

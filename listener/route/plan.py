@@ -52,6 +52,7 @@ class PlannedTask:
     default_route: str | None = None
     result_destinations: tuple[str, ...] = ()
     priority: int = 0
+    label_texts: tuple[str, ...] = ()  # what the model embeds per label (empty: the labels)
 
     @property
     def instance_uids(self) -> tuple[str, ...]:
@@ -124,7 +125,7 @@ def plan_study(
         (str(h["StudyInstanceUID"]) for h in instances_headers if h.get("StudyInstanceUID")), ""
     )
     facts = _FactsOf(association_facts)
-    builder = _PlanBuilder(study_uid)
+    builder = _PlanBuilder(study_uid, rules.label_template)
     for rule in rules.ordered():
         matched = [h for h in instances_headers if rule.match.matches(h, facts(h))]
         if not matched:
@@ -150,8 +151,9 @@ class _FactsOf:
 class _PlanBuilder:
     """Collects what each matched rule contributes to the plan."""
 
-    def __init__(self, study_uid: str) -> None:
+    def __init__(self, study_uid: str, label_template: str) -> None:
         self.study_uid = study_uid
+        self.label_template = label_template
         self.matched: list[str] = []
         self.tasks: list[PlannedTask] = []
         self.forwards: list[PlannedForward] = []
@@ -213,7 +215,8 @@ class _PlanBuilder:
                     model=model,
                     inputs=inputs,
                     prompts=tuple(task.prompts),
-                    labels=tuple(task.labels),
+                    labels=tuple(task.label_names),
+                    label_texts=_texts(task, self.label_template),
                     window=task.window,
                     parameters=parameters,
                     routes=dict(task.routes),
@@ -235,6 +238,12 @@ class _PlanBuilder:
             quiet_period_s=self.quiet,
             expectations=tuple(self.expectations),
         )
+
+
+def _texts(task: ModelTask, template: str) -> tuple[str, ...]:
+    """The model's texts of a task's labels; empty when they are the labels themselves."""
+    texts = tuple(task.label_texts(template))
+    return () if texts == tuple(task.label_names) else texts
 
 
 def _action_parameters(task: ModelTask) -> dict[str, str | float | int | bool]:
@@ -300,6 +309,7 @@ def task_payload(task: PlannedTask) -> dict[str, Any]:
         "default_route": task.default_route,
         "result_destinations": list(task.result_destinations),
         "priority": task.priority,
+        "label_texts": list(task.label_texts),
     }
 
 
@@ -318,4 +328,5 @@ def task_from_payload(payload: dict[str, Any]) -> PlannedTask:
         default_route=payload.get("default_route"),
         result_destinations=tuple(payload.get("result_destinations", ())),
         priority=int(payload.get("priority", 0)),
+        label_texts=tuple(payload.get("label_texts", ())),
     )
