@@ -27,12 +27,22 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--expansion-search", type=int, default=128)
+    parser.add_argument(
+        "--clusters",
+        type=int,
+        default=0,
+        help="draw the vectors around this many random centres (0: uniform on the sphere)",
+    )
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
     data = np.empty((args.n, args.dim), dtype=np.float32)
+    centres = rng.standard_normal((max(args.clusters, 1), args.dim), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     for start in range(0, args.n, 50_000):  # in chunks: no float64 copy of the whole set
         chunk = rng.standard_normal((min(50_000, args.n - start), args.dim), dtype=np.float32)
+        if args.clusters:  # each vector near a centre, as embeddings of similar images are
+            chunk = chunk / np.sqrt(args.dim) + centres[rng.integers(0, args.clusters, len(chunk))]
         data[start : start + len(chunk)] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
     index = new_index(args.dim, args.expansion_search)
     started = time.perf_counter()
@@ -40,6 +50,10 @@ def main() -> None:
     build_s = time.perf_counter() - started
 
     queries = rng.standard_normal((args.queries, args.dim), dtype=np.float32)  # fresh ones
+    if args.clusters:
+        queries = (
+            queries / np.sqrt(args.dim) + centres[rng.integers(0, args.clusters, args.queries)]
+        )
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     latencies, hits = [], 0
     for query in queries:
@@ -49,7 +63,7 @@ def main() -> None:
         exact = np.argpartition(-(data @ query), 10)[:10]
         hits += len(set(int(k) for k in found.keys) & set(int(k) for k in exact))
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"n={args.n} dim={args.dim} expansion_search={args.expansion_search}")
+    print(f"n={args.n} dim={args.dim} clusters={args.clusters} ef={args.expansion_search}")
     print(f"build_s={build_s:.1f} ({args.n / build_s:.0f} vectors/s)")
     print(
         f"top10_latency_ms p50={np.median(latencies) * 1e3:.2f}"

@@ -13,9 +13,11 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from listener.admin.state import AdminState
+from listener.store.embeddings import EmbeddingStore
 from listener.store.jobs import Job, JobState
 from listener.store.journal import StudyInfo, StudyState
 from listener.store.outbox import EntryState, OutboxEntry
+from listener.store.vector_index import similar
 
 Json = dict[str, Any]
 _ACTIVE_JOBS = (JobState.SCHEDULED, JobState.IN_PROGRESS)
@@ -216,7 +218,34 @@ def study_timeline(state: AdminState, info: StudyInfo, *, show_patient: bool = F
     data["results"] = result_files(state, info.study_uid)
     data["sends"] = sends
     data |= study_flags(state, info.study_uid)
+    data["similar"] = similar_studies(state, info.study_uid)
     return data
+
+
+def similar_studies(state: AdminState, study_uid: str, top: int = 5) -> list[Json]:
+    """The instances most like the study's first embedded one, from other studies (the HNSW
+    index, listener.store.vector_index); empty when the study has no embedding."""
+    store = EmbeddingStore(state.db_path)
+    try:
+        with store.db.read() as db:
+            row = db.execute(
+                "SELECT sop_instance_uid FROM embeddings WHERE study_uid = ? LIMIT 1",
+                (study_uid,),
+            ).fetchone()
+        if row is None:
+            return []
+        found = similar(store, state.settings.data_dir / "index", str(row[0]), top + 5)
+    finally:
+        store.close()
+    others = [n for n in found if n.study_uid != study_uid][:top]
+    return [
+        {
+            "study_uid": n.study_uid,
+            "sop_instance_uid": n.sop_instance_uid,
+            "similarity": n.similarity,
+        }
+        for n in others
+    ]
 
 
 def stage_counts(state: AdminState) -> dict[str, int]:

@@ -85,3 +85,22 @@ def test_review_flag_raises_the_priority_of_the_studys_scheduled_jobs(tmp_path: 
     (job,) = jobs.list_jobs(study_uid="1.2.3")
     jobs.close()
     assert job.priority == 7
+
+
+def test_a_studys_view_lists_the_most_similar_other_studies(tmp_path: Path) -> None:
+    """The study timeline's ``similar``: other studies by embedding, the nearest first."""
+    from listener.admin.views import similar_studies
+    from listener.store.embeddings import EmbeddingStore
+
+    state = open_state(load_settings(data_dir=tmp_path))
+    store = EmbeddingStore(state.db_path)
+    base = [1.0] + [0.0] * 1023
+    for study, tilt in (("1.1", 0.0), ("1.2", 0.1), ("1.3", 2.0), ("1.4", 0.5)):
+        store.put(f"{study}.1", study, [base[0], tilt, *base[2:]], "v1", now=1.0)
+    store.close()
+    try:
+        found = similar_studies(state, "1.1", top=2)
+        assert similar_studies(state, "9.9") == []
+    finally:
+        state.close()
+    assert [f["study_uid"] for f in found] == ["1.2", "1.4"]
