@@ -9,7 +9,6 @@ calls).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -24,6 +23,8 @@ from prometheus_client.registry import Collector
 
 from listener.settings import MODEL_NAMES
 from listener.store.db import Database
+from listener.store.drift import latest_readings
+from listener.store.flags import flag_metrics
 from listener.store.outbox import EntryState
 from listener.store.stats import JOB_STATES, STUDY_STATES, Stats, read_stats
 
@@ -82,12 +83,7 @@ OOD_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0)
 
 def _flags(database: Database) -> Iterator[Metric]:
     """Studies' latest OOD scores and the review/OOD flags raised (listener.store.flags)."""
-    try:
-        with database.snapshot() as db:
-            scores = [float(r[0]) for r in db.execute("SELECT score FROM study_ood")]
-            flags = list(db.execute("SELECT kind, COUNT(*) FROM study_flags GROUP BY kind"))
-    except sqlite3.OperationalError:  # no job runner has created the tables yet
-        scores, flags = [], []
+    scores, counts = flag_metrics(database)
     buckets, total = histogram_buckets(scores, OOD_BUCKETS)
     yield HistogramMetricFamily(
         f"{PREFIX}_study_ood_score",
@@ -98,23 +94,13 @@ def _flags(database: Database) -> Iterator[Metric]:
     family = CounterMetricFamily(
         f"{PREFIX}_study_flags", "Flags raised on studies by kind (review, ood)", labels=["kind"]
     )
-    for kind, n in flags:
-        family.add_metric([str(kind)], int(n))
+    for kind, n in sorted(counts.items()):
+        family.add_metric([kind], n)
     yield family
 
 
 def _drift(database: Database) -> Iterator[Metric]:
     """Each drift group's latest reading (listener.store.drift): MMD², p-value, drifted."""
-    try:
-        with database.snapshot() as db:
-            rows = list(
-                db.execute(
-                    "SELECT grp, statistic, p_value, drifted FROM drift_readings WHERE id IN"
-                    " (SELECT MAX(id) FROM drift_readings GROUP BY grp) ORDER BY grp"
-                )
-            )
-    except sqlite3.OperationalError:  # no job runner has created the table yet
-        rows = []
     families = [
         GaugeMetricFamily(
             f"{PREFIX}_embedding_drift",
@@ -132,9 +118,10 @@ def _drift(database: Database) -> Iterator[Metric]:
             labels=["group"],
         ),
     ]
-    for group, statistic, p_value, drifted in rows:
-        for family, value in zip(families, (statistic, p_value, drifted), strict=True):
-            family.add_metric([str(group)], float(value))
+    for r in latest_readings(database):
+        values = (r.statistic, r.p_value, float(r.drifted))
+        for family, value in zip(families, values, strict=True):
+            family.add_metric([r.group], value)
     yield from families
 
 

@@ -227,14 +227,10 @@ def similar_studies(state: AdminState, study_uid: str, top: int = 5) -> list[Jso
     index, listener.store.vector_index); empty when the study has no embedding."""
     store = EmbeddingStore(state.db_path)
     try:
-        with store.db.read() as db:
-            row = db.execute(
-                "SELECT sop_instance_uid FROM embeddings WHERE study_uid = ? LIMIT 1",
-                (study_uid,),
-            ).fetchone()
-        if row is None:
+        first = store.first_instance(study_uid)
+        if first is None:
             return []
-        found = similar(store, state.settings.data_dir / "index", str(row[0]), top + 5)
+        found = similar(store, state.settings.data_dir / "index", first, top + 5)
     finally:
         store.close()
     others = [n for n in found if n.study_uid != study_uid][:top]

@@ -12,6 +12,7 @@ plot and ``pacs-ai drift``. A group that turns drifted raises an audit event (th
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,7 +24,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from listener.settings import DriftSettings
-from listener.store.db import JournalTables
+from listener.store.db import Database, JournalTables
 from listener.store.journal import Journal
 from listener.store.mmd import mmd_test, projection
 
@@ -49,6 +50,12 @@ CREATE TABLE IF NOT EXISTS drift_readings (
 );
 CREATE INDEX IF NOT EXISTS drift_readings_grp ON drift_readings (grp, id);
 """
+
+
+_LATEST = (
+    "SELECT grp, at, statistic, p_value, drifted, reference, window FROM drift_readings"
+    " WHERE id IN (SELECT MAX(id) FROM drift_readings GROUP BY grp) ORDER BY grp"
+)
 
 
 @dataclass(frozen=True)
@@ -172,11 +179,7 @@ class DriftStore(JournalTables):
     def latest(self) -> dict[str, DriftReading]:
         """Each group's latest reading."""
         with self.db.read() as db:
-            rows = db.execute(
-                "SELECT grp, at, statistic, p_value, drifted, reference, window"
-                " FROM drift_readings WHERE id IN (SELECT MAX(id) FROM drift_readings GROUP BY grp)"
-                " ORDER BY grp"
-            ).fetchall()
+            rows = db.execute(_LATEST).fetchall()
         return {row[0]: _reading(row) for row in rows}
 
     def members(self) -> dict[str, int]:
@@ -184,6 +187,17 @@ class DriftStore(JournalTables):
         with self.db.read() as db:
             rows = db.execute("SELECT grp, COUNT(*) FROM drift_members GROUP BY grp").fetchall()
         return {str(g): int(n) for g, n in rows}
+
+
+def latest_readings(database: Database) -> list[DriftReading]:
+    """Each group's latest reading, for the metrics (empty when no job runner has created the
+    table yet)."""
+    try:
+        with database.snapshot() as db:
+            rows = db.execute(_LATEST).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    return [_reading(row) for row in rows]
 
 
 def _reading(row: Sequence[object]) -> DriftReading:

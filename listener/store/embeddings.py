@@ -152,6 +152,16 @@ class EmbeddingStore(JournalTables):
             for uid, versions in found.items()
         }
 
+    def first_instance(self, study_uid: str) -> str | None:
+        """The SOP Instance UID of one embedded instance of the study (None: none embedded)."""
+        with self.db.read() as db:
+            row = db.execute(
+                "SELECT sop_instance_uid FROM embeddings WHERE study_uid = ?"
+                " ORDER BY created_at LIMIT 1",
+                (study_uid,),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
     def count(self) -> int:
         with self.db.read() as db:
             return int(db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])

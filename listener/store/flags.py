@@ -10,9 +10,10 @@ in the job queue (``jobs.priority``, :mod:`listener.store.jobs`).
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 
-from listener.store.db import JournalTables
+from listener.store.db import Database, JournalTables
 from listener.store.ups import JobState
 
 _SCHEMA = """
@@ -114,3 +115,18 @@ class StudyFlags(JournalTables):
         """Every study's latest OOD score (for the metrics)."""
         with self.db.read() as db:
             return [float(r[0]) for r in db.execute("SELECT score FROM study_ood").fetchall()]
+
+
+def flag_metrics(database: Database) -> tuple[list[float], dict[str, int]]:
+    """Every study's latest OOD score, and the flag counts by kind, for the metrics (empty
+    when no job runner has created the tables yet)."""
+    try:
+        with database.snapshot() as db:
+            scores = [float(r[0]) for r in db.execute("SELECT score FROM study_ood")]
+            counts = {
+                str(kind): int(n)
+                for kind, n in db.execute("SELECT kind, COUNT(*) FROM study_flags GROUP BY kind")
+            }
+    except sqlite3.OperationalError:
+        return [], {}
+    return scores, counts
