@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from listener.settings import DriftSettings
 from listener.store.drift import DriftStore, group_key
@@ -55,3 +56,24 @@ def test_a_group_drifts_when_its_input_changes_and_the_other_does_not(tmp_path: 
     assert store.latest()[shifted].drifted
     assert store.members() == {shifted: 60, steady: 60}
     store.close()
+
+
+def test_drift_command_prints_each_group(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``pacs-ai drift`` lists every group with its studies; a group with a reading shows it."""
+    from listener.cli.main import main
+
+    settings = DriftSettings(reference_size=5, window_size=5, min_window=3)
+    store = DriftStore(tmp_path / "journal.sqlite", settings)
+    rng = np.random.default_rng(3)
+    centre = rng.standard_normal(1024)
+    for i in range(8):
+        store.observe("calling_ae=A", f"s{i}", list(_cloud(centre, 1, rng)[0]), "v1", float(i))
+    store.observe("calling_ae=B", "t0", list(_cloud(centre, 1, rng)[0]), "v1", 1.0)
+    store.close()
+    assert main(["drift", "--data-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("GROUP\tSTUDIES\tMMD2")
+    assert lines[1].startswith("calling_ae=A\t8\t") and lines[1].split("\t")[4] in ("yes", "no")
+    assert lines[2] == "calling_ae=B\t1\t-\t-\t-\t-"
