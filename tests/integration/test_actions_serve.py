@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 from factory import family_study
-from peers import Gateway, StoreSCP, nodelay_env, run_gateway, run_storescp, wait_for
+from peers import (
+    Gateway,
+    StoreSCP,
+    free_port,
+    nodelay_env,
+    run_gateway,
+    run_storescp,
+    wait_for,
+)
 from pydicom import dcmread
 
 from listener.store.embeddings import EmbeddingStore
@@ -124,3 +132,35 @@ def test_review_and_ood_actions_reach_their_destinations(tmp_path: Path) -> None
                 assert disc_score is not None and disc_score < 0.6
             finally:
                 flags.close()
+
+
+@pytest.mark.parametrize(
+    ("action", "field"),
+    [
+        ("flag_for_review: {above: 0.8, forward_to: reveiw}", "flag_for_review.forward_to"),
+        ("ood: {above: 0.6, forward_to: od}", "ood.forward_to"),
+    ],
+)
+def test_action_destination_typo_stops_serve_naming_rule_and_field(
+    tmp_path: Path, action: str, field: str
+) -> None:
+    """``pacs-ai serve`` with a misspelt review or OOD destination exits at start-up, naming
+    the rule and the field."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "destinations:\n"
+        "  review: {ae_title: REVIEW, host: 127.0.0.1, port: 11112}\n"
+        "  odd: {ae_title: ODD, host: 127.0.0.1, port: 11113}\n"
+        "rules:\n  - name: triage\n    match: {attribute: Modality, equals: CT}\n"
+        f"    tasks: [{{model: medimageinsight, labels: [a, b], {action}}}]\n"
+    )
+    serve = ["serve", "--port", str(free_port()), "--data-dir", str(tmp_path / "var")]
+    done = subprocess.run(
+        [sys.executable, "-m", "listener.cli", *serve],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=nodelay_env(PACSAI_RULES_FILE=str(rules), PACSAI_ADMIN_PORT="0"),
+    )
+    assert done.returncode != 0
+    assert f"rule 'triage' field tasks[0].{field}: unknown destination" in done.stderr + done.stdout
