@@ -33,7 +33,7 @@ from typing import Any
 
 from pydicom import Dataset
 
-from converters.codes import PRIVATE_SCHEME
+from converters.codes import PRIVATE_SCHEME, clip_text
 from converters.copied import clean_copied
 from converters.model_outputs import ModelIdentity
 from converters.uids import derive_uid
@@ -126,8 +126,12 @@ class Provenance:
 
     @property
     def software_versions(self) -> tuple[str, str]:
-        """Software Versions: the gateway's and the model's (PS3.3 C.7.5.1)."""
-        return (f"{MANUFACTURER} {self.gateway_version}", f"{self.model.name} {self.model.version}")
+        """Software Versions: the gateway's and the model's (PS3.3 C.7.5.1), each cut to the
+        64 characters of an LO value (an adapter's name and version on top of the model's)."""
+        return (
+            clip_text(f"{MANUFACTURER} {self.gateway_version}"),
+            clip_text(f"{self.model.name} {self.model.version}"),
+        )
 
     def _task_key(self, study_uid: str, kind: ResultKind) -> tuple[str, ...]:
         model, version = self.model.name, self.model.version

@@ -106,6 +106,24 @@ def _rejection_note(sources: Sequence[Dataset], provenance: Provenance) -> list[
     return [check_result(note, sources, companions=_earlier(provenance))]
 
 
+def build_adapter_results(
+    sources: Sequence[Dataset],
+    image: ImageFrame,
+    labels: Sequence[str],
+    probabilities: Sequence[float],
+    provenance: Provenance,
+) -> ClassificationResults:
+    """An adapter's classification: the same SR as zero-shot, from probabilities the adapter
+    computed (``provenance`` names the adapter on top of MedImageInsight, TID 4019)."""
+    sources = [cleaned_source(ds) for ds in sources]
+    image = ImageFrame(_same(sources, image.image), image.frame)
+    sr = build_classification_sr(sources, image, labels, list(probabilities), provenance)
+    checked = check_result(sr, sources, companions=_earlier(provenance))
+    return ClassificationResults(
+        (checked, *_rejection_note(sources, provenance)), np.asarray(probabilities, np.float64)
+    )
+
+
 def build_classification_results(
     sources: Sequence[Dataset],
     image: ImageFrame,

@@ -33,7 +33,9 @@ from listener.send.deliver import Deliverer, SendBackoff
 from listener.send.scu import StoreSender
 from listener.settings import MODEL_NAMES, Settings
 from listener.store.audit import AuditTrail
+from listener.store.drift import DriftStore
 from listener.store.embeddings import EmbeddingStore
+from listener.store.flags import StudyFlags
 from listener.store.jobs import JobStore
 from listener.store.journal import Journal
 from listener.store.outbox import Outbox
@@ -68,6 +70,9 @@ class Pipeline:
     def close(self) -> None:
         for store in (self.journal, self.jobs, self.outbox, self.embeddings):
             store.close()
+        for extra in (self.runner.flags, self.runner.drift):
+            if extra is not None:
+                extra.close()
         if self.audit is not None:
             self.audit.close()
 
@@ -113,6 +118,9 @@ def build_pipeline(
             calling_ae=settings.ae_titles[0],
             egress={name: settings.models.get(name).egress for name in MODEL_NAMES},
             audit=audit,
+            adapters_dir=settings.data_dir / "adapters",
+            flags=StudyFlags(settings.journal_path),
+            drift=DriftStore(settings.journal_path, settings.drift),
         ),
         deliverer=Deliverer(
             outbox,

@@ -153,6 +153,45 @@ def ct_series(
     return out
 
 
+IMAGE_FAMILIES = ("disc", "band")
+
+
+def family_study(family: str, index: int, *, size: int = 64) -> Dataset:
+    """A one-image CT study of a visibly distinct synthetic family, varied per ``index``.
+
+    ``disc``: a bright disc of varying radius and position near the centre; ``band``: a bright
+    horizontal band across the top of varying height. Both on soft-tissue background with noise,
+    so that the emulator's pixel-derived embeddings of one family lie close together and far
+    from the other's.
+    """
+    rng = np.random.default_rng([index, sum(family.encode())])
+    (ds,) = ct_series(
+        1,
+        rows=size,
+        cols=size,
+        patient_id=f"FAM{index:04d}",
+        accession=f"F{index:05d}",
+        uid_seed=f"{family}-{index}",
+    )
+    yy, xx = np.mgrid[0:size, 0:size]
+    if family == "disc":
+        cy, cx = rng.uniform(0.35, 0.65, 2) * size
+        radius = rng.uniform(0.15, 0.3) * size
+        shape = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
+    elif family == "band":
+        top, height = rng.uniform(0.0, 0.1) * size, rng.uniform(0.2, 0.4) * size
+        shape = (yy >= top) & (yy < top + height)
+    elif family == "corner":  # a third family, unlike the other two (out of distribution)
+        edge = rng.uniform(0.55, 0.7) * size
+        shape = (yy > edge) & (xx > edge)
+    else:
+        raise ValueError(f"unknown family {family!r} (known: {', '.join(IMAGE_FAMILIES)}, corner)")
+    hu = 1000 + 40 + 160 * shape + rng.normal(0, 15, (size, size))  # stored = HU + 1000
+    ds.PixelData = np.clip(hu, 0, 3000).astype(np.int16).tobytes()
+    ds.StudyDescription = "Synthetic family"
+    return ds
+
+
 def _uid_source(seed: str | None) -> Callable[[str], str]:
     """UIDs for one synthetic object: random, or derived from ``seed`` and the UID's role."""
     if seed is None:

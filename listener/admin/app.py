@@ -8,6 +8,9 @@ headers, the Host allow-list, same-origin JSON for the state-changing POSTs, and
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import date
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -17,6 +20,7 @@ from starlette.routing import Route
 
 from listener.admin import dicomweb, views
 from listener.admin.dashboard import SCRIPT, STYLE, render_dashboard
+from listener.admin.drift_plot import drift_readings, render_drift
 from listener.admin.metrics import JournalCollector, build_registry
 from listener.admin.openapi import openapi_schema
 from listener.admin.pictures import study_picture
@@ -27,8 +31,10 @@ from listener.errors import ConfigError
 from listener.logging import get_logger
 from listener.route.load import effective_rules
 from listener.route.model import rules_fingerprint
+from listener.store.embeddings import EmbeddingStore
 from listener.store.jobs import JobState
 from listener.store.retry import retry_job
+from listener.store.vector_index import SimilarFilter, similar
 
 _log = get_logger("admin")
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -89,6 +95,52 @@ class _Handlers:
         png = study_picture(self.state, uid) if self.state.journal.study(uid) is not None else None
         if png is None:
             return _error(404, "no drawable result for this study")
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    def similar(self, request: Request) -> Response:
+        """The instances most like one (listener.store.vector_index), with optional filters."""
+        query = request.query_params
+        try:
+            top = int(query.get("top", "5"))
+            where = SimilarFilter(
+                query.get("modality") or None,
+                date.fromisoformat(query["since"]) if query.get("since") else None,
+                date.fromisoformat(query["until"]) if query.get("until") else None,
+            )
+        except ValueError:
+            return _error(400, "top: a whole number; since, until: YYYY-MM-DD")
+        if not 1 <= top <= 100:
+            return _error(400, "top: 1 to 100")
+        store = EmbeddingStore(self.state.db_path)
+        try:
+            found = similar(
+                store,
+                self.state.settings.data_dir / "index",
+                request.path_params["uid"],
+                top,
+                where,
+            )
+        except KeyError:
+            return _error(404, "no embedding for this instance")
+        finally:
+            store.close()
+        return JSONResponse([dataclasses.asdict(n) for n in found])
+
+    def drift(self, request: Request) -> Response:
+        """Each drift group's latest reading (listener.store.drift)."""
+        return JSONResponse(
+            {
+                group: dataclasses.asdict(readings[-1])
+                for group, readings in drift_readings(self.state).items()
+            }
+        )
+
+    def drift_plot(self, request: Request) -> Response:
+        group = request.query_params.get("group", "")
+        readings = drift_readings(self.state).get(group)
+        if readings is None:
+            return _error(404, "no drift readings for this group")
+        png = render_drift(group, readings)
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
     def jobs(self, request: Request) -> Response:
@@ -205,6 +257,9 @@ def _routes(state: AdminState) -> list[Route]:
         Route("/api/studies", handlers.studies),
         Route("/api/studies/{uid}", handlers.study),
         Route("/api/studies/{uid}/overlay.png", handlers.overlay),
+        Route("/api/drift", handlers.drift),
+        Route("/api/similar/{uid}", handlers.similar),
+        Route("/api/drift/plot.png", handlers.drift_plot),
         Route("/api/jobs", handlers.jobs),
         Route("/api/jobs/{id:int}", handlers.job),
         Route("/api/jobs/{id:int}/{action}", handlers.job_action, methods=["POST"]),

@@ -12,8 +12,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
+from urllib.parse import quote
 
 from listener.admin import views
+from listener.admin.drift_plot import drift_readings
 from listener.admin.pictures import has_picture
 from listener.admin.readiness import problems
 from listener.admin.state import AdminState
@@ -44,7 +46,7 @@ box.checked = localStorage.getItem('pacsai-refresh') !== 'off';
 box.addEventListener('change',
   () => localStorage.setItem('pacsai-refresh', box.checked ? 'on' : 'off'));
 setInterval(() => { if (box.checked) location.reload(); }, 15000);
-for (const img of document.querySelectorAll('img.overlay')) {
+for (const img of document.querySelectorAll('img.overlay, img.drift')) {
   const mark = () => { img.dataset.loaded = img.naturalWidth > 0 ? 'yes' : 'no'; };
   if (img.complete) { mark(); } else { img.addEventListener('load', mark);
     img.addEventListener('error', mark); }
@@ -100,14 +102,44 @@ def _studies(state: AdminState, summaries: list[dict[str, Any]], show_patient: b
             f'<tr data-study-uid="{uid}"><td class=uid><a href="/api/studies/{uid}">{uid}</a></td>'
             f"{patient}<td>{escape(s['stage'])}</td><td>{s['instances']}</td>"
             f"<td>{_counts(s['jobs'])}</td><td>{s['results']}</td><td>{_counts(s['sends'])}</td>"
-            f"<td>{_time(s['last_received_at'])}</td></tr>"
+            f"<td>{_time(s['last_received_at'])}</td><td>{_ood(s.get('ood_score'))}</td>"
+            f"<td class=flags>{_flags(s.get('flags') or [])}</td></tr>"
         )
     body = "".join(rows) or '<tr><td colspan="8">No studies yet.</td></tr>'
     return (
         f"<section id=studies><h2>Latest studies</h2><table><tr><th>Study</th>{patient_head}"
         "<th>Stage</th><th>Instances</th><th>Jobs</th><th>Results</th><th>Sends</th>"
-        f"<th>Last received (UTC)</th></tr>{body}</table></section>"
+        f"<th>Last received (UTC)</th><th>OOD score</th><th>Flags</th></tr>{body}</table>"
+        "</section>"
     )
+
+
+def _ood(score: Any) -> str:
+    return "" if score is None else f"{float(score):.3f}"
+
+
+def _flags(flags: list[dict[str, Any]]) -> str:
+    """Review and OOD flags (listener.store.flags), each with its reason."""
+    return "<br>".join(
+        f"<mark>{escape(str(f['kind']))}</mark> {escape(str(f['reason']))}" for f in flags
+    )
+
+
+def _drift(state: AdminState) -> str:
+    """A drift plot per group (listener.admin.drift_plot) with its latest reading."""
+    figures = []
+    for group, readings in drift_readings(state).items():
+        last = readings[-1]
+        mark = " DRIFTED" if last.drifted else ""
+        figures.append(
+            f'<figure data-drift-group="{escape(group)}"><img class="drift"'
+            f' src="/api/drift/plot.png?group={quote(group)}" alt="drift of {escape(group)}">'
+            f"<figcaption>{escape(group)}: MMD² {last.statistic:.4f},"
+            f" p {last.p_value:.4f}{mark}</figcaption></figure>"
+        )
+    if not figures:
+        return ""
+    return f"<section id=drift><h2>Embedding drift</h2>{''.join(figures)}</section>"
 
 
 def _pictures(state: AdminState, summaries: list[dict[str, Any]]) -> str:
@@ -162,6 +194,6 @@ def render_dashboard(state: AdminState, *, show_patient: bool = False) -> str:
         f"<span>{_time(state.clock())} UTC</span>"
         '<label><input type="checkbox" id="refresh"> auto refresh</label></header><main>'
         f"{_stages(state)}{_failures(state)}{_pictures(state, summaries)}"
-        f"{_studies(state, summaries, show_patient)}</main>"
+        f"{_studies(state, summaries, show_patient)}{_drift(state)}</main>"
         '<script src="/dashboard.js"></script></body></html>'
     )

@@ -23,6 +23,8 @@ from prometheus_client.registry import Collector
 
 from listener.settings import MODEL_NAMES
 from listener.store.db import Database
+from listener.store.drift import latest_readings
+from listener.store.flags import flag_metrics
 from listener.store.outbox import EntryState
 from listener.store.stats import JOB_STATES, STUDY_STATES, Stats, read_stats
 
@@ -65,6 +67,8 @@ class JournalCollector(Collector):
         yield from _models(stats)
         yield from _sends(stats)
         yield from _purged(stats)
+        yield from _flags(self.database)
+        yield from _drift(self.database)
         quarantined = sum(1 for _ in self.quarantine_dir.glob("*.json"))
         yield CounterMetricFamily(
             f"{PREFIX}_quarantined_instances", "Instances set aside as unstorable", quarantined
@@ -72,6 +76,53 @@ class JournalCollector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_spool_free_bytes", "Free space on the spool file system", self.free_bytes()
         )
+
+
+OOD_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0)
+
+
+def _flags(database: Database) -> Iterator[Metric]:
+    """Studies' latest OOD scores and the review/OOD flags raised (listener.store.flags)."""
+    scores, counts = flag_metrics(database)
+    buckets, total = histogram_buckets(scores, OOD_BUCKETS)
+    yield HistogramMetricFamily(
+        f"{PREFIX}_study_ood_score",
+        "Latest out-of-distribution score of each scored study",
+        buckets=buckets,
+        sum_value=total,
+    )
+    family = CounterMetricFamily(
+        f"{PREFIX}_study_flags", "Flags raised on studies by kind (review, ood)", labels=["kind"]
+    )
+    for kind, n in sorted(counts.items()):
+        family.add_metric([kind], n)
+    yield family
+
+
+def _drift(database: Database) -> Iterator[Metric]:
+    """Each drift group's latest reading (listener.store.drift): MMD², p-value, drifted."""
+    families = [
+        GaugeMetricFamily(
+            f"{PREFIX}_embedding_drift",
+            "MMD² of the group's latest embedding window against its reference",
+            labels=["group"],
+        ),
+        GaugeMetricFamily(
+            f"{PREFIX}_embedding_drift_p_value",
+            "Permutation p-value of the group's latest drift test",
+            labels=["group"],
+        ),
+        GaugeMetricFamily(
+            f"{PREFIX}_embedding_drifted",
+            "1 when the group's latest drift test is under drift.alpha",
+            labels=["group"],
+        ),
+    ]
+    for r in latest_readings(database):
+        values = (r.statistic, r.p_value, float(r.drifted))
+        for family, value in zip(families, values, strict=True):
+            family.add_metric([r.group], value)
+    yield from families
 
 
 def _received(stats: Stats) -> Iterator[Metric]:

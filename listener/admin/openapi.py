@@ -75,6 +75,22 @@ def openapi_schema() -> dict[str, Any]:
                 params=[_path("uid")],
                 media="image/png",
             ),
+            "/api/similar/{uid}": _get(
+                "The instances most like one (MedImageInsight embeddings, HNSW index)",
+                params=[
+                    _path("uid"),
+                    _query("top", "how many, 1 to 100 (default 5)"),
+                    _query("modality", "only this modality"),
+                    _query("since", "received on or after, YYYY-MM-DD"),
+                    _query("until", "received on or before, YYYY-MM-DD"),
+                ],
+            ),
+            "/api/drift": _get("Each embedding drift group's latest reading (MMD², p-value)"),
+            "/api/drift/plot.png": _get(
+                "A drift group's MMD² readings over time, drifted ones in red",
+                params=[_query("group", "drift group, e.g. calling_ae=CT1,modality=CT")],
+                media="image/png",
+            ),
             "/api/jobs": _get(
                 "Jobs, newest first",
                 params=[_query("state", "UPS state"), _query("study_uid", "one study"), _LIMIT],

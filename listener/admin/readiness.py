@@ -25,6 +25,7 @@ from typing import Any
 
 from listener.admin.state import AdminState
 from listener.settings import MODEL_NAMES
+from listener.store.drift import DriftStore
 from listener.store.records import SupervisedRecords
 from listener.store.stats import model_availability, overdue
 
@@ -110,4 +111,21 @@ def readiness(state: AdminState, now: float) -> tuple[int, dict[str, Any]]:
     else:
         status = "ready"
     code = HTTP_SERVICE_UNAVAILABLE if reasons else HTTP_OK
-    return code, {"status": status, "reasons": reasons, "models": by_model}
+    body = {"status": status, "reasons": reasons, "models": by_model}
+    return code, body | {"warnings": warnings(state)}
+
+
+def warnings(state: AdminState) -> list[str]:
+    """What an operator should look at without the gateway being unready: groups whose
+    embeddings drifted from their reference (listener.store.drift)."""
+    drift = DriftStore(state.db_path, state.settings.drift)
+    try:
+        latest = drift.latest()
+    finally:
+        drift.close()
+    return [
+        f"drift: group {group} drifted from its reference (MMD² {r.statistic:.4f},"
+        f" p {r.p_value:.4f} < {state.settings.drift.alpha})"
+        for group, r in latest.items()
+        if r.drifted
+    ]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from listener.settings import Settings
 from listener.store.audit import AuditTrail
+from listener.store.flags import StudyFlags
 from listener.store.jobs import JobStore
 from listener.store.journal import Journal
 from listener.store.outbox import Outbox
@@ -28,6 +29,7 @@ class AdminState:
     spool: Spool
     clock: Callable[[], float] = field(default=time.time)
     audit: AuditTrail | None = None
+    flags: StudyFlags | None = None  # review/OOD flags and OOD scores (listener.store.flags)
 
     @property
     def db_path(self) -> Path:
@@ -40,6 +42,8 @@ class AdminState:
     def close(self) -> None:
         for store in (self.journal, self.jobs, self.outbox, self.records):
             store.close()
+        if self.flags is not None:
+            self.flags.close()
         if self.audit is not None:
             self.audit.close()
 
@@ -60,4 +64,5 @@ def open_state(settings: Settings, clock: Callable[[], float] = time.time) -> Ad
         spool=spool,
         clock=clock,
         audit=AuditTrail.open(settings, clock),
+        flags=StudyFlags(settings.journal_path),
     )

@@ -13,9 +13,11 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from listener.admin.state import AdminState
+from listener.store.embeddings import EmbeddingStore
 from listener.store.jobs import Job, JobState
 from listener.store.journal import StudyInfo, StudyState
 from listener.store.outbox import EntryState, OutboxEntry
+from listener.store.vector_index import similar
 
 Json = dict[str, Any]
 _ACTIVE_JOBS = (JobState.SCHEDULED, JobState.IN_PROGRESS)
@@ -146,7 +148,29 @@ def study_summary(state: AdminState, info: StudyInfo, *, show_patient: bool = Fa
     data["sends"] = _count(str(entry["state"]) for entry in sends)
     folder = state.results_dir / info.study_uid
     data["results"] = len(list(folder.glob("*.dcm"))) if folder.is_dir() else 0
+    data |= study_flags(state, info.study_uid)
     return data
+
+
+def study_flags(state: AdminState, study_uid: str) -> Json:
+    """The study's review/OOD flags and its latest OOD score (listener.store.flags)."""
+    if state.flags is None:
+        return {"flags": [], "ood_score": None}
+    return {
+        "flags": [
+            {
+                "kind": f.kind,
+                "rule": f.rule,
+                "task": f.task,
+                "reason": f.reason,
+                "score": f.score,
+                "destination": f.destination,
+                "at": f.created_at,
+            }
+            for f in state.flags.flags(study_uid)
+        ],
+        "ood_score": state.flags.ood(study_uid),
+    }
 
 
 def _count(values: Any) -> dict[str, int]:
@@ -193,7 +217,31 @@ def study_timeline(state: AdminState, info: StudyInfo, *, show_patient: bool = F
     data["jobs"] = [job_detail(state, job) for job in reversed(jobs)]
     data["results"] = result_files(state, info.study_uid)
     data["sends"] = sends
+    data |= study_flags(state, info.study_uid)
+    data["similar"] = similar_studies(state, info.study_uid)
     return data
+
+
+def similar_studies(state: AdminState, study_uid: str, top: int = 5) -> list[Json]:
+    """The instances most like the study's first embedded one, from other studies (the HNSW
+    index, listener.store.vector_index); empty when the study has no embedding."""
+    store = EmbeddingStore(state.db_path)
+    try:
+        first = store.first_instance(study_uid)
+        if first is None:
+            return []
+        found = similar(store, state.settings.data_dir / "index", first, top + 5)
+    finally:
+        store.close()
+    others = [n for n in found if n.study_uid != study_uid][:top]
+    return [
+        {
+            "study_uid": n.study_uid,
+            "sop_instance_uid": n.sop_instance_uid,
+            "similarity": n.similarity,
+        }
+        for n in others
+    ]
 
 
 def stage_counts(state: AdminState) -> dict[str, int]:

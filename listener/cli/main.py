@@ -23,9 +23,11 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from listener.cli.adapter import add_adapter
 from listener.cli.audit import add_audit
 from listener.cli.common import EXIT_FAILED, EXIT_USAGE, CommandError, Parser, Subparsers
 from listener.cli.dicom import add_echo, add_send, add_studies
+from listener.cli.drift import add_drift
 from listener.cli.jobs import add_jobs
 from listener.cli.process import add_process
 from listener.cli.rules import add_rules
@@ -45,6 +47,8 @@ ADDERS: list[Callable[[Subparsers], None]] = [
     add_process,
     add_jobs,
     add_similar,
+    add_adapter,
+    add_drift,
 ]
 
 

@@ -42,6 +42,7 @@ from pydicom.uid import KeyObjectSelectionDocumentStorage
 from converters.check import checked_bytes
 from converters.provenance import ResultRef
 from listener.errors import CircuitOpenError, GatewayError, TransientModelError
+from listener.infer.actions import ood_flag, review_flag
 from listener.infer.clients import ModelClients
 from listener.infer.egress import EgressReport
 from listener.infer.priors import PriorFinder
@@ -51,7 +52,9 @@ from listener.route.plan import PlannedTask, task_from_payload
 from listener.security.settings import EgressPolicy
 from listener.settings import Destination, PriorsSettings, Settings
 from listener.store.audit import AuditTrail
+from listener.store.drift import DriftStore, drift_facts, group_key
 from listener.store.embeddings import EmbeddingStore
+from listener.store.flags import StudyFlag, StudyFlags
 from listener.store.jobs import Job, JobState, JobStore, Lease
 from listener.store.journal import Journal, instance_paths
 from listener.store.outbox import Enqueue, Outbox
@@ -125,6 +128,9 @@ class JobRunner:
     calling_ae: str = "PACSAI"
     egress: dict[str, EgressPolicy] = field(default_factory=dict)  # models.<name>.egress
     audit: AuditTrail | None = None
+    adapters_dir: Path | None = None  # saved adapters (listener.infer.adapters)
+    flags: StudyFlags | None = None  # review and OOD flags, OOD scores (listener.store.flags)
+    drift: DriftStore | None = None  # embedding drift per group (listener.store.drift)
 
     @cached_property
     def priors(self) -> PriorFinder:
@@ -161,6 +167,10 @@ class JobRunner:
             earlier=lambda task: self.earlier_results(study_uid, task),
             egress=self.egress,
             on_egress=self._egress_observer(clients, study_uid),
+            adapters_dir=self.adapters_dir,
+            stored_embedding=lambda uid, version: (
+                self.embeddings.by_version([uid]).get(uid, {}).get(version)
+            ),
         )
 
     def earlier_results(self, study_uid: str, task: PlannedTask) -> list[ResultRef]:
@@ -320,7 +330,25 @@ class JobRunner:
                     label=outcome.top_label,
                     destination=target,
                 )
+        review = review_flag(task, outcome.probabilities, job.study_uid, now)
+        if review is not None:
+            self._raise_flag(review[0], f"review:{job.id}", now, review[1])
         return uids
+
+    def _raise_flag(self, flag: StudyFlag, job_key: str, now: float, priority: int = 0) -> None:
+        """Keep a review or OOD flag, raise the study's priority, forward it when asked."""
+        if self.flags is not None:
+            self.flags.flag(flag, priority)
+        log.warning(
+            "study_flagged",
+            study_uid=flag.study_uid,
+            kind=flag.kind,
+            reason=flag.reason,
+            destination=flag.destination,
+            raise_priority=priority,
+        )
+        if flag.destination:
+            self._forward_study(flag.study_uid, flag.destination, job_key, now)
 
     def _forward_study(self, study_uid: str, destination: str, job_key: str, now: float) -> None:
         """Queue the study's originals for ``destination``, except those already queued or sent
@@ -340,20 +368,36 @@ class JobRunner:
     def _keep_embeddings(
         self, job: Job, task: PlannedTask, outcome: TaskOutcome, now: float
     ) -> None:
-        """Store the study's vectors; flag (and optionally route) an out-of-distribution study."""
-        threshold = task.parameters.get("ood_threshold")
+        """Store the study's vectors, keep its OOD score; flag (and optionally route) it when
+        the score is above the task's threshold."""
         for uid, vector in outcome.embeddings.items():
             score = self.embeddings.study_ood_score(job.study_uid, vector, outcome.model_version)
             self.embeddings.put(uid, job.study_uid, vector, outcome.model_version, now)
-            if score is None or threshold is None or score <= float(threshold):
+            if score is None:
                 continue
-            destination = task.parameters.get("ood_destination")
-            log.warning(
-                "study_out_of_distribution",
-                study_uid=job.study_uid,
-                score=round(score, 4),
-                threshold=float(threshold),
-                destination=destination,
-            )
-            if isinstance(destination, str) and destination:
-                self._forward_study(job.study_uid, destination, f"ood:{job.id}", now)
+            if self.flags is not None:
+                self.flags.set_ood(job.study_uid, score, outcome.model_version, now)
+            flag = ood_flag(task, score, job.study_uid, now)
+            if flag is not None:
+                self._raise_flag(flag, f"ood:{job.id}", now)
+        for vector in list(outcome.embeddings.values())[:1]:  # a study joins its group once
+            self._watch_drift(job.study_uid, vector, outcome.model_version, now)
+
+    def _watch_drift(
+        self, study_uid: str, vector: list[float], model_version: str, now: float
+    ) -> None:
+        """Add the study to its drift group; audit and log a group that turns drifted."""
+        if self.drift is None or not self.drift.settings.enabled:
+            return
+        group = group_key(drift_facts(self.journal, self.spool_dir, study_uid), self.drift.keys)
+        reading, turned = self.drift.observe(group, study_uid, vector, model_version, now)
+        if reading is None or not turned:
+            return
+        log.warning(
+            "embedding_drift_detected",
+            group=group,
+            statistic=round(reading.statistic, 5),
+            p_value=round(reading.p_value, 4),
+        )
+        if self.audit is not None:
+            self.audit.drift_detected(group, reading.statistic, reading.p_value)

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,10 @@ class TaskContext:
     egress: Mapping[str, EgressPolicy] = field(default_factory=dict)
     on_egress: EgressObserver | None = None
     report: EgressReport | None = None  # of the task being run (set by run_task)
+    # Adapter tasks (listener.infer.adapted): the saved adapters, and a stored embedding of an
+    # instance for a model version (None: not stored).
+    adapters_dir: Path | None = None
+    stored_embedding: Callable[[str, str], npt.NDArray[np.float32] | None] | None = None
 
     def policy(self, model: str) -> EgressPolicy:
         return self.egress.get(model) or EgressPolicy()
@@ -97,6 +102,7 @@ class TaskOutcome:
     not_found: tuple[str, ...] = ()
     model_version: str = ""
     emulated: bool = False  # the answers came from the emulator, not a clinical model
+    probabilities: dict[str, float] = field(default_factory=dict)  # per label (classification)
 
 
 def _provenance(
@@ -282,6 +288,10 @@ def _representative(datasets: Sequence[Dataset]) -> tuple[Dataset, int]:
 async def run_classification(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
     """MedImageInsight zero-shot classification of the study on its labels; SR with the
     probabilities; the top label picks the routing destination."""
+    if task.parameters.get("adapter"):
+        from listener.infer.adapted import run_adapter  # it builds on this module's helpers
+
+        return await run_adapter(task, ctx)
     if not task.labels:
         raise ConversionError(f"task {task.name}: a classification needs labels")
     images = _images(task, ctx)
@@ -295,7 +305,8 @@ async def run_classification(task: PlannedTask, ctx: TaskContext) -> TaskOutcome
         prepare_image, image, ImageModel.MEDIMAGEINSIGHT, frame=frame
     )
     image_answer, text_answers = await asyncio.gather(
-        client.embed_images([prepared.png]), client.embed_texts(list(task.labels))
+        client.embed_images([prepared.png]),
+        client.embed_texts(list(task.label_texts or task.labels)),
     )
     image_vector = image_answer[0].image
     texts = [answer.text for answer in text_answers]
@@ -318,6 +329,7 @@ async def run_classification(task: PlannedTask, ctx: TaskContext) -> TaskOutcome
         top,
         {str(image.SOPInstanceUID): vector},
         model_version=client.identity.version,
+        probabilities=dict(zip(task.labels, map(float, results.probabilities), strict=True)),
     )
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from pydicom import Dataset
 
 from listener.route.conditions import AssociationFacts, Headers
-from listener.route.model import Rule, RuleSet
+from listener.route.model import ModelTask, Rule, RuleSet
 from listener.settings import ModelName
 
 DEFAULT_ROLE = "images"
@@ -52,6 +52,7 @@ class PlannedTask:
     default_route: str | None = None
     result_destinations: tuple[str, ...] = ()
     priority: int = 0
+    label_texts: tuple[str, ...] = ()  # what the model embeds per label (empty: the labels)
 
     @property
     def instance_uids(self) -> tuple[str, ...]:
@@ -124,7 +125,7 @@ def plan_study(
         (str(h["StudyInstanceUID"]) for h in instances_headers if h.get("StudyInstanceUID")), ""
     )
     facts = _FactsOf(association_facts)
-    builder = _PlanBuilder(study_uid)
+    builder = _PlanBuilder(study_uid, rules.label_template)
     for rule in rules.ordered():
         matched = [h for h in instances_headers if rule.match.matches(h, facts(h))]
         if not matched:
@@ -150,8 +151,9 @@ class _FactsOf:
 class _PlanBuilder:
     """Collects what each matched rule contributes to the plan."""
 
-    def __init__(self, study_uid: str) -> None:
+    def __init__(self, study_uid: str, label_template: str) -> None:
         self.study_uid = study_uid
+        self.label_template = label_template
         self.matched: list[str] = []
         self.tasks: list[PlannedTask] = []
         self.forwards: list[PlannedForward] = []
@@ -199,16 +201,24 @@ class _PlanBuilder:
                     role: _uids(h for h in matched if condition.matches(h, facts(h)))
                     for role, condition in task.inputs.items()
                 }
+            # An adapter task is a MedImageInsight task (its client, egress policy and breaker)
+            # whose parameters name the adapter that classifies the embedding.
+            model: ModelName = "medimageinsight" if task.model == "adapter" else task.model
+            parameters = dict(task.parameters)
+            if task.adapter is not None:
+                parameters["adapter"] = task.adapter
+            parameters |= _action_parameters(task)
             self.tasks.append(
                 PlannedTask(
                     rule=rule.name,
                     name=task.task_name,
-                    model=task.model,
+                    model=model,
                     inputs=inputs,
                     prompts=tuple(task.prompts),
-                    labels=tuple(task.labels),
+                    labels=tuple(task.label_names),
+                    label_texts=_texts(task, self.label_template),
                     window=task.window,
-                    parameters=dict(task.parameters),
+                    parameters=parameters,
                     routes=dict(task.routes),
                     default_route=task.default_route,
                     result_destinations=tuple(rule.results_to),
@@ -228,6 +238,27 @@ class _PlanBuilder:
             quiet_period_s=self.quiet,
             expectations=tuple(self.expectations),
         )
+
+
+def _texts(task: ModelTask, template: str) -> tuple[str, ...]:
+    """The model's texts of a task's labels; empty when they are the labels themselves."""
+    texts = tuple(task.label_texts(template))
+    return () if texts == tuple(task.label_names) else texts
+
+
+def _action_parameters(task: ModelTask) -> dict[str, str | float | int | bool]:
+    """A task's actions on its output as job parameters (listener.infer.actions reads them)."""
+    out: dict[str, str | float | int | bool] = {}
+    review = task.flag_for_review
+    if review is not None:
+        out["review_above"] = review.above
+        out |= {"review_label": review.label} if review.label else {}
+        out |= {"review_destination": review.forward_to} if review.forward_to else {}
+        out |= {"review_priority": review.raise_priority} if review.raise_priority else {}
+    if task.ood is not None:
+        out["ood_threshold"] = task.ood.above
+        out |= {"ood_destination": task.ood.forward_to} if task.ood.forward_to else {}
+    return out
 
 
 def _uids(headers: Iterable[Headers]) -> tuple[str, ...]:
@@ -278,6 +309,7 @@ def task_payload(task: PlannedTask) -> dict[str, Any]:
         "default_route": task.default_route,
         "result_destinations": list(task.result_destinations),
         "priority": task.priority,
+        "label_texts": list(task.label_texts),
     }
 
 
@@ -296,4 +328,5 @@ def task_from_payload(payload: dict[str, Any]) -> PlannedTask:
         default_route=payload.get("default_route"),
         result_destinations=tuple(payload.get("result_destinations", ())),
         priority=int(payload.get("priority", 0)),
+        label_texts=tuple(payload.get("label_texts", ())),
     )

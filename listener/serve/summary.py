@@ -43,7 +43,11 @@ def startup_summary(
                 {"destination": name, "peer": destination.describe()},
             )
         )
-    used = {task.model for rule in rules.rules for task in rule.tasks}
+    used = {
+        "medimageinsight" if task.model == "adapter" else task.model  # an adapter embeds with it
+        for rule in rules.rules
+        for task in rule.tasks
+    }
     for model in MODEL_NAMES:
         config = settings.models.get(model)
         fields: dict[str, Any] = {"model": model, "used_by_rules": model in used}

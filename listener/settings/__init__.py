@@ -42,6 +42,9 @@ from listener.settings.sections import (
     Destination as Destination,
 )
 from listener.settings.sections import (
+    DriftSettings as DriftSettings,
+)
+from listener.settings.sections import (
     EmulatorSettings as EmulatorSettings,
 )
 from listener.settings.sections import (
@@ -162,6 +165,7 @@ class Settings(BaseSettings):
         " recorded under",
     )
     priors: PriorsSettings = Field(default_factory=PriorsSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
     send_retry_base_s: float = Field(
         default=5.0,
         gt=0,

@@ -186,6 +186,31 @@ class PriorsSettings(_Section):
     max_studies: int = Field(default=10, ge=1, le=200, description="earlier studies examined")
 
 
+DriftGroupKey = Literal["calling_ae", "modality", "body_part"]
+DRIFT_GROUP_DEFAULT: tuple[DriftGroupKey, ...] = ("calling_ae", "modality")
+
+
+class DriftSettings(_Section):
+    """Embedding drift monitoring per group of studies (listener.store.drift).
+
+    A group's reference is its first ``reference_size`` embedded studies; its window is the
+    latest ``window_size`` after them. Once the window holds ``min_window`` studies, every new
+    study tests the window against the reference (MMD, listener.store.mmd); a p-value under
+    ``alpha`` marks the group as drifted.
+    """
+
+    enabled: bool = True
+    group_by: list[DriftGroupKey] = Field(default_factory=lambda: list(DRIFT_GROUP_DEFAULT))
+    reference_size: int = Field(default=50, ge=5, le=5000)
+    window_size: int = Field(default=30, ge=5, le=5000)
+    min_window: int = Field(default=10, ge=3, le=5000)
+    alpha: float = Field(
+        default=0.01, gt=0, lt=1, description="p-value under which a group drifted"
+    )
+    permutations: int = Field(default=200, ge=20, le=10000)
+    projection_dim: int = Field(default=32, ge=2, le=1024)
+
+
 class ModelSettings(_Section):
     """One hosted model endpoint. With no endpoint the built-in emulator serves the model."""
 

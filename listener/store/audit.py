@@ -302,6 +302,21 @@ class AuditTrail:
             participants=[self._us(requestor=False, role=APPLICATION)],
         )
 
+    def drift_detected(self, group: str, statistic: float, p_value: float) -> int:
+        """A group's embedding distribution drifted from its reference (listener.store.drift):
+        an Application Activity with outcome Minor Failure (the gateway runs on, but its model
+        input has changed). PS3.15 A.5.3.1 defines event types only for start and stop, and no
+        DICOM audit event for model-input drift, so the event type is left out."""
+        return self._add(
+            f"embedding drift in group {group}: MMD2 {statistic:.5f}, p {p_value:.4f}",
+            event=APPLICATION_ACTIVITY,
+            action="E",
+            outcome=Outcome.MINOR_FAILURE,
+            outcome_description=f"embedding drift in group {group} (p {p_value:.4f})",
+            participants=[self._us(requestor=False, role=APPLICATION)],
+            node=group,
+        )
+
     def audit_read(self, caller: str) -> int:
         """Someone read the audit trail (Query, PS3.15 A.5.3.10)."""
         return self._add(

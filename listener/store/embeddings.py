@@ -131,6 +131,37 @@ class EmbeddingStore(JournalTables):
         reference = np.stack([np.frombuffer(r[2], dtype=np.float32) for r in rows])
         return ood_score(unit(vector), reference, k)
 
+    def by_version(
+        self, uids: Sequence[str], *, study: bool = False
+    ) -> dict[str, dict[str, npt.NDArray[np.float32]]]:
+        """Each UID's embedding per model version: of the instance, or (``study``) the unit mean
+        of the study's instances (what an adapter trained per study learns from)."""
+        column = "study_uid" if study else "sop_instance_uid"
+        found: dict[str, dict[str, list[npt.NDArray[np.float32]]]] = {}
+        with self.db.read() as db:
+            for uid in dict.fromkeys(uids):
+                rows = db.execute(
+                    f"SELECT model_version, vector FROM embeddings WHERE {column} = ?",
+                    (uid,),
+                ).fetchall()
+                for version, blob in rows:
+                    vector = np.frombuffer(blob, dtype=np.float32)
+                    found.setdefault(uid, {}).setdefault(str(version), []).append(vector)
+        return {
+            uid: {version: unit(np.mean(vectors, axis=0)) for version, vectors in versions.items()}
+            for uid, versions in found.items()
+        }
+
+    def first_instance(self, study_uid: str) -> str | None:
+        """The SOP Instance UID of one embedded instance of the study (None: none embedded)."""
+        with self.db.read() as db:
+            row = db.execute(
+                "SELECT sop_instance_uid FROM embeddings WHERE study_uid = ?"
+                " ORDER BY created_at LIMIT 1",
+                (study_uid,),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
     def count(self) -> int:
         with self.db.read() as db:
             return int(db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])

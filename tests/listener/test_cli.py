@@ -85,7 +85,10 @@ def test_every_command_is_registered() -> None:
         "jobs",
         "similar",
         "audit",
+        "adapter",
+        "drift",
     }
+    assert set(_subcommands(commands["adapter"])) == {"train", "list", "show"}
     assert set(_subcommands(commands["jobs"])) == {"list", "show", "retry", "cancel"}
     assert set(_subcommands(commands["rules"])) == {"check", "test"}
 

@@ -22,7 +22,7 @@ from listener.route import (
     load_rules,
     parse_rules,
 )
-from listener.route.plan import headers_from_dataset, plan_study
+from listener.route.plan import headers_from_dataset, plan_study, task_from_payload, task_payload
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -441,3 +441,43 @@ def test_plan_is_pure() -> None:
     before = [dict(h) for h in headers]
     assert plan_study(ruleset, headers) == plan_study(ruleset, headers)
     assert headers == before
+
+
+STRUCTURED = """
+rules:
+  - name: chest
+    match: {attribute: Modality, equals: CR}
+    tasks:
+      - model: medimageinsight
+        labels:
+          - {modality: x-ray, anatomy: chest, finding: pleural effusion}
+          - {modality: x-ray, anatomy: chest, finding: no finding}
+          - cardiomegaly
+        routes: {pleural effusion: qa}
+destinations:
+  qa: {ae_title: QA, host: 127.0.0.1, port: 11112}
+"""
+
+
+def test_structured_labels_are_named_by_finding_and_sent_templated() -> None:
+    """A label given as modality, anatomy and finding is named by its finding (results, routes)
+    and embedded as the filled template; plain labels stay as written."""
+    (task,) = plan_study(parse_rules(STRUCTURED), [{"Modality": "CR"}]).tasks
+    assert task.labels == ("pleural effusion", "no finding", "cardiomegaly")
+    assert task.label_texts == (
+        "x-ray chest pleural effusion",
+        "x-ray chest no finding",
+        "cardiomegaly",
+    )
+    assert task_from_payload(task_payload(task)).label_texts == task.label_texts
+    custom = parse_rules("label_template: '{anatomy} {modality} showing {finding}'\n" + STRUCTURED)
+    (task,) = plan_study(custom, [{"Modality": "CR"}]).tasks
+    assert task.label_texts[0] == "chest x-ray showing pleural effusion"
+
+
+def test_label_template_and_findings_are_checked_at_load() -> None:
+    """A template naming an unknown field, or two labels with one finding, stop loading."""
+    with pytest.raises(ConfigError, match="label_template may use only"):
+        parse_rules("label_template: '{organ} {finding}'\n" + STRUCTURED)
+    with pytest.raises(ConfigError, match="labels must be distinct"):
+        parse_rules(STRUCTURED.replace("finding: no finding", "finding: pleural effusion"))
