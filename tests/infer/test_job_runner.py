@@ -19,6 +19,7 @@ import structlog.testing
 from factory import ct_series
 from peers import free_port
 from pydicom import Dataset
+from spooled import store_study
 
 from listener.asgi import BackgroundServer
 from listener.emulator import create_app
@@ -27,7 +28,6 @@ from listener.pipeline import Pipeline, build_pipeline
 from listener.route.plan import PlannedTask, task_payload
 from listener.settings import EmulatorSettings, ModelSettings, ModelsSettings, Settings
 from listener.store.jobs import Job, JobState, JobStore, forbidden_transitions
-from listener.store.journal import InstanceRecord
 from listener.store.records import AdminRecords, ModelHealthRecorder
 from listener.store.stats import model_availability
 
@@ -40,35 +40,11 @@ def stats(server: BackgroundServer) -> dict[str, Any]:
     return answer
 
 
-def store_study(pipeline: Pipeline, datasets: list[Dataset]) -> None:
-    """Put instances in the spool and the journal as the receiver would."""
-    for ds in datasets:
-        relative = f"{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
-        path = pipeline.settings.spool_dir / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(path, enforce_file_format=True)
-        pipeline.journal.record_instance(
-            InstanceRecord(
-                sop_instance_uid=str(ds.SOPInstanceUID),
-                sop_class_uid=str(ds.SOPClassUID),
-                study_uid=str(ds.StudyInstanceUID),
-                series_uid=str(ds.SeriesInstanceUID),
-                modality=str(ds.Modality),
-                transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
-                path=relative,
-                size=path.stat().st_size,
-                received_at=time.time(),
-                generation=0,
-            ),
-            quiet_period_s=pipeline.settings.quiet_period_s,
-        )
-
-
 def classification_job(tmp_path: Path, series: list[Dataset] | None = None, **settings: Any) -> Any:
     """A pipeline over ``tmp_path/var`` with one stored CT study and one classification job."""
     pipeline = build_pipeline(Settings(data_dir=tmp_path / "var", **settings))
     series = series or ct_series(3)
-    store_study(pipeline, series)
+    store_study(pipeline, series, at=time.time())
     task = PlannedTask(
         rule="r",
         name="classify",

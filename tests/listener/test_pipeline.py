@@ -9,6 +9,7 @@ from factory import ct_series
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from spooled import store_study
 
 from listener.infer.tasks import TaskOutcome
 from listener.pipeline import Pipeline, build_pipeline
@@ -17,7 +18,7 @@ from listener.route.load import effective_rules
 from listener.route.plan import PlannedTask, task_payload
 from listener.settings import Settings
 from listener.store.jobs import Job
-from listener.store.journal import InstanceRecord, StudyState
+from listener.store.journal import StudyState
 
 RULES = """
 destinations:
@@ -63,32 +64,6 @@ def _pipeline(tmp_path: Path) -> tuple[Pipeline, Clock]:
     return pipeline, clock
 
 
-def _store(pipeline: Pipeline, datasets: list[Dataset], at: float) -> None:
-    """Put instances in the spool and the journal as the receiver would."""
-    journal = pipeline.journal
-    for ds in datasets:
-        relative = f"{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
-        path = pipeline.settings.spool_dir / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(path, enforce_file_format=True)
-        journal.record_instance(
-            InstanceRecord(
-                sop_instance_uid=str(ds.SOPInstanceUID),
-                sop_class_uid=str(ds.SOPClassUID),
-                study_uid=str(ds.StudyInstanceUID),
-                series_uid=str(ds.SeriesInstanceUID),
-                modality=str(ds.Modality),
-                transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
-                path=relative,
-                size=path.stat().st_size,
-                received_at=at,
-                generation=0,
-            ),
-            quiet_period_s=pipeline.settings.quiet_period_s,
-            patient_id=str(ds.PatientID),
-        )
-
-
 def _release(pipeline: Pipeline, clock: Clock) -> None:
     for study in pipeline.journal.release_due_studies(clock.now):
         pipeline.router.on_study_ready(study)
@@ -100,7 +75,7 @@ def test_rule_quiet_period_rearms_then_plans_forwards_and_jobs(tmp_path: Path) -
     archive and one job is scheduled per task, once."""
     pipeline, clock = _pipeline(tmp_path)
     series = ct_series(4)
-    _store(pipeline, series, at=clock.now)
+    store_study(pipeline, series, at=clock.now)
     clock.now += 6  # global quiet period (5 s) over, the rule's 30 s not
     _release(pipeline, clock)
     study = pipeline.journal.study(str(series[0].StudyInstanceUID))
@@ -118,10 +93,10 @@ def test_follow_up_forwards_only_late_instances(tmp_path: Path) -> None:
     and schedules the tasks again for the new generation."""
     pipeline, clock = _pipeline(tmp_path)
     series = ct_series(4)
-    _store(pipeline, series[:3], at=clock.now)
+    store_study(pipeline, series[:3], at=clock.now)
     clock.now += 31
     _release(pipeline, clock)
-    _store(pipeline, series[3:], at=clock.now)
+    store_study(pipeline, series[3:], at=clock.now)
     clock.now += 31
     _release(pipeline, clock)
     forwarded = [e.sop_instance_uid for e in pipeline.outbox.entries(destination="archive")]
@@ -139,7 +114,7 @@ def _cr(view: str, study_uid: str) -> Dataset:
 def test_expected_content_waits_then_discards_on_timeout(tmp_path: Path) -> None:
     """A chest pair missing its lateral waits up to max_wait_s, then is discarded as configured."""
     pipeline, clock = _pipeline(tmp_path)
-    _store(pipeline, [_cr("PA", "1.2.3.4.5")], at=clock.now)
+    store_study(pipeline, [_cr("PA", "1.2.3.4.5")], at=clock.now)
     clock.now += 6
     _release(pipeline, clock)
     study = pipeline.journal.study("1.2.3.4.5")
@@ -152,7 +127,7 @@ def test_expected_content_waits_then_discards_on_timeout(tmp_path: Path) -> None
 def test_expected_content_present_plans_at_once(tmp_path: Path) -> None:
     """With both views present the study is planned at its first release."""
     pipeline, clock = _pipeline(tmp_path)
-    _store(pipeline, [_cr("PA", "1.2.3.4.6"), _cr("LL", "1.2.3.4.6")], at=clock.now)
+    store_study(pipeline, [_cr("PA", "1.2.3.4.6"), _cr("LL", "1.2.3.4.6")], at=clock.now)
     clock.now += 6
     _release(pipeline, clock)
     assert [j.task for j in pipeline.jobs.list_jobs()] == ["classify"]
@@ -203,7 +178,7 @@ def test_prior_is_the_latest_earlier_frontal_of_the_same_patient(tmp_path: Path)
         ds = _cr("PA", uid)
         ds.StudyDate, ds.PatientID = date, patient
         studies[uid] = ds
-        _store(pipeline, [ds], at=clock.now)
+        store_study(pipeline, [ds], at=clock.now)
     pipeline.runner.results_dir.joinpath("1.9.2").mkdir(parents=True)
     _report("1.9.2", "Small left effusion.").save_as(
         pipeline.runner.results_dir / "1.9.2" / "report.dcm", enforce_file_format=True
@@ -224,7 +199,7 @@ def test_out_of_distribution_study_is_forwarded_for_review(tmp_path: Path) -> No
     threshold and is forwarded to the rule's OOD destination; embeddings are kept either way."""
     pipeline, clock = _pipeline(tmp_path)
     series = ct_series(2)
-    _store(pipeline, series, at=clock.now)
+    store_study(pipeline, series, at=clock.now)
     study_uid = str(series[0].StudyInstanceUID)
     rng = np.random.default_rng(3)
     common = rng.normal(size=1024)
@@ -291,11 +266,11 @@ def test_follow_up_routed_by_label_forwards_only_late_instances(tmp_path: Path) 
         labels=("a", "b"),
         routes={"a": "archive"},
     )
-    _store(pipeline, series[:2], at=clock.now)
+    store_study(pipeline, series[:2], at=clock.now)
     job = _claimed_job(pipeline, task, study_uid, 0)
     pipeline.runner.act(job, TaskOutcome((), "a", {}), clock.now)
     assert len(pipeline.outbox.entries(destination="archive")) == 2
-    _store(pipeline, series[2:], at=clock.now + 100)
+    store_study(pipeline, series[2:], at=clock.now + 100)
     follow_up = _claimed_job(pipeline, task, study_uid, 1)
     pipeline.runner.act(follow_up, TaskOutcome((), "a", {}), clock.now + 200)
     forwarded = [e.sop_instance_uid for e in pipeline.outbox.entries(destination="archive")]
