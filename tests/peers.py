@@ -298,3 +298,14 @@ def run_receiver(data_dir: Path, **overrides: Any) -> Iterator[tuple[Any, Any, A
         while server.active_associations and time.monotonic() < deadline:
             time.sleep(0.01)
         journal.close()
+
+
+def embedding_count(gateway: Gateway) -> int:
+    """How many MedImageInsight embeddings the gateway's journal holds."""
+    from listener.store.embeddings import EmbeddingStore
+
+    store = EmbeddingStore(gateway.data_dir / "journal.sqlite")
+    try:
+        return store.count()
+    finally:
+        store.close()

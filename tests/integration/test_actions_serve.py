@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from factory import family_study
 from peers import (
-    Gateway,
     StoreSCP,
+    embedding_count,
     free_port,
     nodelay_env,
     run_gateway,
@@ -21,7 +21,6 @@ from peers import (
 )
 from pydicom import dcmread
 
-from listener.store.embeddings import EmbeddingStore
 from listener.store.flags import StudyFlags
 
 pytestmark = pytest.mark.integration
@@ -44,14 +43,6 @@ def _send(port: int, datasets: list, folder: Path) -> list[Path]:
         timeout=300,
     )
     return paths
-
-
-def _embedded(gateway: Gateway) -> int:
-    store = EmbeddingStore(gateway.data_dir / "journal.sqlite")
-    try:
-        return store.count()
-    finally:
-        store.close()
 
 
 def _received(scp: StoreSCP) -> set[str]:
@@ -89,7 +80,7 @@ def test_review_and_ood_actions_reach_their_destinations(tmp_path: Path) -> None
     training = [family_study(f, i) for f in ("disc", "band") for i in range(TRAINING)]
     with run_gateway(data_dir, "--quiet-period", "1", env=env) as gateway:
         _send(gateway.port, training, tmp_path / "training")
-        wait_for("the embeddings", lambda: _embedded(gateway) >= len(training))
+        wait_for("the embeddings", lambda: embedding_count(gateway) >= len(training))
     labels = tmp_path / "labels.csv"
     labels.write_text(
         "study_instance_uid,label\n"

@@ -13,10 +13,15 @@ from pathlib import Path
 
 import pytest
 from factory import IMAGE_FAMILIES, family_study
-from peers import Gateway, StoreSCP, nodelay_env, run_gateway, run_storescp, wait_for
+from peers import (
+    StoreSCP,
+    embedding_count,
+    nodelay_env,
+    run_gateway,
+    run_storescp,
+    wait_for,
+)
 from pydicom import Dataset, dcmread
-
-from listener.store.embeddings import EmbeddingStore
 
 pytestmark = pytest.mark.integration
 
@@ -46,14 +51,6 @@ def _studies(folder: Path, first: int, per_family: int) -> dict[str, list[Path]]
             paths.append(path)
         out[family] = paths
     return out
-
-
-def _embedded(gateway: Gateway) -> int:
-    store = EmbeddingStore(gateway.data_dir / "journal.sqlite")
-    try:
-        return store.count()
-    finally:
-        store.close()
 
 
 def _received(scp: StoreSCP) -> set[str]:
@@ -113,7 +110,7 @@ def test_adapter_trained_on_served_studies_routes_new_studies_by_family(tmp_path
     env = {"PACSAI_RULES_FILE": str(rules)}
     with run_gateway(data_dir, "--quiet-period", "1", env=env) as gateway:
         _storescu(gateway.port, [p for paths in training.values() for p in paths])
-        wait_for("200 embeddings", lambda: _embedded(gateway) >= 2 * TRAINING_PER_FAMILY, 600)
+        wait_for("200 embeddings", lambda: embedding_count(gateway) >= 2 * TRAINING_PER_FAMILY, 600)
 
     labels = tmp_path / "labels.csv"
     labels.write_text(
