@@ -231,8 +231,11 @@ def run_gateway(
     port: int | None = None,
     log_name: str = "serve.log",
     env: dict[str, str] | None = None,
+    ready_event: str = "receiver_listening",
 ) -> Iterator[Gateway]:
-    """Start ``pacs-ai serve`` on a free loopback port with JSON logs; SIGTERM it afterwards."""
+    """Start ``pacs-ai serve`` on a free loopback port with JSON logs; SIGTERM it afterwards.
+    It counts as started at its first ``ready_event`` log event (a ``--role work`` gateway has no
+    receiver: ``job_runner_started``)."""
     import sys
 
     port = port or free_port()
@@ -258,7 +261,7 @@ def run_gateway(
     gateway = Gateway(port=port, data_dir=data_dir, proc=proc, log_path=log_path)
     try:
         deadline = time.monotonic() + 30
-        while not gateway.events("receiver_listening"):
+        while not gateway.events(ready_event):
             if proc.poll() is not None or time.monotonic() > deadline:
                 tail = log_path.read_text()[-2000:]
                 raise RuntimeError(f"pacs-ai serve did not start ({proc.poll()}): {tail}")

@@ -50,6 +50,17 @@ def add_serve(sub: Subparsers) -> None:
         help=_setting("number of receive processes sharing the port", "receive_processes"),
     )
     parser.add_argument(
+        "--role",
+        choices=["all", "receive", "work"],
+        help=_setting(
+            "what this host runs: receive (intake), work (release, jobs, sends) or all", "role"
+        ),
+    )
+    parser.add_argument(
+        "--executor-id",
+        help=_setting("this host's stable name among the gateway's hosts", "executor_id"),
+    )
+    parser.add_argument(
         "--admin-host", help=_setting("address of the admin API and dashboard", "admin_host")
     )
     parser.add_argument(
@@ -82,6 +93,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ae_titles=args.ae_title,
         quiet_period_s=args.quiet_period,
         receive_processes=args.receivers,
+        role=args.role,
+        executor_id=args.executor_id,
         admin_host=args.admin_host,
         admin_port=args.admin_port,
         log_format=args.log_format,

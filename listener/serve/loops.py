@@ -9,8 +9,6 @@ due. All of them take their work from the journal only, so they can be killed at
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +19,7 @@ from listener.pipeline import Pipeline, build_pipeline
 from listener.route.model import rules_fingerprint
 from listener.send.scu import enable_chunked_send
 from listener.settings import Settings
+from listener.store.executors import Executors, owner_name, sweep_silent
 from listener.store.records import (
     AdminRecords,
     ModelCallRecorder,
@@ -32,22 +31,26 @@ from listener.store.retention import Retention, RetentionPolicy
 log = get_logger("serve")
 
 
-def runner_id() -> str:
-    """The identity of the running process as a lease owner: host and PID."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def runner_id(settings: Settings) -> str:
+    """The identity of the running process as a lease owner: executor id (by default the host
+    name) and PID, as its heartbeat row names it (:mod:`listener.store.executors`)."""
+    return owner_name(settings.executor)
 
 
 def recover_after_crash(settings: Settings, now: float) -> int:
-    """Release the leases of jobs that job runners of this host held when the service last stopped
-    (they run again at once, still IN PROGRESS), and make the outbox's pending sends due now.
+    """Release the leases of jobs that job runners of this executor held when the service last
+    stopped (they run again at once, still IN PROGRESS), and, when this host is the only one
+    (role ``all``), make the outbox's pending sends due now.
 
-    Called by the supervisor before it starts any job runner: no job can be in progress on this host
-    then, so every ``IN PROGRESS`` lease of this host belongs to a process that is gone.
+    Called by the supervisor before it starts any job runner: no job can be in progress on this
+    executor then, so every ``IN PROGRESS`` lease of it belongs to a process that is gone. With
+    several hosts (roles ``receive`` and ``work``) another host's deliverer may hold claims right
+    now, so those are left to run out their lease instead.
     """
     pipeline = build_pipeline(settings)
     try:
-        count = pipeline.jobs.release_host(socket.gethostname(), now)
-        released = pipeline.outbox.release_claims(now)
+        count = pipeline.jobs.release_host(settings.executor, now)
+        released = pipeline.outbox.release_claims(now) if settings.role == "all" else 0
         retention(pipeline).complete_interrupted(now)
     finally:
         pipeline.close()
@@ -62,7 +65,7 @@ async def _job_loop(
     pipeline: Pipeline, emulator_url: str | None, stop: threading.Event, clock: Callable[[], float]
 ) -> None:
     settings = pipeline.settings
-    owner = runner_id()
+    owner = runner_id(settings)
     slots = asyncio.Semaphore(settings.jobs_per_runner)
     running: set[asyncio.Task[None]] = set()
     records = AdminRecords(settings.journal_path)
@@ -101,9 +104,9 @@ def reload_rules_if_asked(pipeline: Pipeline, records: AdminRecords) -> None:
 def run_job_runner(settings: Settings, emulator_url: str | None, stop: threading.Event) -> None:
     """Run jobs until ``stop`` is set (the body of a job-runner process)."""
     pipeline = build_pipeline(settings)
-    log.info("job_runner_started", owner=runner_id(), concurrency=settings.jobs_per_runner)
+    log.info("job_runner_started", owner=runner_id(settings), concurrency=settings.jobs_per_runner)
     asyncio.run(_job_loop(pipeline, emulator_url, stop, pipeline.runner.clock))
-    log.info("job_runner_stopped", owner=runner_id())
+    log.info("job_runner_stopped", owner=runner_id(settings))
 
 
 def run_deliverer(pipeline: Pipeline, stop: threading.Event) -> None:
@@ -134,6 +137,17 @@ def retention(pipeline: Pipeline) -> Retention:
             quarantine_s=settings.retention_quarantine_s,
         ),
     )
+
+
+def run_sweeper(pipeline: Pipeline, executors: Executors, stop: threading.Event) -> None:
+    """Release the jobs of processes whose heartbeat stopped, every third of
+    ``executor_timeout_s``, until ``stop`` is set (a thread of the dispatcher process)."""
+    timeout_s = pipeline.settings.executor_timeout_s
+    while not stop.wait(timeout_s / 3):
+        try:
+            sweep_silent(executors, pipeline.jobs, time.time(), timeout_s)
+        except Exception:  # a busy journal: the next sweep tries again
+            log.exception("sweep_crashed")
 
 
 def run_purger(pipeline: Pipeline, stop: threading.Event) -> None:

@@ -13,6 +13,12 @@ closes association records left open, re-indexes spool files the journal lost), 
   at once;
 * in the supervisor itself, the model emulator for models without an endpoint.
 
+What a host runs is its ``role``: ``receive`` runs only the receive processes (no release, no
+jobs, no emulator), ``work`` only the dispatcher and the job runners (no DICOM port), ``all``
+(the default) everything. Every child writes a heartbeat under its lease owner name
+(:mod:`listener.store.executors`), and every dispatcher sweeps the processes that went silent,
+so the jobs of a host that died run again on another within ``executor_timeout_s``.
+
 Children are started with the ``spawn`` method. A child that exits unexpectedly is restarted
 after a backoff (1 s doubling to 30 s, reset once it has run for a minute); its quick exits in a
 row and its last error (written by the child to ``<data_dir>/run/<name>.error``) are recorded in
@@ -28,12 +34,14 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,11 +55,18 @@ from listener.receive.admission import AssociationCounter
 from listener.receive.scp import Receiver
 from listener.receive.server import open_listeners, start_server
 from listener.route.load import effective_rules
-from listener.serve.loops import recover_after_crash, run_deliverer, run_job_runner, run_purger
+from listener.serve.loops import (
+    recover_after_crash,
+    run_deliverer,
+    run_job_runner,
+    run_purger,
+    run_sweeper,
+)
 from listener.serve.summary import log_startup_summary, startup_summary
 from listener.serve.syslog import run_shipper
 from listener.settings import Settings
 from listener.store.audit import AuditTrail
+from listener.store.executors import ExecutorBeat, Executors, owner_name, run_heartbeat
 from listener.store.journal import Journal
 from listener.store.records import SupervisedProcess, SupervisedRecords
 from listener.store.spool import Spool, reindex
@@ -71,7 +86,12 @@ def prepare_data_dir(settings: Settings, now: float) -> None:
     removed = spool.clean_temporary()
     journal = Journal(settings.journal_path)
     try:
-        closed = journal.close_open_associations(ended="interrupted", now=now)
+        # With other receive hosts on the same journal, their open associations are live.
+        closed = (
+            journal.close_open_associations(ended="interrupted", now=now)
+            if settings.role == "all"
+            else 0
+        )
         added = reindex(spool, journal, quiet_period_s=settings.quiet_period_s, now=now)
     finally:
         journal.close()
@@ -82,7 +102,8 @@ def prepare_data_dir(settings: Settings, now: float) -> None:
 
 
 def _child_setup(settings: Settings, name: str) -> threading.Event:
-    """Logging, death with the parent, and a stop event set by SIGTERM/SIGINT."""
+    """Logging, death with the parent, a stop event set by SIGTERM/SIGINT, and the heartbeat
+    (:mod:`listener.store.executors`) in a thread until the stop event."""
     configure_logging(settings.log_level, settings.log_format)
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -97,7 +118,26 @@ def _child_setup(settings: Settings, name: str) -> threading.Event:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    _start_heartbeat(settings, name, stop)
     return stop
+
+
+def _start_heartbeat(settings: Settings, name: str, stop: threading.Event) -> None:
+    executors = Executors(settings.journal_path)
+    started_at = time.time()
+    owner = owner_name(settings.executor)
+
+    def beat(now: float) -> ExecutorBeat:
+        return ExecutorBeat(
+            owner, settings.executor, name, settings.role, os.getpid(), started_at, now
+        )
+
+    threading.Thread(
+        target=run_heartbeat,
+        args=(executors, beat, stop, settings.executor_timeout_s / 3, time.time),
+        name="heartbeat",
+        daemon=True,
+    ).start()
 
 
 def _run_child(name: str, error_file: Path, target: Callable[..., None], *args: Any) -> None:
@@ -155,6 +195,13 @@ def dispatcher_main(settings: Settings) -> None:
     deliverer.start()
     purger = threading.Thread(target=run_purger, args=(pipeline, stop), name="purger", daemon=True)
     purger.start()
+    sweeper = threading.Thread(
+        target=run_sweeper,
+        args=(pipeline, Executors(settings.journal_path), stop),
+        name="sweeper",
+        daemon=True,
+    )
+    sweeper.start()
     shipper = None
     if settings.audit.syslog_host is not None and pipeline.audit is not None:
         shipper = threading.Thread(
@@ -175,6 +222,7 @@ def dispatcher_main(settings: Settings) -> None:
     finally:
         deliverer.join(STOP_GRACE_S)
         purger.join(STOP_GRACE_S)
+        sweeper.join(STOP_GRACE_S)
         if shipper is not None:
             shipper.join(STOP_GRACE_S)
         journal.close()
@@ -215,20 +263,21 @@ class Supervisor:
         self.stop = threading.Event()
         self.log = get_logger("service")
         self.records = SupervisedRecords(settings.journal_path)
-        count = settings.receive_processes
-        self.shared = self.ctx.Array("i", count)
-        self.listeners = listeners or open_listeners(settings)
+        count = settings.receive_processes if settings.receives else 0
+        self.shared = self.ctx.Array("i", max(count, 1))
+        self.listeners = listeners if listeners is not None else open_listeners(settings)
         self.children = [
             _Child(f"receive-{slot}", run_receiver, (settings, slot, self.shared, self.listeners))
             for slot in range(count)
         ]
         for slot, child in enumerate(self.children):
             child.on_exit = self._zero_slot(slot)
-        self.children.append(_Child("dispatcher", dispatcher_main, (settings,)))
-        self.children += [
-            _Child(f"job-runner-{index}", job_runner_main, (settings, emulator_url))
-            for index in range(settings.job_runners)
-        ]
+        if settings.works:
+            self.children.append(_Child("dispatcher", dispatcher_main, (settings,)))
+            self.children += [
+                _Child(f"job-runner-{index}", job_runner_main, (settings, emulator_url))
+                for index in range(settings.job_runners)
+            ]
 
     def _zero_slot(self, slot: int) -> Callable[[], None]:
         def zero() -> None:
@@ -343,17 +392,20 @@ def serve(settings: Settings) -> int:
     rules = effective_rules(settings)
     # First, before the data folder is touched: a second gateway on this port, or a taken
     # admin_port, stops here in one line.
-    listeners = open_listeners(settings)
+    listeners = open_listeners(settings) if settings.receives else []
     admin = None
     try:
         admin = start_admin(settings)
         now = time.time()
-        prepare_data_dir(settings, now)
-        recover_after_crash(settings, now)
+        if settings.receives:
+            prepare_data_dir(settings, now)
+        if settings.works:
+            recover_after_crash(settings, now)
         audit = AuditTrail.open(settings)
         audit.application(started=True)
         try:
-            with emulator_if_needed(settings) as emulator_url:
+            emulator = emulator_if_needed(settings) if settings.works else nullcontext(None)
+            with emulator as emulator_url:
                 log_startup_summary(
                     get_logger("service"), startup_summary(settings, rules, emulator_url)
                 )

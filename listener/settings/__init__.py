@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import socket
 import types
 from collections.abc import Mapping
 from pathlib import Path
@@ -198,6 +199,24 @@ class Settings(BaseSettings):
     retention_interval_s: float = Field(
         default=300.0, gt=0, le=86400, description="how often retention looks for what may go"
     )
+    role: Literal["all", "receive", "work"] = Field(
+        default="all",
+        description="what this host runs: receive (DICOM and DICOMweb intake only), work"
+        " (release, jobs, sends), or all of it",
+    )
+    executor_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+        description="this host's stable name among the gateway's hosts (lease owners are"
+        " executor_id:pid); None: the host name",
+    )
+    executor_timeout_s: float = Field(
+        default=30.0,
+        ge=3,
+        le=3600,
+        description="a process whose heartbeat is this old is taken for dead and its jobs"
+        " are released for another to run",
+    )
     job_runners: int = Field(default=2, ge=1, le=64, description="job-runner processes")
     jobs_per_runner: int = Field(
         default=4, ge=1, le=64, description="concurrent jobs per job runner"
@@ -245,6 +264,21 @@ class Settings(BaseSettings):
     @property
     def journal_path(self) -> Path:
         return self.data_dir / "journal.sqlite"
+
+    @property
+    def executor(self) -> str:
+        """The executor id of this host: ``executor_id``, or the host name."""
+        return self.executor_id or socket.gethostname()
+
+    @property
+    def receives(self) -> bool:
+        """Whether this host takes in studies (role ``receive`` or ``all``)."""
+        return self.role in ("all", "receive")
+
+    @property
+    def works(self) -> bool:
+        """Whether this host releases studies, runs jobs and sends (role ``work`` or ``all``)."""
+        return self.role in ("all", "work")
 
     @classmethod
     def settings_customise_sources(

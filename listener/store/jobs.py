@@ -271,9 +271,10 @@ class JobStore(JournalTables):
             return job
 
     def release_host(self, host: str, now: float) -> int:
-        """Release the lease of every IN PROGRESS job held by a process of ``host`` (owners are
-        ``host:pid``) so it runs again now; used at start-up, when none of them can still be
-        running. The jobs stay IN PROGRESS: UPS has no way back to SCHEDULED."""
+        """Release the lease of every IN PROGRESS job held by a process of executor ``host``
+        (owners are ``executor_id:pid``; the executor id is the host name by default) so it runs
+        again now; used at start-up, when none of them can still be running. The jobs stay
+        IN PROGRESS: UPS has no way back to SCHEDULED."""
         with self.db.transaction() as db:
             rows = db.execute(
                 "UPDATE jobs SET not_before = ?, lease_owner = NULL, lease_until = NULL,"
@@ -283,6 +284,21 @@ class JobStore(JournalTables):
             for row in rows:
                 self._event(
                     db, row["id"], now, JobState.IN_PROGRESS.value, "lease released after crash"
+                )
+            return len(rows)
+
+    def release_owner(self, owner: str, now: float) -> int:
+        """Release the lease of every IN PROGRESS job held by the process ``owner`` (one whose
+        heartbeat stopped, see :mod:`listener.store.executors`) so it runs again now."""
+        with self.db.transaction() as db:
+            rows = db.execute(
+                "UPDATE jobs SET not_before = ?, lease_owner = NULL, lease_until = NULL,"
+                " updated_at = ? WHERE state = ? AND lease_owner = ? RETURNING id",
+                (now, now, JobState.IN_PROGRESS.value, owner),
+            ).fetchall()
+            for row in rows:
+                self._event(
+                    db, row["id"], now, JobState.IN_PROGRESS.value, "lease released: runner silent"
                 )
             return len(rows)
 

@@ -74,7 +74,8 @@ async def _run_jobs(pipeline: Pipeline, settings: Settings, emulator_url: str) -
     async with build_clients(
         settings.models, emulator_url, emulator_key=settings.emulator.key, on_call=recorder
     ) as clients:
-        while (job := pipeline.jobs.claim(runner_id(), time.time(), 600.0)) is not None:
+        owner = runner_id(pipeline.settings)
+        while (job := pipeline.jobs.claim(owner, time.time(), 600.0)) is not None:
             await pipeline.runner.run_job(job, pipeline.runner.context(clients, job.study_uid))
 
 

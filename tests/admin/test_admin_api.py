@@ -136,7 +136,7 @@ def test_job_cancel_and_retry_through_the_api(e2e: EndToEnd, api: httpx.Client) 
     assert retried["events"][-1]["detail"] == f"operator retry of job {job_id}"
     old = api.get(f"/api/jobs/{job_id}").json()
     assert old["state"] == JobState.CANCELED  # a canceled step stays canceled (PS3.4 CC.1.1)
-    claimed = e2e.pipeline.jobs.claim(runner_id(), time.time(), 600.0)
+    claimed = e2e.pipeline.jobs.claim(runner_id(e2e.pipeline.settings), time.time(), 600.0)
     assert claimed is not None and claimed.id == retried["id"] and claimed.lease is not None
     e2e.pipeline.jobs.complete(claimed.lease, claimed.outputs, time.time())  # leave it done
     assert api.post("/api/jobs/999999/retry", json={}).status_code == 404
