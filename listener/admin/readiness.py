@@ -10,6 +10,9 @@ A stage is stuck when work it owns is overdue by far more than normal jitter:
 - send: an outbox entry has been due for long (no sender is running, or it is wedged);
 - supervision: a supervised process is crash-looping (its name and last error).
 
+The processes of every host sharing the journal are listed in the ``executors`` section: each
+one's role, process name and the age of its last heartbeat (:mod:`listener.store.executors`).
+
 Models are reported apart (:func:`readiness`'s ``models`` section): a model whose circuit breaker
 is open is named unavailable with the endpoint's last failure, the time of the next probe and the
 jobs waiting for it. That alone does not make the gateway unready (status ``degraded``, HTTP 200):
@@ -26,6 +29,7 @@ from typing import Any
 from listener.admin.state import AdminState
 from listener.settings import MODEL_NAMES
 from listener.store.drift import DriftStore
+from listener.store.executors import Executors
 from listener.store.records import SupervisedRecords
 from listener.store.stats import model_availability, overdue
 
@@ -112,7 +116,27 @@ def readiness(state: AdminState, now: float) -> tuple[int, dict[str, Any]]:
         status = "ready"
     code = HTTP_SERVICE_UNAVAILABLE if reasons else HTTP_OK
     body = {"status": status, "reasons": reasons, "models": by_model}
-    return code, body | {"warnings": warnings(state)}
+    return code, body | {"warnings": warnings(state), "executors": executors(state, now)}
+
+
+def executors(state: AdminState, now: float) -> list[dict[str, Any]]:
+    """The processes with a heartbeat on the journal, on every host (the ``executors`` section):
+    lease owner name, executor id, process, role and seconds since the last heartbeat."""
+    table = Executors(state.db_path)
+    try:
+        beats = table.all()
+    finally:
+        table.close()
+    return [
+        {
+            "owner": b.owner,
+            "executor_id": b.executor_id,
+            "process": b.process,
+            "role": b.role,
+            "heartbeat_age_s": round(now - b.heartbeat_at, 1),
+        }
+        for b in beats
+    ]
 
 
 def warnings(state: AdminState) -> list[str]:

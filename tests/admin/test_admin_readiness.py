@@ -10,6 +10,7 @@ import pytest
 from listener.admin import create_admin_app, open_state
 from listener.asgi import BackgroundServer
 from listener.settings import load_settings
+from listener.store.executors import ExecutorBeat, Executors
 from listener.store.journal import InstanceRecord, Journal
 from listener.store.outbox import Outbox
 
@@ -118,3 +119,19 @@ def test_an_open_breaker_names_the_model_without_failing_the_gateway(tmp_path: P
     body = _ready(tmp_path, NOW + 2).json()
     assert body["status"] == "ready" and body["models"]["medimageinsight"]["available"] is True
     records.close()
+
+
+@pytest.mark.integration
+def test_readiness_lists_the_processes_of_every_host(tmp_path: Path) -> None:
+    """Every process with a heartbeat on the journal, whichever host it runs on, is listed with
+    its role and the age of its last heartbeat."""
+    path = tmp_path / "data" / "journal.sqlite"
+    table = Executors(path)
+    table.beat(ExecutorBeat("host-a:11", "host-a", "receive", "receive", 11, NOW - 60, NOW - 2))
+    table.beat(ExecutorBeat("host-b:12", "host-b", "job-runner", "work", 12, NOW - 60, NOW - 9))
+    table.close()
+    body = _ready(tmp_path, NOW).json()
+    assert [(e["owner"], e["role"], e["heartbeat_age_s"]) for e in body["executors"]] == [
+        ("host-a:11", "receive", 2.0),
+        ("host-b:12", "work", 9.0),
+    ]
