@@ -30,7 +30,6 @@ import multiprocessing
 import multiprocessing.connection
 import signal
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -52,6 +51,7 @@ from listener.serve.summary import log_startup_summary, startup_summary
 from listener.serve.syslog import run_shipper
 from listener.settings import Settings
 from listener.store.audit import AuditTrail
+from listener.store.db import DatabaseError
 from listener.store.journal import Journal
 from listener.store.records import SupervisedProcess, SupervisedRecords
 from listener.store.spool import Spool, reindex
@@ -69,7 +69,7 @@ def prepare_data_dir(settings: Settings, now: float) -> None:
     log = get_logger("service")
     spool = Spool(settings.spool_dir, settings.quarantine_dir)
     removed = spool.clean_temporary()
-    journal = Journal(settings.journal_path)
+    journal = Journal(settings.journal_database)
     try:
         closed = journal.close_open_associations(ended="interrupted", now=now)
         added = reindex(spool, journal, quiet_period_s=settings.quiet_period_s, now=now)
@@ -120,7 +120,7 @@ def run_receiver(
     spool = Spool(
         settings.spool_dir, settings.quarantine_dir, min_free_mb=settings.disk_min_free_mb
     )
-    journal = Journal(settings.journal_path)
+    journal = Journal(settings.journal_database)
     audit = AuditTrail.open(settings)
     receiver = Receiver(
         settings, spool, journal, counter=AssociationCounter(shared, slot), audit=audit
@@ -147,7 +147,7 @@ def dispatcher_main(settings: Settings) -> None:
     """Entry point of the dispatcher process: the assemble loop, whose callback plans each released
     study (route), and the outbox deliverer (send) in a thread beside it."""
     stop = _child_setup(settings, "dispatcher")
-    journal = Journal(settings.journal_path)
+    journal = Journal(settings.journal_database)
     pipeline = build_pipeline(settings, journal)
     deliverer = threading.Thread(
         target=run_deliverer, args=(pipeline, stop), name="deliverer", daemon=True
@@ -214,7 +214,7 @@ class Supervisor:
         self.ctx = multiprocessing.get_context("spawn")
         self.stop = threading.Event()
         self.log = get_logger("service")
-        self.records = SupervisedRecords(settings.journal_path)
+        self.records = SupervisedRecords(settings.journal_database)
         count = settings.receive_processes
         self.shared = self.ctx.Array("i", count)
         self.listeners = listeners or open_listeners(settings)
@@ -312,7 +312,7 @@ class Supervisor:
                     at=time.time(),
                 )
             )
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             self.log.warning("child_not_recorded", child=child.name, error=str(exc))
 
     def _stop_children(self) -> None:
