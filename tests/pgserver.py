@@ -98,3 +98,9 @@ def _serve(folder: Path, data: Path, pwfile: Path, env: dict[str, str]) -> Itera
             [*_as_owner(), _bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
             capture_output=True, env=env,
         )  # fmt: skip
+
+
+def database_setting(journal_db: Path | DatabaseUrl) -> dict[str, str]:
+    """The ``database_url`` setting that puts a gateway's journal where ``journal_db`` is (none
+    for SQLite: the embedded default in the data folder)."""
+    return {"database_url": journal_db.secret()} if isinstance(journal_db, DatabaseUrl) else {}

@@ -16,8 +16,9 @@ PostgreSQL (psycopg 3): committed transactions are durable (``synchronous_commit
 sets it). A write transaction takes one transaction-scoped advisory lock first, so writers queue
 one after another exactly as ``BEGIN IMMEDIATE`` makes them queue on SQLite: every
 read-then-write in the stores means the same on both engines. Claims (a job, an outbox entry, a
-ripe study) are in addition written as row locks or conditional updates that stay exactly-once
-without that lock (each store's docstring says how).
+ripe study) do not queue there (``transaction(serialized=False)``): they lock the rows they take
+with ``FOR UPDATE SKIP LOCKED`` and change only those, so two claimers never take one row and
+never wait for each other; each store's docstring says why its claim is safe on both engines.
 
 The connection is in autocommit mode; a change that needs several statements runs in
 :meth:`Database.transaction` (committed on exit, rolled back on an error). One connection per
@@ -66,14 +67,16 @@ class Dialect:
     """What differs between the engines; the stores write everything else once.
 
     ``skip_locked`` ends a ``SELECT`` that claims rows: on PostgreSQL the rows stay locked to
-    this transaction and other claimers pass over them; SQLite has no row locks and needs none,
-    since its write transaction already excludes every other writer.
+    this transaction and other claimers pass over them; ``for_update`` locks the rows a
+    read-then-write reads (waiting for a claimer that holds one). SQLite has no row locks and
+    needs none, since its write transaction already excludes every other writer.
     """
 
     name: str
     begin_write: str
     begin_snapshot: str
     skip_locked: str
+    for_update: str
     greatest: str  # the larger of two values (SQLite's two-argument MAX)
     least: str
     instr: str  # position of a substring, 0 when absent: instr(haystack, needle)
@@ -84,12 +87,13 @@ class Dialect:
     ddl: tuple[tuple[str, str], ...] = ()
 
 
-SQLITE = Dialect("sqlite", "BEGIN IMMEDIATE", "BEGIN", "", "MAX", "MIN", "instr")
+SQLITE = Dialect("sqlite", "BEGIN IMMEDIATE", "BEGIN", "", "", "MAX", "MIN", "instr")
 POSTGRESQL = Dialect(
     "postgresql",
     "BEGIN",
     "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
     " FOR UPDATE SKIP LOCKED",
+    " FOR UPDATE",
     "GREATEST",
     "LEAST",
     "strpos",
@@ -163,9 +167,16 @@ class Connection:
     """One engine's connection behind one interface: ``?`` placeholders and the SQLite schema
     text on both, driver errors as :class:`DatabaseError`."""
 
-    def __init__(self, raw: Any, dialect: Dialect) -> None:
+    def __init__(self, raw: Any, dialect: Dialect, hide: tuple[str, ...] = ()) -> None:
         self.raw = raw
         self.dialect = dialect
+        self._hide = tuple(h for h in hide if h)  # never in an error message: the password
+
+    def _neutral(self, exc: Exception) -> DatabaseError:
+        error = _neutral(exc)
+        for secret in self._hide:
+            error.args = tuple(str(a).replace(secret, "***") for a in error.args)
+        return error
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         try:
@@ -175,7 +186,7 @@ class Connection:
                 return Cursor(self.raw.execute(sql))
             return Cursor(self.raw.execute(_pg_sql(sql), params))
         except (sqlite3.Error, _pg_error()) as exc:
-            raise _neutral(exc) from exc
+            raise self._neutral(exc) from exc
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Cursor:
         try:
@@ -185,7 +196,7 @@ class Connection:
             cursor.executemany(_pg_sql(sql), list(rows))
             return Cursor(cursor)
         except (sqlite3.Error, _pg_error()) as exc:
-            raise _neutral(exc) from exc
+            raise self._neutral(exc) from exc
 
     def executescript(self, script: str) -> None:
         """Run ``;``-separated statements with no parameters (schemas)."""
@@ -199,7 +210,7 @@ class Connection:
                     " COMMIT"
                 )
         except (sqlite3.Error, _pg_error()) as exc:
-            raise _neutral(exc) from exc
+            raise self._neutral(exc) from exc
 
     def columns(self, table: str) -> set[str]:
         """The column names of ``table`` (empty when it does not exist)."""
@@ -216,6 +227,10 @@ class Connection:
         """End the open transaction, undoing it (quietly, if the connection is gone)."""
         with suppress(DatabaseError):
             self.execute("ROLLBACK")
+
+    def ping(self) -> None:
+        """A round trip to the database; DatabaseError when it cannot answer."""
+        self.execute("SELECT 1").fetchone()
 
     def broken(self) -> bool:
         return self.dialect is POSTGRESQL and bool(self.raw.closed or self.raw.broken)
@@ -302,6 +317,19 @@ class Database:
         with self._lock:
             self._conn.close()
 
+    def ping(self) -> None:
+        """Check that the database answers (reconnecting first if the connection broke);
+        :class:`DatabaseError` naming the redacted URL when it does not."""
+        try:
+            with self.read() as conn:
+                conn.ping()
+        except DatabaseUnavailableError:
+            raise
+        except DatabaseError as exc:
+            raise DatabaseUnavailableError(
+                f"database_url: {self.url} does not answer: {exc}"
+            ) from exc
+
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """The connection, for reads or a single autocommitted statement."""
@@ -309,17 +337,18 @@ class Database:
             yield self._live()
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self, *, serialized: bool = True) -> Iterator[Connection]:
         """One write transaction, writers one at a time: committed on exit, rolled back on error.
 
         SQLite: ``BEGIN IMMEDIATE`` takes the file's write lock. PostgreSQL: ``BEGIN`` and the
-        writers' advisory lock (``pg_advisory_xact_lock``, released at commit or rollback).
+        writers' advisory lock (``pg_advisory_xact_lock``, released at commit or rollback);
+        ``serialized=False`` skips that lock, for a claim that row-locks what it changes.
         """
         with self._lock:
             conn = self._live()
             conn.execute(conn.dialect.begin_write)
             try:
-                if conn.dialect is POSTGRESQL:
+                if serialized and conn.dialect is POSTGRESQL:
                     conn.execute(f"SELECT pg_advisory_xact_lock({_WRITER_LOCK})")
                 yield conn
             except BaseException:
@@ -372,7 +401,8 @@ def _postgresql(url: DatabaseUrl, busy_timeout_s: float) -> Connection:
             f"database_url: cannot connect to PostgreSQL at {url}: {_pg_reason(exc, url)}"
         ) from None
     _adapt(raw)
-    return Connection(raw, POSTGRESQL)
+    secret = url.secret()
+    return Connection(raw, POSTGRESQL, (secret, urlsplit(secret).password or ""))
 
 
 def _pg_reason(exc: Exception, url: DatabaseUrl) -> str:

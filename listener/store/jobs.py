@@ -247,7 +247,7 @@ class JobStore(JournalTables):
         """Take the most urgent due job (highest priority, then oldest): a scheduled one, one
         waiting out a transient failure, or one whose runner's lease ran out. The claim counts
         an attempt and starts a new lease generation (``lease_token``)."""
-        with self.db.transaction() as db:
+        with self.db.transaction(serialized=False) as db:
             row = db.execute(
                 "SELECT id, state, lease_owner FROM jobs WHERE (state = ? AND not_before <= ?)"
                 " OR (state = ? AND lease_owner IS NULL AND not_before <= ?)"
@@ -355,7 +355,7 @@ class JobStore(JournalTables):
         """
         where, args = self._fence(lease)
         with self.db.transaction() as db:
-            row = db.execute(f"SELECT * FROM jobs{where}", args).fetchone()
+            row = db.execute(f"SELECT * FROM jobs{where}{db.dialect.for_update}", args).fetchone()
             if row is None:
                 return None
             attempts = row["attempts"] - (0 if counted else 1)

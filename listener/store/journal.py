@@ -244,8 +244,9 @@ class Journal(AssociationLog, ConflictLog):
                 "SELECT 1 FROM instances WHERE sop_instance_uid = ?", (record.sop_instance_uid,)
             ).fetchone():
                 return False
-            row = db.execute(
-                "SELECT state, generation, due_at FROM studies WHERE study_uid = ?",
+            row = db.execute(  # locked: a dispatcher's release (a claim) waits or passes over it
+                f"SELECT state, generation, due_at FROM studies WHERE study_uid = ?"
+                f"{db.dialect.for_update}",
                 (record.study_uid,),
             ).fetchone()
             if row is None:
@@ -396,14 +397,16 @@ class Journal(AssociationLog, ConflictLog):
         between two calls: on SQLite the write transaction excludes every other writer; on
         PostgreSQL the selected rows are locked (``FOR UPDATE SKIP LOCKED``: another dispatcher
         passes over them) and the update repeats the ``receiving`` condition, so a row another
-        dispatcher released in the meantime is not released again.
+        dispatcher released in the meantime is not released again. A receiver recording an
+        instance locks its study's row first (:meth:`record_instance`), so a release never
+        crosses a late instance: one of them waits for the other or passes over it.
         """
         ceiling = ""
         params: tuple[object, ...] = (StudyState.RECEIVING, now)
         if max_wait_s is not None:
             ceiling = f" OR {self._OPENED_SQL} + ? <= ?"
             params = (StudyState.RECEIVING, now, max_wait_s, now)
-        with self._write() as db:
+        with self.db.transaction(serialized=False) as db:
             rows = db.execute(
                 f"SELECT s.study_uid, s.generation FROM studies s WHERE s.state = ?"
                 f" AND (s.due_at <= ?{ceiling}) ORDER BY s.due_at{db.dialect.skip_locked}",

@@ -165,7 +165,7 @@ class Outbox(JournalTables):
         """Take the due entries, at most ``batch_size`` per destination, under a lease: their
         ``next_attempt_at`` moves ``lease_s`` ahead, so two senders never send one entry at once
         and the entries of a sender that died become due again when the lease runs out."""
-        with self.db.transaction() as db:
+        with self.db.transaction(serialized=False) as db:
             rows = db.execute(
                 "SELECT * FROM outbox WHERE state = ? AND next_attempt_at <= ?"
                 f" ORDER BY destination, id{db.dialect.skip_locked}",
