@@ -395,9 +395,9 @@ class Journal(AssociationLog, ConflictLog):
         trickling in; anything later opens a follow-up). One transaction selects and updates, so
         a study is released exactly once per generation even with several dispatchers or a crash
         between two calls: on SQLite the write transaction excludes every other writer; on
-        PostgreSQL the selected rows are locked (``FOR UPDATE SKIP LOCKED``: another dispatcher
-        passes over them) and the update repeats the ``receiving`` condition, so a row another
-        dispatcher released in the meantime is not released again. A receiver recording an
+        PostgreSQL the selected rows stay locked to this transaction (``FOR UPDATE SKIP
+        LOCKED``): another dispatcher passes over them, and one that read a row before this
+        release committed re-checks it, finds it ready and skips it. A receiver recording an
         instance locks its study's row first (:meth:`record_instance`), so a release never
         crosses a late instance: one of them waits for the other or passes over it.
         """
@@ -412,17 +412,12 @@ class Journal(AssociationLog, ConflictLog):
                 f" AND (s.due_at <= ?{ceiling}) ORDER BY s.due_at{db.dialect.skip_locked}",
                 params,
             ).fetchall()
-            released = [
-                study_uid
-                for study_uid, _ in rows
-                if db.execute(
-                    "UPDATE studies SET state = ?, released_at = ? WHERE study_uid = ?"
-                    " AND state = ?",
-                    (StudyState.READY, now, study_uid, StudyState.RECEIVING),
-                ).rowcount
-                == 1
-            ]
-            return [self._released(db, study_uid) for study_uid in released]
+            for study_uid, _ in rows:
+                db.execute(
+                    "UPDATE studies SET state = ?, released_at = ? WHERE study_uid = ?",
+                    (StudyState.READY, now, study_uid),
+                )
+            return [self._released(db, study_uid) for study_uid, _ in rows]
 
     def ready_studies(self) -> list[ReleasedStudy]:
         """Studies released but not yet taken by the route stage (e.g. the dispatcher crashed in
