@@ -112,7 +112,8 @@ class AdminRecords(JournalTables):
             db.execute(
                 "INSERT INTO model_health (model, state, since, next_probe_at, last_error, owner,"
                 " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model) DO UPDATE SET"
-                " since = CASE WHEN state = excluded.state THEN since ELSE excluded.since END,"
+                " since = CASE WHEN model_health.state = excluded.state THEN model_health.since"
+                " ELSE excluded.since END,"
                 " state = excluded.state, next_probe_at = excluded.next_probe_at,"
                 " last_error = excluded.last_error, owner = excluded.owner,"
                 " updated_at = excluded.updated_at",

@@ -20,6 +20,7 @@ from listener.route.load import effective_rules
 from listener.serve.summary import startup_summary
 from listener.settings import load_settings
 from listener.settings.database import DatabaseUrl, Engine
+from listener.store.audit import AuditLog, AuditTrail
 from listener.store.db import (
     Database,
     DatabaseError,
@@ -27,7 +28,9 @@ from listener.store.db import (
     MissingTableError,
 )
 from listener.store.db import DatabaseTarget as JournalDb
-from listener.store.journal import Journal
+from listener.store.journal import AssociationRecord, InstanceConflict, InstanceRecord, Journal
+from listener.store.priors import ChestIndex, IndexedStudy
+from listener.store.records import AdminRecords, SupervisedProcess, SupervisedRecords
 
 
 def test_default_is_the_sqlite_file_in_the_data_folder(tmp_path: Path) -> None:
@@ -160,3 +163,54 @@ def test_readiness_reports_the_database(postgres: PostgresServer, tmp_path: Path
     with psycopg.connect(postgres.url(), autocommit=True) as admin:
         admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
     assert readiness(state, now=0.0)[1]["database"]["reachable"] is True  # reconnected
+
+
+def test_every_store_round_trips_on_both_engines(journal_db: JournalDb) -> None:
+    """The stores no other test runs on both engines write and read back the same values:
+    associations, conflicts, the prior index, admin records, supervised exits and the audit
+    trail (insert-or-replace rows keep one row per key)."""
+    journal = Journal(journal_db)
+    journal.start_association(AssociationRecord("a1", "10.0.0.1", 104, "MOD", "PACSAI", 5.0))
+    journal.end_association(
+        AssociationRecord("a1", "10.0.0.1", 104, "MOD", "PACSAI", 5.0, received=2, stored=2),
+        ended="released",
+        now=7.5,
+    )
+    journal.record_conflict(InstanceConflict("1.9", 6.0, "a1", 10, "ab", None, "q/1.9.dcm"))
+    journal.record_instance(
+        InstanceRecord("1.3", "1.2.840", "1.2", "1.2.1", "CR", "1.2", "p", 1, 5.0, 0),
+        quiet_period_s=1.0,
+        patient_id="P1",
+    )
+    (association,) = journal.associations()
+    assert (association["received"], association["duration_s"], association["ended"]) == (
+        2,
+        2.5,
+        "released",
+    )
+    assert journal.conflicts() == [InstanceConflict("1.9", 6.0, "a1", 10, "ab", None, "q/1.9.dcm")]
+    index = ChestIndex(journal_db)
+    (stale,) = index.stale_studies("P1")
+    for path in ("old.dcm", "new.dcm"):  # re-indexing replaces the row
+        index.put(stale, patient_id="P1", issuer="", study_date="20240101", frontal_path=path)
+    assert index.stale_studies("P1") == []
+    assert index.latest_before("P1", "", "20250101", "other") == IndexedStudy(
+        "1.2", "20240101", "new.dcm"
+    )
+    records = AdminRecords(journal_db)
+    records.record_model_call("cxrreportgen", at=1.0, duration_s=0.5, outcome="ok", attempts=1)
+    reload = records.record_rules_reload("abc", 3, source="api", now=2.0)
+    assert records.latest_rules_reload() == reload and reload.id > 0
+    supervised = SupervisedRecords(journal_db)
+    for failures in (1, 2):
+        supervised.record(SupervisedProcess("worker-1", failures, 1, "boom", 3.0))
+    assert supervised.crash_looping() == [SupervisedProcess("worker-1", 2, 1, "boom", 3.0)]
+    audit = AuditLog(journal_db)
+    trail = AuditTrail(audit, source_id="gw", our_ae="PACSAI", clock=lambda: 4.0)
+    first = trail.application(started=True)
+    (row,) = audit.unshipped()
+    assert row["id"] == row[0] == first and audit.records()[0]["event"] == "Application Activity"
+    audit.mark_shipped([first], 5.0)
+    assert audit.unshipped() == []
+    for store in (journal, index, records, supervised, audit):
+        store.close()
