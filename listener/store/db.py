@@ -77,7 +77,9 @@ class Dialect:
     begin_snapshot: str
     skip_locked: str
     for_update: str
-    greatest: str  # the larger of two values (SQLite's two-argument MAX)
+    # The larger / smaller of several values (SQLite's MAX and MIN with two or more arguments).
+    # Callers pass no NULL: PostgreSQL's GREATEST skips one where SQLite's MAX returns NULL.
+    greatest: str
     least: str
     instr: str  # position of a substring, 0 when absent: instr(haystack, needle)
     # Column types of the SQLite schemas and what they become here: PostgreSQL's REAL is single
@@ -250,9 +252,13 @@ def _neutral(exc: Exception) -> DatabaseError:
     text = str(exc)
     if isinstance(exc, sqlite3.OperationalError) and "no such table" in text:
         return MissingTableError(text)
-    if getattr(exc, "sqlstate", None) == "42P01":  # PostgreSQL undefined_table
+    state = str(getattr(exc, "sqlstate", "") or "")
+    if state == "42P01":  # PostgreSQL undefined_table
         return MissingTableError(text)
-    if getattr(exc, "sqlstate", "") and str(exc.sqlstate).startswith("08"):  # type: ignore[attr-defined]
+    # connection_exception (08), the server shutting down or refusing connections (57P), or
+    # the driver's own "connection lost" (an OperationalError with no state from the server)
+    lost = not state and not isinstance(exc, sqlite3.Error) and "Operational" in type(exc).__name__
+    if state.startswith(("08", "57P")) or lost:
         return DatabaseUnavailableError(text)
     return DatabaseError(text)
 
