@@ -58,9 +58,11 @@ def _as_owner() -> list[str]:
 
 
 @contextmanager
-def run_postgres() -> Iterator[PostgresServer]:
+def run_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
     """Start a cluster in a new temporary folder (initdb, then pg_ctl start); stop it and remove
-    the folder on exit."""
+    the folder on exit. Tests run it without fsync; ``durable`` (benchmarks) keeps fsync and
+    leaves only the commit flush asynchronous, as the SQLite journal's ``synchronous=NORMAL``
+    does (a commit survives a crash of the process, a power cut may lose the last ones)."""
     folder = Path(tempfile.mkdtemp(prefix="pacsai-pg-"))
     data = folder / "data"
     pwfile = folder / "pw"
@@ -70,22 +72,24 @@ def run_postgres() -> Iterator[PostgresServer]:
         shutil.chown(pwfile, "postgres")
     env = dict(os.environ, LC_ALL="C.UTF-8")
     try:
-        yield from _serve(folder, data, pwfile, env)
+        yield from _serve(folder, data, pwfile, env, durable)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _serve(folder: Path, data: Path, pwfile: Path, env: dict[str, str]) -> Iterator[PostgresServer]:
+def _serve(
+    folder: Path, data: Path, pwfile: Path, env: dict[str, str], durable: bool
+) -> Iterator[PostgresServer]:
     subprocess.run(
         [*_as_owner(), _bin("initdb"), "-D", str(data), "-U", "pacsai", "--pwfile", str(pwfile),
          "-A", "scram-sha-256", "-E", "UTF8", "--no-sync"],
         check=True, capture_output=True, env=env,
     )  # fmt: skip
     port = free_port()
-    options = (
-        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-    )
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    options += " -c synchronous_commit=off"
+    if not durable:
+        options += " -c fsync=off -c full_page_writes=off"
     subprocess.run(
         [*_as_owner(), _bin("pg_ctl"), "-D", str(data), "-o", options,
          "-l", str(folder / "log"), "-w", "start"],

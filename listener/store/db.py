@@ -352,10 +352,11 @@ class Database:
         """
         with self._lock:
             conn = self._live()
-            conn.execute(conn.dialect.begin_write)
+            begin = conn.dialect.begin_write
+            if serialized and conn.dialect is POSTGRESQL:  # one round trip for both
+                begin += f"; SELECT pg_advisory_xact_lock({_WRITER_LOCK})"
+            conn.execute(begin)
             try:
-                if serialized and conn.dialect is POSTGRESQL:
-                    conn.execute(f"SELECT pg_advisory_xact_lock({_WRITER_LOCK})")
                 yield conn
             except BaseException:
                 conn.rollback()
