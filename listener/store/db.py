@@ -329,9 +329,9 @@ class Database:
         try:
             with self.read() as conn:
                 conn.ping()
-        except DatabaseUnavailableError:
-            raise
         except DatabaseError as exc:
+            if str(exc).startswith("database_url:"):  # could not (re)connect: says so already
+                raise
             raise DatabaseUnavailableError(
                 f"database_url: {self.url} does not answer: {exc}"
             ) from exc
