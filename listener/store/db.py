@@ -400,6 +400,7 @@ def _postgresql(url: DatabaseUrl, busy_timeout_s: float) -> Connection:
             autocommit=True,
             row_factory=_pg_rows,
             connect_timeout=max(int(busy_timeout_s), 2),
+            application_name="pacs-ai",  # how an operator tells our sessions in pg_stat_activity
             # a statement waiting on a row lock gives up as SQLite's busy timeout does
             options=f"-c lock_timeout={int(busy_timeout_s * 1000)}",
         )
