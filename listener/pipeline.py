@@ -82,10 +82,10 @@ def build_pipeline(
 ) -> Pipeline:
     """Every stage a dispatcher or job-runner process needs, from the settings (one per process)."""
     rules = effective_rules(settings)
-    journal = journal or Journal(settings.journal_path)
-    jobs = JobStore(settings.journal_path)
-    outbox = Outbox(settings.journal_path, rules.destinations)
-    embeddings = EmbeddingStore(settings.journal_path)
+    journal = journal or Journal(settings.journal_database)
+    jobs = JobStore(settings.journal_database)
+    outbox = Outbox(settings.journal_database, rules.destinations)
+    embeddings = EmbeddingStore(settings.journal_database)
     results_dir = settings.data_dir / "results"
     audit = AuditTrail.open(settings, clock)
     return Pipeline(
@@ -119,8 +119,8 @@ def build_pipeline(
             egress={name: settings.models.get(name).egress for name in MODEL_NAMES},
             audit=audit,
             adapters_dir=settings.data_dir / "adapters",
-            flags=StudyFlags(settings.journal_path),
-            drift=DriftStore(settings.journal_path, settings.drift),
+            flags=StudyFlags(settings.journal_database),
+            drift=DriftStore(settings.journal_database, settings.drift),
         ),
         deliverer=Deliverer(
             outbox,

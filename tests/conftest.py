@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 from peers import Orthanc, StoreSCP, run_orthanc, run_storescp
+from pgserver import PostgresServer, run_postgres
+
+from listener.settings.database import DatabaseUrl
 
 
 @pytest.fixture
@@ -21,3 +24,20 @@ def storescp(tmp_path: Path) -> Iterator[StoreSCP]:
     """A DCMTK storescp reference receiver on a free loopback port."""
     with run_storescp(tmp_path / "storescp") as scp:
         yield scp
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the whole test run (each test gets its own database)."""
+    with run_postgres() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def journal_db(request: pytest.FixtureRequest, tmp_path: Path) -> Path | DatabaseUrl:
+    """Where a test's journal lives, once per engine: a SQLite file in ``tmp_path``, then a fresh
+    database on the test PostgreSQL server. The same test runs on both: one code path."""
+    if request.param == "sqlite":
+        return tmp_path / "journal.sqlite"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_database()

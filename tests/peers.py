@@ -291,7 +291,7 @@ def run_receiver(data_dir: Path, **overrides: Any) -> Iterator[tuple[Any, Any, A
         **overrides,
     )
     spool = Spool(settings.spool_dir, settings.quarantine_dir)
-    journal = Journal(settings.journal_path)
+    journal = Journal(settings.journal_database)
     server = start_server(settings, Receiver(settings, spool, journal))
     try:
         yield settings, journal, spool

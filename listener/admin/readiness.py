@@ -8,7 +8,9 @@ A stage is stuck when work it owns is overdue by far more than normal jitter:
 - infer: a job is IN PROGRESS past its lease (its job runner died or hangs), or a scheduled job has
   been due for long (no job runner is running);
 - send: an outbox entry has been due for long (no sender is running, or it is wedged);
-- supervision: a supervised process is crash-looping (its name and last error).
+- supervision: a supervised process is crash-looping (its name and last error);
+- database: the journal's database does not answer (a PostgreSQL server down or unreachable);
+  the body's ``database`` section names its engine and its URL, password hidden.
 
 The processes of every host sharing the journal are listed in the ``executors`` section: each
 one's role, process name and the age of its last heartbeat (:mod:`listener.store.executors`).
@@ -28,6 +30,7 @@ from typing import Any
 
 from listener.admin.state import AdminState
 from listener.settings import MODEL_NAMES
+from listener.store.db import DatabaseError
 from listener.store.drift import DriftStore
 from listener.store.executors import Executors
 from listener.store.records import SupervisedRecords
@@ -46,10 +49,25 @@ class Thresholds:
     send_late_s: float = 900.0
 
 
+def database(state: AdminState) -> tuple[dict[str, Any], str | None]:
+    """The ``database`` section (engine, URL without its password, whether it answers) and the
+    reason the gateway is not ready because of it (None: it answers)."""
+    url = state.journal.db.url
+    reason: str | None = None
+    try:
+        state.journal.db.ping()
+    except DatabaseError as exc:
+        reason = f"database: {exc}"
+    return {"engine": str(url.engine), "url": str(url), "reachable": reason is None}, reason
+
+
 def problems(state: AdminState, now: float, limits: Thresholds | None = None) -> list[str]:
     """Every reason the gateway is not ready; empty when it is."""
     limits = limits or Thresholds()
     reasons = []
+    _, unreachable = database(state)
+    if unreachable is not None:
+        return [unreachable]  # nothing else can be read from it
     free = state.spool.free_mb()
     if free < state.settings.disk_min_free_mb:
         reasons.append(
@@ -107,6 +125,10 @@ def models(state: AdminState) -> dict[str, dict[str, Any]]:
 def readiness(state: AdminState, now: float) -> tuple[int, dict[str, Any]]:
     """The /readyz answer: HTTP status and body (``status``, ``reasons``, ``models``)."""
     reasons = problems(state, now)
+    about_db, _ = database(state)
+    if not about_db["reachable"]:
+        code = HTTP_SERVICE_UNAVAILABLE
+        return code, {"status": "not ready", "reasons": reasons, "database": about_db}
     by_model = models(state)
     if reasons:
         status = "not ready"
@@ -115,7 +137,7 @@ def readiness(state: AdminState, now: float) -> tuple[int, dict[str, Any]]:
     else:
         status = "ready"
     code = HTTP_SERVICE_UNAVAILABLE if reasons else HTTP_OK
-    body = {"status": status, "reasons": reasons, "models": by_model}
+    body = {"status": status, "reasons": reasons, "models": by_model, "database": about_db}
     return code, body | {"warnings": warnings(state), "executors": executors(state, now)}
 
 

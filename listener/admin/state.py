@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from listener.settings import Settings
+from listener.settings.database import DatabaseUrl
 from listener.store.audit import AuditTrail
 from listener.store.flags import StudyFlags
 from listener.store.jobs import JobStore
@@ -32,8 +33,9 @@ class AdminState:
     flags: StudyFlags | None = None  # review/OOD flags and OOD scores (listener.store.flags)
 
     @property
-    def db_path(self) -> Path:
-        return self.settings.journal_path
+    def db_path(self) -> DatabaseUrl:
+        """Where the journal's tables live (``str()`` hides any password)."""
+        return self.settings.journal_database
 
     @property
     def results_dir(self) -> Path:
@@ -50,19 +52,19 @@ class AdminState:
 
 def open_state(settings: Settings, clock: Callable[[], float] = time.time) -> AdminState:
     """The admin state for ``settings``; every table it reads exists once this returns."""
-    journal = Journal(settings.journal_path)
-    outbox = Outbox(settings.journal_path)
+    journal = Journal(settings.journal_database)
+    outbox = Outbox(settings.journal_database)
     spool = Spool(
         settings.spool_dir, settings.quarantine_dir, min_free_mb=settings.disk_min_free_mb
     )
     return AdminState(
         settings=settings,
         journal=journal,
-        jobs=JobStore(settings.journal_path),
+        jobs=JobStore(settings.journal_database),
         outbox=outbox,
-        records=AdminRecords(settings.journal_path),
+        records=AdminRecords(settings.journal_database),
         spool=spool,
         clock=clock,
         audit=AuditTrail.open(settings, clock),
-        flags=StudyFlags(settings.journal_path),
+        flags=StudyFlags(settings.journal_database),
     )

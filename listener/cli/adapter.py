@@ -27,6 +27,7 @@ from listener.cli.common import (
 
 if TYPE_CHECKING:
     from listener.infer.adapters import AdapterRegistry
+    from listener.settings.database import DatabaseUrl
 
 
 def add_adapter(sub: Subparsers) -> None:
@@ -77,7 +78,7 @@ def cmd_adapter(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _train(args: argparse.Namespace, registry: AdapterRegistry, journal: Path) -> int:
+def _train(args: argparse.Namespace, registry: AdapterRegistry, journal: DatabaseUrl) -> int:
     from listener.infer.adapter_training import (
         TrainingError,
         labelled_set,

@@ -21,6 +21,7 @@ from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
 from listener.settings import Settings, load_settings
+from listener.settings.database import DatabaseUrl
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -117,16 +118,20 @@ def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
     return load_settings(getattr(args, "config", None), **flags)
 
 
-def existing_journal(settings: Settings) -> Path:
-    """The journal a reading command works on; CommandError when there is none (a wrong
-    ``--data-dir``, or another working directory): reading never creates an empty one."""
-    path = settings.journal_path
+def existing_journal(settings: Settings) -> DatabaseUrl:
+    """The journal a reading command works on; CommandError when its SQLite file is missing (a
+    wrong ``--data-dir``, or another working directory): reading never creates an empty one. A
+    PostgreSQL journal (``database_url``) is used as it is."""
+    database = settings.journal_database
+    path = database.path
+    if path is None:
+        return database
     if not path.is_file():
         raise CommandError(
             f"no journal at {path}: give the gateway's data folder with --data-dir"
             " (setting data_dir)"
         )
-    return path
+    return database
 
 
 def dicom_files(paths: Iterable[Path]) -> list[Path]:

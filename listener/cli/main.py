@@ -35,6 +35,7 @@ from listener.cli.serve import add_serve
 from listener.cli.similar import add_similar
 from listener.emulator.command import add_emulator
 from listener.errors import ConfigError
+from listener.store.db import DatabaseUnavailableError
 
 ADDERS: list[Callable[[Subparsers], None]] = [
     add_serve,
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pacs-ai: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except CommandError as exc:
+    except (CommandError, DatabaseUnavailableError) as exc:
         print(f"pacs-ai: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return result

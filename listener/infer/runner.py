@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from listener.route.plan import PlannedTask, task_from_payload
 from listener.security.settings import EgressPolicy
 from listener.settings import Destination, PriorsSettings, Settings
 from listener.store.audit import AuditTrail
+from listener.store.db import DatabaseError
 from listener.store.drift import DriftStore, drift_facts, group_key
 from listener.store.embeddings import EmbeddingStore
 from listener.store.flags import StudyFlag, StudyFlags
@@ -271,7 +271,7 @@ class JobRunner:
             await asyncio.sleep(self.policy.lease_s / 3)
             try:
                 held = self.jobs.renew(lease, self.clock() + self.policy.lease_s)
-            except sqlite3.Error as exc:  # a busy journal: try again at the next beat
+            except DatabaseError as exc:  # a busy journal: try again at the next beat
                 log.warning("job_lease_not_renewed", job_id=lease.job_id, error=str(exc))
                 continue
             if not held:

@@ -68,7 +68,7 @@ async def _job_loop(
     owner = runner_id(settings)
     slots = asyncio.Semaphore(settings.jobs_per_runner)
     running: set[asyncio.Task[None]] = set()
-    records = AdminRecords(settings.journal_path)
+    records = AdminRecords(settings.journal_database)
     async with build_clients(
         settings.models,
         emulator_url,
@@ -112,7 +112,7 @@ def run_job_runner(settings: Settings, emulator_url: str | None, stop: threading
 def run_deliverer(pipeline: Pipeline, stop: threading.Event) -> None:
     """Send what the outbox holds due until ``stop`` is set (a thread of the dispatcher process)."""
     enable_chunked_send()
-    records = AdminRecords(pipeline.settings.journal_path)
+    records = AdminRecords(pipeline.settings.journal_database)
     while not stop.is_set():
         reload_rules_if_asked(pipeline, records)
         try:

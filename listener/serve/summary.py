@@ -1,5 +1,6 @@
 """What ``pacs-ai serve`` says about its configuration when it starts: one log event per
-destination, one per model (the real endpoint it calls, or the emulator), and where results go.
+destination, one per model (the real endpoint it calls, or the emulator), where results go, and
+where the journal is (its URL without the password).
 
 A typo in a destination's variable or a missing endpoint otherwise shows only when results never
 reach the PACS; these lines let an operator check the configuration in the first second.
@@ -81,6 +82,12 @@ def startup_summary(
                 },
             )
         )
+    database = settings.journal_database  # its str() hides the password
+    lines.append(
+        SummaryLine(
+            "journal_database", "info", {"engine": str(database.engine), "url": str(database)}
+        )
+    )
     return lines
 
 

@@ -37,7 +37,6 @@ import multiprocessing.connection
 import os
 import signal
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -66,6 +65,7 @@ from listener.serve.summary import log_startup_summary, startup_summary
 from listener.serve.syslog import run_shipper
 from listener.settings import Settings
 from listener.store.audit import AuditTrail
+from listener.store.db import DatabaseError
 from listener.store.executors import ExecutorBeat, Executors, owner_name, run_heartbeat
 from listener.store.journal import Journal
 from listener.store.records import SupervisedProcess, SupervisedRecords
@@ -84,7 +84,7 @@ def prepare_data_dir(settings: Settings, now: float) -> None:
     log = get_logger("service")
     spool = Spool(settings.spool_dir, settings.quarantine_dir)
     removed = spool.clean_temporary()
-    journal = Journal(settings.journal_path)
+    journal = Journal(settings.journal_database)
     try:
         # With other receive hosts on the same journal, their open associations are live.
         closed = (
@@ -123,7 +123,7 @@ def _child_setup(settings: Settings, name: str) -> threading.Event:
 
 
 def _start_heartbeat(settings: Settings, name: str, stop: threading.Event) -> None:
-    executors = Executors(settings.journal_path)
+    executors = Executors(settings.journal_database)
     started_at = time.time()
     owner = owner_name(settings.executor)
 
@@ -160,7 +160,7 @@ def run_receiver(
     spool = Spool(
         settings.spool_dir, settings.quarantine_dir, min_free_mb=settings.disk_min_free_mb
     )
-    journal = Journal(settings.journal_path)
+    journal = Journal(settings.journal_database)
     audit = AuditTrail.open(settings)
     receiver = Receiver(
         settings, spool, journal, counter=AssociationCounter(shared, slot), audit=audit
@@ -187,7 +187,7 @@ def dispatcher_main(settings: Settings) -> None:
     """Entry point of the dispatcher process: the assemble loop, whose callback plans each released
     study (route), and the outbox deliverer (send) in a thread beside it."""
     stop = _child_setup(settings, "dispatcher")
-    journal = Journal(settings.journal_path)
+    journal = Journal(settings.journal_database)
     pipeline = build_pipeline(settings, journal)
     deliverer = threading.Thread(
         target=run_deliverer, args=(pipeline, stop), name="deliverer", daemon=True
@@ -197,7 +197,7 @@ def dispatcher_main(settings: Settings) -> None:
     purger.start()
     sweeper = threading.Thread(
         target=run_sweeper,
-        args=(pipeline, Executors(settings.journal_path), stop),
+        args=(pipeline, Executors(settings.journal_database), stop),
         name="sweeper",
         daemon=True,
     )
@@ -262,7 +262,7 @@ class Supervisor:
         self.ctx = multiprocessing.get_context("spawn")
         self.stop = threading.Event()
         self.log = get_logger("service")
-        self.records = SupervisedRecords(settings.journal_path)
+        self.records = SupervisedRecords(settings.journal_database)
         count = settings.receive_processes if settings.receives else 0
         self.shared = self.ctx.Array("i", max(count, 1))
         self.listeners = listeners if listeners is not None else open_listeners(settings)
@@ -361,7 +361,7 @@ class Supervisor:
                     at=time.time(),
                 )
             )
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             self.log.warning("child_not_recorded", child=child.name, error=str(exc))
 
     def _stop_children(self) -> None:

@@ -27,6 +27,7 @@ from pydantic_settings import (
 
 from listener.errors import ConfigError
 from listener.security.settings import AdminTlsSettings, AuditSettings, TlsSettings
+from listener.settings.database import DatabaseUrl
 from listener.settings.sections import (
     ENTRA_MODULE as ENTRA_MODULE,
 )
@@ -97,6 +98,13 @@ class Settings(BaseSettings):
     tls: TlsSettings = Field(default_factory=TlsSettings)
     ae_titles: list[AETitle] = Field(default_factory=lambda: ["PACSAI"], min_length=1)
     data_dir: Path = Path("var")
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="the journal's database: unset, the SQLite file journal.sqlite in data_dir;"
+        " postgresql://USER:PASSWORD@HOST:PORT/DATABASE puts its tables in that PostgreSQL"
+        " database (receivers and workers on several hosts share it); sqlite:///PATH another"
+        " SQLite file",
+    )
     quiet_period_s: float = Field(default=10.0, gt=0, le=86400)
     max_study_wait_s: float | None = Field(
         default=3600.0,
@@ -261,9 +269,26 @@ class Settings(BaseSettings):
     def quarantine_dir(self) -> Path:
         return self.data_dir / "quarantine"
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            DatabaseUrl.parse(value.get_secret_value())  # ValueError names the setting
+        return value
+
     @property
     def journal_path(self) -> Path:
-        return self.data_dir / "journal.sqlite"
+        """The embedded default journal file (also where ``sqlite:///`` points when given)."""
+        database = self.journal_database
+        return database.path if database.path is not None else self.data_dir / "journal.sqlite"
+
+    @property
+    def journal_database(self) -> DatabaseUrl:
+        """Where the journal's tables live (``database_url``, parsed; its ``str`` hides the
+        password)."""
+        if self.database_url is None:
+            return DatabaseUrl.sqlite(self.data_dir / "journal.sqlite")
+        return DatabaseUrl.parse(self.database_url.get_secret_value())
 
     @property
     def executor(self) -> str:
@@ -381,7 +406,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         for error in exc.errors():
             name = _setting_name(error["loc"])
             secret = any(
-                str(part).endswith(("key", "token", "password", "auth")) for part in error["loc"]
+                str(part).endswith(("key", "token", "password", "auth", "database_url"))
+                for part in error["loc"]
             ) or isinstance(error.get("input"), dict)  # a section's values may hold secrets
             shown = "" if secret else f" (got {error.get('input')!r})"
             problems.append(f"{name}: {error['msg']}{shown}")

@@ -8,11 +8,10 @@ the peer's address) read the same record. The table is created with the journal'
 
 from __future__ import annotations
 
-import sqlite3
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from listener.store.db import Database
+from listener.store.db import Connection, Database
 
 
 @dataclass
@@ -37,7 +36,7 @@ class AssociationLog:
 
     db: Database
 
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+    def _write(self) -> AbstractContextManager[Connection]:
         return self.db.transaction()
 
     def start_association(self, record: AssociationRecord) -> None:

@@ -22,7 +22,6 @@ audit log read                Query (110112)
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -52,7 +51,7 @@ from listener.store.atna import (
     StudyObject,
     to_xml,
 )
-from listener.store.db import JournalTables
+from listener.store.db import JournalTables, Row
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_events (
@@ -80,7 +79,7 @@ class AuditLog(JournalTables):
         with self.db.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO audit_events (at, event, outcome, study_uid, summary, message)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     event.when.timestamp(),
                     event.event.meaning,
@@ -90,7 +89,7 @@ class AuditLog(JournalTables):
                     to_xml(event),
                 ),
             )
-            return int(cursor.lastrowid or 0)
+            return int(cursor.fetchone()[0])
 
     def records(
         self, *, limit: int = 100, study_uid: str | None = None, event: str | None = None
@@ -109,7 +108,7 @@ class AuditLog(JournalTables):
         with self.db.read() as db:
             return [dict(row) for row in db.execute(query, args).fetchall()]
 
-    def unshipped(self, limit: int = 200) -> list[sqlite3.Row]:
+    def unshipped(self, limit: int = 200) -> list[Row]:
         """Records not yet sent to the syslog collector, oldest first."""
         with self.db.read() as db:
             return db.execute(
@@ -150,7 +149,7 @@ class AuditTrail:
     @classmethod
     def open(cls, settings: Settings, clock: Callable[[], float] = time.time) -> AuditTrail:
         return cls(
-            AuditLog(settings.journal_path),
+            AuditLog(settings.journal_database),
             source_id=settings.audit.source_id,
             our_ae=settings.ae_titles[0],
             site_id=settings.audit.enterprise_site_id,

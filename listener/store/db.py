@@ -1,92 +1,485 @@
 """The one connection policy of the journal database, for every process and thread.
 
-Every stage keeps its tables in one SQLite file (the journal). :class:`Database` is the only place
-that opens it (``sqlite3.connect`` appears nowhere else), and sets the same pragmas everywhere:
+Every stage keeps its tables in one database, the journal: by default a SQLite file in the data
+folder, or a PostgreSQL database when the ``database_url`` setting says ``postgresql://...`` (so
+receivers and workers on several hosts share it). :class:`Database` is the only place that opens
+it; the stores write one SQL text for both engines (what differs is the :class:`Dialect` table).
 
-- ``journal_mode=WAL``: readers never block the writer, and several processes share the file;
-- ``synchronous=NORMAL``: in WAL mode a commit survives a crash of the process; a power cut may
-  lose a suffix of the last commits, never reorder them or corrupt the file. That is enough for
-  what the journal promises: a C-STORE is acknowledged after the instance's file and folder are
-  fsynced, and start-up re-indexes spool files whose journal row was lost; every later stage is
-  idempotent from its last committed state (a lost "completed" reruns a job whose results have
-  deterministic UIDs, a lost enqueue is redone with the job it belongs to);
-- a busy timeout, so a writer waits for another process's transaction instead of failing.
+SQLite: ``journal_mode=WAL`` (readers never block the writer, several processes share the file),
+``synchronous=NORMAL`` (in WAL mode a commit survives a crash of the process; a power cut may
+lose a suffix of the last commits, never reorder them: enough, since a C-STORE is acknowledged
+after the spool file is fsynced, start-up re-indexes spool files whose row was lost, and every
+later stage is idempotent from its last committed state), and a busy timeout, so a writer waits
+for another process's transaction instead of failing.
+
+PostgreSQL (psycopg 3): committed transactions are durable (``synchronous_commit`` as the server
+sets it). A write transaction takes one transaction-scoped advisory lock first, so writers queue
+one after another exactly as ``BEGIN IMMEDIATE`` makes them queue on SQLite: every
+read-then-write in the stores means the same on both engines. Claims (a job, an outbox entry, a
+ripe study) do not queue there (``transaction(serialized=False)``): they lock the rows they take
+with ``FOR UPDATE SKIP LOCKED`` and change only those, so two claimers never take one row and
+never wait for each other; each store's docstring says why its claim is safe on both engines.
 
 The connection is in autocommit mode; a change that needs several statements runs in
-:meth:`Database.transaction` (``BEGIN IMMEDIATE``, committed on exit, rolled back on an error).
-One connection per :class:`Database`, guarded by a lock, so the threads of a process share it.
+:meth:`Database.transaction` (committed on exit, rolled back on an error). One connection per
+:class:`Database`, guarded by a lock, so the threads of a process share it. Driver errors come out
+as :class:`DatabaseError` (:class:`MissingTableError` for a table no process has created yet).
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
+import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from listener.settings.database import DatabaseUrl, Engine
 
 BUSY_TIMEOUT_S = 30.0
+# Where the journal is: a SQLite file (a plain path, as tests and tools give it) or a parsed URL.
+DatabaseTarget = Path | DatabaseUrl
+# The key of the advisory lock every PostgreSQL write transaction holds (any constant will do;
+# this one spells "pacsai" in ASCII).
+_WRITER_LOCK = 0x706163736169
+
+
+class DatabaseError(Exception):
+    """A statement or connection failed, on either engine (the driver's error is the cause)."""
+
+
+class MissingTableError(DatabaseError):
+    """A statement named a table that does not exist yet (its stage never ran here)."""
+
+
+class DatabaseUnavailableError(DatabaseError):
+    """The database cannot be reached or opened: fatal at start-up, named by the setting."""
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the engines; the stores write everything else once.
+
+    ``skip_locked`` ends a ``SELECT`` that claims rows: on PostgreSQL the rows stay locked to
+    this transaction and other claimers pass over them; ``for_update`` locks the rows a
+    read-then-write reads (waiting for a claimer that holds one). SQLite has no row locks and
+    needs none, since its write transaction already excludes every other writer.
+    """
+
+    name: str
+    begin_write: str
+    begin_snapshot: str
+    skip_locked: str
+    for_update: str
+    # The larger / smaller of several values (SQLite's MAX and MIN with two or more arguments).
+    # Callers pass no NULL: PostgreSQL's GREATEST skips one where SQLite's MAX returns NULL.
+    greatest: str
+    least: str
+    instr: str  # position of a substring, 0 when absent: instr(haystack, needle)
+    # Column types of the SQLite schemas and what they become here: PostgreSQL's REAL is single
+    # precision (a Unix time would lose its seconds), its INTEGER 32 bits. A table whose queries
+    # use SQLite's implicit ``rowid`` (insertion order) marks the spot with ``/* rowid */``: on
+    # PostgreSQL it becomes a real column of that name.
+    ddl: tuple[tuple[str, str], ...] = ()
+
+
+SQLITE = Dialect("sqlite", "BEGIN IMMEDIATE", "BEGIN", "", "", "MAX", "MIN", "instr")
+POSTGRESQL = Dialect(
+    "postgresql",
+    "BEGIN",
+    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    " FOR UPDATE SKIP LOCKED",
+    " FOR UPDATE",
+    "GREATEST",
+    "LEAST",
+    "strpos",
+    (
+        (
+            r"\bINTEGER PRIMARY KEY AUTOINCREMENT\b",
+            "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+        ),
+        (r"\bINTEGER\b", "BIGINT"),
+        (r"/\* rowid \*/", "rowid BIGINT GENERATED BY DEFAULT AS IDENTITY UNIQUE,"),
+        (r"\bREAL\b", "DOUBLE PRECISION"),
+        (r"\bBLOB\b", "BYTEA"),
+    ),
+)
+
+
+class Row(Protocol):
+    """A result row: ``row["column"]`` or ``row[0]``, unpacking, ``keys()``."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def __len__(self) -> int: ...
+    def keys(self) -> list[str]: ...
+
+
+class PgRow(tuple[Any, ...]):
+    """A PostgreSQL row that reads like ``sqlite3.Row``: by index, by name, and as a tuple."""
+
+    _index: dict[str, int]
+
+    def __new__(cls, values: Iterable[Any], index: dict[str, int]) -> PgRow:
+        row = super().__new__(cls, values)
+        row._index = index
+        return row
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._index[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+
+class Cursor:
+    """The result of one statement: rows, and how many rows it changed."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._raw.rowcount)
+
+    @property
+    def description(self) -> list[tuple[str, ...]]:
+        """One tuple per result column, its name first (DB-API 2.0)."""
+        return [(str(column[0]),) for column in self._raw.description or ()]
+
+    def fetchone(self) -> Any:
+        return self._raw.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return list(self._raw.fetchall())
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._raw.fetchall())
+
+
+class Connection:
+    """One engine's connection behind one interface: ``?`` placeholders and the SQLite schema
+    text on both, driver errors as :class:`DatabaseError`."""
+
+    def __init__(self, raw: Any, dialect: Dialect, hide: tuple[str, ...] = ()) -> None:
+        self.raw = raw
+        self.dialect = dialect
+        self._hide = tuple(h for h in hide if h)  # never in an error message: the password
+
+    def _neutral(self, exc: Exception) -> DatabaseError:
+        error = _neutral(exc)
+        for secret in self._hide:
+            error.args = tuple(str(a).replace(secret, "***") for a in error.args)
+        return error
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        try:
+            if self.dialect is SQLITE:
+                return Cursor(self.raw.execute(sql, params))
+            if not params:
+                return Cursor(self.raw.execute(sql))
+            return Cursor(self.raw.execute(_pg_sql(sql), params))
+        except (sqlite3.Error, _pg_error()) as exc:
+            raise self._neutral(exc) from exc
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Cursor:
+        try:
+            if self.dialect is SQLITE:
+                return Cursor(self.raw.executemany(sql, rows))
+            cursor = self.raw.cursor()
+            cursor.executemany(_pg_sql(sql), list(rows))
+            return Cursor(cursor)
+        except (sqlite3.Error, _pg_error()) as exc:
+            raise self._neutral(exc) from exc
+
+    def executescript(self, script: str) -> None:
+        """Run ``;``-separated statements with no parameters (schemas)."""
+        try:
+            if self.dialect is SQLITE:
+                self.raw.executescript(script)
+            elif script.strip():
+                # processes starting together would race on CREATE ... IF NOT EXISTS
+                self.raw.execute(
+                    f"BEGIN; SELECT pg_advisory_xact_lock({_WRITER_LOCK}); {_pg_ddl(script)};"
+                    " COMMIT"
+                )
+        except (sqlite3.Error, _pg_error()) as exc:
+            raise self._neutral(exc) from exc
+
+    def columns(self, table: str) -> set[str]:
+        """The column names of ``table`` (empty when it does not exist)."""
+        if self.dialect is SQLITE:
+            return {str(row[1]) for row in self.execute(f"PRAGMA table_info({table})")}
+        rows = self.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = ?",
+            (table,),
+        )
+        return {str(row[0]) for row in rows}
+
+    def rollback(self) -> None:
+        """End the open transaction, undoing it (quietly, if the connection is gone)."""
+        with suppress(DatabaseError):
+            self.execute("ROLLBACK")
+
+    def ping(self) -> None:
+        """A round trip to the database; DatabaseError when it cannot answer."""
+        self.execute("SELECT 1").fetchone()
+
+    def broken(self) -> bool:
+        return self.dialect is POSTGRESQL and bool(self.raw.closed or self.raw.broken)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _pg_error() -> type[Exception]:
+    if "psycopg" not in sys.modules:
+        return sqlite3.Error
+    return sys.modules["psycopg"].Error  # type: ignore[no-any-return]
+
+
+def _neutral(exc: Exception) -> DatabaseError:
+    """The engine-neutral error for a driver error."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and "no such table" in text:
+        return MissingTableError(text)
+    state = str(getattr(exc, "sqlstate", "") or "")
+    if state == "42P01":  # PostgreSQL undefined_table
+        return MissingTableError(text)
+    # connection_exception (08), the server shutting down or refusing connections (57P), or
+    # the driver's own "connection lost" (an OperationalError with no state from the server)
+    lost = not state and not isinstance(exc, sqlite3.Error) and "Operational" in type(exc).__name__
+    if state.startswith(("08", "57P")) or lost:
+        return DatabaseUnavailableError(text)
+    return DatabaseError(text)
+
+
+@lru_cache(maxsize=1024)
+def _pg_sql(sql: str) -> str:
+    """SQLite's ``?`` placeholders as psycopg's ``%s`` (and a literal ``%`` doubled), outside
+    quoted strings."""
+    out = []
+    quoted = False
+    for char in sql:
+        if char == "'":
+            quoted = not quoted
+        if char == "%":
+            out.append("%%")
+        elif char == "?" and not quoted:
+            out.append("%s")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+@lru_cache(maxsize=64)
+def _pg_ddl(script: str) -> str:
+    """A schema written for SQLite, with its column types as PostgreSQL has them."""
+    for pattern, replacement in POSTGRESQL.ddl:
+        script = re.sub(pattern, replacement, script)
+    return script
+
+
+def _as_url(target: DatabaseTarget) -> DatabaseUrl:
+    return target if isinstance(target, DatabaseUrl) else DatabaseUrl.sqlite(target)
 
 
 class Database:
-    """A connection to the journal database at ``path``, shared by the threads of a process."""
+    """A connection to the journal database at ``target``, shared by the threads of a process."""
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+    def __init__(self, target: DatabaseTarget, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        self.url = _as_url(target)
+        self.path = target
+        self._busy_timeout_s = busy_timeout_s
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        self._conn = self._connect()
+
+    @property
+    def dialect(self) -> Dialect:
+        return SQLITE if self.url.engine is Engine.SQLITE else POSTGRESQL
+
+    def _connect(self) -> Connection:
+        if self.url.engine is Engine.SQLITE:
+            return _sqlite(self.url, self._busy_timeout_s)
+        return _postgresql(self.url, self._busy_timeout_s)
+
+    def _live(self) -> Connection:
+        """The connection, reopened if the server closed it (PostgreSQL restarted, idle cut)."""
+        if self._conn.broken():
+            self._conn.close()
+            self._conn = self._connect()
+        return self._conn
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self._conn.close()
+
+    def ping(self) -> None:
+        """Check that the database answers (reconnecting first if the connection broke);
+        :class:`DatabaseError` naming the redacted URL when it does not."""
+        try:
+            with self.read() as conn:
+                conn.ping()
+        except DatabaseError as exc:
+            if str(exc).startswith("database_url:"):  # could not (re)connect: says so already
+                raise
+            raise DatabaseUnavailableError(
+                f"database_url: {self.url} does not answer: {exc}"
+            ) from exc
 
     @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
+    def read(self) -> Iterator[Connection]:
         """The connection, for reads or a single autocommitted statement."""
         with self._lock:
-            yield self._db
+            yield self._live()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE``): committed on exit, rolled back on error."""
+    def transaction(self, *, serialized: bool = True) -> Iterator[Connection]:
+        """One write transaction, writers one at a time: committed on exit, rolled back on error.
+
+        SQLite: ``BEGIN IMMEDIATE`` takes the file's write lock. PostgreSQL: ``BEGIN`` and the
+        writers' advisory lock (``pg_advisory_xact_lock``, released at commit or rollback);
+        ``serialized=False`` skips that lock, for a claim that row-locks what it changes.
+        """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            conn = self._live()
+            begin = conn.dialect.begin_write
+            if serialized and conn.dialect is POSTGRESQL:  # one round trip for both
+                begin += f"; SELECT pg_advisory_xact_lock({_WRITER_LOCK})"
+            conn.execute(begin)
             try:
-                yield self._db
+                yield conn
             except BaseException:
-                self._db.execute("ROLLBACK")
+                conn.rollback()
                 raise
-            self._db.execute("COMMIT")
+            conn.execute("COMMIT")
 
     @contextmanager
-    def snapshot(self) -> Iterator[sqlite3.Connection]:
+    def snapshot(self) -> Iterator[Connection]:
         """A read transaction: every query inside sees the same committed state."""
         with self._lock:
-            self._db.execute("BEGIN")
+            conn = self._live()
+            conn.execute(conn.dialect.begin_snapshot)
             try:
-                yield self._db
+                yield conn
             finally:
-                self._db.execute("COMMIT")
+                conn.rollback()
+
+
+def _sqlite(url: DatabaseUrl, busy_timeout_s: float) -> Connection:
+    assert url.path is not None
+    url.path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        raw = sqlite3.connect(
+            url.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise DatabaseUnavailableError(f"cannot open the journal {url}: {exc}") from exc
+    raw.row_factory = sqlite3.Row
+    raw.execute("PRAGMA journal_mode=WAL")
+    raw.execute("PRAGMA synchronous=NORMAL")
+    raw.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+    return Connection(raw, SQLITE)
+
+
+def _postgresql(url: DatabaseUrl, busy_timeout_s: float) -> Connection:
+    import psycopg  # loaded only where the journal is on PostgreSQL
+
+    try:
+        raw = psycopg.connect(
+            url.secret(),
+            autocommit=True,
+            row_factory=_pg_rows,
+            connect_timeout=max(int(busy_timeout_s), 2),
+            application_name="pacs-ai",  # how an operator tells our sessions in pg_stat_activity
+            # a statement waiting on a row lock gives up as SQLite's busy timeout does
+            options=f"-c lock_timeout={int(busy_timeout_s * 1000)}",
+        )
+    except psycopg.Error as exc:
+        raise DatabaseUnavailableError(
+            f"database_url: cannot connect to PostgreSQL at {url}: {_pg_reason(exc, url)}"
+        ) from None
+    _adapt(raw)
+    secret = url.secret()
+    return Connection(raw, POSTGRESQL, (secret, urlsplit(secret).password or ""))
+
+
+def _pg_reason(exc: Exception, url: DatabaseUrl) -> str:
+    """The driver's message, first line, with the password taken out should it echo it."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    secret = url.secret()
+    password = urlsplit(secret).password
+    for hidden in (secret, password):
+        if hidden:
+            reason = reason.replace(hidden, "***")
+    return reason
+
+
+def _pg_rows(cursor: Any) -> Any:
+    """Row factory for psycopg: rows readable by column name and by index, as ``sqlite3.Row``."""
+    names = [column.name for column in cursor.description or ()]
+    index = {name: i for i, name in enumerate(names)}
+
+    def make(values: Sequence[Any]) -> PgRow:
+        return PgRow(values, index)
+
+    return make
+
+
+def _adapt(raw: Any) -> None:
+    """Values as SQLite gives and takes them: booleans are the integers 0 and 1 (the schemas'
+    flag columns are INTEGER on both engines), and a ``numeric`` result (``SUM`` of a BIGINT
+    column, ``AVG``) is an int or a float, not a ``Decimal``."""
+    from psycopg.adapt import Dumper, Loader
+    from psycopg.postgres import types
+
+    class BoolAsInt(Dumper):
+        oid = types["int8"].oid
+
+        def dump(self, obj: Any) -> bytes:
+            return b"1" if obj else b"0"
+
+    class NumericAsNumber(Loader):
+        def load(self, data: Any) -> int | float:
+            text = bytes(data).decode()
+            return float(text) if any(c in text for c in ".eEN") else int(text)
+
+    raw.adapters.register_dumper(bool, BoolAsInt)
+    raw.adapters.register_loader("numeric", NumericAsNumber)
 
 
 class JournalTables:
     """Base of a stage's own tables in the journal database: creates them (``schema``, idempotent
-    ``CREATE ... IF NOT EXISTS``) and holds the process's connection for them."""
+    ``CREATE ... IF NOT EXISTS``, written for SQLite and translated for PostgreSQL by the dialect)
+    and holds the process's connection for them."""
 
     schema = ""
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
-        self.path = path
-        self.db = Database(path, busy_timeout_s=busy_timeout_s)
+    def __init__(self, target: DatabaseTarget, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        self.path = target
+        self.db = Database(target, busy_timeout_s=busy_timeout_s)
         with self.db.read() as db:
             db.executescript(self.schema)
 
     def close(self) -> None:
         self.db.close()
+
+
+def upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
+    """An insert of ``columns`` (in order, ``?`` placeholders) that replaces the row with the
+    same ``key``: SQLite's ``INSERT OR REPLACE`` in the ``ON CONFLICT ... DO UPDATE`` form both
+    engines accept (SQLite 3.24+, PostgreSQL 9.5+)."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )

@@ -12,7 +12,6 @@ plot and ``pacs-ai drift``. A group that turns drifted raises an audit event (th
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,7 +23,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from listener.settings import DriftSettings
-from listener.store.db import Database, JournalTables
+from listener.store.db import Database, DatabaseTarget, JournalTables, MissingTableError
 from listener.store.journal import Journal
 from listener.store.mmd import mmd_test, projection
 
@@ -38,6 +37,7 @@ CREATE TABLE IF NOT EXISTS drift_members (
     added_at REAL NOT NULL,
     UNIQUE (grp, study_uid, model_version)
 );
+-- "window" is quoted: a reserved word in PostgreSQL
 CREATE TABLE IF NOT EXISTS drift_readings (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     grp TEXT NOT NULL,
@@ -46,14 +46,14 @@ CREATE TABLE IF NOT EXISTS drift_readings (
     p_value REAL NOT NULL,
     drifted INTEGER NOT NULL,
     reference INTEGER NOT NULL,
-    window INTEGER NOT NULL
+    "window" INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS drift_readings_grp ON drift_readings (grp, id);
 """
 
 
 _LATEST = (
-    "SELECT grp, at, statistic, p_value, drifted, reference, window FROM drift_readings"
+    'SELECT grp, at, statistic, p_value, drifted, reference, "window" FROM drift_readings'
     " WHERE id IN (SELECT MAX(id) FROM drift_readings GROUP BY grp) ORDER BY grp"
 )
 
@@ -103,7 +103,7 @@ class DriftStore(JournalTables):
 
     schema = _SCHEMA
 
-    def __init__(self, path: Path, settings: DriftSettings | None = None) -> None:
+    def __init__(self, path: DatabaseTarget, settings: DriftSettings | None = None) -> None:
         super().__init__(path)
         self.settings = settings or DriftSettings()
         self.keys: tuple[str, ...] = tuple(self.settings.group_by)
@@ -124,8 +124,8 @@ class DriftStore(JournalTables):
         s = self.settings
         with self.db.transaction() as db:
             db.execute(
-                "INSERT OR IGNORE INTO drift_members (grp, study_uid, model_version, projected,"
-                " added_at) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO drift_members (grp, study_uid, model_version, projected,"
+                " added_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (group, study_uid, model_version, projected.tobytes(), now),
             )
             rows = db.execute(
@@ -152,7 +152,7 @@ class DriftStore(JournalTables):
         with self.db.transaction() as db:
             db.execute(
                 "INSERT INTO drift_readings (grp, at, statistic, p_value, drifted, reference,"
-                " window) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                ' "window") VALUES (?, ?, ?, ?, ?, ?, ?)',
                 (
                     group,
                     now,
@@ -170,7 +170,7 @@ class DriftStore(JournalTables):
         """A group's readings, oldest first."""
         with self.db.read() as db:
             rows = db.execute(
-                "SELECT grp, at, statistic, p_value, drifted, reference, window"
+                'SELECT grp, at, statistic, p_value, drifted, reference, "window"'
                 " FROM drift_readings WHERE grp = ? ORDER BY id",
                 (group,),
             ).fetchall()
@@ -195,7 +195,7 @@ def latest_readings(database: Database) -> list[DriftReading]:
     try:
         with database.snapshot() as db:
             rows = db.execute(_LATEST).fetchall()
-    except sqlite3.OperationalError:
+    except MissingTableError:
         return []
     return [_reading(row) for row in rows]
 

@@ -23,6 +23,7 @@ from listener.store.db import JournalTables
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
+    /* rowid */
     sop_instance_uid TEXT NOT NULL,
     model_version TEXT NOT NULL,
     study_uid TEXT NOT NULL,
@@ -72,11 +73,18 @@ class EmbeddingStore(JournalTables):
         model_version: str,
         now: float,
     ) -> None:
-        """Store (or replace) the embedding of one instance for one model version."""
+        """Store (or replace) the embedding of one instance for one model version. A replaced
+        row is deleted and inserted anew (as SQLite's ``INSERT OR REPLACE`` does), so its
+        ``rowid`` is new and an incremental reader (:mod:`listener.store.vector_index`) sees it."""
         blob = unit(vector).tobytes()
         with self.db.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?)",
+                "DELETE FROM embeddings WHERE sop_instance_uid = ? AND model_version = ?",
+                (sop_instance_uid, model_version),
+            )
+            db.execute(
+                "INSERT INTO embeddings (sop_instance_uid, model_version, study_uid, vector,"
+                " created_at) VALUES (?, ?, ?, ?, ?)",
                 (sop_instance_uid, model_version, study_uid, blob, now),
             )
 

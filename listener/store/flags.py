@@ -10,10 +10,9 @@ in the job queue (``jobs.priority``, :mod:`listener.store.jobs`).
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-from listener.store.db import Database, JournalTables
+from listener.store.db import Database, JournalTables, MissingTableError, upsert
 from listener.store.ups import JobState
 
 _SCHEMA = """
@@ -100,7 +99,9 @@ class StudyFlags(JournalTables):
         """Keep the study's latest OOD score."""
         with self.db.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO study_ood VALUES (?, ?, ?, ?)",
+                upsert(
+                    "study_ood", ("study_uid", "score", "model_version", "scored_at"), ["study_uid"]
+                ),
                 (study_uid, score, model_version, now),
             )
 
@@ -127,6 +128,6 @@ def flag_metrics(database: Database) -> tuple[list[float], dict[str, int]]:
                 str(kind): int(n)
                 for kind, n in db.execute("SELECT kind, COUNT(*) FROM study_flags GROUP BY kind")
             }
-    except sqlite3.OperationalError:
+    except MissingTableError:
         return [], {}
     return scores, counts

@@ -13,8 +13,11 @@ COMPLETED or CANCELED, and nothing goes back to SCHEDULED:
 - an operator's retry of a CANCELED job is a new job (a new procedure step) whose ``retry_of``
   names the old one (:func:`listener.store.retry.retry_job`).
 
-Claiming is atomic (one transaction), so any number of job-runner processes, on this host or another
-sharing the database, can take work. A claim carries a lease (owner, generation ``token``, expiry):
+Claiming is atomic (one transaction), so any number of job-runner processes, on this host or
+another sharing the database, can take work: on SQLite the write transaction excludes every other
+writer; on PostgreSQL the chosen row is locked (``FOR UPDATE SKIP LOCKED``), so a concurrent
+claimer passes over it, and one that read it before the claim committed re-checks it, finds it
+taken and skips it. A claim carries a lease (owner, generation ``token``, expiry):
 the runner renews it while the job runs, and every change a runner makes (renew, complete, fail)
 is fenced by the owner *and* the token, so a runner that lost its lease (killed, hung, or overtaken
 after the lease ran out) cannot change the job any more. A job runner killed mid-job leaves an
@@ -25,12 +28,17 @@ result UIDs, is what makes a crash produce each result exactly once.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from listener.store.db import BUSY_TIMEOUT_S, Database, JournalTables
+from listener.store.db import (
+    BUSY_TIMEOUT_S,
+    Connection,
+    Database,
+    DatabaseTarget,
+    JournalTables,
+    Row,
+)
 from listener.store.ups import ALLOWED_TRANSITIONS as ALLOWED_TRANSITIONS  # re-exported
 from listener.store.ups import JobState as JobState  # re-exported
 from listener.store.ups import forbidden_transitions as forbidden_transitions  # re-exported
@@ -62,6 +70,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, priority DESC, not_before);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_uid);
 CREATE TABLE IF NOT EXISTS job_events (
+    /* rowid */
     job_id INTEGER NOT NULL,
     at REAL NOT NULL,
     state TEXT NOT NULL,
@@ -122,7 +131,7 @@ class Job:
         return Lease(self.id, self.lease_owner, self.lease_token)
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Job:
+    def from_row(cls, row: Row) -> Job:
         return cls(
             id=row["id"],
             job_key=row["job_key"],
@@ -149,23 +158,25 @@ class Job:
 
 
 class JobStore(JournalTables):
-    """The job table in the journal database (SQLite, WAL)."""
+    """The job table in the journal database."""
 
     schema = _SCHEMA
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
-        with Database(path, busy_timeout_s=busy_timeout_s).read() as db:
-            columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+    def __init__(self, path: DatabaseTarget, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        database = Database(path, busy_timeout_s=busy_timeout_s)
+        with database.read() as db:
+            columns = db.columns("jobs")
             # journals written before the column had the study's generation name
             if "episode" in columns:
                 db.execute("ALTER TABLE jobs RENAME COLUMN episode TO generation")
             for name, declaration in _ADDED_COLUMNS.items():
                 if columns and name not in columns:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
+        database.close()
         super().__init__(path, busy_timeout_s=busy_timeout_s)
 
     def _event(
-        self, db: sqlite3.Connection, job_id: int, now: float, state: str, detail: str | None
+        self, db: Connection, job_id: int, now: float, state: str, detail: str | None
     ) -> None:
         db.execute(
             "INSERT INTO job_events (job_id, at, state, detail) VALUES (?, ?, ?, ?)",
@@ -200,7 +211,7 @@ class JobStore(JournalTables):
 
     def _schedule(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         identity: tuple[str, str, int, str, str],
         payload: str,
         priority: int,
@@ -214,7 +225,7 @@ class JobStore(JournalTables):
         cursor = db.execute(
             "INSERT INTO jobs (job_key, study_uid, generation, rule, task, payload, priority,"
             " state, max_attempts, not_before, retry_of, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 *identity,
                 payload,
@@ -227,7 +238,7 @@ class JobStore(JournalTables):
                 now,
             ),
         )
-        job_id = int(cursor.lastrowid or 0)
+        job_id = int(cursor.fetchone()[0])
         detail = None if retry_of is None else f"operator retry of job {retry_of}"
         self._event(db, job_id, now, JobState.SCHEDULED.value, detail)
         return job_id
@@ -236,12 +247,12 @@ class JobStore(JournalTables):
         """Take the most urgent due job (highest priority, then oldest): a scheduled one, one
         waiting out a transient failure, or one whose runner's lease ran out. The claim counts
         an attempt and starts a new lease generation (``lease_token``)."""
-        with self.db.transaction() as db:
+        with self.db.transaction(serialized=False) as db:
             row = db.execute(
                 "SELECT id, state, lease_owner FROM jobs WHERE (state = ? AND not_before <= ?)"
                 " OR (state = ? AND lease_owner IS NULL AND not_before <= ?)"
                 " OR (state = ? AND lease_until < ?)"
-                " ORDER BY priority DESC, not_before, id LIMIT 1",
+                f" ORDER BY priority DESC, not_before, id LIMIT 1{db.dialect.skip_locked}",
                 (
                     JobState.SCHEDULED.value,
                     now,
@@ -360,7 +371,7 @@ class JobStore(JournalTables):
         """
         where, args = self._fence(lease)
         with self.db.transaction() as db:
-            row = db.execute(f"SELECT * FROM jobs{where}", args).fetchone()
+            row = db.execute(f"SELECT * FROM jobs{where}{db.dialect.for_update}", args).fetchone()
             if row is None:
                 return None
             attempts = row["attempts"] - (0 if counted else 1)

@@ -1,7 +1,8 @@
-"""The SQLite journal: what has been received, each study's quiet-period timer and state.
+"""The journal: what has been received, each study's quiet-period timer and state.
 
 The journal is the hand-over point between the receive processes and the dispatcher (they never
-share memory). It runs in WAL mode with ``synchronous=NORMAL``: a commit is not fsynced, but the
+share memory), in SQLite or PostgreSQL (:mod:`listener.store.db`). On SQLite it runs in WAL mode
+with ``synchronous=NORMAL``: a commit is not fsynced, but the
 spool file it describes was fsynced before the C-STORE was answered, and :meth:`Journal.reconcile`
 re-indexes any spool file the journal lost (power failure) at start-up. A process crash (kill -9)
 loses nothing either way, because WAL pages are written to the OS before the commit returns.
@@ -25,7 +26,6 @@ power failure gets them back (:func:`~listener.store.spool.reindex`).
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -35,7 +35,7 @@ from listener.store.associations import AssociationLog
 from listener.store.associations import AssociationRecord as AssociationRecord  # re-exported
 from listener.store.conflicts import ConflictLog
 from listener.store.conflicts import InstanceConflict as InstanceConflict  # re-exported
-from listener.store.db import Database
+from listener.store.db import Connection, Database, DatabaseError, DatabaseTarget
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -189,22 +189,20 @@ class Journal(AssociationLog, ConflictLog):
     processes (receivers, the dispatcher) can share the file.
     """
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: DatabaseTarget, *, busy_timeout_s: float = 30.0) -> None:
         self.path = path
         self.db = Database(path, busy_timeout_s=busy_timeout_s)
         with self.db.read() as db:
             db.executescript(SCHEMA)
             for table, column, kind in _ADDED_COLUMNS:
-                names = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-                if column not in names:
-                    with contextlib.suppress(sqlite3.OperationalError):  # added by another
+                if column not in db.columns(table):
+                    with contextlib.suppress(DatabaseError):  # added by another process
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self.db.close()
 
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+    def _write(self) -> AbstractContextManager[Connection]:
         return self.db.transaction()
 
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
@@ -246,8 +244,9 @@ class Journal(AssociationLog, ConflictLog):
                 "SELECT 1 FROM instances WHERE sop_instance_uid = ?", (record.sop_instance_uid,)
             ).fetchone():
                 return False
-            row = db.execute(
-                "SELECT state, generation, due_at FROM studies WHERE study_uid = ?",
+            row = db.execute(  # locked: a dispatcher's release (a claim) waits or passes over it
+                f"SELECT state, generation, due_at FROM studies WHERE study_uid = ?"
+                f"{db.dialect.for_update}",
                 (record.study_uid,),
             ).fetchone()
             if row is None:
@@ -277,7 +276,7 @@ class Journal(AssociationLog, ConflictLog):
                     due = max(due, due_at)
                 db.execute(
                     "UPDATE studies SET state = ?, generation = ?, quiet_period_s = ?,"
-                    " last_received_at = MAX(last_received_at, ?), due_at = ?"
+                    f" last_received_at = {db.dialect.greatest}(last_received_at, ?), due_at = ?"
                     " WHERE study_uid = ?",
                     (StudyState.RECEIVING, generation, quiet_period_s, now, due, record.study_uid),
                 )
@@ -371,7 +370,8 @@ class Journal(AssociationLog, ConflictLog):
         due = "s.due_at"
         params: tuple[object, ...] = (StudyState.RECEIVING,)
         if max_wait_s is not None:
-            due = f"MIN(s.due_at, COALESCE({self._OPENED_SQL} + ?, s.due_at))"
+            least = self.db.dialect.least
+            due = f"{least}(s.due_at, COALESCE({self._OPENED_SQL} + ?, s.due_at))"
             params = (max_wait_s, StudyState.RECEIVING)
         rows = self._read(f"SELECT MIN({due}) FROM studies s WHERE s.state = ?", params)
         value = rows[0][0] if rows else None
@@ -394,17 +394,22 @@ class Journal(AssociationLog, ConflictLog):
         however recently its last instance came (a hard ceiling for a study that keeps
         trickling in; anything later opens a follow-up). One transaction selects and updates, so
         a study is released exactly once per generation even with several dispatchers or a crash
-        between two calls.
+        between two calls: on SQLite the write transaction excludes every other writer; on
+        PostgreSQL the selected rows stay locked to this transaction (``FOR UPDATE SKIP
+        LOCKED``): another dispatcher passes over them, and one that read a row before this
+        release committed re-checks it, finds it ready and skips it. A receiver recording an
+        instance locks its study's row first (:meth:`record_instance`), so a release never
+        crosses a late instance: one of them waits for the other or passes over it.
         """
         ceiling = ""
         params: tuple[object, ...] = (StudyState.RECEIVING, now)
         if max_wait_s is not None:
             ceiling = f" OR {self._OPENED_SQL} + ? <= ?"
             params = (StudyState.RECEIVING, now, max_wait_s, now)
-        with self._write() as db:
+        with self.db.transaction(serialized=False) as db:
             rows = db.execute(
                 f"SELECT s.study_uid, s.generation FROM studies s WHERE s.state = ?"
-                f" AND (s.due_at <= ?{ceiling}) ORDER BY s.due_at",
+                f" AND (s.due_at <= ?{ceiling}) ORDER BY s.due_at{db.dialect.skip_locked}",
                 params,
             ).fetchall()
             for study_uid, _ in rows:
@@ -462,14 +467,15 @@ class Journal(AssociationLog, ConflictLog):
             return db.execute(sql, tuple(params)).rowcount == 1
 
     @staticmethod
-    def _released(db: sqlite3.Connection, study_uid: str) -> ReleasedStudy:
+    def _released(db: Connection, study_uid: str) -> ReleasedStudy:
         generation, released_at, calling, called = db.execute(
             "SELECT generation, released_at, calling_ae, called_ae FROM studies"
             " WHERE study_uid = ?",
             (study_uid,),
         ).fetchone()
         total, new = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(generation = ?), 0) FROM instances WHERE study_uid = ?",
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN generation = ? THEN 1 ELSE 0 END), 0)"
+            " FROM instances WHERE study_uid = ?",
             (generation, study_uid),
         ).fetchone()
         return ReleasedStudy(study_uid, generation, released_at, total, new, calling, called)

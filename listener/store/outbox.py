@@ -8,20 +8,22 @@ with its reason, until an operator :meth:`Outbox.resubmit` s it.
 
 Time is a parameter (``now``, seconds since the epoch). Entries are claimed before sending by
 moving their ``next_attempt_at`` a lease ahead, in one transaction, so two deliverers never send the
-same entry at once, and entries claimed by a deliverer that died become due again when the lease
-runs out. Enqueueing is idempotent: the same (destination, job, SOP instance) is one entry.
+same entry at once (on SQLite the write transaction excludes every other writer; on PostgreSQL
+the claimed rows are locked, ``FOR UPDATE SKIP LOCKED``, and a deliverer that read them before
+the claim committed re-checks them, finds them no longer due and skips them), and entries
+claimed by a deliverer that died become due again when the lease runs out.
+Enqueueing is idempotent: the same (destination, job, SOP instance) is one entry.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 from listener.logging import get_logger
-from listener.store.db import BUSY_TIMEOUT_S, JournalTables
+from listener.store.db import BUSY_TIMEOUT_S, Connection, DatabaseTarget, JournalTables, Row
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -70,7 +72,7 @@ class OutboxEntry:
     enqueued_at: float = 0.0
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> OutboxEntry:
+    def from_row(cls, row: Row) -> OutboxEntry:
         return cls(
             id=row["id"],
             destination=row["destination"],
@@ -118,7 +120,7 @@ class Outbox(JournalTables):
 
     def __init__(
         self,
-        path: Path,
+        path: DatabaseTarget,
         destinations: Iterable[str] | None = None,
         *,
         busy_timeout_s: float = BUSY_TIMEOUT_S,
@@ -143,8 +145,9 @@ class Outbox(JournalTables):
         with self.db.transaction() as db:
             return sum(
                 db.execute(
-                    "INSERT OR IGNORE INTO outbox (destination, job_id, sop_instance_uid, path,"
-                    " state, next_attempt_at, enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO outbox (destination, job_id, sop_instance_uid, path,"
+                    " state, next_attempt_at, enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING",
                     (
                         item.destination,
                         item.job_id,
@@ -162,10 +165,10 @@ class Outbox(JournalTables):
         """Take the due entries, at most ``batch_size`` per destination, under a lease: their
         ``next_attempt_at`` moves ``lease_s`` ahead, so two senders never send one entry at once
         and the entries of a sender that died become due again when the lease runs out."""
-        with self.db.transaction() as db:
+        with self.db.transaction(serialized=False) as db:
             rows = db.execute(
                 "SELECT * FROM outbox WHERE state = ? AND next_attempt_at <= ?"
-                " ORDER BY destination, id",
+                f" ORDER BY destination, id{db.dialect.skip_locked}",
                 (EntryState.PENDING, now),
             ).fetchall()
             due: dict[str, list[OutboxEntry]] = {}
@@ -184,7 +187,7 @@ class Outbox(JournalTables):
                 self._record_one(db, outcome, now)
 
     @staticmethod
-    def _record_one(db: sqlite3.Connection, outcome: Outcome, now: float) -> None:
+    def _record_one(db: Connection, outcome: Outcome, now: float) -> None:
         entry = outcome.entry
         if outcome.state == "sent":
             db.execute(
@@ -232,7 +235,8 @@ class Outbox(JournalTables):
         (``results/<study>/``) and its forwarded originals (``spool/<study>/...``)."""
         with self.db.read() as db:
             rows = db.execute(
-                "SELECT * FROM outbox WHERE instr(path, ?) > 0 ORDER BY id", (f"/{study_uid}/",)
+                f"SELECT * FROM outbox WHERE {db.dialect.instr}(path, ?) > 0 ORDER BY id",
+                (f"/{study_uid}/",),
             ).fetchall()
         return [OutboxEntry.from_row(row) for row in rows]
 

@@ -9,11 +9,9 @@ look-up itself is one indexed query on (patient, issuer, date).
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 
-from listener.store.db import JournalTables
+from listener.store.db import DatabaseTarget, JournalTables, MissingTableError, upsert
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chest_index (
@@ -27,6 +25,15 @@ CREATE TABLE IF NOT EXISTS chest_index (
 );
 CREATE INDEX IF NOT EXISTS chest_index_patient ON chest_index (patient_id, issuer, study_date);
 """
+_COLUMNS = (
+    "study_uid",
+    "patient_id",
+    "issuer",
+    "study_date",
+    "first_received_at",
+    "indexed_through",
+    "frontal_path",
+)
 
 
 @dataclass(frozen=True)
@@ -52,10 +59,10 @@ class ChestIndex(JournalTables):
 
     schema = _SCHEMA
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: DatabaseTarget) -> None:
         super().__init__(path)
         # The journal's studies are looked up by patient; the journal creates that table.
-        with self.db.transaction() as db, _missing_table_ok():
+        with _missing_table_ok(), self.db.transaction() as db:
             db.execute("CREATE INDEX IF NOT EXISTS studies_patient ON studies (patient_id)")
 
     def stale_studies(self, patient_id: str) -> list[StudyToIndex]:
@@ -82,7 +89,7 @@ class ChestIndex(JournalTables):
         """Index (or re-index) one study."""
         with self.db.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO chest_index VALUES (?, ?, ?, ?, ?, ?, ?)",
+                upsert("chest_index", _COLUMNS, ["study_uid"]),
                 (
                     study.study_uid,
                     patient_id,
@@ -118,4 +125,4 @@ class _missing_table_ok:  # noqa: N801 - used as a context manager, read as a ph
         return None
 
     def __exit__(self, kind: object, error: object, _: object) -> bool:
-        return isinstance(error, sqlite3.OperationalError) and "no such table" in str(error)
+        return isinstance(error, MissingTableError)

@@ -18,13 +18,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from listener.logging import get_logger
-from listener.store.db import JournalTables
+from listener.store.db import DatabaseError, JournalTables, upsert
 
 MODEL_CALLS_KEEP_S = 7 * 24 * 3600.0
 _PRUNE_EVERY = 1000
@@ -81,7 +80,7 @@ class RulesReload:
 
 
 class AdminRecords(JournalTables):
-    """The two admin tables in the journal database at ``path`` (SQLite, WAL)."""
+    """The two admin tables in the journal database at ``path`` ."""
 
     schema = _SCHEMA
 
@@ -90,12 +89,12 @@ class AdminRecords(JournalTables):
     ) -> None:
         """Record one finished model call; now and then drop rows past the keep period."""
         with self.db.transaction() as db:
-            cursor = db.execute(
+            row_id = db.execute(
                 "INSERT INTO model_calls (model, at, duration_s, outcome, attempts)"
-                " VALUES (?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?) RETURNING id",
                 (model, at, duration_s, outcome, attempts),
-            )
-            if (cursor.lastrowid or 0) % _PRUNE_EVERY == 0:
+            ).fetchone()[0]
+            if row_id % _PRUNE_EVERY == 0:
                 db.execute("DELETE FROM model_calls WHERE at < ?", (at - MODEL_CALLS_KEEP_S,))
 
     def record_model_health(
@@ -113,7 +112,8 @@ class AdminRecords(JournalTables):
             db.execute(
                 "INSERT INTO model_health (model, state, since, next_probe_at, last_error, owner,"
                 " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model) DO UPDATE SET"
-                " since = CASE WHEN state = excluded.state THEN since ELSE excluded.since END,"
+                " since = CASE WHEN model_health.state = excluded.state THEN model_health.since"
+                " ELSE excluded.since END,"
                 " state = excluded.state, next_probe_at = excluded.next_probe_at,"
                 " last_error = excluded.last_error, owner = excluded.owner,"
                 " updated_at = excluded.updated_at",
@@ -126,12 +126,12 @@ class AdminRecords(JournalTables):
         """Record that the dispatcher and job runners should run the rules with ``fingerprint``
         (already validated, :func:`listener.route.model.rules_fingerprint`) from now on."""
         with self.db.transaction() as db:
-            cursor = db.execute(
+            row_id = db.execute(
                 "INSERT INTO rules_reloads (at, fingerprint, source, rule_count)"
-                " VALUES (?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?) RETURNING id",
                 (now, fingerprint, source, rule_count),
-            )
-        return RulesReload(int(cursor.lastrowid or 0), now, fingerprint, source, rule_count)
+            ).fetchone()[0]
+        return RulesReload(int(row_id), now, fingerprint, source, rule_count)
 
     def latest_rules_reload(self) -> RulesReload | None:
         """The most recent reload request, or None when nobody asked for one."""
@@ -167,8 +167,9 @@ class SupervisedRecords(JournalTables):
     def record(self, process: SupervisedProcess) -> None:
         with self.db.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO supervised (name, failures, exitcode, last_error, at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                upsert(
+                    "supervised", ("name", "failures", "exitcode", "last_error", "at"), ["name"]
+                ),
                 (
                     process.name,
                     process.failures,
@@ -212,7 +213,7 @@ class ModelCallRecorder:
             self._records.record_model_call(
                 model, at=self._clock(), duration_s=duration_s, outcome=outcome, attempts=attempts
             )
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             _log.warning("model_call_not_recorded", model=model, error=str(exc))
 
 
@@ -241,5 +242,5 @@ class ModelHealthRecorder:
                 last_error=last_error,
                 owner=self._owner,
             )
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             _log.warning("model_health_not_recorded", model=model, error=str(exc))

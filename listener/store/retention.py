@@ -22,13 +22,12 @@ re-indexing (its rows go only after the file is gone).
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from listener.logging import get_logger
-from listener.store.db import Database
+from listener.store.db import Connection, Database
 from listener.store.jobs import JobState
 from listener.store.journal import StudyState
 from listener.store.outbox import EntryState
@@ -82,18 +81,19 @@ class Retention:
         """Studies nothing needs any more (see the module docstring) and unchanged since
         ``older_than``."""
         with self.db.read() as db:
+            greatest, instr = db.dialect.greatest, db.dialect.instr
             rows = db.execute(
                 "SELECT s.study_uid,"
-                " MAX(s.last_received_at,"
+                f" {greatest}(s.last_received_at,"
                 "  COALESCE((SELECT MAX(updated_at) FROM jobs j WHERE j.study_uid = s.study_uid),"
                 "   0),"
-                "  COALESCE((SELECT MAX(MAX(enqueued_at, COALESCE(sent_at, 0))) FROM outbox o"
-                "   WHERE instr(o.path, '/' || s.study_uid || '/') > 0), 0))"
+                f"  COALESCE((SELECT MAX({greatest}(enqueued_at, COALESCE(sent_at, 0)))"
+                f"   FROM outbox o WHERE {instr}(o.path, '/' || s.study_uid || '/') > 0), 0))"
                 " FROM studies s WHERE s.state = ?"
                 " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = s.study_uid"
                 "  AND j.state IN (?, ?))"
                 " AND NOT EXISTS (SELECT 1 FROM outbox o"
-                "  WHERE instr(o.path, '/' || s.study_uid || '/') > 0 AND o.state IN (?, ?))",
+                f"  WHERE {instr}(o.path, '/' || s.study_uid || '/') > 0 AND o.state IN (?, ?))",
                 (
                     StudyState.DISPATCHED,
                     JobState.SCHEDULED,
@@ -159,10 +159,9 @@ class Retention:
         with self.db.transaction() as db:
             purge_id = db.execute(
                 "INSERT INTO purges (kind, study_uid, state, paths, files, bytes, started_at)"
-                " VALUES (?, ?, 'intent', ?, ?, ?, ?)",
+                " VALUES (?, ?, 'intent', ?, ?, ?, ?) RETURNING id",
                 (kind, study_uid, json.dumps(relative), len(paths), size, now),
-            ).lastrowid
-        assert purge_id is not None
+            ).fetchone()[0]
         self._finish(purge_id, kind, relative, now, remove)
         _log.info("purged", kind=kind, study_uid=study_uid, files=len(paths), bytes=size)
         return len(paths), size
@@ -196,5 +195,5 @@ class Retention:
         return len(rows)
 
 
-def _delete_instances(db: sqlite3.Connection, spool_paths: list[str]) -> None:
+def _delete_instances(db: Connection, spool_paths: list[str]) -> None:
     db.executemany("DELETE FROM instances WHERE path = ?", [(p,) for p in spool_paths])

@@ -7,11 +7,10 @@ never writes SQL or spells a state: :func:`read_stats` for the Prometheus collec
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from listener.store.db import Database
+from listener.store.db import Connection, Database
 from listener.store.jobs import JobState
 from listener.store.journal import StudyState
 from listener.store.outbox import EntryState
@@ -79,8 +78,10 @@ def read_stats(database: Database) -> Stats:
         stats.sends = [
             (str(d), int(sent), int(dead), int(failed))
             for d, sent, dead, failed in db.execute(
-                "SELECT destination, SUM(state = ?), SUM(state = ?),"
-                " SUM(attempts) - SUM(state = ?) FROM outbox GROUP BY destination",
+                "SELECT destination, SUM(CASE WHEN state = ? THEN 1 ELSE 0 END),"
+                " SUM(CASE WHEN state = ? THEN 1 ELSE 0 END),"
+                " SUM(attempts) - SUM(CASE WHEN state = ? THEN 1 ELSE 0 END)"
+                " FROM outbox GROUP BY destination",
                 (EntryState.SENT, EntryState.DEAD, EntryState.SENT),
             )
         ]
@@ -98,7 +99,7 @@ def read_stats(database: Database) -> Stats:
 _OPEN = "open"  # CircuitState.OPEN, as listener.infer.resilience records it
 
 
-def _waiting_jobs(db: sqlite3.Connection) -> dict[str, int]:
+def _waiting_jobs(db: Connection) -> dict[str, int]:
     """Jobs IN PROGRESS that no runner holds because their model failed: per model."""
     return {
         str(model): int(n)
@@ -111,15 +112,14 @@ def _waiting_jobs(db: sqlite3.Connection) -> dict[str, int]:
 
 
 def _health(
-    db: sqlite3.Connection,
+    db: Connection,
 ) -> dict[str, tuple[str, float, float | None, str | None]]:
     """Model -> (breaker state, since, next probe, last error); empty before any job runner ran."""
-    try:
-        rows = db.execute(
-            "SELECT model, state, since, next_probe_at, last_error FROM model_health"
-        ).fetchall()
-    except sqlite3.OperationalError:  # no such table: no job runner has recorded one yet
+    if not db.columns("model_health"):  # no job runner has recorded one yet
         return {}
+    rows = db.execute(
+        "SELECT model, state, since, next_probe_at, last_error FROM model_health"
+    ).fetchall()
     return {str(r[0]): (str(r[1]), float(r[2]), r[3], r[4]) for r in rows}
 
 

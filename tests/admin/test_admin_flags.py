@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pgserver import database_setting
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -14,11 +15,12 @@ from listener.admin.metrics import JournalCollector, build_registry
 from listener.admin.views import study_flags
 from listener.settings import load_settings
 from listener.store.db import Database
+from listener.store.db import DatabaseTarget as JournalDb
 from listener.store.flags import StudyFlag, StudyFlags
 from listener.store.jobs import JobStore
 
 
-def _flagged(path: Path) -> None:
+def _flagged(path: JournalDb) -> None:
     flags = StudyFlags(path)
     flags.set_ood("1.2.3", 0.72, "v1", 10.0)
     flags.set_ood("1.2.4", 0.1, "v1", 10.0)
@@ -27,10 +29,12 @@ def _flagged(path: Path) -> None:
     flags.close()
 
 
-def test_flags_and_ood_score_in_the_api_and_the_dashboard(tmp_path: Path) -> None:
+def test_flags_and_ood_score_in_the_api_and_the_dashboard(
+    tmp_path: Path, journal_db: JournalDb
+) -> None:
     """The study's flags (oldest first) and its latest OOD score are in its API view, and the
     dashboard's flag cell shows each kind with its reason."""
-    state = open_state(load_settings(data_dir=tmp_path))
+    state = open_state(load_settings(data_dir=tmp_path, **database_setting(journal_db)))
     _flagged(state.db_path)
     try:
         view = study_flags(state, "1.2.3")
@@ -45,9 +49,10 @@ def test_flags_and_ood_score_in_the_api_and_the_dashboard(tmp_path: Path) -> Non
     assert "<mark>review</mark> fracture: 0.9" in cell and "<mark>ood</mark>" in cell
 
 
-def test_flags_and_ood_scores_in_the_metrics(tmp_path: Path) -> None:
+def test_flags_and_ood_scores_in_the_metrics(tmp_path: Path, journal_db: JournalDb) -> None:
     """pacsai_study_flags counts flags by kind; pacsai_study_ood_score is the scores' histogram."""
-    state = open_state(load_settings(data_dir=tmp_path))  # every table the metrics read
+    settings = load_settings(data_dir=tmp_path, **database_setting(journal_db))
+    state = open_state(settings)  # every table the metrics read
     path = state.db_path
     state.close()
     _flagged(path)

@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 from factory import chest_radiograph, ct_series, write_series
 from peers import Orthanc, nodelay_env, run_orthanc, wait_for
+from pgserver import database_setting
 from pydicom import dcmread
 from scaleout import run_cluster
 
+from listener.settings import load_settings
+from listener.store.db import DatabaseTarget
 from listener.store.jobs import JobState, JobStore
 from listener.store.outbox import EntryState, Outbox
 
@@ -56,11 +59,12 @@ def _modality_associations(log: list[dict[str, object]]) -> int:
 
 
 def test_studies_split_over_receivers_assemble_once_and_results_reach_the_pacs_once(
-    tmp_path: Path, pacs: Orthanc
+    tmp_path: Path, pacs: Orthanc, journal_db: DatabaseTarget
 ) -> None:
     """The CT's series go over two associations through HAProxy and land on both receivers;
     the CT and ten CRs are each released once (generation 0 only), every job completes once,
-    and Orthanc holds exactly the expected results, each sent once."""
+    and Orthanc holds exactly the expected results, each sent once. On the embedded journal
+    (SQLite) and on PostgreSQL: one code path."""
     ct_uid = "1.2.826.0.1.3680043.8.498.77001"
     series = [
         write_series(
@@ -85,6 +89,7 @@ def test_studies_split_over_receivers_assemble_once_and_results_reach_the_pacs_o
         "PACSAI_DESTINATIONS__PACS__HOST": "127.0.0.1",
         "PACSAI_DESTINATIONS__PACS__PORT": str(pacs.dicom_port),
         "PACSAI_QUIET_PERIOD_S": "2",
+        **{f"PACSAI_{k.upper()}": v for k, v in database_setting(journal_db).items()},
     }
     with run_cluster(tmp_path, env) as cluster:
         for paths in series:
@@ -102,18 +107,20 @@ def test_studies_split_over_receivers_assemble_once_and_results_reach_the_pacs_o
         spread = [
             _modality_associations(r.events("association_accepted")) for r in cluster.receivers
         ]
-        data_dir = cluster.receivers[0].data_dir
+        settings = load_settings(
+            None, data_dir=cluster.receivers[0].data_dir, **database_setting(journal_db)
+        )
     assert all(count >= 1 for count in spread), spread
     assert sum(spread) == len(series) + CR_STUDIES
     assert _result_count(pacs, ct_uid) == CT_RESULTS
     assert all(_result_count(pacs, uid) == CR_RESULTS for uid in cr_uids)
-    jobs = JobStore(data_dir / "journal.sqlite").list_jobs()
+    jobs = JobStore(settings.journal_database).list_jobs()
     assert {j.study_uid for j in jobs} == {ct_uid, *cr_uids}
     assert {j.generation for j in jobs} == {0}
     assert {j.state for j in jobs} == {JobState.COMPLETED}
     keys = [(j.study_uid, j.task) for j in jobs]
     assert len(keys) == len(set(keys))
-    sent = Outbox(data_dir / "journal.sqlite").entries(destination="pacs")
+    sent = Outbox(settings.journal_database).entries(destination="pacs")
     assert {e.state for e in sent} == {EntryState.SENT}
     assert [e.attempts for e in sent] == [1] * len(sent)
     assert (

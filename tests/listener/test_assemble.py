@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 from listener.assemble import next_wait, release_loop, release_step
+from listener.store.db import DatabaseTarget as JournalDb
 from listener.store.journal import InstanceRecord, Journal, ReleasedStudy, StudyState
 
 
@@ -27,9 +27,9 @@ def _add(journal: Journal, sop: str, at: float, quiet: float = 5.0) -> None:
     )
 
 
-def test_release_step_calls_back_once_at_due_time(tmp_path: Path) -> None:
+def test_release_step_calls_back_once_at_due_time(journal_db: JournalDb) -> None:
     """release_step hands a study to the callback only when now reaches its due time."""
-    journal = Journal(tmp_path / "j.sqlite")
+    journal = Journal(journal_db)
     _add(journal, "1.1", 10.0)
     seen: list[ReleasedStudy] = []
     assert release_step(journal, 14.0, seen.append) == 0
@@ -40,18 +40,18 @@ def test_release_step_calls_back_once_at_due_time(tmp_path: Path) -> None:
     assert study is not None and study.state is StudyState.DISPATCHED
 
 
-def test_next_wait_sleeps_until_due_within_poll_interval(tmp_path: Path) -> None:
+def test_next_wait_sleeps_until_due_within_poll_interval(journal_db: JournalDb) -> None:
     """The worker sleeps until the next due time, bounded by the poll interval."""
-    journal = Journal(tmp_path / "j.sqlite")
+    journal = Journal(journal_db)
     assert next_wait(journal, 0.0, 0.5) == 0.5
     _add(journal, "1.1", 10.0)
     assert abs(next_wait(journal, 14.8, 0.5) - 0.2) < 1e-9
     assert next_wait(journal, 16.0, 0.5) == 0.0
 
 
-def test_worker_redelivers_studies_left_ready(tmp_path: Path) -> None:
+def test_worker_redelivers_studies_left_ready(journal_db: JournalDb) -> None:
     """A study released before a crash but never dispatched goes to the callback at start."""
-    journal = Journal(tmp_path / "j.sqlite")
+    journal = Journal(journal_db)
     _add(journal, "1.1", 10.0)
     journal.release_due_studies(20.0)  # released, then the worker "crashed"
     seen: list[ReleasedStudy] = []
@@ -65,11 +65,11 @@ def test_worker_redelivers_studies_left_ready(tmp_path: Path) -> None:
     assert [s.study_uid for s in seen] == ["9.9"]
 
 
-def test_trickling_study_is_released_at_the_maximum_wait(tmp_path: Path) -> None:
+def test_trickling_study_is_released_at_the_maximum_wait(journal_db: JournalDb) -> None:
     """A study that gets an instance every 4 s never has a 5 s quiet period; with a maximum
     wait of 30 s it is released 30 s after its first instance, and a later instance opens a
     follow-up whose own ceiling counts from that instance."""
-    journal = Journal(tmp_path / "j.sqlite")
+    journal = Journal(journal_db)
     seen: list[ReleasedStudy] = []
     for i in range(8):  # at 0, 4, ..., 28
         _add(journal, f"1.{i}", 4.0 * i)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from listener.settings import DriftSettings
+from listener.store.db import DatabaseTarget as JournalDb
 from listener.store.drift import DriftStore, group_key
 from listener.store.mmd import mmd_test, projection
 
@@ -28,11 +29,13 @@ def test_mmd_test_tells_a_shift_from_a_resample() -> None:
     assert shifted.p_value < 0.01 and shifted.statistic > same.statistic
 
 
-def test_a_group_drifts_when_its_input_changes_and_the_other_does_not(tmp_path: Path) -> None:
+def test_a_group_drifts_when_its_input_changes_and_the_other_does_not(
+    journal_db: JournalDb,
+) -> None:
     """Group CT1 gets 40 studies of one kind, then another kind: it drifts within the second
     batch, turning once; group CT2, always the first kind, never drifts."""
     settings = DriftSettings(reference_size=20, window_size=15, min_window=8)
-    store = DriftStore(tmp_path / "journal.sqlite", settings)
+    store = DriftStore(journal_db, settings)
     rng = np.random.default_rng(2)
     first, second = rng.standard_normal(1024), rng.standard_normal(1024)
     shifted = group_key({"calling_ae": "CT1", "modality": "CT"}, settings.group_by)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from listener.store.db import DatabaseTarget as JournalDb
 from listener.store.embeddings import EmbeddingStore, ood_score, unit
 
 
@@ -19,9 +18,9 @@ def _vector(seed: int, base: np.ndarray | None = None, noise: float = 1.0) -> li
     return [float(v) for v in unit(values)]
 
 
-def test_similar_ranks_near_vectors_first(tmp_path: Path) -> None:
+def test_similar_ranks_near_vectors_first(journal_db: JournalDb) -> None:
     """Instances whose vectors are close to the query come before unrelated ones."""
-    store = EmbeddingStore(tmp_path / "j.sqlite")
+    store = EmbeddingStore(journal_db)
     base = np.asarray(_vector(1))
     store.put("q", "s1", list(base), "v1", now=0)
     store.put("near", "s2", _vector(2, base * 10, noise=0.05), "v1", now=0)
@@ -32,9 +31,9 @@ def test_similar_ranks_near_vectors_first(tmp_path: Path) -> None:
     assert ranked[0].similarity > 0.9 > ranked[1].similarity
 
 
-def test_ood_score_separates_unseen_content(tmp_path: Path) -> None:
+def test_ood_score_separates_unseen_content(journal_db: JournalDb) -> None:
     """A study like the reference scores low; an unrelated one scores high; too few is None."""
-    store = EmbeddingStore(tmp_path / "j.sqlite")
+    store = EmbeddingStore(journal_db)
     base = np.asarray(_vector(7)) * 10
     assert store.study_ood_score("new", _vector(8), "v1") is None
     for i in range(8):

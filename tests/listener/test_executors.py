@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from listener.store.db import DatabaseTarget
 from listener.store.executors import ExecutorBeat, Executors, owner_name, sweep_silent
 from listener.store.jobs import JobState, JobStore, forbidden_transitions
 
@@ -31,9 +30,9 @@ def test_owner_name_is_executor_and_pid() -> None:
     assert owner_name("host-a", 42) == "host-a:42"
 
 
-def test_beat_refreshes_one_row_per_process(tmp_path: Path) -> None:
+def test_beat_refreshes_one_row_per_process(journal_db: DatabaseTarget) -> None:
     """A process's second beat updates its row; silence is judged on the latest beat."""
-    executors = Executors(tmp_path / "journal.sqlite")
+    executors = Executors(journal_db)
     executors.beat(_beat("a:1", 10.0))
     executors.beat(_beat("a:1", 50.0))
     executors.beat(_beat("b:2", 10.0))
@@ -41,11 +40,10 @@ def test_beat_refreshes_one_row_per_process(tmp_path: Path) -> None:
     assert [b.owner for b in executors.silent(now=55.0, timeout_s=30.0)] == ["b:2"]
 
 
-def test_sweep_releases_only_the_silent_process_jobs(tmp_path: Path) -> None:
+def test_sweep_releases_only_the_silent_process_jobs(journal_db: DatabaseTarget) -> None:
     """The job of a runner whose heartbeat stopped is claimable at once, long before its lease
     would run out; a live runner's job stays with it; the job stays IN PROGRESS (UPS)."""
-    path = tmp_path / "journal.sqlite"
-    jobs, executors = JobStore(path), Executors(path)
+    jobs, executors = JobStore(journal_db), Executors(journal_db)
     dead_job = _schedule(jobs, "dead")
     _schedule(jobs, "live")
     assert jobs.claim("dead-host:7", now=0.0, lease_s=3600.0) is not None
@@ -63,9 +61,9 @@ def test_sweep_releases_only_the_silent_process_jobs(tmp_path: Path) -> None:
     assert sweep_silent(executors, jobs, now=101.0, timeout_s=30.0) == 0  # nothing left
 
 
-def test_a_process_that_beats_again_is_not_forgotten(tmp_path: Path) -> None:
+def test_a_process_that_beats_again_is_not_forgotten(journal_db: DatabaseTarget) -> None:
     """Forgetting a silent row is conditional on its last beat: one that came back stays."""
-    executors = Executors(tmp_path / "journal.sqlite")
+    executors = Executors(journal_db)
     executors.beat(_beat("a:1", 0.0))
     (silent,) = executors.silent(now=100.0, timeout_s=30.0)
     executors.beat(_beat("a:1", 99.0))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from listener.store.db import DatabaseTarget as JournalDb
 from listener.store.jobs import JobState, JobStore, forbidden_transitions
 
 
-def _store(tmp_path: Path) -> JobStore:
-    return JobStore(tmp_path / "journal.sqlite")
+def _store(journal_db: JournalDb) -> JobStore:
+    return JobStore(journal_db)
 
 
 def _schedule(store: JobStore, key: str, *, priority: int = 0, now: float = 0.0) -> int:
@@ -25,16 +24,16 @@ def _schedule(store: JobStore, key: str, *, priority: int = 0, now: float = 0.0)
     )
 
 
-def test_schedule_is_idempotent(tmp_path: Path) -> None:
+def test_schedule_is_idempotent(journal_db: JournalDb) -> None:
     """Scheduling the same job key twice yields one job."""
-    store = _store(tmp_path)
+    store = _store(journal_db)
     assert _schedule(store, "a") == _schedule(store, "a")
     assert len(store.list_jobs()) == 1
 
 
-def test_claim_honours_priority_then_age(tmp_path: Path) -> None:
+def test_claim_honours_priority_then_age(journal_db: JournalDb) -> None:
     """The highest priority job is claimed first, then the oldest."""
-    store = _store(tmp_path)
+    store = _store(journal_db)
     _schedule(store, "old-low", now=1)
     _schedule(store, "new-high", priority=5, now=2)
     _schedule(store, "newer-low", now=3)
@@ -43,9 +42,9 @@ def test_claim_honours_priority_then_age(tmp_path: Path) -> None:
     assert store.claim("w", now=10, lease_s=60) is None
 
 
-def test_expired_lease_is_claimed_again(tmp_path: Path) -> None:
+def test_expired_lease_is_claimed_again(journal_db: JournalDb) -> None:
     """A job whose worker died (lease expired) is taken by the next claim, not before."""
-    store = _store(tmp_path)
+    store = _store(journal_db)
     _schedule(store, "a")
     first = store.claim("dead-worker", now=0, lease_s=30)
     assert first is not None and first.state is JobState.IN_PROGRESS
@@ -58,10 +57,10 @@ def _history(store: JobStore, job_id: int) -> list[str]:
     return [state for _, state, _ in store.events(job_id)]
 
 
-def test_transient_failure_stays_in_progress_until_attempts_run_out(tmp_path: Path) -> None:
+def test_transient_failure_stays_in_progress_until_attempts_run_out(journal_db: JournalDb) -> None:
     """A transient failure (not a model outage) keeps the job IN PROGRESS, lease released, due
     at its retry time; out of attempts it is CANCELED with its cause; never back to SCHEDULED."""
-    store = _store(tmp_path)
+    store = _store(journal_db)
     job_id = _schedule(store, "a")
     first = store.claim("w", now=0, lease_s=5)
     assert first is not None and first.lease is not None
@@ -79,11 +78,13 @@ def test_transient_failure_stays_in_progress_until_attempts_run_out(tmp_path: Pa
     assert forbidden_transitions(_history(store, job_id)) == []
 
 
-def test_model_outage_waits_until_max_age_and_fast_fails_do_not_count(tmp_path: Path) -> None:
+def test_model_outage_waits_until_max_age_and_fast_fails_do_not_count(
+    journal_db: JournalDb,
+) -> None:
     """A job waiting for a model is retried past max_attempts until it is max_age_s old; a
     fast-fail of an open breaker gives its attempt back; at the age it is CANCELED naming the
     model and the last cause."""
-    store = _store(tmp_path)
+    store = _store(journal_db)
     job_id = _schedule(store, "a")  # max_attempts=2
     now = 0.0
     for _ in range(5):
@@ -110,9 +111,9 @@ def test_model_outage_waits_until_max_age_and_fast_fails_do_not_count(tmp_path: 
     assert done.last_error == "gave up after waiting 100 s for m: ConnectError: refused"
 
 
-def test_a_waiting_job_is_not_retried_after_its_age(tmp_path: Path) -> None:
+def test_a_waiting_job_is_not_retried_after_its_age(journal_db: JournalDb) -> None:
     """The retry time of a waiting job is capped at its max age, so it gives up on time."""
-    store = _store(tmp_path)
+    store = _store(journal_db)
     job_id = _schedule(store, "a")
     job = store.claim("w", now=0, lease_s=5)
     assert job is not None and job.lease is not None
@@ -121,9 +122,9 @@ def test_a_waiting_job_is_not_retried_after_its_age(tmp_path: Path) -> None:
     assert waiting is not None and waiting.not_before == 60
 
 
-def test_stale_runner_changes_nothing(tmp_path: Path) -> None:
+def test_stale_runner_changes_nothing(journal_db: JournalDb) -> None:
     """A runner whose lease ran out and was taken over can neither renew, fail nor complete."""
-    store = _store(tmp_path)
+    store = _store(journal_db)
     job_id = _schedule(store, "a")
     stale = store.claim("w1", now=0, lease_s=5)
     assert stale is not None and stale.lease is not None
@@ -140,9 +141,9 @@ def test_stale_runner_changes_nothing(tmp_path: Path) -> None:
     assert store.complete(fresh.lease, ["1.2"], 8)
 
 
-def test_same_owner_reclaiming_gets_a_new_generation(tmp_path: Path) -> None:
+def test_same_owner_reclaiming_gets_a_new_generation(journal_db: JournalDb) -> None:
     """Fencing is by generation, not only by owner: the same worker's old lease is stale too."""
-    store = _store(tmp_path)
+    store = _store(journal_db)
     _schedule(store, "a")
     old = store.claim("w", now=0, lease_s=5)
     new = store.claim("w", now=6, lease_s=5)
@@ -151,9 +152,9 @@ def test_same_owner_reclaiming_gets_a_new_generation(tmp_path: Path) -> None:
     assert store.complete(new.lease, [], 7)
 
 
-def test_operator_cancel_fences_the_runner(tmp_path: Path) -> None:
+def test_operator_cancel_fences_the_runner(journal_db: JournalDb) -> None:
     """A job canceled while it runs refuses its runner's renew and completion."""
-    store = _store(tmp_path)
+    store = _store(journal_db)
     job_id = _schedule(store, "a")
     job = store.claim("w", now=0, lease_s=5)
     assert job is not None and job.lease is not None
@@ -164,10 +165,10 @@ def test_operator_cancel_fences_the_runner(tmp_path: Path) -> None:
     assert canceled is not None and canceled.state is JobState.CANCELED
 
 
-def test_retry_is_a_new_job_referencing_the_old(tmp_path: Path) -> None:
+def test_retry_is_a_new_job_referencing_the_old(journal_db: JournalDb) -> None:
     """An operator retry of a CANCELED job schedules a new job with retry_of set; the old one
     stays CANCELED; retrying again gives the same new job; a COMPLETED job is not retried."""
-    store = _store(tmp_path)
+    store = _store(journal_db)
     job_id = _schedule(store, "a")
     job = store.claim("w", now=0, lease_s=5)
     assert job is not None and job.lease is not None
@@ -204,9 +205,9 @@ def test_forbidden_transitions_are_found() -> None:
     ]
 
 
-def test_permanent_failure_cancels_at_once(tmp_path: Path) -> None:
+def test_permanent_failure_cancels_at_once(journal_db: JournalDb) -> None:
     """A failure without a retry time cancels the job immediately."""
-    store = _store(tmp_path)
+    store = _store(journal_db)
     _schedule(store, "a")
     job = store.claim("w", now=0, lease_s=5)
     assert job is not None and job.lease is not None
@@ -214,9 +215,9 @@ def test_permanent_failure_cancels_at_once(tmp_path: Path) -> None:
     assert store.counts() == {"CANCELED": 1}
 
 
-def test_cancel_only_unfinished(tmp_path: Path) -> None:
+def test_cancel_only_unfinished(journal_db: JournalDb) -> None:
     """Cancel stops a scheduled job and refuses a completed one."""
-    store = _store(tmp_path)
+    store = _store(journal_db)
     a = _schedule(store, "a")
     b = _schedule(store, "b")
     job = store.claim("w", now=0, lease_s=5)
@@ -227,11 +228,11 @@ def test_cancel_only_unfinished(tmp_path: Path) -> None:
 
 
 def test_release_host_frees_only_that_hosts_leases_and_keeps_them_in_progress(
-    tmp_path: Path,
+    journal_db: JournalDb,
 ) -> None:
     """After a crash, jobs leased by the host's dead processes run again at once, still
     IN PROGRESS (UPS has no way back to SCHEDULED)."""
-    store = _store(tmp_path)
+    store = _store(journal_db)
     a = _schedule(store, "a")
     _schedule(store, "b")
     store.claim("here:101", now=0, lease_s=900)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from listener.store.db import DatabaseTarget as JournalDb
 from listener.store.journal import InstanceRecord, Journal, StudyState
 
 
@@ -22,18 +21,18 @@ def _record(sop: str, at: float, study: str = "1.2.3", series: str = "1.2.3.1") 
     )
 
 
-def test_duplicate_sop_instance_is_recorded_once(tmp_path: Path) -> None:
+def test_duplicate_sop_instance_is_recorded_once(journal_db: JournalDb) -> None:
     """A second record with the same SOP Instance UID is refused and counts stay at one."""
-    journal = Journal(tmp_path / "j.sqlite")
+    journal = Journal(journal_db)
     assert journal.record_instance(_record("1.1", 100.0), quiet_period_s=10)
     assert not journal.record_instance(_record("1.1", 101.0), quiet_period_s=10)
     study = journal.study("1.2.3")
     assert study is not None and study.instance_count == 1
 
 
-def test_study_released_once_when_quiet_period_ends(tmp_path: Path) -> None:
+def test_study_released_once_when_quiet_period_ends(journal_db: JournalDb) -> None:
     """A study is released only after its last instance's quiet period, and only once."""
-    journal = Journal(tmp_path / "j.sqlite")
+    journal = Journal(journal_db)
     journal.record_instance(_record("1.1", 100.0), quiet_period_s=10)
     journal.record_instance(_record("1.2", 105.0), quiet_period_s=10)
     assert journal.release_due_studies(114.9) == []
@@ -44,9 +43,9 @@ def test_study_released_once_when_quiet_period_ends(tmp_path: Path) -> None:
     assert study is not None and study.state is StudyState.READY
 
 
-def test_timer_survives_a_restart(tmp_path: Path) -> None:
+def test_timer_survives_a_restart(journal_db: JournalDb) -> None:
     """A journal reopened in the middle of a quiet period releases at the original due time."""
-    path = tmp_path / "j.sqlite"
+    path = journal_db
     first = Journal(path)
     first.record_instance(_record("1.1", 100.0), quiet_period_s=10)
     first.close()
@@ -57,9 +56,9 @@ def test_timer_survives_a_restart(tmp_path: Path) -> None:
     assert second.release_due_studies(111.0) == []
 
 
-def test_late_instance_opens_a_follow_up(tmp_path: Path) -> None:
+def test_late_instance_opens_a_follow_up(journal_db: JournalDb) -> None:
     """An instance after release raises the generation and releases again with it marked new."""
-    journal = Journal(tmp_path / "j.sqlite")
+    journal = Journal(journal_db)
     journal.record_instance(_record("1.1", 100.0), quiet_period_s=10)
     journal.release_due_studies(110.0)
     journal.mark_dispatched("1.2.3", 0)
@@ -71,9 +70,9 @@ def test_late_instance_opens_a_follow_up(tmp_path: Path) -> None:
     assert [i.sop_instance_uid for i in journal.instances("1.2.3", generation=1)] == ["1.2"]
 
 
-def test_ready_studies_are_handed_over_again_until_dispatched(tmp_path: Path) -> None:
+def test_ready_studies_are_handed_over_again_until_dispatched(journal_db: JournalDb) -> None:
     """A released study not yet marked dispatched is listed by ready_studies (redelivery)."""
-    journal = Journal(tmp_path / "j.sqlite")
+    journal = Journal(journal_db)
     journal.record_instance(_record("1.1", 100.0), quiet_period_s=1)
     journal.release_due_studies(101.0)
     assert [s.study_uid for s in journal.ready_studies()] == ["1.2.3"]

@@ -22,6 +22,7 @@ from listener.receive.status import StoreStatus
 from listener.route import Destination
 from listener.send.deliver import Deliverer, SendBackoff
 from listener.send.scu import StoreSender
+from listener.store.db import DatabaseTarget as JournalDb
 from listener.store.outbox import EntryState, Outbox
 
 T0 = 1_000_000.0  # an arbitrary "now"; time is a parameter, nothing sleeps
@@ -85,19 +86,21 @@ def series_files(tmp_path: Path, n: int) -> list[tuple[Path, str]]:
     return [(p, str(ds.SOPInstanceUID)) for p, ds in zip(paths, datasets, strict=True)]
 
 
-def make_outbox(tmp_path: Path, dest: Destination, **backoff: Any) -> Deliverer:
+def make_outbox(journal: JournalDb, dest: Destination, **backoff: Any) -> Deliverer:
     """A deliverer for one destination named ``pacs`` over a fresh journal."""
     return Deliverer(
-        Outbox(tmp_path / "journal.sqlite", ["pacs"]),
+        Outbox(journal, ["pacs"]),
         {"pacs": dest},
         StoreSender("PACSAI"),
         SendBackoff(base_s=10, factor=2, max_s=100, **backoff),
     )
 
 
-def test_enqueue_is_idempotent(tmp_path: Path, fake_pacs: Callable[..., FakePacs]) -> None:
+def test_enqueue_is_idempotent(
+    journal_db: JournalDb, tmp_path: Path, fake_pacs: Callable[..., FakePacs]
+) -> None:
     """Queueing the same job and SOP instance twice keeps one entry; unknown names are refused."""
-    outbox = make_outbox(tmp_path, fake_pacs().destination())
+    outbox = make_outbox(journal_db, fake_pacs().destination())
     ((path, uid),) = series_files(tmp_path, 1)
     assert outbox.queue.enqueue("pacs", path, uid, 7, now=T0)
     assert not outbox.queue.enqueue("pacs", path, uid, 7, now=T0 + 1)
@@ -107,10 +110,12 @@ def test_enqueue_is_idempotent(tmp_path: Path, fake_pacs: Callable[..., FakePacs
         outbox.queue.enqueue("nowhere", path, uid, 7, now=T0)
 
 
-def test_delivers_and_never_resends(tmp_path: Path, fake_pacs: Callable[..., FakePacs]) -> None:
+def test_delivers_and_never_resends(
+    journal_db: JournalDb, tmp_path: Path, fake_pacs: Callable[..., FakePacs]
+) -> None:
     """Due entries are sent once; later calls send nothing more."""
     pacs = fake_pacs()
-    outbox = make_outbox(tmp_path, pacs.destination())
+    outbox = make_outbox(journal_db, pacs.destination())
     files = series_files(tmp_path, 5)
     for path, uid in files:
         outbox.queue.enqueue("pacs", path, uid, "job-1", now=T0)
@@ -122,7 +127,7 @@ def test_delivers_and_never_resends(tmp_path: Path, fake_pacs: Callable[..., Fak
 
 
 def test_out_of_resources_resends_only_unconfirmed(
-    tmp_path: Path, fake_pacs: Callable[..., FakePacs]
+    journal_db: JournalDb, tmp_path: Path, fake_pacs: Callable[..., FakePacs]
 ) -> None:
     """Out of Resources (A700) is retried after the backoff, sending only unconfirmed instances."""
 
@@ -132,7 +137,7 @@ def test_out_of_resources_resends_only_unconfirmed(
         return StoreStatus.SUCCESS
 
     pacs = fake_pacs(policy)
-    outbox = make_outbox(tmp_path, pacs.destination(max_associations=1))
+    outbox = make_outbox(journal_db, pacs.destination(max_associations=1))
     files = series_files(tmp_path, 8)
     for path, uid in files:
         outbox.queue.enqueue("pacs", path, uid, "job-1", now=T0)
@@ -150,10 +155,10 @@ def test_out_of_resources_resends_only_unconfirmed(
     assert sorted(pacs.received[0][:3] + pacs.received[1]) == sorted(uid for _, uid in files)
 
 
-def test_backoff_grows_until_dead_letter(tmp_path: Path) -> None:
+def test_backoff_grows_until_dead_letter(journal_db: JournalDb, tmp_path: Path) -> None:
     """A refused connection backs off 10, 20, 40 s and gives up after max_attempts."""
     dest = Destination(ae_title="NOBODY", host="127.0.0.1", port=free_port())
-    outbox = make_outbox(tmp_path, dest, max_attempts=4)
+    outbox = make_outbox(journal_db, dest, max_attempts=4)
     ((path, uid),) = series_files(tmp_path, 1)
     outbox.queue.enqueue("pacs", path, uid, "job-1", now=T0)
     now = T0
@@ -169,12 +174,12 @@ def test_backoff_grows_until_dead_letter(tmp_path: Path) -> None:
 
 
 def test_rejected_calling_ae_is_dead_until_resubmitted(
-    tmp_path: Path, fake_pacs: Callable[..., FakePacs]
+    journal_db: JournalDb, tmp_path: Path, fake_pacs: Callable[..., FakePacs]
 ) -> None:
     """A permanent association rejection goes to dead-letter; resubmit delivers once fixed."""
     pacs = fake_pacs()
     pacs.ae.require_calling_aet = ["MODALITY1"]
-    outbox = make_outbox(tmp_path, pacs.destination())
+    outbox = make_outbox(journal_db, pacs.destination())
     files = series_files(tmp_path, 3)
     for path, uid in files:
         outbox.queue.enqueue("pacs", path, uid, "job-1", now=T0)
@@ -193,13 +198,13 @@ def test_rejected_calling_ae_is_dead_until_resubmitted(
 
 
 def test_unsupported_sop_class_is_permanent(
-    tmp_path: Path, fake_pacs: Callable[..., FakePacs]
+    journal_db: JournalDb, tmp_path: Path, fake_pacs: Callable[..., FakePacs]
 ) -> None:
     """An instance whose SOP class the peer refuses is dead-lettered; the others are delivered."""
     from pynetdicom import build_context
 
     pacs = fake_pacs(contexts=[build_context(CTImageStorage)])
-    outbox = make_outbox(tmp_path, pacs.destination())
+    outbox = make_outbox(journal_db, pacs.destination())
     files = series_files(tmp_path, 2)
     sc = rgb_secondary_capture()
     sc_path = tmp_path / "sc.dcm"
@@ -214,16 +219,16 @@ def test_unsupported_sop_class_is_permanent(
 
 
 def test_missing_file_and_removed_destination_are_dead(
-    tmp_path: Path, fake_pacs: Callable[..., FakePacs]
+    journal_db: JournalDb, tmp_path: Path, fake_pacs: Callable[..., FakePacs]
 ) -> None:
     """A file gone from disk, or a destination no longer configured, is a dead letter."""
     pacs = fake_pacs()
-    outbox = make_outbox(tmp_path, pacs.destination())
+    outbox = make_outbox(journal_db, pacs.destination())
     ((path, uid),) = series_files(tmp_path, 1)
     outbox.queue.enqueue("pacs", tmp_path / "gone.dcm", "1.2.3", "job-1", now=T0)
     outbox.queue.enqueue("pacs", path, uid, "job-1", now=T0)
     assert outbox.deliver_due(now=T0).dead == {"pacs": 1}
-    reconfigured = Deliverer(Outbox(tmp_path / "journal.sqlite"), {}, StoreSender("PACSAI"))
+    reconfigured = Deliverer(Outbox(journal_db), {}, StoreSender("PACSAI"))
     (entry,) = outbox.queue.dead_letters()
     reconfigured.queue.resubmit([entry.id], now=T0)
     assert reconfigured.deliver_due(now=T0).dead == {"pacs": 1}
@@ -248,11 +253,15 @@ STATUS_TABLE: list[tuple[int, str]] = [
 
 @pytest.mark.parametrize(("status", "state"), STATUS_TABLE)
 def test_each_store_status_is_classified(
-    tmp_path: Path, fake_pacs: Callable[..., FakePacs], status: int, state: str
+    journal_db: JournalDb,
+    tmp_path: Path,
+    fake_pacs: Callable[..., FakePacs],
+    status: int,
+    state: str,
 ) -> None:
     """Success and warnings confirm, Out of Resources retries, other failures dead-letter."""
     pacs = fake_pacs(lambda association, position: status)
-    outbox = make_outbox(tmp_path, pacs.destination())
+    outbox = make_outbox(journal_db, pacs.destination())
     ((path, uid),) = series_files(tmp_path, 1)
     outbox.queue.enqueue("pacs", path, uid, "job-1", now=T0)
     report = outbox.deliver_due(now=T0)
@@ -287,11 +296,11 @@ def test_unreachable_destination_is_dead_after_the_default_age(tmp_path: Path) -
         pipeline.close()
 
 
-def test_resubmitted_dead_letter_gets_a_fresh_age(tmp_path: Path) -> None:
+def test_resubmitted_dead_letter_gets_a_fresh_age(journal_db: JournalDb, tmp_path: Path) -> None:
     """A resubmitted dead letter is tried again with its age counted from the resubmission, so
     one more transient failure does not kill it at once."""
     dest = Destination(ae_title="GONE", host="127.0.0.1", port=free_port())
-    outbox = make_outbox(tmp_path, dest, max_age_s=100)
+    outbox = make_outbox(journal_db, dest, max_age_s=100)
     ((path, uid),) = series_files(tmp_path, 1)
     outbox.queue.enqueue("pacs", path, uid, 1, now=T0)
     assert outbox.deliver_due(T0 + 200).dead == {"pacs": 1}
@@ -300,7 +309,7 @@ def test_resubmitted_dead_letter_gets_a_fresh_age(tmp_path: Path) -> None:
 
 
 def test_building_a_sender_or_reading_the_outbox_leaves_pynetdicom_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    journal_db: JournalDb, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pynetdicom's process-wide chunked-send switch is set by a sender process at start-up
     (enable_chunked_send), never as a side effect of building a sender or reading the table."""
@@ -309,7 +318,7 @@ def test_building_a_sender_or_reading_the_outbox_leaves_pynetdicom_alone(
     from listener.send.scu import enable_chunked_send
 
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
-    outbox = make_outbox(tmp_path, Destination(ae_title="X", host="127.0.0.1", port=1))
+    outbox = make_outbox(journal_db, Destination(ae_title="X", host="127.0.0.1", port=1))
     assert outbox.queue.entries() == []
     assert _config.STORE_SEND_CHUNKED_DATASET is False
     enable_chunked_send()

@@ -10,10 +10,12 @@ import textwrap
 from pathlib import Path
 
 from factory import ct_series
+from pgserver import database_setting
 
 from listener.pipeline import Pipeline, build_pipeline
 from listener.serve.loops import retention
 from listener.settings import Settings
+from listener.store.db import DatabaseTarget as JournalDb
 from listener.store.journal import InstanceRecord
 from listener.store.outbox import Outcome
 from listener.store.records import AdminRecords
@@ -23,9 +25,10 @@ T0 = 1_000_000.0
 DAY = 86400.0
 
 
-def _pipeline(tmp_path: Path) -> Pipeline:
+def _pipeline(tmp_path: Path, journal_db: JournalDb | None = None) -> Pipeline:
     settings = Settings(
         data_dir=tmp_path / "var",
+        **({} if journal_db is None else database_setting(journal_db)),
         retention_originals_s=DAY,
         destinations={"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 104}},
     )
@@ -33,7 +36,7 @@ def _pipeline(tmp_path: Path) -> Pipeline:
 
 
 def _stats(pipeline: Pipeline) -> Stats:
-    AdminRecords(pipeline.settings.journal_path).close()  # the admin's tables, as in serve
+    AdminRecords(pipeline.settings.journal_database).close()  # the admin's tables, as in serve
     return read_stats(pipeline.journal.db)
 
 
@@ -68,10 +71,13 @@ def _dispatched_study(pipeline: Pipeline, n: int = 4) -> tuple[str, list[Path]]:
     return study_uid, paths
 
 
-def test_originals_go_after_their_study_settled_and_aged(tmp_path: Path) -> None:
+def test_originals_go_after_their_study_settled_and_aged(
+    tmp_path: Path, journal_db: JournalDb
+) -> None:
     """Originals stay while a job is scheduled or a send of them is pending, however old; they
-    are purged a day after the last job and send finished, journaled and counted in metrics."""
-    pipeline = _pipeline(tmp_path)
+    are purged a day after the last job and send finished, journaled and counted in metrics
+    (on both journal engines)."""
+    pipeline = _pipeline(tmp_path, journal_db)
     purger = retention(pipeline)
     study_uid, paths = _dispatched_study(pipeline)
     job_id = pipeline.jobs.schedule(
