@@ -131,6 +131,8 @@ class JobRunner:
     adapters_dir: Path | None = None  # saved adapters (listener.infer.adapters)
     flags: StudyFlags | None = None  # review and OOD flags, OOD scores (listener.store.flags)
     drift: DriftStore | None = None  # embedding drift per group (listener.store.drift)
+    # Spool files not on this host come from the bucket (listener.store.objects).
+    fetch: Callable[[Path], Path] | None = None
 
     @cached_property
     def priors(self) -> PriorFinder:
@@ -143,6 +145,7 @@ class JobRunner:
             self.destinations,
             self.calling_ae,
             self.clock,
+            self.fetch,
         )
 
     def context(self, clients: ModelClients, study_uid: str) -> TaskContext:
@@ -152,7 +155,7 @@ class JobRunner:
         left in the file until used (:data:`DEFER_BYTES`), and each at most once per job: a
         task that asks again (the lateral among all images, then by its role; the sources
         again for an error message) gets the dataset already read."""
-        paths = instance_paths(self.journal, self.spool_dir, study_uid)
+        paths = instance_paths(self.journal, self.spool_dir, study_uid, self.fetch)
         read: dict[str, Dataset] = {}
 
         def load(uid: str) -> Dataset:
@@ -389,7 +392,9 @@ class JobRunner:
         """Add the study to its drift group; audit and log a group that turns drifted."""
         if self.drift is None or not self.drift.settings.enabled:
             return
-        group = group_key(drift_facts(self.journal, self.spool_dir, study_uid), self.drift.keys)
+        group = group_key(
+            drift_facts(self.journal, self.spool_dir, study_uid, self.fetch), self.drift.keys
+        )
         reading, turned = self.drift.observe(group, study_uid, vector, model_version, now)
         if reading is None or not turned:
             return
