@@ -1,4 +1,4 @@
-"""Shared fixtures: synthetic data and real peers (Orthanc, DCMTK storescp)."""
+"""Shared fixtures: synthetic data and real peers (Orthanc, DCMTK storescp, SeaweedFS S3)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from peers import Orthanc, StoreSCP, run_orthanc, run_storescp
+from s3peer import SeaweedS3, run_seaweedfs
 
 
 @pytest.fixture
@@ -21,3 +22,10 @@ def storescp(tmp_path: Path) -> Iterator[StoreSCP]:
     """A DCMTK storescp reference receiver on a free loopback port."""
     with run_storescp(tmp_path / "storescp") as scp:
         yield scp
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """One SeaweedFS S3 service (``weed mini``) for the session; tests use their own prefix."""
+    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
