@@ -7,7 +7,8 @@ pass the spool path they want to :meth:`SpoolFiles.local`, which returns it at o
 file is on this host and otherwise downloads the object into the local spool folder first (the
 folder is the cache; a download lands under ``.tmp`` and is renamed into place, so a reader
 never sees half a file). Only the S3 API's core calls are used (PutObject, GetObject,
-HeadBucket, DeleteObjects), no vendor extension, through boto3.
+HeadBucket, DeleteObjects), no vendor extension, through boto3 (imported only when a bucket is
+configured: the local default does not pay for it).
 
 Credentials are ``s3.access_key_id`` and ``s3.secret_access_key`` (or boto3's own chain when
 unset); an error the bucket answers about them names the setting and never carries its value.
@@ -21,10 +22,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
 
 from listener.errors import ConfigError, ObjectStoreError
 from listener.logging import get_logger
@@ -65,6 +62,17 @@ class ObjectStore:
         self.bucket = Bucket(*split_spool_url(spool_url))
         self.endpoint = s3.endpoint_url or "AWS S3"
         key_id, secret = s3.access_key_id, s3.secret_access_key
+        import boto3
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self._client_error = ClientError
+        self._errors: tuple[type[Exception], ...] = (
+            ClientError,
+            BotoCoreError,
+            S3UploadFailedError,
+        )
         self._client: S3Client = boto3.session.Session().client(
             "s3",
             endpoint_url=s3.endpoint_url,
@@ -86,7 +94,7 @@ class ObjectStore:
             self._client.list_objects_v2(
                 Bucket=self.bucket.name, Prefix=self.bucket.key(""), MaxKeys=1
             )
-        except (ClientError, BotoCoreError) as exc:
+        except self._errors as exc:
             raise self._error(exc, "reach the bucket", None) from None
 
     def put(self, relative: str, path: Path) -> None:
@@ -94,7 +102,7 @@ class ObjectStore:
         multipart upload for a large file: visible only once complete)."""
         try:
             self._client.upload_file(str(path), self.bucket.name, self.bucket.key(relative))
-        except (ClientError, BotoCoreError, boto3.exceptions.S3UploadFailedError) as exc:
+        except self._errors as exc:
             raise self._error(exc, "upload", relative) from None
 
     def get(self, relative: str, destination: Path) -> None:
@@ -103,7 +111,7 @@ class ObjectStore:
             self._client.download_file(
                 self.bucket.name, self.bucket.key(relative), str(destination)
             )
-        except (ClientError, BotoCoreError) as exc:
+        except self._errors as exc:
             raise self._error(exc, "download", relative) from None
 
     def read(self, relative: str) -> bytes:
@@ -111,18 +119,16 @@ class ObjectStore:
         try:
             answer = self._client.get_object(Bucket=self.bucket.name, Key=self.bucket.key(relative))
             return answer["Body"].read()
-        except (ClientError, BotoCoreError) as exc:
+        except self._errors as exc:
             raise self._error(exc, "download", relative) from None
 
     def exists(self, relative: str) -> bool:
         """Whether the object of ``relative`` is in the bucket."""
         try:
             self._client.head_object(Bucket=self.bucket.name, Key=self.bucket.key(relative))
-        except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+        except self._errors as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return False
-            raise self._error(exc, "look up", relative) from None
-        except BotoCoreError as exc:
             raise self._error(exc, "look up", relative) from None
         return True
 
@@ -136,7 +142,7 @@ class ObjectStore:
                     Bucket=self.bucket.name,
                     Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
                 )
-            except (ClientError, BotoCoreError) as exc:
+            except self._errors as exc:
                 raise self._error(exc, "delete", None) from None
             errors = answer.get("Errors", [])
             if errors:
@@ -152,10 +158,10 @@ class ObjectStore:
         where = f"spool bucket {self.bucket.name} at {self.endpoint}"
         what = f" ({relative})" if relative else ""
         cause = exc.__cause__ or exc.__context__  # boto3's transfer manager wraps the answer
-        if not isinstance(exc, ClientError) and isinstance(cause, ClientError):
+        if not isinstance(exc, self._client_error) and isinstance(cause, self._client_error):
             exc = cause
-        if isinstance(exc, ClientError):
-            code = str(exc.response.get("Error", {}).get("Code", "unknown"))
+        code = _code(exc)
+        if code is not None:
             setting = _CREDENTIAL_CODES.get(code)
             if setting is not None:
                 return ObjectStoreError(
@@ -169,9 +175,12 @@ class ObjectStore:
         return ObjectStoreError(f"{where}: could not {action}{what}: {type(exc).__name__}")
 
 
-def as_is(path: Path) -> Path:
-    """The fetch of a host with no bucket: the spool file is the local one."""
-    return path
+def _code(exc: Exception) -> str | None:
+    """The S3 error code of an answer (botocore's ClientError), None for other failures."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return None
+    return str(response.get("Error", {}).get("Code", "unknown"))
 
 
 class SpoolFiles:
