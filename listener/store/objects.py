@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 TMP_DIR = ".tmp"
+MULTIPART_FROM = 8 * 1024 * 1024  # boto3's own multipart threshold
 _DELETE_BATCH = 1000  # the most keys one DeleteObjects request takes
 
 # Error codes of the S3 API (Amazon S3 API Reference, "Error responses") that mean the
@@ -98,10 +99,18 @@ class ObjectStore:
             raise self._error(exc, "reach the bucket", None) from None
 
     def put(self, relative: str, path: Path) -> None:
-        """Upload the file at ``path`` as the object of ``relative`` (one PutObject, or a
-        multipart upload for a large file: visible only once complete)."""
+        """Upload the file at ``path`` as the object of ``relative``: one PutObject (with a
+        checksum the service verifies) or, from :data:`MULTIPART_FROM` bytes, a multipart upload;
+        either is visible only once complete."""
+        key = self.bucket.key(relative)
         try:
-            self._client.upload_file(str(path), self.bucket.name, self.bucket.key(relative))
+            if path.stat().st_size < MULTIPART_FROM:
+                with path.open("rb") as body:
+                    self._client.put_object(Bucket=self.bucket.name, Key=key, Body=body)
+            else:
+                self._client.upload_file(str(path), self.bucket.name, key)
+        except OSError as exc:
+            raise ObjectStoreError(f"could not read {relative} to upload it: {exc}") from None
         except self._errors as exc:
             raise self._error(exc, "upload", relative) from None
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,35 +138,43 @@ class Uploader:
         *,
         retry_base_s: float = 2.0,
         retry_max_s: float = 300.0,
+        parallel: int = 8,
     ) -> None:
         self.queue = queue
+        self.parallel = parallel
         self.store = store
         self.spool_dir = spool_dir
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
 
     def upload_due(self, now: float) -> int:
-        """Upload what is due at ``now``; how many went up. A failure waits its backoff."""
+        """Upload what is due at ``now``, ``parallel`` at a time; how many went up. A failure
+        waits its backoff (the others of the round are still tried: each has its own)."""
+        due = self.queue.due(now)
+        gone = [item.path for item in due if not (self.spool_dir / item.path).is_file()]
+        todo = [item for item in due if item.path not in gone]
+        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+            errors = list(pool.map(self._put, todo))
         done = 0
-        gone: list[str] = []
-        for item in self.queue.due(now):
-            path = self.spool_dir / item.path
-            if not path.is_file():
-                gone.append(item.path)
+        for item, error in zip(todo, errors, strict=True):
+            if error is None:
+                self.queue.uploaded(item.path, now)
+                done += 1
                 continue
-            try:
-                self.store.put(item.path, path)
-            except ObjectStoreError as exc:
-                delay = backoff_delay(item.attempts + 1, self.retry_base_s, self.retry_max_s)
-                self.queue.failed(item.path, str(exc), now + delay)
-                _log.warning("spool_upload_failed", error=str(exc), retry_in_s=delay)
-                break  # the bucket is likely down for the others too: wait for the next round
-            self.queue.uploaded(item.path, now)
-            done += 1
+            delay = backoff_delay(item.attempts + 1, self.retry_base_s, self.retry_max_s)
+            self.queue.failed(item.path, error, now + delay)
+            _log.warning("spool_upload_failed", error=error, retry_in_s=delay)
         if gone:
             self.queue.forget(gone)
             _log.warning("spool_upload_dropped", count=len(gone), reason="local file is gone")
         return done
+
+    def _put(self, item: PendingUpload) -> str | None:
+        try:
+            self.store.put(item.path, self.spool_dir / item.path)
+        except ObjectStoreError as exc:
+            return str(exc)
+        return None
 
 
 class SharedSpool:
