@@ -102,3 +102,10 @@ class ObjectStoreError(GatewayError):
     def __init__(self, message: str, setting: str | None = None) -> None:
         super().__init__(message)
         self.setting = setting
+
+
+class ObjectMissingError(ObjectStoreError):
+    """The bucket has no object under the key asked for (purged, or never uploaded): a reader
+    treats it as a missing file."""
+
+    retryable = False

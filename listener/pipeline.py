@@ -91,6 +91,7 @@ def build_pipeline(
     audit = AuditTrail.open(settings, clock)
     files = spool_files(settings)  # spool_url: s3://... lets a worker read what it lacks
     fetch = files.local if files.store is not None else None
+    publish = files.publish if files.store is not None else None
     return Pipeline(
         settings=settings,
         journal=journal,
@@ -126,6 +127,7 @@ def build_pipeline(
             flags=StudyFlags(settings.journal_path),
             drift=DriftStore(settings.journal_path, settings.drift),
             fetch=fetch,
+            publish=publish,
         ),
         deliverer=Deliverer(
             outbox,

@@ -41,7 +41,12 @@ from pydicom.uid import KeyObjectSelectionDocumentStorage
 
 from converters.check import checked_bytes
 from converters.provenance import ResultRef
-from listener.errors import CircuitOpenError, GatewayError, TransientModelError
+from listener.errors import (
+    CircuitOpenError,
+    GatewayError,
+    ObjectMissingError,
+    TransientModelError,
+)
 from listener.infer.actions import ood_flag, review_flag
 from listener.infer.clients import ModelClients
 from listener.infer.egress import EgressReport
@@ -131,8 +136,10 @@ class JobRunner:
     adapters_dir: Path | None = None  # saved adapters (listener.infer.adapters)
     flags: StudyFlags | None = None  # review and OOD flags, OOD scores (listener.store.flags)
     drift: DriftStore | None = None  # embedding drift per group (listener.store.drift)
-    # Spool files not on this host come from the bucket (listener.store.objects).
+    # Spool files not on this host come from the bucket, results go to it before they are
+    # queued (listener.store.objects).
     fetch: Callable[[Path], Path] | None = None
+    publish: Callable[[Path], None] | None = None
 
     @cached_property
     def priors(self) -> PriorFinder:
@@ -188,8 +195,9 @@ class JobRunner:
         for uid in self.jobs.earlier_outputs(study_uid, task.rule, task.name):
             path = self.results_dir / study_uid / f"{uid}.dcm"
             try:
+                path = self.fetch(path) if self.fetch is not None else path
                 header = dcmread(path, stop_before_pixels=True, specific_tags=_REF_TAGS)
-            except (OSError, InvalidDicomError):
+            except (OSError, InvalidDicomError, ObjectMissingError):
                 log.warning("earlier_result_unreadable", study_uid=study_uid, sop_instance_uid=uid)
                 continue
             if str(header.SOPClassUID) != KeyObjectSelectionDocumentStorage:
@@ -320,6 +328,8 @@ class JobRunner:
             uid = str(obj.SOPInstanceUID)
             path = self.results_dir / job.study_uid / f"{uid}.dcm"
             write_durably(path, obj)
+            if self.publish is not None:
+                self.publish(path)
             uids.append(uid)
             queued += [Enqueue(d, path, uid, str(job.id)) for d in task.result_destinations]
         self.outbox.enqueue_many(queued, now)

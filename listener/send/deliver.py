@@ -20,7 +20,13 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from listener.errors import ObjectStoreError, PermanentSendError, SendError, TransientSendError
+from listener.errors import (
+    ObjectMissingError,
+    ObjectStoreError,
+    PermanentSendError,
+    SendError,
+    TransientSendError,
+)
 from listener.logging import get_logger
 from listener.send.scu import InstanceOutcome, StoreItem, StoreSender
 from listener.send.stow import StowSender
@@ -152,6 +158,8 @@ class Deliverer:
         for item in items:
             try:
                 self.fetch(item.path)
+            except ObjectMissingError:
+                continue  # purged: the sender fails it as it does any missing file
             except ObjectStoreError as exc:
                 failed[item.path] = TransientSendError(str(exc))
         return failed

@@ -135,7 +135,7 @@ def retention(pipeline: Pipeline) -> Retention:
             results_s=settings.retention_results_s,
             quarantine_s=settings.retention_quarantine_s,
         ),
-        remove_objects=bucket_purge(settings),
+        bucket=bucket_purge(settings),
     )
 
 

@@ -2,13 +2,14 @@
 
 With ``spool_url: s3://bucket/prefix`` every received instance is also an object under
 ``prefix`` whose key is the spool's relative path (``<study>/<series>/<sop>.dcm``), so a worker
-on another host reads what a receiver stored. Readers never talk to the bucket themselves: they
-pass the spool path they want to :meth:`SpoolFiles.local`, which returns it at once when the
-file is on this host and otherwise downloads the object into the local spool folder first (the
-folder is the cache; a download lands under ``.tmp`` and is renamed into place, so a reader
-never sees half a file). Only the S3 API's core calls are used (PutObject, GetObject,
-HeadBucket, DeleteObjects), no vendor extension, through boto3 (imported only when a bucket is
-configured: the local default does not pay for it).
+on another host reads what a receiver stored; result objects follow under ``results/``. Readers
+never talk to the bucket themselves: they pass the path they want to :meth:`SpoolFiles.local`,
+which returns it at once when the file is on this host and otherwise downloads the object into
+the local folder first (the local spool is the cache; a download lands under ``.tmp`` and is
+renamed into place, so a reader never sees half a file). Only the S3 API's core calls are used
+(PutObject and multipart upload, GetObject, HeadObject, ListObjectsV2, DeleteObjects), no vendor
+extension, through boto3 (imported only when a bucket is configured: the local default does not
+pay for it).
 
 Credentials are ``s3.access_key_id`` and ``s3.secret_access_key`` (or boto3's own chain when
 unset); an error the bucket answers about them names the setting and never carries its value.
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from listener.errors import ConfigError, ObjectStoreError
+from listener.errors import ConfigError, ObjectMissingError, ObjectStoreError
 from listener.logging import get_logger
 from listener.settings import S3Settings, Settings
 from listener.settings.storage import split_spool_url
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 TMP_DIR = ".tmp"
 MULTIPART_FROM = 8 * 1024 * 1024  # boto3's own multipart threshold
+RESULTS_KEY = "results"  # result objects' keys: <prefix>/results/<study>/<sop>.dcm
 _DELETE_BATCH = 1000  # the most keys one DeleteObjects request takes
 
 # Error codes of the S3 API (Amazon S3 API Reference, "Error responses") that mean the
@@ -141,6 +143,21 @@ class ObjectStore:
             raise self._error(exc, "look up", relative) from None
         return True
 
+    def keys(self, under: str) -> list[str]:
+        """Every key below ``under`` (relative to the prefix, as given to :meth:`put`)."""
+        start = self.bucket.key(under)
+        found: list[str] = []
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket.name, Prefix=start
+            )
+            for page in pages:
+                found += [str(item.get("Key", "")) for item in page.get("Contents", [])]
+        except self._errors as exc:
+            raise self._error(exc, "list", under) from None
+        head = len(self.bucket.key(""))
+        return [key[head:] for key in found]
+
     def delete(self, relatives: Iterable[str]) -> int:
         """Delete the objects of ``relatives`` (absent ones count as deleted); how many."""
         keys = [self.bucket.key(r) for r in relatives]
@@ -176,6 +193,8 @@ class ObjectStore:
                 return ObjectStoreError(
                     f"{where} refused the credentials ({code}): check {setting}", setting
                 )
+            if relative is not None and code in ("NoSuchKey", "404", "NotFound"):
+                return ObjectMissingError(f"{where}: no object for {relative}")
             if code in ("NoSuchBucket", "404"):
                 return ObjectStoreError(
                     f"{where}: the bucket does not exist: check spool_url", "spool_url"
@@ -193,32 +212,52 @@ def _code(exc: Exception) -> str | None:
 
 
 class SpoolFiles:
-    """Spool files for reading on any host (see the module docstring)."""
+    """Spool files and result objects for reading on any host (see the module docstring).
 
-    def __init__(self, root: Path, store: ObjectStore | None = None) -> None:
+    Result objects (``results_root``, written by a job runner on whatever host ran the job)
+    go to the bucket under ``results/<study>/<sop>.dcm`` (:meth:`publish`), so a deliverer on
+    another host can send them; no study UID is ``results``, so the keys never meet.
+    """
+
+    def __init__(
+        self, root: Path, store: ObjectStore | None = None, results_root: Path | None = None
+    ) -> None:
         self.root = root
         self.store = store
+        self.results_root = results_root
+
+    def key(self, path: Path) -> str | None:
+        """The object key (below the prefix) of a spool file or result object; None for any
+        other path."""
+        for root, head in ((self.root, ""), (self.results_root, f"{RESULTS_KEY}/")):
+            if root is not None and path.is_relative_to(root):
+                return head + path.relative_to(root).as_posix()
+        return None
 
     def local(self, path: Path) -> Path:
-        """``path`` (a spool file), downloaded from the bucket first when it is not here.
-
-        A path outside the spool root (a result object) is returned as it is."""
-        if self.store is None or path.exists():
-            return path
-        try:
-            relative = path.relative_to(self.root).as_posix()
-        except ValueError:
+        """``path``, downloaded from the bucket first when it is not on this host (into a
+        temporary file under the spool's ``.tmp``, then renamed into place). A path that is
+        neither a spool file nor a result object is returned as it is."""
+        key = self.key(path) if self.store is not None else None
+        if self.store is None or key is None or path.exists():
             return path
         tmp = self.root / TMP_DIR
         tmp.mkdir(parents=True, exist_ok=True)
         part = tmp / f"{uuid.uuid4().hex}.fetch"
         try:
-            self.store.get(relative, part)
+            self.store.get(key, part)
             path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(part, path)
         finally:
             part.unlink(missing_ok=True)
         return path
+
+    def publish(self, path: Path) -> None:
+        """Upload a result object just written, before it is queued for sending (a failure
+        is an ObjectStoreError: the job is retried)."""
+        key = self.key(path)
+        if self.store is not None and key is not None:
+            self.store.put(key, path)
 
 
 def object_store(settings: Settings) -> ObjectStore | None:
@@ -229,8 +268,8 @@ def object_store(settings: Settings) -> ObjectStore | None:
 
 
 def spool_files(settings: Settings) -> SpoolFiles:
-    """The reader of this host's spool, with the bucket when there is one."""
-    return SpoolFiles(settings.spool_dir, object_store(settings))
+    """The reader of this host's spool and results, with the bucket when there is one."""
+    return SpoolFiles(settings.spool_dir, object_store(settings), settings.data_dir / "results")
 
 
 def check_spool_bucket(settings: Settings) -> None:

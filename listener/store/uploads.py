@@ -17,7 +17,6 @@ the journal commit and the queueing) are adopted at the uploader's start
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from listener.errors import ObjectStoreError
 from listener.logging import get_logger
 from listener.settings import Settings
 from listener.store.db import BUSY_TIMEOUT_S, JournalTables
-from listener.store.objects import ObjectStore, object_store
+from listener.store.objects import ObjectStore, SpoolFiles, object_store, spool_files
 from listener.timing import backoff_delay
 
 PENDING = "pending"
@@ -224,20 +223,37 @@ def uploader(settings: Settings) -> Uploader | None:
     )
 
 
-def bucket_purge(settings: Settings) -> Callable[[list[str]], None] | None:
-    """What retention calls with the spool paths of purged originals: their objects leave the
-    bucket and their upload rows the journal. None for the local folder alone."""
-    store = object_store(settings)
-    if store is None:
-        return None
-    bucket = store
+class BucketPurge:
+    """Retention's side of the bucket: the objects of what it purges go too, and the upload
+    rows of purged originals leave the journal."""
 
-    def remove(relatives: list[str]) -> None:
-        bucket.delete(relatives)
-        queue = UploadQueue(settings.journal_path)
+    def __init__(self, files: SpoolFiles, journal_path: Path) -> None:
+        assert files.store is not None
+        self.files = files
+        self.store = files.store
+        self.journal_path = journal_path
+
+    def stored_under(self, folder: Path) -> list[Path]:
+        """The files the bucket holds below ``folder`` (a study's results folder)."""
+        key = self.files.key(folder)
+        if key is None:
+            return []
+        root = folder.parent
+        head = self.files.key(root) or ""
+        return [root / k[len(head) :].lstrip("/") for k in self.store.keys(key + "/")]
+
+    def remove(self, paths: list[Path]) -> None:
+        """Delete the objects of ``paths`` (spool files or result objects)."""
+        keys = [key for path in paths if (key := self.files.key(path)) is not None]
+        self.store.delete(keys)
+        queue = UploadQueue(self.journal_path)
         try:
-            queue.forget(relatives)
+            queue.forget(keys)
         finally:
             queue.close()
 
-    return remove
+
+def bucket_purge(settings: Settings) -> BucketPurge | None:
+    """Retention's bucket hook for ``settings``, None for the local folder alone."""
+    files = spool_files(settings)
+    return BucketPurge(files, settings.journal_path) if files.store is not None else None

@@ -1,6 +1,7 @@
 """Readers on a host without the local copy (``spool_url: s3://...``): a job reads its input
-from the bucket, retention purges the objects, and a wrong secret key is named, never shown.
-Against SeaweedFS (``weed mini``) over loopback and the emulator over real HTTP."""
+from the bucket and puts its results there, a result send reads its object from the bucket,
+retention purges the objects, and a wrong secret key is named, never shown. Against SeaweedFS
+(``weed mini``) over loopback, the emulator over real HTTP and DCMTK storescp."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from factory import ct_series
+from peers import StoreSCP
 from s3peer import SECRET_ACCESS_KEY, SeaweedS3, object_bytes, object_keys
 from spooled import store_study
 
@@ -42,14 +44,16 @@ def _uploaded_study(tmp_path: Path, s3: SeaweedS3, **settings: Any) -> tuple[Pip
     return pipeline, series
 
 
-def test_a_job_reads_its_input_from_the_bucket_when_the_local_copy_is_gone(
-    tmp_path: Path, seaweedfs: SeaweedS3, emulator: Start
+def test_a_job_reads_its_input_from_the_bucket_and_a_send_reads_its_result_from_it(
+    tmp_path: Path, seaweedfs: SeaweedS3, emulator: Start, storescp: StoreSCP
 ) -> None:
     """The study's spool folder is deleted (a worker on another host); the classification job
     still completes on its first attempt, its inputs fetched from the bucket with the same
-    bytes, and the model saw every image."""
+    bytes, and its result objects are in the bucket. With the local results deleted too (a
+    deliverer on a third host), the result send to storescp reads them from the bucket."""
     server = emulator()
-    pipeline, series = _uploaded_study(tmp_path, seaweedfs)
+    destination = {"ae_title": storescp.aet, "host": "127.0.0.1", "port": storescp.port}
+    pipeline, series = _uploaded_study(tmp_path, seaweedfs, destinations={"pacs": destination})
     study_uid = str(series[0].StudyInstanceUID)
     folder = pipeline.settings.spool_dir / study_uid
     originals = {p.name: p.read_bytes() for p in folder.rglob("*.dcm")}
@@ -83,6 +87,19 @@ def test_a_job_reads_its_input_from_the_bucket_when_the_local_copy_is_gone(
     assert job is not None and job.state is JobState.COMPLETED and job.attempts == 1
     fetched = {p.name: p.read_bytes() for p in folder.rglob("*.dcm")}
     assert fetched == originals
+    results = pipeline.runner.results_dir / study_uid
+    written = {p.name: p.read_bytes() for p in results.glob("*.dcm")}
+    url = str(pipeline.settings.spool_url)
+    assert written and all(
+        object_bytes(seaweedfs, url, f"results/{study_uid}/{name}") == data
+        for name, data in written.items()
+    )
+    shutil.rmtree(results)
+    for name in written:
+        pipeline.outbox.enqueue("pacs", results / name, name.removesuffix(".dcm"), job_id, 0.0)
+    report = pipeline.deliverer.deliver_due(time.time())
+    assert report.sent == {"pacs": len(written)}
+    assert len(list(storescp.folder.iterdir())) == len(written)
 
 
 def test_retention_purges_the_objects_of_a_study_with_its_rows(
