@@ -238,9 +238,8 @@ class BucketPurge:
         key = self.files.key(folder)
         if key is None:
             return []
-        root = folder.parent
-        head = self.files.key(root) or ""
-        return [root / k[len(head) :].lstrip("/") for k in self.store.keys(key + "/")]
+        head = key + "/"
+        return [folder / k.removeprefix(head) for k in self.store.keys(head)]
 
     def remove(self, paths: list[Path]) -> None:
         """Delete the objects of ``paths`` (spool files or result objects)."""

@@ -105,18 +105,25 @@ def test_a_job_reads_its_input_from_the_bucket_and_a_send_reads_its_result_from_
 def test_retention_purges_the_objects_of_a_study_with_its_rows(
     tmp_path: Path, seaweedfs: SeaweedS3
 ) -> None:
-    """A settled study past its retention: its objects leave the bucket, its instance rows
-    the journal, though this host never held its files."""
-    pipeline, series = _uploaded_study(tmp_path, seaweedfs, retention_originals_s=60.0)
+    """A settled study past its retention: its originals' and its results' objects leave the
+    bucket, its instance rows the journal, though this host never held its files."""
+    pipeline, series = _uploaded_study(
+        tmp_path, seaweedfs, retention_originals_s=60.0, retention_results_s=60.0
+    )
     study_uid = str(series[0].StudyInstanceUID)
     shutil.rmtree(pipeline.settings.spool_dir / study_uid)
+    result = tmp_path / "result.dcm"
+    result.write_bytes(b"result")  # a result object another host's job runner wrote
+    store = object_store(pipeline.settings)
+    assert store is not None
+    store.put(f"results/{study_uid}/1.2.3.dcm", result)
     now = time.time()
     for study in pipeline.journal.release_due_studies(now + 3600):
         pipeline.journal.mark_dispatched(study.study_uid, study.generation)
     url = str(pipeline.settings.spool_url)
-    assert len(object_keys(seaweedfs, url)) == 3
+    assert len(object_keys(seaweedfs, url)) == 4
     report = retention(pipeline).purge_due(now + 7200)
-    assert report.files.get("originals") == 3
+    assert report.files == {"originals": 3, "results": 1}
     assert object_keys(seaweedfs, url) == []
     assert pipeline.journal.instances(study_uid) == []
 
