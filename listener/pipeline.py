@@ -38,6 +38,7 @@ from listener.store.embeddings import EmbeddingStore
 from listener.store.flags import StudyFlags
 from listener.store.jobs import JobStore
 from listener.store.journal import Journal
+from listener.store.objects import spool_files
 from listener.store.outbox import Outbox
 
 
@@ -88,6 +89,9 @@ def build_pipeline(
     embeddings = EmbeddingStore(settings.journal_database)
     results_dir = settings.data_dir / "results"
     audit = AuditTrail.open(settings, clock)
+    files = spool_files(settings)  # spool_url: s3://... lets a worker read what it lacks
+    fetch = files.local if files.store is not None else None
+    publish = files.publish if files.store is not None else None
     return Pipeline(
         settings=settings,
         journal=journal,
@@ -103,6 +107,7 @@ def build_pipeline(
             settings.quiet_period_s,
             clock,
             settings.max_study_wait_s,
+            fetch,
         ),
         runner=JobRunner(
             journal,
@@ -121,6 +126,8 @@ def build_pipeline(
             adapters_dir=settings.data_dir / "adapters",
             flags=StudyFlags(settings.journal_database),
             drift=DriftStore(settings.journal_database, settings.drift),
+            fetch=fetch,
+            publish=publish,
         ),
         deliverer=Deliverer(
             outbox,
@@ -132,6 +139,7 @@ def build_pipeline(
                 max_age_s=settings.send_max_age_s,
             ),
             audit=audit,
+            fetch=fetch,
         ),
         audit=audit,
     )

@@ -1,4 +1,4 @@
-"""Shared fixtures: synthetic data and real peers (Orthanc, DCMTK storescp)."""
+"""Shared fixtures: synthetic data and real peers (Orthanc, DCMTK storescp, SeaweedFS S3)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from peers import Orthanc, StoreSCP, run_orthanc, run_storescp
 from pgserver import PostgresServer, run_postgres
+from s3peer import SeaweedS3, run_seaweedfs
 
 from listener.settings.database import DatabaseUrl
 
@@ -41,3 +42,10 @@ def journal_db(request: pytest.FixtureRequest, tmp_path: Path) -> Path | Databas
         return tmp_path / "journal.sqlite"
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.new_database()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """One SeaweedFS S3 service (``weed mini``) for the session; tests use their own prefix."""
+    with run_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server

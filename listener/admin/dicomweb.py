@@ -14,6 +14,7 @@ script to find a study's results; there is no WADO-RS (the gateway is not an arc
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,7 +172,7 @@ class DicomWeb:
                 continue
             records = self.state.journal.instances(info.study_uid)
             results = _result_headers(self.state.results_dir / info.study_uid)
-            header = _first_header(self.state.spool.root, [r.path for r in records])
+            header = _first_header(self.state.spool_file, [r.path for r in records])
             if header is None:
                 continue
             if "StudyDate" in query and not _date_matches(
@@ -245,7 +246,7 @@ class DicomWeb:
     def _study_headers(self, study_uid: str) -> list[Dataset]:
         records = self.state.journal.instances(study_uid)
         headers = [
-            ds for r in records if (ds := _header(self.state.spool.root / r.path)) is not None
+            ds for r in records if (ds := _header(self.state.spool_file(r.path))) is not None
         ]
         return headers + _result_headers(self.state.results_dir / study_uid)
 
@@ -289,9 +290,9 @@ def _header(path: Path) -> Dataset | None:
         return None
 
 
-def _first_header(root: Path, relative: list[str]) -> Dataset | None:
+def _first_header(spool_file: Callable[[str], Path], relative: list[str]) -> Dataset | None:
     for path in relative:
-        header = _header(root / path)
+        header = _header(spool_file(path))
         if header is not None:
             return header
     return None

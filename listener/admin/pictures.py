@@ -86,7 +86,7 @@ def study_picture(state: AdminState, study_uid: str) -> bytes | None:
 
 def _first_picture(state: AdminState, study_uid: str) -> tuple[bytes, Dataset] | None:
     sources = {
-        record.sop_instance_uid: state.spool.root / record.path
+        record.sop_instance_uid: state.spool_file(record.path)
         for record in state.journal.instances(study_uid)
     }
     for modality, path in _results(state.results_dir / study_uid):

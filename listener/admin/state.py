@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from listener.errors import ObjectStoreError
 from listener.settings import Settings
 from listener.settings.database import DatabaseUrl
 from listener.store.audit import AuditTrail
 from listener.store.flags import StudyFlags
 from listener.store.jobs import JobStore
 from listener.store.journal import Journal
+from listener.store.objects import SpoolFiles, spool_files
 from listener.store.outbox import Outbox
 from listener.store.records import AdminRecords
 from listener.store.spool import Spool
+from listener.store.uploads import shared_spool
 
 
 @dataclass
@@ -31,6 +35,16 @@ class AdminState:
     clock: Callable[[], float] = field(default=time.time)
     audit: AuditTrail | None = None
     flags: StudyFlags | None = None  # review/OOD flags and OOD scores (listener.store.flags)
+    files: SpoolFiles | None = None  # spool_url: s3://... (listener.store.objects)
+
+    def spool_file(self, relative: str) -> Path:
+        """The spool file at ``relative``, fetched from the bucket when it is not on this host;
+        a fetch that fails leaves the path absent (the reader answers as for a missing file)."""
+        path = self.spool.root / relative
+        if self.files is not None:
+            with contextlib.suppress(ObjectStoreError):
+                self.files.local(path)
+        return path
 
     @property
     def db_path(self) -> DatabaseUrl:
@@ -48,6 +62,8 @@ class AdminState:
             self.flags.close()
         if self.audit is not None:
             self.audit.close()
+        if self.spool.shared is not None:
+            self.spool.shared.close()
 
 
 def open_state(settings: Settings, clock: Callable[[], float] = time.time) -> AdminState:
@@ -55,7 +71,10 @@ def open_state(settings: Settings, clock: Callable[[], float] = time.time) -> Ad
     journal = Journal(settings.journal_database)
     outbox = Outbox(settings.journal_database)
     spool = Spool(
-        settings.spool_dir, settings.quarantine_dir, min_free_mb=settings.disk_min_free_mb
+        settings.spool_dir,
+        settings.quarantine_dir,
+        min_free_mb=settings.disk_min_free_mb,
+        shared=shared_spool(settings),  # STOW-RS instances go to the bucket too
     )
     return AdminState(
         settings=settings,
@@ -67,4 +86,5 @@ def open_state(settings: Settings, clock: Callable[[], float] = time.time) -> Ad
         clock=clock,
         audit=AuditTrail.open(settings, clock),
         flags=StudyFlags(settings.journal_database),
+        files=spool_files(settings),
     )

@@ -50,6 +50,8 @@ class PriorFinder:
     destinations: Mapping[str, Destination] = field(default_factory=dict)
     calling_ae: str = "PACSAI"
     clock: Callable[[], float] = time.time
+    # Spool files not on this host come from the bucket (listener.store.objects).
+    fetch: Callable[[Path], Path] | None = None
 
     def __post_init__(self) -> None:
         self.index = ChestIndex(self.journal.path)
@@ -116,7 +118,8 @@ class PriorFinder:
         )
         if found is None or found.frontal_path is None:
             return None
-        dataset = dcmread(self.spool_dir / found.frontal_path)
+        frontal = self.spool_dir / found.frontal_path
+        dataset = dcmread(self.fetch(frontal) if self.fetch else frontal)
         return PriorImage(
             dataset, found.study_date or "unknown date", self.report_text(found.study_uid)
         )
@@ -125,7 +128,7 @@ class PriorFinder:
         """Index the patient's studies the index does not know as they are now."""
         for study in self.index.stale_studies(patient_id):
             date, issuer, frontal = "", "", None
-            paths = instance_paths(self.journal, self.spool_dir, study.study_uid)
+            paths = instance_paths(self.journal, self.spool_dir, study.study_uid, self.fetch)
             for path in paths.values():
                 try:
                     header = dcmread(path, stop_before_pixels=True)

@@ -40,7 +40,12 @@ from pydicom.uid import KeyObjectSelectionDocumentStorage
 
 from converters.check import checked_bytes
 from converters.provenance import ResultRef
-from listener.errors import CircuitOpenError, GatewayError, TransientModelError
+from listener.errors import (
+    CircuitOpenError,
+    GatewayError,
+    ObjectMissingError,
+    TransientModelError,
+)
 from listener.infer.actions import ood_flag, review_flag
 from listener.infer.clients import ModelClients
 from listener.infer.egress import EgressReport
@@ -131,6 +136,10 @@ class JobRunner:
     adapters_dir: Path | None = None  # saved adapters (listener.infer.adapters)
     flags: StudyFlags | None = None  # review and OOD flags, OOD scores (listener.store.flags)
     drift: DriftStore | None = None  # embedding drift per group (listener.store.drift)
+    # Spool files not on this host come from the bucket, results go to it before they are
+    # queued (listener.store.objects).
+    fetch: Callable[[Path], Path] | None = None
+    publish: Callable[[Path], None] | None = None
 
     @cached_property
     def priors(self) -> PriorFinder:
@@ -143,6 +152,7 @@ class JobRunner:
             self.destinations,
             self.calling_ae,
             self.clock,
+            self.fetch,
         )
 
     def context(self, clients: ModelClients, study_uid: str) -> TaskContext:
@@ -152,7 +162,7 @@ class JobRunner:
         left in the file until used (:data:`DEFER_BYTES`), and each at most once per job: a
         task that asks again (the lateral among all images, then by its role; the sources
         again for an error message) gets the dataset already read."""
-        paths = instance_paths(self.journal, self.spool_dir, study_uid)
+        paths = instance_paths(self.journal, self.spool_dir, study_uid, self.fetch)
         read: dict[str, Dataset] = {}
 
         def load(uid: str) -> Dataset:
@@ -185,8 +195,9 @@ class JobRunner:
         for uid in self.jobs.earlier_outputs(study_uid, task.rule, task.name):
             path = self.results_dir / study_uid / f"{uid}.dcm"
             try:
+                path = self.fetch(path) if self.fetch is not None else path
                 header = dcmread(path, stop_before_pixels=True, specific_tags=_REF_TAGS)
-            except (OSError, InvalidDicomError):
+            except (OSError, InvalidDicomError, ObjectMissingError):
                 log.warning("earlier_result_unreadable", study_uid=study_uid, sop_instance_uid=uid)
                 continue
             if str(header.SOPClassUID) != KeyObjectSelectionDocumentStorage:
@@ -317,6 +328,8 @@ class JobRunner:
             uid = str(obj.SOPInstanceUID)
             path = self.results_dir / job.study_uid / f"{uid}.dcm"
             write_durably(path, obj)
+            if self.publish is not None:
+                self.publish(path)
             uids.append(uid)
             queued += [Enqueue(d, path, uid, str(job.id)) for d in task.result_destinations]
         self.outbox.enqueue_many(queued, now)
@@ -389,7 +402,9 @@ class JobRunner:
         """Add the study to its drift group; audit and log a group that turns drifted."""
         if self.drift is None or not self.drift.settings.enabled:
             return
-        group = group_key(drift_facts(self.journal, self.spool_dir, study_uid), self.drift.keys)
+        group = group_key(
+            drift_facts(self.journal, self.spool_dir, study_uid, self.fetch), self.drift.keys
+        )
         reading, turned = self.drift.observe(group, study_uid, vector, model_version, now)
         if reading is None or not turned:
             return

@@ -215,6 +215,17 @@ class Intake:
             return self._duplicate(
                 pending, header, self.spool.root / self.spool.relative_path(header)
             )
+        if self.spool.shared is not None:  # spool_url: s3://... (listener.store.uploads)
+            problem = self.spool.shared.publish(relative, self.spool.root / relative, self.clock())
+            if problem is not None:
+                self.spool.unclaim(relative)
+                self.log.error(
+                    "instance_refused",
+                    association=record.id if record else None,
+                    reason=problem,
+                    status=StoreStatus.OUT_OF_RESOURCES.name,
+                )
+                return StoreStatus.OUT_OF_RESOURCES
         stored = self.journal.record_instance(
             header.record(
                 relative,

@@ -39,13 +39,15 @@ class StudyRouter:
     quiet_period_s: float
     clock: Callable[[], float] = field(default=time.time)
     max_study_wait_s: float | None = None
+    # Spool files not on this host come from the bucket (listener.store.objects).
+    fetch: Callable[[Path], Path] | None = None
 
     def plan(self, study: ReleasedStudy, paths: Mapping[str, Path] | None = None) -> StudyPlan:
         """Plan a released study from its instances' headers, each instance with the facts of
         the association that brought it (calling and called AE title, peer address).
         ``paths`` are the study's spool files when the caller already looked them up."""
         if paths is None:
-            paths = instance_paths(self.journal, self.spool_dir, study.study_uid)
+            paths = instance_paths(self.journal, self.spool_dir, study.study_uid, self.fetch)
         headers = [
             headers_from_dataset(dcmread(path, stop_before_pixels=True)) for path in paths.values()
         ]
@@ -85,7 +87,7 @@ class StudyRouter:
         """Assemble's callback: plan the study, queue forwards and schedule its model jobs."""
         bound = log.bind(study_uid=study.study_uid, generation=study.generation)
         now = self.clock()
-        paths = instance_paths(self.journal, self.spool_dir, study.study_uid)
+        paths = instance_paths(self.journal, self.spool_dir, study.study_uid, self.fetch)
         plan = self.plan(study, paths)
         due = self._wait_longer(study, plan, now)
         if due is not None and self.journal.rearm_study(study.study_uid, study.generation, due):

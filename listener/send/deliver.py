@@ -16,10 +16,17 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pydicom import dcmread
 
-from listener.errors import PermanentSendError, TransientSendError
+from listener.errors import (
+    ObjectMissingError,
+    ObjectStoreError,
+    PermanentSendError,
+    SendError,
+    TransientSendError,
+)
 from listener.logging import get_logger
 from listener.send.scu import InstanceOutcome, StoreItem, StoreSender
 from listener.send.stow import StowSender
@@ -94,8 +101,11 @@ class Deliverer:
         web_sender: StowSender | None = None,
         observer: SendObserver | None = None,
         audit: AuditTrail | None = None,
+        fetch: Callable[[Path], Path] | None = None,
     ) -> None:
         self.queue = queue
+        # Spool files not on this host come from the bucket (listener.store.objects).
+        self.fetch = fetch
         self.destinations = dict(destinations)
         self.sender = sender
         self.web_sender = web_sender or StowSender()
@@ -122,6 +132,8 @@ class Deliverer:
     def _send(self, name: str, entries: list[OutboxEntry]) -> list[InstanceOutcome]:
         dest = self.destinations.get(name)
         items = [StoreItem(e.path, e.sop_instance_uid) for e in entries]
+        unfetched = self._fetch(items)
+        items = [item for item in items if item.path not in unfetched]
         if dest is None:
             error = PermanentSendError(f"destination {name!r} is not configured any more")
             outcomes = [InstanceOutcome(item, error) for item in items]
@@ -129,9 +141,28 @@ class Deliverer:
             outcomes = self.web_sender.send(dest, items)
         else:
             outcomes = self.sender.send(dest, items)
+        outcomes += [
+            InstanceOutcome(StoreItem(e.path, e.sop_instance_uid), unfetched[e.path])
+            for e in entries
+            if e.path in unfetched
+        ]
         if self.observer is not None:
             self.observer(name, dest, outcomes)
         return outcomes
+
+    def _fetch(self, items: list[StoreItem]) -> dict[Path, SendError]:
+        """Bring the items' files to this host; the failures (tried again later) by path."""
+        failed: dict[Path, SendError] = {}
+        if self.fetch is None:
+            return failed
+        for item in items:
+            try:
+                self.fetch(item.path)
+            except ObjectMissingError:
+                continue  # purged: the sender fails it as it does any missing file
+            except ObjectStoreError as exc:
+                failed[item.path] = TransientSendError(str(exc))
+        return failed
 
     def _record(
         self,

@@ -1,4 +1,5 @@
-"""Worker-side loops: job runners (infer + convert), the outbox deliverer and retention.
+"""Worker-side loops: job runners (infer + convert), the outbox deliverer, retention and the
+spool uploader (``spool_url: s3://...``, :mod:`listener.store.uploads`).
 
 ``pacs-ai serve`` starts ``settings.job_runners`` job-runner processes; each claims jobs from the
 journal (highest priority first) and runs up to ``settings.jobs_per_runner`` of them at once, so
@@ -27,6 +28,7 @@ from listener.store.records import (
     reload_requested,
 )
 from listener.store.retention import Retention, RetentionPolicy
+from listener.store.uploads import bucket_purge, uploader
 
 log = get_logger("serve")
 
@@ -136,6 +138,7 @@ def retention(pipeline: Pipeline) -> Retention:
             results_s=settings.retention_results_s,
             quarantine_s=settings.retention_quarantine_s,
         ),
+        bucket=bucket_purge(settings),
     )
 
 
@@ -160,3 +163,25 @@ def run_purger(pipeline: Pipeline, stop: threading.Event) -> None:
         except Exception:  # a purge that failed is tried again next time
             log.exception("purge_crashed")
         stop.wait(pipeline.settings.retention_interval_s)
+
+
+def run_uploader(settings: Settings, stop: threading.Event) -> None:
+    """Upload this host's pending spool files to the bucket (``spool_url: s3://...``) until
+    ``stop`` is set, retrying failures with backoff (a thread of the dispatcher process). At
+    start, instances journaled without an upload row (a crash between the two) are queued."""
+    shipper = uploader(settings)
+    if shipper is None:
+        return
+    try:
+        adopted = shipper.queue.adopt(settings.spool_dir, time.time())
+        if adopted:
+            log.warning("spool_uploads_adopted", count=adopted)
+        while not stop.is_set():
+            try:
+                if shipper.upload_due(time.time()):
+                    continue  # more may be due at once
+            except Exception:  # a bug in one round must not stop uploads for good
+                log.exception("upload_crashed")
+            stop.wait(settings.poll_interval_s)
+    finally:
+        shipper.queue.close()

@@ -88,7 +88,19 @@ def startup_summary(
             "journal_database", "info", {"engine": str(database.engine), "url": str(database)}
         )
     )
+    lines.append(_spool_line(settings))
     return lines
+
+
+def _spool_line(settings: Settings) -> SummaryLine:
+    """Where received instances are kept: the local folder, and the bucket when there is
+    one (whether credentials are set, never their values)."""
+    fields: dict[str, Any] = {"local": str(settings.spool_dir)}
+    if settings.spool_url is not None:
+        s3 = settings.s3
+        fields |= {"bucket_url": settings.spool_url, "endpoint": s3.endpoint_url or "AWS"}
+        fields |= {"ack": s3.ack, "key_set": s3.secret_access_key is not None}
+    return SummaryLine("spool_configured", "info", fields)
 
 
 def log_startup_summary(log: Any, lines: list[SummaryLine]) -> None:

@@ -8,7 +8,8 @@ closes association records left open, re-indexes spool files the journal lost), 
   the port stops start-up with an error naming ``port`` instead of sharing it), so parallel
   associations use several cores and no job runner's CPU ever slows an association;
 * one dispatcher process running the assemble loop (:func:`listener.assemble.release_loop`)
-  with the route stage as its callback, the outbox deliverer and the retention purger;
+  with the route stage as its callback, the outbox deliverer, the retention purger and, with
+  ``spool_url: s3://...``, the spool uploader;
 * ``job_runners`` job-runner processes (:mod:`listener.serve.loops`), each running several jobs
   at once;
 * in the supervisor itself, the model emulator for models without an endpoint.
@@ -60,6 +61,7 @@ from listener.serve.loops import (
     run_job_runner,
     run_purger,
     run_sweeper,
+    run_uploader,
 )
 from listener.serve.summary import log_startup_summary, startup_summary
 from listener.serve.syslog import run_shipper
@@ -68,8 +70,10 @@ from listener.store.audit import AuditTrail
 from listener.store.db import DatabaseError
 from listener.store.executors import ExecutorBeat, Executors, owner_name, run_heartbeat
 from listener.store.journal import Journal
+from listener.store.objects import check_spool_bucket
 from listener.store.records import SupervisedProcess, SupervisedRecords
 from listener.store.spool import Spool, reindex
+from listener.store.uploads import shared_spool
 from listener.timing import backoff_delay
 
 STOP_GRACE_S = 10.0
@@ -82,6 +86,7 @@ _PR_SET_PDEATHSIG = 1
 def prepare_data_dir(settings: Settings, now: float) -> None:
     """Start-up housekeeping before any child runs (see the module docstring)."""
     log = get_logger("service")
+    check_spool_bucket(settings)
     spool = Spool(settings.spool_dir, settings.quarantine_dir)
     removed = spool.clean_temporary()
     journal = Journal(settings.journal_database)
@@ -158,13 +163,20 @@ def run_receiver(
     plain port unless it is 0, then the DICOM TLS port when configured)."""
     stop = _child_setup(settings, "receive")
     spool = Spool(
-        settings.spool_dir, settings.quarantine_dir, min_free_mb=settings.disk_min_free_mb
+        settings.spool_dir,
+        settings.quarantine_dir,
+        min_free_mb=settings.disk_min_free_mb,
+        shared=shared_spool(settings),
     )
     journal = Journal(settings.journal_database)
     audit = AuditTrail.open(settings)
     receiver = Receiver(
         settings, spool, journal, counter=AssociationCounter(shared, slot), audit=audit
     )
+    if settings.role == "receive" and slot == 0:  # a host of receivers has no dispatcher
+        threading.Thread(
+            target=run_uploader, args=(settings, stop), name="spool-uploader", daemon=True
+        ).start()
     tls_flags = ([False] if settings.port else []) + ([True] if settings.tls.enabled else [])
     servers = [
         start_server(settings, receiver, listener=listener, tls=tls)
@@ -202,6 +214,13 @@ def dispatcher_main(settings: Settings) -> None:
         daemon=True,
     )
     sweeper.start()
+    # The uploader runs where the received files are: here on a single host, in the first
+    # receive process of a receive host (role receive).
+    spool_uploader = threading.Thread(
+        target=run_uploader, args=(settings, stop), name="spool-uploader", daemon=True
+    )
+    if settings.role == "all":
+        spool_uploader.start()
     shipper = None
     if settings.audit.syslog_host is not None and pipeline.audit is not None:
         shipper = threading.Thread(
@@ -223,6 +242,8 @@ def dispatcher_main(settings: Settings) -> None:
         deliverer.join(STOP_GRACE_S)
         purger.join(STOP_GRACE_S)
         sweeper.join(STOP_GRACE_S)
+        if spool_uploader.is_alive():
+            spool_uploader.join(STOP_GRACE_S)
         if shipper is not None:
             shipper.join(STOP_GRACE_S)
         journal.close()

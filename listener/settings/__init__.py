@@ -79,6 +79,8 @@ from listener.settings.sections import (
 from listener.settings.sections import (
     module_available as module_available,
 )
+from listener.settings.storage import S3Settings as S3Settings
+from listener.settings.storage import split_spool_url
 
 
 class Settings(BaseSettings):
@@ -105,6 +107,12 @@ class Settings(BaseSettings):
         " database (receivers and workers on several hosts share it); sqlite:///PATH another"
         " SQLite file",
     )
+    spool_url: str | None = Field(
+        default=None,
+        description="s3://bucket/prefix: every instance is also kept in that bucket (see s3);"
+        " None: the local folder data_dir/spool only",
+    )
+    s3: S3Settings = Field(default_factory=S3Settings)
     quiet_period_s: float = Field(default=10.0, gt=0, le=86400)
     max_study_wait_s: float | None = Field(
         default=3600.0,
@@ -253,6 +261,13 @@ class Settings(BaseSettings):
         if self.port == 0 and not self.tls.enabled:
             raise ValueError("port: 0 turns the plain listener off, which needs tls.cert_file")
         return self
+
+    @field_validator("spool_url")
+    @classmethod
+    def _spool_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_spool_url(value)
+        return value
 
     @field_validator("ae_titles")
     @classmethod
@@ -406,7 +421,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         for error in exc.errors():
             name = _setting_name(error["loc"])
             secret = any(
-                str(part).endswith(("key", "token", "password", "auth", "database_url"))
+                str(part).endswith(("key", "key_id", "token", "password", "auth", "database_url"))
                 for part in error["loc"]
             ) or isinstance(error.get("input"), dict)  # a section's values may hold secrets
             shown = "" if secret else f" (got {error.get('input')!r})"

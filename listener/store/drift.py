@@ -12,7 +12,7 @@ plot and ``pacs-ai drift``. A group that turns drifted raises an audit event (th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -76,7 +76,12 @@ def group_key(facts: dict[str, str], keys: Sequence[str]) -> str:
     return ",".join(f"{key}={facts.get(key) or '-'}" for key in keys)
 
 
-def drift_facts(journal: Journal, spool_dir: Path, study_uid: str) -> dict[str, str]:
+def drift_facts(
+    journal: Journal,
+    spool_dir: Path,
+    study_uid: str,
+    fetch: Callable[[Path], Path] | None = None,
+) -> dict[str, str]:
     """The grouping facts of a study: its calling AE title, its first instance's modality and
     body part (Body Part Examined, read from that instance's header)."""
     facts: dict[str, str] = {}
@@ -87,8 +92,9 @@ def drift_facts(journal: Journal, spool_dir: Path, study_uid: str) -> dict[str, 
     if records:
         facts["modality"] = records[0].modality or ""
         try:
+            first = spool_dir / records[0].path
             header = dcmread(
-                spool_dir / records[0].path,
+                fetch(first) if fetch else first,
                 stop_before_pixels=True,
                 specific_tags=["BodyPartExamined"],
             )

@@ -26,6 +26,7 @@ power failure gets them back (:func:`~listener.store.spool.reindex`).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -491,8 +492,10 @@ def _study_info(row: tuple[object, ...]) -> StudyInfo:
     return StudyInfo(*values)  # type: ignore[arg-type]
 
 
-def instance_paths(journal: Journal, spool_dir: Path, study_uid: str) -> dict[str, Path]:
-    """The spool files of a study's instances, by SOP Instance UID."""
-    return {
-        record.sop_instance_uid: spool_dir / record.path for record in journal.instances(study_uid)
-    }
+def instance_paths(
+    journal: Journal, spool_dir: Path, study_uid: str, fetch: Callable[[Path], Path] | None = None
+) -> dict[str, Path]:
+    """The spool files of a study's instances, by SOP Instance UID; ``fetch`` brings each to
+    this host first when given (:meth:`listener.store.objects.SpoolFiles.local`)."""
+    paths = {r.sop_instance_uid: spool_dir / r.path for r in journal.instances(study_uid)}
+    return {uid: fetch(path) for uid, path in paths.items()} if fetch else paths

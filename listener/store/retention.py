@@ -17,6 +17,10 @@ the instance rows of removed originals deleted and the purge marked ``done``. A 
 between leaves an ``intent`` row that start-up completes (:meth:`Retention.complete_interrupted`),
 so the journal never points at a purged file for long and no purged file comes back by
 re-indexing (its rows go only after the file is gone).
+
+With ``spool_url: s3://...`` a study's originals are the journal's instance rows and its
+results what this host or the bucket holds (this host may hold none of the files), and a purge
+deletes their objects from the bucket too (``bucket``, before the rows go, so a crash redoes it).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from listener.store.db import Connection, Database
 from listener.store.jobs import JobState
 from listener.store.journal import StudyState
 from listener.store.outbox import EntryState
+from listener.store.uploads import BucketPurge
 
 _log = get_logger("retention")
 
@@ -69,8 +74,10 @@ class Retention:
         results_dir: Path,
         quarantine_dir: Path,
         policy: RetentionPolicy,
+        bucket: BucketPurge | None = None,
     ) -> None:
         self.db = database
+        self.bucket = bucket
         self.data_dir = data_dir
         self.roots = {"originals": spool_dir, "results": results_dir, "quarantine": quarantine_dir}
         self.policy = policy
@@ -105,8 +112,17 @@ class Retention:
         return [str(uid) for uid, settled_at in rows if float(settled_at) <= older_than]
 
     def _study_files(self, kind: str, study_uid: str) -> list[Path]:
+        if kind == "originals" and self.bucket is not None:
+            with self.db.read() as db:
+                rows = db.execute(
+                    "SELECT path FROM instances WHERE study_uid = ? ORDER BY path", (study_uid,)
+                ).fetchall()
+            return [self.roots[kind] / str(path) for (path,) in rows]
         folder = self.roots[kind] / study_uid
-        return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+        here = {p for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else set()
+        if self.bucket is not None and kind == "results":
+            here |= set(self.bucket.stored_under(folder))
+        return sorted(here)
 
     def _old_quarantine(self, older_than: float) -> list[Path]:
         folder = self.roots["quarantine"]
@@ -176,6 +192,8 @@ class Retention:
             spool_paths = [p.removeprefix(spool_root) for p in relative]
         else:
             spool_paths = []
+        if self.bucket is not None and kind != "quarantine":
+            self.bucket.remove([self.data_dir / path for path in relative])
         with self.db.transaction() as db:
             _delete_instances(db, spool_paths)
             db.execute(

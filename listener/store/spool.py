@@ -22,7 +22,7 @@ import shutil
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from listener.errors import (
     InvalidDatasetError,
@@ -44,6 +44,9 @@ from listener.store.header import (
 )
 from listener.store.journal import AssociationRecord, Journal
 from listener.timing import utc_text
+
+if TYPE_CHECKING:
+    from listener.store.uploads import SharedSpool
 
 __all__ = [
     "DEFAULT_MAX_INFLATED",
@@ -151,8 +154,17 @@ def _fsync_dir(path: Path) -> None:
 class Spool:
     """Durable writes of received instances under one root folder."""
 
-    def __init__(self, root: Path, quarantine: Path, *, min_free_mb: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        quarantine: Path,
+        *,
+        min_free_mb: int = 0,
+        shared: SharedSpool | None = None,
+    ) -> None:
         self.root = root
+        # The S3 bucket a claimed instance goes to (listener.store.uploads); None: local only.
+        self.shared = shared
         self.quarantine_dir = quarantine
         self.min_free_mb = min_free_mb
         self.tmp = root / TMP_DIR
