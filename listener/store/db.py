@@ -212,6 +212,8 @@ class Connection:
                     " COMMIT"
                 )
         except (sqlite3.Error, _pg_error()) as exc:
+            if self.dialect is POSTGRESQL:
+                self.rollback()  # a failed script leaves its transaction open
             raise self._neutral(exc) from exc
 
     def columns(self, table: str) -> set[str]:

@@ -103,3 +103,43 @@ def test_two_processes_never_claim_the_same_job_entry_or_study(
         assert len(set(mine)) == len(mine) and len(set(theirs)) == len(theirs)
         assert not set(mine) & set(theirs), f"{kind} claimed twice"
         assert len(mine) + len(theirs) == N, kind
+
+
+# One receiver: records its share of the instances of the same studies the other one records.
+RECEIVER = """
+import pathlib, sys, time
+from listener.settings.database import DatabaseUrl
+from listener.store.journal import InstanceRecord, Journal
+
+where, start, parity = sys.argv[1], sys.argv[2], int(sys.argv[3])
+journal = Journal(DatabaseUrl.parse(where) if "://" in where else pathlib.Path(where))
+while not pathlib.Path(start).exists():
+    time.sleep(0.001)
+for i in range(parity, 200, 2):
+    study, series = f"1.2.{i // 2 % 10}", f"1.2.{i // 2 % 10}.{parity}"
+    record = InstanceRecord(f"1.3.{i}", "1.2.840", study, series, "CT", "1.2", "p", 1, 1.0, 0)
+    assert journal.record_instance(record, quiet_period_s=1.0)
+"""
+
+
+def test_a_study_split_over_two_receivers_assembles_once(
+    journal_db: JournalDb, tmp_path: Path
+) -> None:
+    """Two receiver processes record the instances of the same ten studies at once (each study's
+    series split between them): every instance is journaled, each study once, and it is
+    released once with all its instances."""
+    Journal(journal_db).close()  # the tables, as the supervisor creates them before receivers
+    start = tmp_path / "start"
+    receivers = [
+        subprocess.Popen([sys.executable, "-c", RECEIVER, _where(journal_db), str(start), str(n)])
+        for n in (0, 1)
+    ]
+    start.touch()
+    assert [receiver.wait(timeout=240) for receiver in receivers] == [0, 0]
+    journal = Journal(journal_db)
+    released = journal.release_due_studies(NOW)
+    assert sorted(s.study_uid for s in released) == [f"1.2.{i}" for i in range(10)]
+    assert {(s.generation, s.instance_count) for s in released} == {(0, 20)}
+    assert journal.release_due_studies(NOW) == []
+    assert all(study.series_count == 2 for study in journal.studies())
+    journal.close()

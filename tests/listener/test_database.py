@@ -100,7 +100,7 @@ def test_unreachable_postgresql_stops_the_gateway_with_a_clear_error(tmp_path: P
 def test_rows_types_and_errors_are_the_same_on_both_engines(journal_db: JournalDb) -> None:
     """Rows read by name and by index; a Unix time keeps its microseconds, a boolean is 0 or 1,
     bytes come back as bytes; a missing table and a bad statement raise the neutral errors,
-    and a failed transaction leaves the connection usable."""
+    and a failed transaction or schema script leaves the connection usable."""
     database = Database(journal_db)
     with database.read() as db:
         db.executescript(
@@ -134,6 +134,9 @@ def test_rows_types_and_errors_are_the_same_on_both_engines(journal_db: JournalD
         insert_twice()
     with database.read() as db:
         assert db.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 1  # rolled back
+        with pytest.raises(DatabaseError):
+            db.executescript("CREATE TABLE u (x INTEGER); CREATE TABLE t (x INTEGER)")
+        assert db.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 1  # still usable
     database.close()
 
 
