@@ -27,6 +27,7 @@ from listener.admin.pictures import study_picture
 from listener.admin.readiness import readiness
 from listener.admin.security import BrowserGuard, SecurityHeaders, TokenGuard, allowed_hosts
 from listener.admin.state import AdminState
+from listener.admin.study_page import render_study_page
 from listener.errors import ConfigError
 from listener.logging import get_logger
 from listener.route.load import effective_rules
@@ -99,14 +100,9 @@ class _Handlers:
 
     def similar(self, request: Request) -> Response:
         """The instances most like one (listener.store.vector_index), with optional filters."""
-        query = request.query_params
         try:
-            top = int(query.get("top", "5"))
-            where = SimilarFilter(
-                query.get("modality") or None,
-                date.fromisoformat(query["since"]) if query.get("since") else None,
-                date.fromisoformat(query["until"]) if query.get("until") else None,
-            )
+            top = int(request.query_params.get("top", "5"))
+            where = _similar_filter(request)
         except ValueError:
             return _error(400, "top: a whole number; since, until: YYYY-MM-DD")
         if not 1 <= top <= 100:
@@ -237,6 +233,17 @@ class _Handlers:
             render_dashboard(self.state, show_patient=_flag(request, "show_patient"))
         )
 
+    def study_page(self, request: Request) -> Response:
+        """One study's page with its similar studies (listener.admin.study_page)."""
+        try:
+            where = _similar_filter(request)
+        except ValueError:
+            return _error(400, "since, until: YYYY-MM-DD")
+        page = render_study_page(self.state, request.path_params["uid"], where)
+        if page is None:
+            return _error(404, "no such study")
+        return HTMLResponse(page)
+
     def dashboard_script(self, _: Request) -> Response:
         return Response(SCRIPT, media_type="text/javascript")
 
@@ -244,10 +251,21 @@ class _Handlers:
         return Response(STYLE, media_type="text/css")
 
 
+def _similar_filter(request: Request) -> SimilarFilter:
+    """The modality and received-date filter of a similarity query (ValueError: a bad date)."""
+    query = request.query_params
+    return SimilarFilter(
+        query.get("modality") or None,
+        date.fromisoformat(query["since"]) if query.get("since") else None,
+        date.fromisoformat(query["until"]) if query.get("until") else None,
+    )
+
+
 def _routes(state: AdminState) -> list[Route]:
     handlers = _Handlers(state)
     return [
         Route("/", handlers.dashboard),
+        Route("/studies/{uid}", handlers.study_page),
         Route("/dashboard.js", handlers.dashboard_script),
         Route("/dashboard.css", handlers.dashboard_style),
         Route("/healthz", handlers.healthz),
