@@ -32,6 +32,7 @@ filtered rows answers instead, so a narrow filter never returns fewer neighbours
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -45,8 +46,8 @@ from listener.store.embeddings import EmbeddingStore, Neighbour
 
 DIMENSIONS = 1024
 EXACT_BELOW = 20_000  # fewer vectors: exact float32 scan (a few milliseconds), no training
-CANDIDATES = 2_000  # re-ranked exactly per query; recall@10 0.99+ at 1M (bench/README.md)
-TRAIN_AT_MOST = 50_000  # vectors the codes are trained on (faiss samples 4,096 per codebook)
+CANDIDATES = 1_000  # re-ranked exactly per query: recall@10 0.99+ at 1M (bench/README.md)
+TRAIN_AT_MOST = 16_384  # vectors the codes are trained on (k-means samples 4,096 of them)
 BATCH = 20_000  # rows read from the journal at a time
 
 
@@ -70,6 +71,26 @@ def new_index(dimensions: int = DIMENSIONS, compressed: bool = True) -> faiss.In
     return faiss.IndexIDMap2(faiss.index_factory(dimensions, spec, faiss.METRIC_INNER_PRODUCT))
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run faiss on one OpenMP thread for the block (the setting is the calling thread's own).
+    Training and single-query searches are many short parallel regions whose threads spin
+    waiting for each other; on two cores shared with other work, training 16,384 vectors took
+    143 s on two threads and 9 s on one (bench/README.md)."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def train(index: faiss.IndexIDMap2, vectors: npt.NDArray[np.float32]) -> None:
+    """Train a compressed index's codes on (up to ``TRAIN_AT_MOST`` of) ``vectors``."""
+    with one_thread():
+        index.train(np.ascontiguousarray(vectors[:TRAIN_AT_MOST], dtype=np.float32))
+
+
 def knn(
     index: faiss.IndexIDMap2, queries: npt.NDArray[np.float32], k: int
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
@@ -80,7 +101,10 @@ def knn(
     if isinstance(faiss.downcast_index(index.index), faiss.IndexRefine):
         params = faiss.IndexRefineSearchParameters()
         params.k_factor = max(CANDIDATES / k, 1.0)
-    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)
+    with one_thread():
+        scores, ids = index.search(
+            np.ascontiguousarray(queries, dtype=np.float32), k, params=params
+        )
     return scores, ids
 
 
@@ -119,7 +143,7 @@ class VectorIndex:
         added = 0
         if not self.compressed and len(self) + self._count_after(known) >= self.exact_below:
             self.index = new_index(compressed=True)
-            self.index.train(next(self._batches(0, TRAIN_AT_MOST))[1])
+            train(self.index, next(self._batches(0, TRAIN_AT_MOST))[1])
             known = 0
             added = -len(self)
         for keys, vectors in self._batches(known, BATCH):
