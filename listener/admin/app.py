@@ -32,10 +32,9 @@ from listener.errors import ConfigError
 from listener.logging import get_logger
 from listener.route.load import effective_rules
 from listener.route.model import rules_fingerprint
-from listener.store.embeddings import EmbeddingStore
 from listener.store.jobs import JobState
 from listener.store.retry import retry_job
-from listener.store.vector_index import SimilarFilter, similar
+from listener.store.vector_index import SimilarFilter
 
 _log = get_logger("admin")
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -107,19 +106,10 @@ class _Handlers:
             return _error(400, "top: a whole number; since, until: YYYY-MM-DD")
         if not 1 <= top <= 100:
             return _error(400, "top: 1 to 100")
-        store = EmbeddingStore(self.state.db_path)
         try:
-            found = similar(
-                store,
-                self.state.settings.data_dir / "index",
-                request.path_params["uid"],
-                top,
-                where,
-            )
+            found = self.state.similar(request.path_params["uid"], top, where)
         except KeyError:
             return _error(404, "no embedding for this instance")
-        finally:
-            store.close()
         return JSONResponse([dataclasses.asdict(n) for n in found])
 
     def drift(self, request: Request) -> Response:

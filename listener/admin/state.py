@@ -9,12 +9,14 @@ from pathlib import Path
 
 from listener.settings import Settings
 from listener.store.audit import AuditTrail
+from listener.store.embeddings import EmbeddingStore, Neighbour
 from listener.store.flags import StudyFlags
 from listener.store.jobs import JobStore
 from listener.store.journal import Journal
 from listener.store.outbox import Outbox
 from listener.store.records import AdminRecords
 from listener.store.spool import Spool
+from listener.store.vector_index import OpenIndexes, SimilarFilter, similar
 
 
 @dataclass
@@ -30,6 +32,7 @@ class AdminState:
     clock: Callable[[], float] = field(default=time.time)
     audit: AuditTrail | None = None
     flags: StudyFlags | None = None  # review/OOD flags and OOD scores (listener.store.flags)
+    indexes: OpenIndexes | None = None  # similarity indexes (listener.store.vector_index)
 
     @property
     def db_path(self) -> Path:
@@ -39,11 +42,27 @@ class AdminState:
     def results_dir(self) -> Path:
         return self.settings.data_dir / "results"
 
+    def similar(
+        self, sop_instance_uid: str, top: int, where: SimilarFilter | None = None
+    ) -> list[Neighbour]:
+        """The instances most like one (KeyError: no embedding), through the open indexes."""
+        if self.indexes is None:
+            store = EmbeddingStore(self.db_path)
+            try:
+                return similar(
+                    store, self.settings.data_dir / "index", sop_instance_uid, top, where
+                )
+            finally:
+                store.close()
+        return self.indexes.similar(sop_instance_uid, top, where)
+
     def close(self) -> None:
         for store in (self.journal, self.jobs, self.outbox, self.records):
             store.close()
         if self.flags is not None:
             self.flags.close()
+        if self.indexes is not None:
+            self.indexes.store.close()
         if self.audit is not None:
             self.audit.close()
 
@@ -65,4 +84,5 @@ def open_state(settings: Settings, clock: Callable[[], float] = time.time) -> Ad
         clock=clock,
         audit=AuditTrail.open(settings, clock),
         flags=StudyFlags(settings.journal_path),
+        indexes=OpenIndexes(EmbeddingStore(settings.journal_path), settings.data_dir / "index"),
     )

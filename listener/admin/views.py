@@ -17,7 +17,7 @@ from listener.store.embeddings import EmbeddingStore
 from listener.store.jobs import Job, JobState
 from listener.store.journal import StudyInfo, StudyState
 from listener.store.outbox import EntryState, OutboxEntry
-from listener.store.vector_index import SimilarFilter, similar
+from listener.store.vector_index import SimilarFilter
 
 Json = dict[str, Any]
 _ACTIVE_JOBS = (JobState.SCHEDULED, JobState.IN_PROGRESS)
@@ -232,12 +232,12 @@ def similar_studies(
     store = EmbeddingStore(state.db_path)
     try:
         first = store.first_instance(study_uid)
-        if first is None:
-            return []
         own = store.instance_count(study_uid)
-        found = similar(store, state.settings.data_dir / "index", first, top * 4 + own, where)
     finally:
         store.close()
+    if first is None:
+        return []
+    found = state.similar(first, top * 4 + own, where)
     rows: dict[str, Json] = {}
     for n in found:
         if n.study_uid == study_uid or n.study_uid in rows:

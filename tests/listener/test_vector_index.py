@@ -14,7 +14,7 @@ from listener.cli.common import EXIT_OK
 from listener.cli.main import main
 from listener.store.embeddings import EmbeddingStore
 from listener.store.journal import InstanceRecord, Journal
-from listener.store.vector_index import SimilarFilter, VectorIndex, similar
+from listener.store.vector_index import OpenIndexes, SimilarFilter, VectorIndex, similar
 
 DAY = 86400.0
 
@@ -126,3 +126,21 @@ def test_similar_command_with_a_date_range(
     lines = capsys.readouterr().out.splitlines()[1:]
     assert len(lines) == 10
     assert {int(line.split("\t")[1].rsplit(".", 1)[1]) % 3 for line in lines} == {2}
+
+
+def test_open_indexes_keep_one_index_and_catch_up(tmp_path: Path) -> None:
+    """The admin server's open indexes load a model version's index once and find an embedding
+    stored after the first query on the next one."""
+    path = tmp_path / "journal.sqlite"
+    uids = _stored(path, 50)
+    store = EmbeddingStore(path)
+    indexes = OpenIndexes(store, tmp_path / "index")
+    first = indexes.similar(uids[0], 3)
+    index = indexes._open["v1"]
+    found = store.get(uids[0])
+    assert found is not None
+    store.put("9.9.9", "9.9", list(found[1] + 0.01), "v1", now=2.0)
+    assert indexes.similar(uids[0], 3)[0].sop_instance_uid == "9.9.9"
+    assert indexes._open["v1"] is index and len(index) == 51
+    assert first[0].sop_instance_uid != "9.9.9"
+    store.close()
