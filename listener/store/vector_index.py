@@ -31,6 +31,7 @@ filtered rows answers instead, so a narrow filter never returns fewer neighbours
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -150,9 +151,11 @@ class VectorIndex:
         for keys, vectors in self._batches(known, BATCH):
             self.index.add_with_ids(vectors, keys)
             added += len(keys)
-        if added:
+        if added:  # written beside, then renamed: a reader never opens a half-written file
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            faiss.write_index(self.index, str(self.path))
+            partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.partial")
+            faiss.write_index(self.index, str(partial))
+            partial.replace(self.path)
         return max(added, 0)
 
     def _count_after(self, key: int) -> int:
