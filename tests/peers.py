@@ -38,6 +38,36 @@ def nodelay_env(**extra: str) -> dict[str, str]:
     return env
 
 
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
+
+
+def chromium(profile: Path, *args: str) -> str:
+    """Run headless Chromium with a fresh profile folder (e.g. ``--dump-dom URL``: the page's
+    DOM after its scripts ran); its standard output."""
+    exe = shutil.which("chromium")
+    assert exe is not None, "chromium is missing: run scripts/install-system-deps"
+    result = subprocess.run(
+        [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=nodelay_env(),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
 def wait_for(what: str, check: Any, timeout: float = 240.0) -> Any:
     """Poll ``check`` every half second until it returns something true, and return that;
     fail naming ``what`` after ``timeout`` seconds."""

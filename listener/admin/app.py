@@ -27,14 +27,14 @@ from listener.admin.pictures import study_picture
 from listener.admin.readiness import readiness
 from listener.admin.security import BrowserGuard, SecurityHeaders, TokenGuard, allowed_hosts
 from listener.admin.state import AdminState
+from listener.admin.study_page import render_study_page
 from listener.errors import ConfigError
 from listener.logging import get_logger
 from listener.route.load import effective_rules
 from listener.route.model import rules_fingerprint
-from listener.store.embeddings import EmbeddingStore
 from listener.store.jobs import JobState
 from listener.store.retry import retry_job
-from listener.store.vector_index import SimilarFilter, similar
+from listener.store.vector_index import SimilarFilter
 
 _log = get_logger("admin")
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -99,31 +99,17 @@ class _Handlers:
 
     def similar(self, request: Request) -> Response:
         """The instances most like one (listener.store.vector_index), with optional filters."""
-        query = request.query_params
         try:
-            top = int(query.get("top", "5"))
-            where = SimilarFilter(
-                query.get("modality") or None,
-                date.fromisoformat(query["since"]) if query.get("since") else None,
-                date.fromisoformat(query["until"]) if query.get("until") else None,
-            )
+            top = int(request.query_params.get("top", "5"))
+            where = _similar_filter(request)
         except ValueError:
             return _error(400, "top: a whole number; since, until: YYYY-MM-DD")
         if not 1 <= top <= 100:
             return _error(400, "top: 1 to 100")
-        store = EmbeddingStore(self.state.db_path)
         try:
-            found = similar(
-                store,
-                self.state.settings.data_dir / "index",
-                request.path_params["uid"],
-                top,
-                where,
-            )
+            found = self.state.similar(request.path_params["uid"], top, where)
         except KeyError:
             return _error(404, "no embedding for this instance")
-        finally:
-            store.close()
         return JSONResponse([dataclasses.asdict(n) for n in found])
 
     def drift(self, request: Request) -> Response:
@@ -237,6 +223,17 @@ class _Handlers:
             render_dashboard(self.state, show_patient=_flag(request, "show_patient"))
         )
 
+    def study_page(self, request: Request) -> Response:
+        """One study's page with its similar studies (listener.admin.study_page)."""
+        try:
+            where = _similar_filter(request)
+        except ValueError:
+            return _error(400, "since, until: YYYY-MM-DD")
+        page = render_study_page(self.state, request.path_params["uid"], where)
+        if page is None:
+            return _error(404, "no such study")
+        return HTMLResponse(page)
+
     def dashboard_script(self, _: Request) -> Response:
         return Response(SCRIPT, media_type="text/javascript")
 
@@ -244,10 +241,21 @@ class _Handlers:
         return Response(STYLE, media_type="text/css")
 
 
+def _similar_filter(request: Request) -> SimilarFilter:
+    """The modality and received-date filter of a similarity query (ValueError: a bad date)."""
+    query = request.query_params
+    return SimilarFilter(
+        query.get("modality") or None,
+        date.fromisoformat(query["since"]) if query.get("since") else None,
+        date.fromisoformat(query["until"]) if query.get("until") else None,
+    )
+
+
 def _routes(state: AdminState) -> list[Route]:
     handlers = _Handlers(state)
     return [
         Route("/", handlers.dashboard),
+        Route("/studies/{uid}", handlers.study_page),
         Route("/dashboard.js", handlers.dashboard_script),
         Route("/dashboard.css", handlers.dashboard_style),
         Route("/healthz", handlers.healthz),

@@ -28,7 +28,7 @@ STAGES = ("receiving", "ready", "processing", "sending", "done", "failed")
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
 header{background:#1d2330;color:#fff;padding:10px 20px;display:flex;gap:20px;align-items:center}
-header h1{font-size:18px;margin:0}.ok{color:#7be07b}.bad{color:#ff8080}
+header h1{font-size:18px;margin:0}header a{color:inherit}.ok{color:#7be07b}.bad{color:#ff8080}
 main{padding:12px 20px}section{background:#fff;border-radius:6px;padding:10px 14px;margin:0 0 12px}
 h2{font-size:15px;margin:0 0 8px}table{border-collapse:collapse;width:100%}
 td,th{text-align:left;padding:3px 8px;border-bottom:1px solid #e3e5ea;font-size:13px}
@@ -99,7 +99,7 @@ def _studies(state: AdminState, summaries: list[dict[str, Any]], show_patient: b
         uid = escape(s["study_uid"])
         patient = f"<td>{escape(str(s.get('patient_id') or ''))}</td>" if show_patient else ""
         rows.append(
-            f'<tr data-study-uid="{uid}"><td class=uid><a href="/api/studies/{uid}">{uid}</a></td>'
+            f'<tr data-study-uid="{uid}"><td class=uid><a href="/studies/{uid}">{uid}</a></td>'
             f"{patient}<td>{escape(s['stage'])}</td><td>{s['instances']}</td>"
             f"<td>{_counts(s['jobs'])}</td><td>{s['results']}</td><td>{_counts(s['sends'])}</td>"
             f"<td>{_time(s['last_received_at'])}</td><td>{_ood(s.get('ood_score'))}</td>"

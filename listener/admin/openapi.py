@@ -76,7 +76,7 @@ def openapi_schema() -> dict[str, Any]:
                 media="image/png",
             ),
             "/api/similar/{uid}": _get(
-                "The instances most like one (MedImageInsight embeddings, HNSW index)",
+                "The instances most like one (MedImageInsight embeddings, similarity index)",
                 params=[
                     _path("uid"),
                     _query("top", "how many, 1 to 100 (default 5)"),

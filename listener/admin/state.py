@@ -12,6 +12,7 @@ from listener.errors import ObjectStoreError
 from listener.settings import Settings
 from listener.settings.database import DatabaseUrl
 from listener.store.audit import AuditTrail
+from listener.store.embeddings import EmbeddingStore, Neighbour
 from listener.store.flags import StudyFlags
 from listener.store.jobs import JobStore
 from listener.store.journal import Journal
@@ -20,6 +21,7 @@ from listener.store.outbox import Outbox
 from listener.store.records import AdminRecords
 from listener.store.spool import Spool
 from listener.store.uploads import shared_spool
+from listener.store.vector_index import OpenIndexes, SimilarFilter, similar
 
 
 @dataclass
@@ -46,6 +48,8 @@ class AdminState:
                 self.files.local(path)
         return path
 
+    indexes: OpenIndexes | None = None  # similarity indexes (listener.store.vector_index)
+
     @property
     def db_path(self) -> DatabaseUrl:
         """Where the journal's tables live (``str()`` hides any password)."""
@@ -55,11 +59,27 @@ class AdminState:
     def results_dir(self) -> Path:
         return self.settings.data_dir / "results"
 
+    def similar(
+        self, sop_instance_uid: str, top: int, where: SimilarFilter | None = None
+    ) -> list[Neighbour]:
+        """The instances most like one (KeyError: no embedding), through the open indexes."""
+        if self.indexes is None:
+            store = EmbeddingStore(self.db_path)
+            try:
+                return similar(
+                    store, self.settings.data_dir / "index", sop_instance_uid, top, where
+                )
+            finally:
+                store.close()
+        return self.indexes.similar(sop_instance_uid, top, where)
+
     def close(self) -> None:
         for store in (self.journal, self.jobs, self.outbox, self.records):
             store.close()
         if self.flags is not None:
             self.flags.close()
+        if self.indexes is not None:
+            self.indexes.store.close()
         if self.audit is not None:
             self.audit.close()
         if self.spool.shared is not None:
@@ -87,4 +107,5 @@ def open_state(settings: Settings, clock: Callable[[], float] = time.time) -> Ad
         audit=AuditTrail.open(settings, clock),
         flags=StudyFlags(settings.journal_database),
         files=spool_files(settings),
+        indexes=OpenIndexes(EmbeddingStore(settings.journal_database), settings.data_dir / "index"),
     )

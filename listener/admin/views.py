@@ -17,7 +17,7 @@ from listener.store.embeddings import EmbeddingStore
 from listener.store.jobs import Job, JobState
 from listener.store.journal import StudyInfo, StudyState
 from listener.store.outbox import EntryState, OutboxEntry
-from listener.store.vector_index import similar
+from listener.store.vector_index import SimilarFilter
 
 Json = dict[str, Any]
 _ACTIVE_JOBS = (JobState.SCHEDULED, JobState.IN_PROGRESS)
@@ -222,26 +222,34 @@ def study_timeline(state: AdminState, info: StudyInfo, *, show_patient: bool = F
     return data
 
 
-def similar_studies(state: AdminState, study_uid: str, top: int = 5) -> list[Json]:
-    """The instances most like the study's first embedded one, from other studies (the HNSW
-    index, listener.store.vector_index); empty when the study has no embedding."""
+def similar_studies(
+    state: AdminState, study_uid: str, top: int = 5, where: SimilarFilter | None = None
+) -> list[Json]:
+    """The other studies most like this one, best first, one row per study (its most similar
+    instance), from the similarity index (listener.store.vector_index) with the same filters as
+    ``pacs-ai similar``; the query is the study's first embedded instance. Empty when the study
+    has no embedding."""
     store = EmbeddingStore(state.db_path)
     try:
         first = store.first_instance(study_uid)
-        if first is None:
-            return []
-        found = similar(store, state.settings.data_dir / "index", first, top + 5)
+        own = store.instance_count(study_uid)
     finally:
         store.close()
-    others = [n for n in found if n.study_uid != study_uid][:top]
-    return [
-        {
+    if first is None:
+        return []
+    found = state.similar(first, top * 4 + own, where)
+    rows: dict[str, Json] = {}
+    for n in found:
+        if n.study_uid == study_uid or n.study_uid in rows:
+            continue
+        rows[n.study_uid] = {
             "study_uid": n.study_uid,
             "sop_instance_uid": n.sop_instance_uid,
             "similarity": n.similarity,
+            "modality": n.modality,
+            "received_at": n.received_at,
         }
-        for n in others
-    ]
+    return list(rows.values())[:top]
 
 
 def stage_counts(state: AdminState) -> dict[str, int]:

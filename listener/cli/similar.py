@@ -1,5 +1,5 @@
 """``pacs-ai similar SOP_INSTANCE_UID``: the instances most like one, by their MedImageInsight
-embeddings (cosine similarity, same model version), through the HNSW index
+embeddings (cosine similarity, same model version), through the similarity index
 (:mod:`listener.store.vector_index`), optionally only of one modality or received in a date
 range; ``--exact`` compares with every stored vector instead."""
 

@@ -37,11 +37,14 @@ CREATE INDEX IF NOT EXISTS embeddings_study ON embeddings (study_uid);
 
 @dataclass(frozen=True)
 class Neighbour:
-    """A stored instance and its cosine similarity to the query."""
+    """A stored instance and its cosine similarity to the query (with its modality and receive
+    time when the answer came through the index, which joins the journal for its filters)."""
 
     sop_instance_uid: str
     study_uid: str
     similarity: float
+    modality: str | None = None
+    received_at: float | None = None
 
 
 def unit(vector: Sequence[float] | npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
@@ -169,6 +172,14 @@ class EmbeddingStore(JournalTables):
                 (study_uid,),
             ).fetchone()
         return None if row is None else str(row[0])
+
+    def instance_count(self, study_uid: str) -> int:
+        """How many instances of the study have an embedding (any model version)."""
+        with self.db.read() as db:
+            row = db.execute(
+                "SELECT COUNT(*) FROM embeddings WHERE study_uid = ?", (study_uid,)
+            ).fetchone()
+        return int(row[0])
 
     def count(self) -> int:
         with self.db.read() as db:

@@ -101,7 +101,15 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
     yield from _start(tmp_path)
 
 
-READ_PATHS = ("/", "/api/studies", f"/api/studies/{STUDY}", "/api/jobs", "/metrics", "/readyz")
+READ_PATHS = (
+    "/",
+    "/api/studies",
+    f"/api/studies/{STUDY}",
+    f"/studies/{STUDY}",
+    "/api/jobs",
+    "/metrics",
+    "/readyz",
+)
 
 
 @pytest.mark.parametrize("path", READ_PATHS)
@@ -176,28 +184,40 @@ def test_same_origin_json_posts_are_served(gateway: Gateway) -> None:
 
 @pytest.mark.parametrize(
     ("path", "host"),
-    [("/", None), ("/api/studies", None), ("/dashboard.js", None), ("/nowhere", None), ("/", EVIL)],
+    [
+        ("/", None),
+        (f"/studies/{STUDY}", None),
+        ("/api/studies", None),
+        ("/dashboard.js", None),
+        ("/nowhere", None),
+        ("/", EVIL),
+    ],
 )
 def test_every_answer_carries_the_security_headers(
     gateway: Gateway, path: str, host: str | None
 ) -> None:
     """Pages, API answers, assets, 404s and refusals all carry a CSP without inline script,
-    frame-ancestors 'none', X-Frame-Options, nosniff and no-referrer."""
+    frame-ancestors 'none', forms sent only to the gateway itself (the study page's filter),
+    X-Frame-Options, nosniff and no-referrer."""
     headers = {"Host": host} if host else {}
     answer = httpx.get(f"{gateway.admin.url}{path}", headers=headers)
     csp = answer.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
     assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
+    assert "form-action 'self'" in csp
     assert answer.headers["x-frame-options"] == "DENY"
     assert answer.headers["x-content-type-options"] == "nosniff"
     assert answer.headers["referrer-policy"] == "no-referrer"
 
 
 def test_dashboard_has_no_inline_script_or_style(gateway: Gateway) -> None:
-    """The page loads its script and style from the app (the CSP would block inline ones)."""
+    """The pages load their script and style from the app (the CSP would block inline ones)."""
     page = httpx.get(f"{gateway.admin.url}/").text
     assert '<script src="/dashboard.js"></script>' in page and "<style" not in page
     assert "<script>" not in page and " style=" not in page
+    study = httpx.get(f"{gateway.admin.url}/studies/{STUDY}").text
+    assert '<link rel="stylesheet" href="/dashboard.css">' in study
+    assert "<style" not in study and "<script" not in study and " style=" not in study
     script = httpx.get(f"{gateway.admin.url}/dashboard.js")
     assert script.headers["content-type"].startswith("text/javascript")
     assert "localStorage" in script.text

@@ -6,45 +6,18 @@ from __future__ import annotations
 import io
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from admin_e2e import EndToEnd
-from peers import nodelay_env
+from peers import chromium
 from PIL import Image
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-]
-
-
-def _chromium(profile: Path, *args: str) -> str:
-    exe = shutil.which("chromium")
-    assert exe is not None, "chromium is missing: run scripts/install-system-deps"
-    result = subprocess.run(
-        [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=nodelay_env(),
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
 
 
 def _coloured_pixels(png: bytes) -> int:
@@ -71,7 +44,7 @@ def test_dashboard_shows_the_processed_studies_with_pictures(e2e: EndToEnd, tmp_
     """Chromium renders the dashboard with both studies done and their pictures loaded: the CT
     with its coloured SEG overlay, the chest CR with its finding boxes; a screenshot of the page
     is saved under the test's output and test-output/."""
-    dom = _chromium(tmp_path / "profile", "--dump-dom", f"{e2e.admin.url}/")
+    dom = chromium(tmp_path / "profile", "--dump-dom", f"{e2e.admin.url}/")
     assert 'data-stage="done"><b>2</b>' in dom
     for uid in (e2e.study_uid, e2e.chest_uid):
         picture = httpx.get(f"{e2e.admin.url}{_picture_in_dom(dom, uid)}", timeout=30)
@@ -79,7 +52,7 @@ def test_dashboard_shows_the_processed_studies_with_pictures(e2e: EndToEnd, tmp_
         assert _coloured_pixels(picture.content) > 100, f"no coloured overlay on {uid}"
 
     screenshot = tmp_path / "dashboard.png"
-    _chromium(
+    chromium(
         tmp_path / "profile",
         f"--screenshot={screenshot}",
         "--window-size=1280,1000",

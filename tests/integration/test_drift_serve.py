@@ -6,14 +6,13 @@ warning and the dashboard plot (headless Chromium) show it."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 from factory import family_study
-from peers import Gateway, nodelay_env, run_gateway, wait_for
+from peers import Gateway, chromium, nodelay_env, run_gateway, wait_for
 
 from listener.store.audit import AuditLog
 from listener.store.drift import DriftStore
@@ -54,23 +53,6 @@ def _readings(gateway: Gateway, group: str) -> list[bool]:
         return [r.drifted for r in store.readings(group)]
     finally:
         store.close()
-
-
-def _chromium_dom(profile: Path, url: str) -> str:
-    exe = shutil.which("chromium")
-    assert exe is not None, "chromium is missing: run scripts/install-system-deps"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
-    flags += ["--disable-background-networking", "--disable-component-update"]
-    result = subprocess.run(
-        [exe, *flags, f"--user-data-dir={profile}", "--dump-dom", url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=nodelay_env(),
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
 
 
 def test_drift_of_one_senders_input_is_seen_everywhere(tmp_path: Path) -> None:
@@ -121,7 +103,7 @@ def test_drift_of_one_senders_input_is_seen_everywhere(tmp_path: Path) -> None:
         assert any(s.startswith(f"embedding drift in group {SHIFTED}") for s in summaries)
         assert not any(f"embedding drift in group {STEADY}" in s for s in summaries)
 
-        dom = _chromium_dom(tmp_path / "profile", f"{gateway.admin_url}/")
+        dom = chromium(tmp_path / "profile", "--dump-dom", f"{gateway.admin_url}/")
         plot = re.search(
             r'<figure data-drift-group="' + re.escape(SHIFTED) + r'"><img class="drift"'
             r' src="([^"]+)"[^>]*data-loaded="(\w+)"',
