@@ -35,6 +35,7 @@ from listener.settings import MODEL_NAMES, Settings
 from listener.store.audit import AuditTrail
 from listener.store.drift import DriftStore
 from listener.store.embeddings import EmbeddingStore
+from listener.store.executors import owner_name
 from listener.store.flags import StudyFlags
 from listener.store.jobs import JobStore
 from listener.store.journal import Journal
@@ -140,6 +141,7 @@ def build_pipeline(
             ),
             audit=audit,
             fetch=fetch,
+            owner=owner_name(settings.executor),
         ),
         audit=audit,
     )

@@ -66,6 +66,12 @@ class Cluster:
     port: int
     receivers: list[Gateway]
     workers: list[Gateway]
+    env: dict[str, str]
+
+
+def receiver_args(index: int) -> list[str]:
+    """The ``pacs-ai serve`` flags of receive host ``index`` (to start it again after a kill)."""
+    return ["--role", "receive", "--executor-id", f"receive-{index}"]
 
 
 @contextmanager
@@ -78,15 +84,7 @@ def run_cluster(
     with ExitStack() as stack:
         receive = [
             stack.enter_context(
-                run_gateway(
-                    data,
-                    "--role",
-                    "receive",
-                    "--executor-id",
-                    f"receive-{index}",
-                    log_name=f"receive-{index}.log",
-                    env=env,
-                )
+                run_gateway(data, *receiver_args(index), log_name=f"receive-{index}.log", env=env)
             )
             for index in range(1, receivers + 1)
         ]
@@ -109,4 +107,4 @@ def run_cluster(
         port = stack.enter_context(
             run_haproxy(tmp_path / "haproxy.log", [gateway.port for gateway in receive])
         )
-        yield Cluster(port=port, receivers=receive, workers=work)
+        yield Cluster(port=port, receivers=receive, workers=work, env=env)

@@ -102,8 +102,11 @@ class Deliverer:
         observer: SendObserver | None = None,
         audit: AuditTrail | None = None,
         fetch: Callable[[Path], Path] | None = None,
+        owner: str | None = None,
     ) -> None:
         self.queue = queue
+        # The claims carry it, so the sweeper can release them if this process goes silent.
+        self.owner = owner
         # Spool files not on this host come from the bucket (listener.store.objects).
         self.fetch = fetch
         self.destinations = dict(destinations)
@@ -118,7 +121,9 @@ class Deliverer:
     def deliver_due(self, now: float) -> DeliveryReport:
         """Send every due entry, all destinations in parallel, and record each outcome."""
         report = DeliveryReport()
-        due = self.queue.claim(now, batch_size=self.batch_size, lease_s=self.lease_s)
+        due = self.queue.claim(
+            now, batch_size=self.batch_size, lease_s=self.lease_s, owner=self.owner
+        )
         if not due:
             return report
         with ThreadPoolExecutor(max_workers=len(due)) as pool:

@@ -148,7 +148,7 @@ def run_sweeper(pipeline: Pipeline, executors: Executors, stop: threading.Event)
     timeout_s = pipeline.settings.executor_timeout_s
     while not stop.wait(timeout_s / 3):
         try:
-            sweep_silent(executors, pipeline.jobs, time.time(), timeout_s)
+            sweep_silent(executors, pipeline.jobs, time.time(), timeout_s, pipeline.outbox)
         except Exception:  # a busy journal: the next sweep tries again
             log.exception("sweep_crashed")
 

@@ -6,7 +6,8 @@ keyed by its lease owner name, ``executor_id:pid`` (the same name its job leases
 :mod:`listener.store.jobs`), every third of ``executor_timeout_s``. A process killed with its
 host (power cut, kill -9, a lost network) stops beating; the dispatcher's sweeper
 (:func:`sweep_silent`) then releases the job leases it held, so another job runner takes them
-at once instead of when their lease runs out, and forgets the row. A process that was only slow
+at once instead of when their lease runs out, and the outbox entries its sender had claimed, and
+forgets the row. A process that was only slow
 and beats again writes its row anew; its jobs are fenced by the lease token, so a released job
 it still works on cannot be completed twice (its results have deterministic UIDs either way).
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from listener.logging import get_logger
 from listener.store.db import JournalTables
 from listener.store.jobs import JobStore
+from listener.store.outbox import Outbox
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS executors (
@@ -105,15 +107,22 @@ class Executors(JournalTables):
             return cursor.rowcount > 0
 
 
-def sweep_silent(executors: Executors, jobs: JobStore, now: float, timeout_s: float) -> int:
-    """Release the job leases of every process silent for ``timeout_s`` and forget it; return
-    how many jobs were released. Run by the dispatcher of every host: two sweepers releasing one
-    dead process's leases at once is harmless (the second finds none)."""
+def sweep_silent(
+    executors: Executors,
+    jobs: JobStore,
+    now: float,
+    timeout_s: float,
+    outbox: Outbox | None = None,
+) -> int:
+    """Release the job leases (and outbox claims) of every process silent for ``timeout_s`` and
+    forget it; return how many jobs were released. Run by the dispatcher of every host: two
+    sweepers releasing one dead process's leases at once is harmless (the second finds none)."""
     released = 0
     for beat in executors.silent(now, timeout_s):
         if not executors.forget(beat.owner, beat.heartbeat_at):
             continue  # it beat again in between
         count = jobs.release_owner(beat.owner, now)
+        sends = outbox.release_owner(beat.owner, now) if outbox is not None else 0
         released += count
         _log.warning(
             "executor_silent",
@@ -121,6 +130,7 @@ def sweep_silent(executors: Executors, jobs: JobStore, now: float, timeout_s: fl
             process=beat.process,
             silent_s=round(now - beat.heartbeat_at, 1),
             jobs_released=count,
+            sends_released=sends,
         )
     return released
 

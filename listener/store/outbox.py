@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT,
     enqueued_at REAL NOT NULL,
     sent_at REAL,
+    claimed_by TEXT,
     UNIQUE (destination, job_id, sop_instance_uid)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
@@ -126,6 +127,9 @@ class Outbox(JournalTables):
         busy_timeout_s: float = BUSY_TIMEOUT_S,
     ) -> None:
         super().__init__(path, busy_timeout_s=busy_timeout_s)
+        with self.db.read() as db:
+            if "claimed_by" not in db.columns("outbox"):  # journals written before the column
+                db.execute("ALTER TABLE outbox ADD COLUMN claimed_by TEXT")
         self.destinations = None if destinations is None else set(destinations)
 
     def enqueue(
@@ -161,10 +165,13 @@ class Outbox(JournalTables):
                 for item in items
             )
 
-    def claim(self, now: float, *, batch_size: int, lease_s: float) -> dict[str, list[OutboxEntry]]:
+    def claim(
+        self, now: float, *, batch_size: int, lease_s: float, owner: str | None = None
+    ) -> dict[str, list[OutboxEntry]]:
         """Take the due entries, at most ``batch_size`` per destination, under a lease: their
         ``next_attempt_at`` moves ``lease_s`` ahead, so two senders never send one entry at once
-        and the entries of a sender that died become due again when the lease runs out."""
+        and the entries of a sender that died become due again when the lease runs out, or at
+        once when the sweeper finds its ``owner`` silent (:meth:`release_owner`)."""
         with self.db.transaction(serialized=False) as db:
             rows = db.execute(
                 "SELECT * FROM outbox WHERE state = ? AND next_attempt_at <= ?"
@@ -176,8 +183,10 @@ class Outbox(JournalTables):
                 batch = due.setdefault(row["destination"], [])
                 if len(batch) < batch_size:
                     batch.append(OutboxEntry.from_row(row))
-            claimed = [(now + lease_s, e.id) for batch in due.values() for e in batch]
-            db.executemany("UPDATE outbox SET next_attempt_at = ? WHERE id = ?", claimed)
+            claimed = [(now + lease_s, owner, e.id) for batch in due.values() for e in batch]
+            db.executemany(
+                "UPDATE outbox SET next_attempt_at = ?, claimed_by = ? WHERE id = ?", claimed
+            )
         return due
 
     def record(self, outcomes: Iterable[Outcome], now: float) -> None:
@@ -259,6 +268,17 @@ class Outbox(JournalTables):
             return db.execute(
                 "UPDATE outbox SET next_attempt_at = ? WHERE state = ? AND next_attempt_at > ?",
                 (now, EntryState.PENDING, now),
+            ).rowcount
+
+    def release_owner(self, owner: str, now: float) -> int:
+        """Make the pending entries claimed by the sender ``owner`` due now: it went silent (see
+        :mod:`listener.store.executors`). An entry it sent before dying but could not record
+        goes again with the same SOP Instance UID, which the peer stores once."""
+        with self.db.transaction() as db:
+            return db.execute(
+                "UPDATE outbox SET next_attempt_at = ?, claimed_by = NULL"
+                " WHERE state = ? AND claimed_by = ? AND next_attempt_at > ?",
+                (now, EntryState.PENDING, owner, now),
             ).rowcount
 
     def resubmit(self, entries: Iterable[OutboxEntry | int], now: float) -> int:

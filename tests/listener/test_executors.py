@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from listener.store.db import DatabaseTarget
 from listener.store.executors import ExecutorBeat, Executors, owner_name, sweep_silent
 from listener.store.jobs import JobState, JobStore, forbidden_transitions
+from listener.store.outbox import Outbox
 
 
 def _beat(owner: str, at: float) -> ExecutorBeat:
@@ -69,3 +72,22 @@ def test_a_process_that_beats_again_is_not_forgotten(journal_db: DatabaseTarget)
     executors.beat(_beat("a:1", 99.0))
     assert not executors.forget(silent.owner, silent.heartbeat_at)
     assert [b.owner for b in executors.all()] == ["a:1"]
+
+
+def test_sweep_makes_the_sends_a_silent_sender_claimed_due_at_once(
+    journal_db: DatabaseTarget, tmp_path: Path
+) -> None:
+    """Entries a dead sender had claimed under a ten-minute lease go out again at once; a live
+    sender's claims stay with it."""
+    jobs, executors, outbox = JobStore(journal_db), Executors(journal_db), Outbox(journal_db)
+    outbox.enqueue("pacs", tmp_path / "a.dcm", "1.2.3.1", "7", now=0.0)
+    outbox.enqueue("archive", tmp_path / "b.dcm", "1.2.3.2", "7", now=50.0)  # due later
+    dead = outbox.claim(0.0, batch_size=1, lease_s=600.0, owner="dead-host:7")
+    assert [e.sop_instance_uid for e in dead["pacs"]] == ["1.2.3.1"]
+    executors.beat(_beat("dead-host:7", 0.0))
+    executors.beat(_beat("live-host:8", 95.0))
+    assert outbox.claim(100.0, batch_size=10, lease_s=600.0, owner="live-host:8") != {}
+    assert outbox.claim(100.0, batch_size=10, lease_s=600.0) == {}  # both claimed
+    sweep_silent(executors, jobs, now=100.0, timeout_s=30.0, outbox=outbox)
+    again = outbox.claim(100.0, batch_size=10, lease_s=600.0, owner="other:9")
+    assert {d: [e.sop_instance_uid for e in es] for d, es in again.items()} == {"pacs": ["1.2.3.1"]}
