@@ -9,6 +9,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from factory import ct_series, write_series
 from peers import Gateway, free_port, nodelay_env, run_gateway, wait_for
@@ -49,7 +50,8 @@ def test_an_acknowledged_instance_is_in_the_bucket_with_the_same_bytes(
 ) -> None:
     """Three CT slices are answered Success; each one's object holds the local spool file's
     bytes. With ``s3.ack: uploaded`` the objects are there when storescu has its answers;
-    with ``local`` the uploader puts them there and marks every upload done."""
+    with ``local`` the uploader puts them there and marks every upload done; the metrics count
+    them, and the log names the bucket but never the secret."""
     files = write_series(ct_series(3), tmp_path / "in")
     prefix = uuid.uuid4().hex
     with run_gateway(tmp_path / "var", env=seaweedfs.env(prefix, ack=ack)) as gateway:
@@ -63,6 +65,8 @@ def test_an_acknowledged_instance_is_in_the_bucket_with_the_same_bytes(
         else:
             wait_for("uploads", lambda: _uploads(gateway) == {"uploaded": 3}, timeout=60)
             assert {p: object_bytes(seaweedfs, url, p) for p in stored} == stored
+        metrics = httpx.get(f"{gateway.admin_url}/metrics", timeout=30).text
+        assert 'pacsai_spool_uploads{state="uploaded"} 3.0' in metrics
         (spool,) = gateway.events("spool_configured")
         assert spool["bucket_url"] == url and spool["ack"] == ack and spool["key_set"] is True
         assert SECRET_ACCESS_KEY not in gateway.log_path.read_text()
