@@ -27,6 +27,7 @@ from listener.store.drift import latest_readings
 from listener.store.flags import flag_metrics
 from listener.store.outbox import EntryState
 from listener.store.stats import JOB_STATES, STUDY_STATES, Stats, read_stats
+from listener.store.uploads import upload_counts
 
 PREFIX = "pacsai"
 COMPLETION_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -69,6 +70,14 @@ class JournalCollector(Collector):
         yield from _purged(stats)
         yield from _flags(self.database)
         yield from _drift(self.database)
+        uploads = GaugeMetricFamily(
+            f"{PREFIX}_spool_uploads",
+            "Spool files by upload state to the S3 bucket (pending: only on a receiver's disk)",
+            labels=["state"],
+        )
+        for state, count in sorted(upload_counts(self.database).items()):
+            uploads.add_metric([state], count)
+        yield uploads
         quarantined = sum(1 for _ in self.quarantine_dir.glob("*.json"))
         yield CounterMetricFamily(
             f"{PREFIX}_quarantined_instances", "Instances set aside as unstorable", quarantined

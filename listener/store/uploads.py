@@ -25,7 +25,13 @@ from pathlib import Path
 from listener.errors import ObjectStoreError
 from listener.logging import get_logger
 from listener.settings import Settings
-from listener.store.db import BUSY_TIMEOUT_S, DatabaseTarget, JournalTables
+from listener.store.db import (
+    BUSY_TIMEOUT_S,
+    Database,
+    DatabaseTarget,
+    JournalTables,
+    MissingTableError,
+)
 from listener.store.objects import ObjectStore, SpoolFiles, object_store, spool_files
 from listener.timing import backoff_delay
 
@@ -114,9 +120,7 @@ class UploadQueue(JournalTables):
 
     def counts(self) -> dict[str, int]:
         """Rows by state, every host."""
-        with self.db.read() as db:
-            rows = db.execute("SELECT state, COUNT(*) FROM spool_uploads GROUP BY state").fetchall()
-        return {str(state): int(count) for state, count in rows}
+        return upload_counts(self.db)
 
     def adopt(self, spool_dir: Path, now: float) -> int:
         """Queue journaled instances with no upload row whose file is on this host; how many."""
@@ -263,3 +267,14 @@ def bucket_purge(settings: Settings) -> BucketPurge | None:
     """Retention's bucket hook for ``settings``, None for the local folder alone."""
     files = spool_files(settings)
     return BucketPurge(files, settings.journal_database) if files.store is not None else None
+
+
+def upload_counts(database: Database) -> dict[str, int]:
+    """Upload rows by state (every host), for the metrics; empty when the table was never made
+    (no bucket configured)."""
+    try:
+        with database.read() as db:
+            rows = db.execute("SELECT state, COUNT(*) FROM spool_uploads GROUP BY state").fetchall()
+    except MissingTableError:
+        return {}
+    return {str(state): int(count) for state, count in rows}
