@@ -24,7 +24,7 @@ from pynetdicom.events import Event
 from listener.logging import get_logger
 from listener.receive.admission import AssociationCounter
 from listener.receive.intake import Intake, PendingStore, StoreFailedError, StoreRequest, utc_text
-from listener.receive.status import STORED_STATUSES, EchoStatus, StoreStatus
+from listener.receive.status import HANDLER_FAILURE, STORED_STATUSES, EchoStatus, StoreStatus
 from listener.settings import Settings
 from listener.store.audit import AuditTrail
 from listener.store.journal import AssociationRecord, Journal
@@ -233,7 +233,14 @@ class Receiver:
     def begin_store(self, assoc: Association, request: StoreRequest) -> PendingStore:
         """Start one C-STORE of ``assoc``; its data set is then written fragment by fragment."""
         entry = self._open.get(assoc)
-        return self.intake.begin(request, entry.record if entry else None)
+        record = entry.record if entry else None
+        try:
+            return self.intake.begin(request, record)
+        except Exception:
+            # The spool cannot take it (e.g. its folder is unwritable): the message is still
+            # read to its end and answered with the one handler failure status.
+            self.log.exception("store_handler_failed")
+            return PendingStore(self.intake, request, record, None, HANDLER_FAILURE)
 
     def finish_store(self, pending: PendingStore) -> int:
         """The status of a C-STORE whose data set is complete (PS3.4 Annex B.2.3)."""
@@ -243,30 +250,33 @@ class Receiver:
             status: int = pending.finish()
         except Exception:
             self.log.exception("store_handler_failed")
-            status = StoreStatus.PROCESSING_FAILURE
+            status = HANDLER_FAILURE
         if pending.record is not None and status not in STORED_STATUSES:
             pending.record.failed += 1
         return status
 
     def on_c_store(self, event: Event) -> int:
-        """Spool one C-STORE that pynetdicom assembled (the fast path streams instead)."""
+        """Spool one C-STORE that pynetdicom assembled (the stock engine, and the messages the
+        fast path leaves to pynetdicom).
+
+        Nothing raises out of here: pynetdicom would answer an exception with its own 0xC211,
+        and both engines answer a failure inside the receiver with :data:`HANDLER_FAILURE`.
+        """
         request = event.request
         if not isinstance(request, C_STORE) or request.DataSet is None:
             return StoreStatus.CANNOT_UNDERSTAND  # pynetdicom hands C-STOREs only: a guard
-        pending = self.begin_store(
-            event.assoc,
-            StoreRequest(
+        try:
+            store = StoreRequest(
                 sop_class_uid=str(request.AffectedSOPClassUID),
                 sop_instance_uid=str(request.AffectedSOPInstanceUID),
                 context_class=str(event.context.abstract_syntax),
                 transfer_syntax=str(event.context.transfer_syntax),
-            ),
-        )
-        try:
-            pending.write(request.DataSet.getbuffer())
-        except BaseException:
-            pending.abandon()
-            raise
+            )
+        except Exception:
+            self.log.exception("store_handler_failed")
+            return HANDLER_FAILURE
+        pending = self.begin_store(event.assoc, store)
+        pending.write(request.DataSet.getbuffer())
         return self.finish_store(pending)
 
 
