@@ -13,13 +13,21 @@ are printed too); the ratios are storescp time / gateway time.
 certificates made for the run. Runs of the two receivers alternate (storescp, gateway,
 storescp, ...), so a load that changes during the benchmark touches both.
 
+``--engine fast`` / ``stock`` / ``both`` picks the gateway's ``receive_engine`` (both: one
+gateway run per engine in every round). ``--before DIR`` adds, in every round, a gateway run
+from another source tree (an export of an earlier commit, e.g. ``git archive <commit> | tar -x
+-C DIR``), so before and after alternate under the same load. The load average (1 min) is
+printed with each round, since the machine may be shared.
+
     .venv/bin/python bench/receive_throughput.py --instances 200 --repeat 3
     .venv/bin/python bench/receive_throughput.py --instances 200 --repeat 3 --tls
+    .venv/bin/python bench/receive_throughput.py --associations 1 --repeat 5 --engine both
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -81,17 +89,21 @@ def storescp(workdir: Path) -> AbstractContextManager[tuple[int, str]]:
     return running()
 
 
-def gateway(receivers: int) -> Receiver:
-    """The gateway's receiver with ``receivers`` processes on a free port."""
+def gateway(receivers: int, engine: str = "fast", source: Path | None = None) -> Receiver:
+    """The gateway's receiver with ``receivers`` processes on a free port, serving C-STORE
+    with ``engine``; from the source tree ``source`` instead of this one when given."""
     from contextlib import contextmanager
 
     @contextmanager
     def running(workdir: Path) -> Iterator[tuple[int, str]]:
         args = ["--quiet-period", "3600", "--receivers", str(receivers)]
-        env, port = {}, None
+        env: dict[str, str] = {"PACSAI_RECEIVE_ENGINE": engine}
+        if source is not None:  # an earlier tree may not know the setting: its default engine
+            env = {"PYTHONPATH": str(source)}
+        port = None
         if PKI is not None:
             port = free_port()
-            env = {
+            env |= {
                 "PACSAI_TLS__CERT_FILE": str(PKI.server.cert),
                 "PACSAI_TLS__KEY_FILE": str(PKI.server.key),
                 "PACSAI_TLS__CA_FILE": str(PKI.ca),
@@ -111,6 +123,7 @@ def alternating(
     once in turn, each run against a fresh receiver."""
     times: list[list[float]] = [[] for _ in receivers]
     for run in range(repeat):
+        print(f"round {run + 1}: load average {os.getloadavg()[0]:.1f}", flush=True)
         for index, receiver in enumerate(receivers):
             workdir = scratch / f"run{time.monotonic_ns()}-{run}"
             with receiver(workdir) as (port, aec):
@@ -133,7 +146,23 @@ def main() -> None:
         help="measure one association, four at once, or both",
     )
     parser.add_argument("--tls", action="store_true", help="every transfer over DICOM TLS")
+    parser.add_argument(
+        "--engine",
+        choices=("fast", "stock", "both"),
+        default="fast",
+        help="the gateway's receive_engine (both: a run of each per round)",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="also run, every round, the gateway from this source tree (its default engine)",
+    )
     args = parser.parse_args()
+    engines = ["fast", "stock"] if args.engine == "both" else [args.engine]
+    gateways = [(f"gateway {engine}", gateway(args.receivers, engine)) for engine in engines]
+    if args.before is not None:
+        before = gateway(args.receivers, "fast", args.before.resolve())
+        gateways.insert(0, ("before", before))
     global PKI
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
@@ -155,15 +184,18 @@ def main() -> None:
         if args.associations != "both":
             sets = sets[:1] if args.associations == "1" else sets[1:]
         for label, folders in sets:
-            refs, ourses = alternating(
-                [storescp, gateway(args.receivers)], folders, args.repeat, scratch
+            refs, *results = alternating(
+                [storescp, *(run for _, run in gateways)], folders, args.repeat, scratch
             )
-            ratios = [r / o for r, o in zip(refs, ourses, strict=True)]
-            print(
-                f"{label}: storescp {' / '.join(f'{t:.3f}' for t in refs)} s; gateway "
-                f"{' / '.join(f'{t:.3f}' for t in ourses)} s; ratio per round "
-                f"{' / '.join(f'{r:.2f}' for r in ratios)}, median {statistics.median(ratios):.2f}"
-            )
+            print(f"{label}: storescp {' / '.join(f'{t:.3f}' for t in refs)} s")
+            for (name, _), ourses in zip(gateways, results, strict=True):
+                ratios = [r / o for r, o in zip(refs, ourses, strict=True)]
+                print(
+                    f"  {name}: {' / '.join(f'{t:.3f}' for t in ourses)} s; ratio per round "
+                    f"{' / '.join(f'{r:.2f}' for r in ratios)}, median "
+                    f"{statistics.median(ratios):.2f}"
+                )
+            ourses = results[-1]
             rows.append((label, min(refs), min(ourses)))
         transport = "DICOM TLS" if args.tls else "plain TCP"
         print(f"{args.instances} instances, {megabytes:.1f} MB, {transport}, best of {args.repeat}")

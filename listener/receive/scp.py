@@ -14,9 +14,10 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from pynetdicom import evt
+from pynetdicom import _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
@@ -27,10 +28,13 @@ from listener.receive.intake import Intake, PendingStore, StoreFailedError, Stor
 from listener.receive.status import HANDLER_FAILURE, STORED_STATUSES, EchoStatus, StoreStatus
 from listener.settings import Settings
 from listener.store.audit import AuditTrail
+from listener.store.header import meta_end
 from listener.store.journal import AssociationRecord, Journal
 from listener.store.spool import InstanceHeader, Spool
 
 __all__ = ["Receiver", "StoreFailedError", "utc_text"]
+
+_CHUNK = 1 << 20
 
 
 @dataclass
@@ -276,8 +280,24 @@ class Receiver:
             self.log.exception("store_handler_failed")
             return HANDLER_FAILURE
         pending = self.begin_store(event.assoc, store)
-        pending.write(request.DataSet.getbuffer())
+        if _config.STORE_RECV_CHUNKED_DATASET:
+            try:
+                _stream_file(event.dataset_path, pending)
+            except Exception:
+                self.log.exception("store_handler_failed")
+                pending.fail()
+        else:
+            pending.write(request.DataSet.getbuffer())
         return self.finish_store(pending)
+
+
+def _stream_file(path: Path, pending: PendingStore) -> None:
+    """Write the data set of pynetdicom's staged PS3.10 file (after its file meta) into the
+    spool, a chunk at a time."""
+    with path.open("rb") as handle:
+        handle.seek(meta_end(path))
+        while chunk := handle.read(_CHUNK):
+            pending.write(chunk)
 
 
 def _how_it_ended(assoc: Association) -> str:

@@ -42,7 +42,7 @@ from listener.logging import get_logger
 from listener.receive.admission import admission
 from listener.receive.fastpath.association import EventAssociation
 from listener.receive.scp import Receiver
-from listener.receive.stock import BoundedSocket, install_uid_check
+from listener.receive.stock import BoundedSocket, configure_pynetdicom
 from listener.security.tls import handshake_reason, server_context, subject_cn
 from listener.settings import Settings
 
@@ -202,7 +202,7 @@ class _RequestHandler(RequestHandler):
             assoc = Association(self.ae, MODE_ACCEPTOR)
             assoc.set_socket(BoundedSocket(assoc, client_socket=self.request))
             assoc.failure = None  # why we aborted it, for the association log
-            assoc.uids_checked_by_intake = True  # see listener.receive.stock.install_uid_check
+            assoc.uids_checked_by_intake = True  # see listener.receive.stock.configure_pynetdicom
         assoc._server = self.server
         assoc.name = f"Acceptor@{self.client_address[0]}:{self.client_address[1]}"
         assoc.acse = _AdmissionACSE(assoc, self.receiver)
@@ -342,7 +342,7 @@ def start_server(
         listener = open_listener(settings, tls=tls)
     context = tls_server_context(settings) if tls else None
     if settings.receive_engine == "stock":
-        install_uid_check()
+        configure_pynetdicom()
     ae = make_ae(settings)
     handler = type("RequestHandler", (_RequestHandler,), {"receiver": receiver})
     server_class = type("Server", (ReceiveServer,), {"listener": listener, "tls_context": context})

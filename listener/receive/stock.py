@@ -11,7 +11,9 @@ Two adjustments keep the answers the same as the fast path's. pynetdicom checks 
 command set while it decodes it and, for a UID over 64 characters, drops the association
 (PS3.8 Evt19) instead of answering; on the receive associations of this engine the check is
 left to the intake, which refuses a malformed UID with a status and quarantines the instance
-(:func:`install_uid_check`, through pynetdicom's documented ``_config.VALIDATORS`` hook).
+(:func:`configure_pynetdicom`, through pynetdicom's documented ``_config.VALIDATORS`` hook).
+The data set is staged by pynetdicom in a temporary file of the system's temporary folder
+(``TMPDIR``), then streamed into the spool: a large instance costs disk there, not memory.
 And pynetdicom reads every PDU it is announced, whatever its length. The
 socket here refuses, before reading it, a PDU longer than we accept (PS3.8 §9.3.1; a P-DATA-TF
 over the maximum length we announced, PS3.8 §D.1), with an A-ABORT (service provider, invalid
@@ -116,8 +118,13 @@ class _UidCheck:
         return self.default(value)
 
 
-def install_uid_check() -> None:
-    """Wrap pynetdicom's UID validator once per process (see :class:`_UidCheck`)."""
+def configure_pynetdicom() -> None:
+    """Pynetdicom's documented settings for the stock engine, once per process: the UID check
+    left to the intake on its receive associations (see :class:`_UidCheck`), and each data set
+    written to a temporary file as its fragments arrive (``STORE_RECV_CHUNKED_DATASET``) rather
+    than gathered in memory, so a large instance costs disk, not memory; the handler then
+    streams it into the spool."""
     current = _config.VALIDATORS["UI"]
     if not isinstance(current, _UidCheck):
         _config.VALIDATORS["UI"] = _UidCheck(current)
+    _config.STORE_RECV_CHUNKED_DATASET = True

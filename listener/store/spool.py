@@ -181,7 +181,7 @@ class Incoming:
             transfer_syntax,
             start=self.meta_length,
             max_inflated=max_inflated,
-            scratch_dir=self.path.parent,
+            scratch_dir=self._named.parent,
         )
 
 

@@ -189,3 +189,26 @@ def test_incoming_is_claimed_once_and_leaves_nothing_in_tmp(tmp_path: Path, unna
     second.discard()
     assert (spool.root / relative).read_bytes() == meta + buffer.getvalue()
     assert list(spool.tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "named .part"])
+def test_deflated_incoming_is_inflated_beside_the_spool(tmp_path: Path, unnamed: bool) -> None:
+    """The header of a deflated data set streamed into an unnamed file is read by inflating it
+    into the spool's temporary folder (not next to the descriptor's /proc entry)."""
+    spool = Spool(tmp_path / "spool", tmp_path / "quarantine")
+    if not unnamed:
+        spool._linker = None
+    syntax, dataset = split_file(_file_bytes("image_dfl.dcm"))
+    expected = dcmread(get_testdata_file("image_dfl.dcm"))
+    meta = encode_file_meta(
+        sop_class_uid=expected.SOPClassUID,
+        sop_instance_uid=expected.SOPInstanceUID,
+        transfer_syntax=syntax,
+        source_ae="",
+    )
+    incoming = spool.open_incoming(meta, 1 << 30)
+    incoming.write(dataset)
+    header = incoming.header(syntax, max_inflated=1 << 26)
+    incoming.discard()
+    assert header.sop_instance_uid == expected.SOPInstanceUID
+    assert list(spool.tmp.iterdir()) == []
