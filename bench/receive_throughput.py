@@ -109,9 +109,17 @@ def gateway(receivers: int, engine: str = "fast", source: Path | None = None) ->
                 "PACSAI_TLS__CA_FILE": str(PKI.ca),
                 "PACSAI_TLS__PORT": str(port),
             }
-        with run_gateway(workdir / "data", *args, env=env) as served:
-            time.sleep(1.0 + receivers)  # let every receive process bind
-            yield port or served.port, "PACSAI"
+        # `python -m` puts the working folder first on the import path: start an earlier tree
+        # from inside it, or this tree's code would run.
+        here = Path.cwd()
+        if source is not None:
+            os.chdir(source)
+        try:
+            with run_gateway(workdir / "data", *args, env=env) as served:
+                time.sleep(1.0 + receivers)  # let every receive process bind
+                yield port or served.port, "PACSAI"
+        finally:
+            os.chdir(here)
 
     return running
 
