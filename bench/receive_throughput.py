@@ -10,14 +10,17 @@ are printed too); the ratios are storescp time / gateway time.
 
 ``--tls`` runs every transfer over DICOM TLS (PS3.15 Annex B, BCP 195 suites): storescu
 ``+tls`` with a client certificate to storescp ``+tls`` and to the gateway's TLS port, with
-certificates made for the run. Runs of the two receivers alternate (storescp, gateway,
-storescp, ...), so a load that changes during the benchmark touches both.
+certificates made for the run. Runs of the receivers alternate (storescp, gateway,
+storescp, ...; every other round in reverse order), so a load that changes during the benchmark
+touches all of them.
 
 ``--engine fast`` / ``stock`` / ``both`` picks the gateway's ``receive_engine`` (both: one
 gateway run per engine in every round). ``--before DIR`` adds, in every round, a gateway run
 from another source tree (an export of an earlier commit, e.g. ``git archive <commit> | tar -x
 -C DIR``), so before and after alternate under the same load. The load average (1 min) is
-printed with each round, since the machine may be shared.
+printed with each round, since the machine may be shared. ``--floor`` also times, every
+round, the system calls alone that a durable receiver needs for the same files (write, fsync,
+link, folder fsync), the floor under the gateway that storescp does not pay.
 
     .venv/bin/python bench/receive_throughput.py --instances 200 --repeat 3
     .venv/bin/python bench/receive_throughput.py --instances 200 --repeat 3 --tls
@@ -47,6 +50,7 @@ from tlscerts import Pki, make_pki  # noqa: E402
 
 Receiver = Callable[[Path], AbstractContextManager[tuple[int, str]]]
 PKI: Pki | None = None  # set by --tls
+FLOOR = False  # set by --floor
 
 
 def _client_tls() -> list[str]:
@@ -124,19 +128,49 @@ def gateway(receivers: int, engine: str = "fast", source: Path | None = None) ->
     return running
 
 
+def durable_floor(files: list[Path], scratch: Path) -> float:
+    """Seconds to store ``files`` with only the system calls durability needs and no DICOM:
+    write each into a new file, fsync it, link it into a folder, fsync the folder (the floor
+    under any receiver that acknowledges only durable instances; storescp does none of it)."""
+    blobs = [path.read_bytes() for path in files]
+    folder = scratch / f"floor{time.monotonic_ns()}"
+    folder.mkdir()
+    start = time.perf_counter()
+    for index, blob in enumerate(blobs):
+        part = folder / f"{index}.part"
+        with part.open("wb") as handle:
+            handle.write(blob)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(part, folder / f"{index}.dcm")
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(descriptor)
+        os.close(descriptor)
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(folder, ignore_errors=True)
+    return elapsed
+
+
 def alternating(
     receivers: list[Receiver], folders: list[Path], repeat: int, scratch: Path
 ) -> list[list[float]]:
     """Wall times of each receiver over ``repeat`` rounds, each round running every receiver
-    once in turn, each run against a fresh receiver."""
+    once in turn, each run against a fresh receiver; with ``FLOOR`` the durable-write floor
+    of the same files too, printed per round."""
     times: list[list[float]] = [[] for _ in receivers]
     for run in range(repeat):
         print(f"round {run + 1}: load average {os.getloadavg()[0]:.1f}", flush=True)
-        for index, receiver in enumerate(receivers):
+        # Every other round in reverse order, so that no receiver always follows the same one
+        # (the page cache and the disk's writeback of the previous run touch the next).
+        order = list(enumerate(receivers))
+        for index, receiver in order if run % 2 == 0 else order[::-1]:
             workdir = scratch / f"run{time.monotonic_ns()}-{run}"
             with receiver(workdir) as (port, aec):
                 times[index].append(send(port, aec, folders))
             shutil.rmtree(workdir, ignore_errors=True)
+        if FLOOR:
+            files = sorted(p for folder in folders for p in folder.iterdir())
+            print(f"  durable-write floor: {durable_floor(files, scratch):.3f} s", flush=True)
     return times
 
 
@@ -165,7 +199,14 @@ def main() -> None:
         type=Path,
         help="also run, every round, the gateway from this source tree (its default engine)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time, every round, write + fsync + link + folder fsync of the same files",
+    )
     args = parser.parse_args()
+    global FLOOR
+    FLOOR = args.floor
     engines = ["fast", "stock"] if args.engine == "both" else [args.engine]
     gateways = [(f"gateway {engine}", gateway(args.receivers, engine)) for engine in engines]
     if args.before is not None:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -214,9 +215,14 @@ _AT_FDCWD = -100
 _AT_EMPTY_PATH = 0x1000  # linux/fcntl.h
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _link_empty_path(fd: int, target: Path) -> None:
     """``linkat(fd, "", AT_FDCWD, target, AT_EMPTY_PATH)``: name an open inode directly."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     if libc.linkat(fd, b"", _AT_FDCWD, os.fsencode(target), _AT_EMPTY_PATH) != 0:
         code = ctypes.get_errno()
         if code == errno.EEXIST:
