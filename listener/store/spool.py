@@ -245,7 +245,10 @@ def unnamed_linker(folder: Path) -> Linker | None:
     if not Path("/proc/self/fd").is_dir():  # the open file is read back through it
         return None
     for linker in (_link_empty_path, _link_proc):
-        fd = _open_unnamed(folder)
+        try:
+            fd = _open_unnamed(folder)
+        except OSError:  # e.g. a read-only spool opened by a command that only reads it
+            return None
         if fd is None:
             return None
         probe = folder / f"probe-{uuid.uuid4().hex}"
