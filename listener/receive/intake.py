@@ -23,7 +23,7 @@ from pathlib import Path
 
 from listener.errors import InstanceTooLargeError, InvalidDatasetError, MissingIdentifierError
 from listener.logging import get_logger
-from listener.receive.status import StoreStatus
+from listener.receive.status import HANDLER_FAILURE, StoreStatus
 from listener.settings import Settings
 from listener.store.header import meta_end
 from listener.store.journal import AssociationRecord, InstanceConflict, Journal
@@ -83,8 +83,23 @@ class PendingStore:
         self._refusal = refusal
 
     def write(self, chunk: bytes | memoryview) -> None:
-        if self.incoming is not None:
+        """Append a data set fragment; a write that fails (the spool's disk) drops the file and
+        makes the store fail with :data:`HANDLER_FAILURE`, while the rest of the message is
+        still read so that the association can carry on."""
+        if self.incoming is None:
+            return
+        try:
             self.incoming.write(chunk)
+        except Exception:
+            self._intake.log.exception("store_write_failed")
+            self.fail()
+
+    def fail(self) -> None:
+        """Give up on this instance: nothing is kept, and :meth:`finish` answers
+        :data:`HANDLER_FAILURE` (PS3.7 Annex C, Processing Failure)."""
+        self.abandon()
+        self.incoming = None
+        self._refusal = HANDLER_FAILURE
 
     def finish(self) -> StoreStatus:
         """Check, claim and journal the instance; its status. The temporary file is gone after."""

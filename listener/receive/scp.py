@@ -14,9 +14,10 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from pynetdicom import evt
+from pynetdicom import _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
@@ -24,13 +25,16 @@ from pynetdicom.events import Event
 from listener.logging import get_logger
 from listener.receive.admission import AssociationCounter
 from listener.receive.intake import Intake, PendingStore, StoreFailedError, StoreRequest, utc_text
-from listener.receive.status import STORED_STATUSES, EchoStatus, StoreStatus
+from listener.receive.status import HANDLER_FAILURE, STORED_STATUSES, EchoStatus, StoreStatus
 from listener.settings import Settings
 from listener.store.audit import AuditTrail
+from listener.store.header import meta_end
 from listener.store.journal import AssociationRecord, Journal
 from listener.store.spool import InstanceHeader, Spool
 
 __all__ = ["Receiver", "StoreFailedError", "utc_text"]
+
+_CHUNK = 1 << 20
 
 
 @dataclass
@@ -233,7 +237,14 @@ class Receiver:
     def begin_store(self, assoc: Association, request: StoreRequest) -> PendingStore:
         """Start one C-STORE of ``assoc``; its data set is then written fragment by fragment."""
         entry = self._open.get(assoc)
-        return self.intake.begin(request, entry.record if entry else None)
+        record = entry.record if entry else None
+        try:
+            return self.intake.begin(request, record)
+        except Exception:
+            # The spool cannot take it (e.g. its folder is unwritable): the message is still
+            # read to its end and answered with the one handler failure status.
+            self.log.exception("store_handler_failed")
+            return PendingStore(self.intake, request, record, None, HANDLER_FAILURE)
 
     def finish_store(self, pending: PendingStore) -> int:
         """The status of a C-STORE whose data set is complete (PS3.4 Annex B.2.3)."""
@@ -243,31 +254,50 @@ class Receiver:
             status: int = pending.finish()
         except Exception:
             self.log.exception("store_handler_failed")
-            status = StoreStatus.PROCESSING_FAILURE
+            status = HANDLER_FAILURE
         if pending.record is not None and status not in STORED_STATUSES:
             pending.record.failed += 1
         return status
 
     def on_c_store(self, event: Event) -> int:
-        """Spool one C-STORE that pynetdicom assembled (the fast path streams instead)."""
+        """Spool one C-STORE that pynetdicom assembled (the stock engine, and the messages the
+        fast path leaves to pynetdicom).
+
+        Nothing raises out of here: pynetdicom would answer an exception with its own 0xC211,
+        and both engines answer a failure inside the receiver with :data:`HANDLER_FAILURE`.
+        """
         request = event.request
         if not isinstance(request, C_STORE) or request.DataSet is None:
             return StoreStatus.CANNOT_UNDERSTAND  # pynetdicom hands C-STOREs only: a guard
-        pending = self.begin_store(
-            event.assoc,
-            StoreRequest(
+        try:
+            store = StoreRequest(
                 sop_class_uid=str(request.AffectedSOPClassUID),
                 sop_instance_uid=str(request.AffectedSOPInstanceUID),
                 context_class=str(event.context.abstract_syntax),
                 transfer_syntax=str(event.context.transfer_syntax),
-            ),
-        )
-        try:
+            )
+        except Exception:
+            self.log.exception("store_handler_failed")
+            return HANDLER_FAILURE
+        pending = self.begin_store(event.assoc, store)
+        if _config.STORE_RECV_CHUNKED_DATASET:
+            try:
+                _stream_file(event.dataset_path, pending)
+            except Exception:
+                self.log.exception("store_handler_failed")
+                pending.fail()
+        else:
             pending.write(request.DataSet.getbuffer())
-        except BaseException:
-            pending.abandon()
-            raise
         return self.finish_store(pending)
+
+
+def _stream_file(path: Path, pending: PendingStore) -> None:
+    """Write the data set of pynetdicom's staged PS3.10 file (after its file meta) into the
+    spool, a chunk at a time."""
+    with path.open("rb") as handle:
+        handle.seek(meta_end(path))
+        while chunk := handle.read(_CHUNK):
+            pending.write(chunk)
 
 
 def _how_it_ended(assoc: Association) -> str:

@@ -42,6 +42,7 @@ from listener.logging import get_logger
 from listener.receive.admission import admission
 from listener.receive.fastpath.association import EventAssociation
 from listener.receive.scp import Receiver
+from listener.receive.stock import BoundedSocket, configure_pynetdicom
 from listener.security.tls import handshake_reason, server_context, subject_cn
 from listener.settings import Settings
 
@@ -189,13 +190,22 @@ class _RequestHandler(RequestHandler):
         return True
 
     def _create_association(self) -> Any:
-        # As RequestHandler._create_association in pynetdicom 3.0, with our classes.
-        assoc = EventAssociation(self.ae, MODE_ACCEPTOR)
+        # As RequestHandler._create_association in pynetdicom 3.0, with our classes: on the
+        # fast engine the event-driven association that serves C-STORE from the P-DATA bytes,
+        # on the stock engine pynetdicom's own association with a PDU-length guard.
+        assoc: Any
+        if self.receiver.settings.receive_engine == "fast":
+            assoc = EventAssociation(self.ae, MODE_ACCEPTOR)
+            assoc.set_socket(AssociationSocket(assoc, client_socket=self.request))
+            assoc.store_stream = self.receiver
+        else:
+            assoc = Association(self.ae, MODE_ACCEPTOR)
+            assoc.set_socket(BoundedSocket(assoc, client_socket=self.request))
+            assoc.failure = None  # why we aborted it, for the association log
+            assoc.uids_checked_by_intake = True  # see listener.receive.stock.configure_pynetdicom
         assoc._server = self.server
         assoc.name = f"Acceptor@{self.client_address[0]}:{self.client_address[1]}"
-        assoc.set_socket(AssociationSocket(assoc, client_socket=self.request))
         assoc.acse = _AdmissionACSE(assoc, self.receiver)
-        assoc.store_stream = self.receiver
         assoc.tls_subject = self.tls_subject
         assoc.tls = isinstance(self.request, ssl.SSLSocket)
         acceptor = assoc.acceptor
@@ -331,6 +341,8 @@ def start_server(
     if listener is None:
         listener = open_listener(settings, tls=tls)
     context = tls_server_context(settings) if tls else None
+    if settings.receive_engine == "stock":
+        configure_pynetdicom()
     ae = make_ae(settings)
     handler = type("RequestHandler", (_RequestHandler,), {"receiver": receiver})
     server_class = type("Server", (ReceiveServer,), {"listener": listener, "tls_context": context})
@@ -353,5 +365,6 @@ def start_server(
         client_cert_required=settings.tls.require_client_cert if tls else None,
         ae_titles=settings.ae_titles,
         max_pdu_size=settings.max_pdu_size,
+        engine=settings.receive_engine,
     )
     return server

@@ -6,6 +6,7 @@ Handlers return these names, never hex literals, so each branch says what it mea
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Final
 
 
 class StoreStatus(IntEnum):
@@ -27,6 +28,16 @@ class StoreStatus(IntEnum):
     WARNING_ELEMENTS_DISCARDED = 0xB006
     WARNING_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xB007
 
+
+# The answer to a C-STORE whose handling failed inside the receiver (an exception: the spool
+# cannot be written, the journal is unavailable), the same on both receive engines. PS3.4 Annex
+# B.2.3 (Table B.2-1) lets a C-STORE SCP answer the general statuses of PS3.7 Annex C besides its
+# own; among them 0110H Processing Failure says that the SCP failed while processing the
+# operation. The service-specific "Error: Cannot understand" (Cxxx), whose sub-code C211H
+# pynetdicom uses for an exception in its handler, says the SCP did not understand the data set:
+# the wrong cause to give a sender for a full or failing disk, and C211H itself is a pynetdicom
+# convention, not a DICOM code.
+HANDLER_FAILURE: Final = StoreStatus.PROCESSING_FAILURE
 
 STORED_STATUSES = frozenset(
     {

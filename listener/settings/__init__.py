@@ -130,6 +130,12 @@ class Settings(BaseSettings):
         le=64,
         description="receive processes sharing the one listening socket the supervisor opens",
     )
+    receive_engine: Literal["fast", "stock"] = Field(
+        default="fast",
+        description="how C-STORE is served: fast (P-DATA read and answered as bytes, streamed to"
+        " the spool; relies on pynetdicom 3.0 internals) or stock (pynetdicom's own DIMSE layer"
+        " and EVT_C_STORE handler); both feed the same intake",
+    )
     max_pdu_size: int = Field(
         default=262144,
         ge=4096,

@@ -5,22 +5,46 @@ Layout under the spool root::
     .tmp/<random>.part            being written; removed at start-up (never a visible instance)
     <study>/<series>/<sop>.dcm    complete DICOM files (PS3.10 file format), as received
 
-An instance is streamed to ``.tmp`` as it arrives (:class:`Incoming`, never held whole in
+An instance is streamed into ``.tmp`` as it arrives (:class:`Incoming`, never held whole in
 memory), fsynced, then *linked* to its final name: ``link(2)`` fails when the name exists, so of
 two senders of the same SOP Instance UID exactly one claims the name and an acknowledged file is
 never replaced. The directory is fsynced; only then is the instance recorded in the journal (with
 the file's size and SHA-256) and the C-STORE answered. Instances that cannot be stored go to the
 quarantine folder with a JSON reason file (no patient data in it).
+
+Where the file system offers it (Linux ``O_TMPFILE``: ext4, XFS, btrfs, tmpfs), the temporary
+file has no name at all: it is an open inode in ``.tmp`` that ``linkat(2)`` names, so no
+directory entry is created in ``.tmp`` and none removed after the claim, and a crash leaves
+nothing there. Elsewhere it is a named ``.part`` file, removed at start-up if a crash left it.
+
+Why an acknowledged instance survives a power cut (the order of the steps above):
+
+1. ``fsync`` of the file makes its data and inode durable, before it has its final name, so a
+   name that survives a crash never points to a partial file.
+2. ``linkat`` creates the name in the series folder; the ``fsync`` of that folder makes the name
+   durable (POSIX leaves a new directory entry volatile until its directory is synced). A series
+   or study folder created for the instance is itself an entry in its parent: each new folder's
+   parent is fsynced once, when the folder is made, not per instance.
+3. Only then is the instance journaled and answered. The journal commit is not synced (WAL,
+   ``synchronous=NORMAL``): a commit lost in a power cut is rebuilt from the spool at start-up
+   (:func:`reindex`), so the spool file and its name are the only things that must be durable
+   before the answer: two ``fsync`` calls per instance, one more per new folder.
+
+Nothing else needs a sync: the temporary file's name (none with ``O_TMPFILE``) is never what
+an acknowledgement relies on.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import hashlib
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -77,14 +101,42 @@ class Incoming:
     more is written (the instance will be refused), but ``size`` keeps counting.
     """
 
-    def __init__(self, path: Path, meta: bytes, limit: int) -> None:
-        self.path = path
+    def __init__(
+        self, path: Path, meta: bytes, limit: int, *, linker: Linker | None = None
+    ) -> None:
         self.meta_length = len(meta)
         self.limit = limit
         self.size = 0
         self._hash = hashlib.sha256()
-        self._file: BinaryIO | None = path.open("wb", buffering=_WRITE_BUFFER)
+        self._named = path
+        self._linker = linker
+        self._fd = _open_unnamed(path.parent) if linker is not None else None
+        if self._fd is None:
+            self._file: BinaryIO | None = path.open("wb", buffering=_WRITE_BUFFER)
+        else:
+            self._file = os.fdopen(os.dup(self._fd), "wb", buffering=_WRITE_BUFFER)
         self.write(meta)
+
+    @property
+    def path(self) -> Path:
+        """Where the file can be opened: its ``.part`` name, or for an unnamed (``O_TMPFILE``)
+        file its descriptor's entry under ``/proc/self/fd`` while it is open."""
+        if self._fd is not None:
+            return Path(f"/proc/self/fd/{self._fd}")
+        return self._named
+
+    @property
+    def unnamed(self) -> bool:
+        """Whether the file is an ``O_TMPFILE`` inode that only a link can name."""
+        return self._fd is not None
+
+    def link(self, target: Path) -> None:
+        """Give the finished file the name ``target``; FileExistsError when it exists (the
+        exclusive claim: ``link(2)``, or ``linkat(2)`` of the unnamed inode)."""
+        if self._fd is not None and self._linker is not None:
+            self._linker(self._fd, target)
+        else:
+            os.link(self._named, target)
 
     @property
     def over_limit(self) -> bool:
@@ -115,11 +167,15 @@ class Incoming:
             handle.close()
 
     def discard(self) -> None:
-        """Close and remove the temporary file."""
+        """Close and remove the temporary file (an unnamed one goes with its descriptor)."""
         try:
             self.close(durable=False)
         finally:
-            self.path.unlink(missing_ok=True)
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)
+            else:
+                self._named.unlink(missing_ok=True)
 
     def header(self, transfer_syntax: str, *, max_inflated: int) -> InstanceHeader:
         """The identifying attributes of the data set written so far (see :func:`read_header`)."""
@@ -129,7 +185,7 @@ class Incoming:
             transfer_syntax,
             start=self.meta_length,
             max_inflated=max_inflated,
-            scratch_dir=self.path.parent,
+            scratch_dir=self._named.parent,
         )
 
 
@@ -141,6 +197,73 @@ def file_digest(path: Path, *, start: int = 0) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _open_unnamed(folder: Path) -> int | None:
+    """A descriptor of a new unnamed file in ``folder`` (``O_TMPFILE``, Linux 3.11+), or None
+    where the platform or file system does not offer it (the caller names a file instead)."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag:
+        return None
+    try:
+        return os.open(folder, flag | os.O_RDWR | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+            return None
+        raise
+
+
+Linker = Callable[[int, Path], None]
+_AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000  # linux/fcntl.h
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _link_empty_path(fd: int, target: Path) -> None:
+    """``linkat(fd, "", AT_FDCWD, target, AT_EMPTY_PATH)``: name an open inode directly."""
+    libc = _libc()
+    if libc.linkat(fd, b"", _AT_FDCWD, os.fsencode(target), _AT_EMPTY_PATH) != 0:
+        code = ctypes.get_errno()
+        if code == errno.EEXIST:
+            raise FileExistsError(code, os.strerror(code), str(target))
+        raise OSError(code, os.strerror(code), str(target))
+
+
+def _link_proc(fd: int, target: Path) -> None:
+    """``linkat`` of ``/proc/self/fd/N`` with ``AT_SYMLINK_FOLLOW`` (needs no privilege)."""
+    os.link(f"/proc/self/fd/{fd}", target, follow_symlinks=True)
+
+
+def unnamed_linker(folder: Path) -> Linker | None:
+    """How unnamed files in ``folder`` can be given a name, found by trying it once; None where
+    ``O_TMPFILE`` or both ways of linking it are unavailable (named ``.part`` files then).
+
+    ``AT_EMPTY_PATH`` needs ``CAP_DAC_READ_SEARCH``; the ``/proc`` way needs ``/proc`` and is
+    refused by some sandboxes. Either gives the same exclusive link.
+    """
+    if not Path("/proc/self/fd").is_dir():  # the open file is read back through it
+        return None
+    for linker in (_link_empty_path, _link_proc):
+        try:
+            fd = _open_unnamed(folder)
+        except OSError:  # e.g. a read-only spool opened by a command that only reads it
+            return None
+        if fd is None:
+            return None
+        probe = folder / f"probe-{uuid.uuid4().hex}"
+        try:
+            linker(fd, probe)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        probe.unlink(missing_ok=True)
+        return linker
+    return None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -170,6 +293,7 @@ class Spool:
         self.tmp = root / TMP_DIR
         for folder in (self.root, self.tmp, self.quarantine_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        self._linker = unnamed_linker(self.tmp)
 
     def clean_temporary(self) -> int:
         """Remove files a crash left in ``.tmp``; return how many. Call before receiving."""
@@ -197,7 +321,7 @@ class Spool:
 
     def open_incoming(self, meta: bytes, limit: int) -> Incoming:
         """A new temporary file for one instance, its file meta already written."""
-        return Incoming(self.tmp / f"{uuid.uuid4().hex}.part", meta, limit)
+        return Incoming(self.tmp / f"{uuid.uuid4().hex}.part", meta, limit, linker=self._linker)
 
     def claim(self, incoming: Incoming, header: InstanceHeader) -> str | None:
         """Give a finished instance its final name unless another file has it; the relative path,
@@ -212,7 +336,7 @@ class Spool:
         final = self.root / relative
         self._ensure_dir(final.parent)
         try:
-            os.link(incoming.path, final)
+            incoming.link(final)
         except FileExistsError:
             return None
         _fsync_dir(final.parent)
@@ -226,7 +350,10 @@ class Spool:
         """Move a refused instance's temporary file to the quarantine with a JSON reason file."""
         incoming.close()
         data_path, reason_path = self._quarantine_paths(reason)
-        os.replace(incoming.path, data_path)
+        if incoming.unnamed:
+            incoming.link(data_path)
+        else:
+            os.replace(incoming.path, data_path)
         reason_path.write_text(json.dumps(reason, indent=2, sort_keys=True))
         _fsync_dir(self.quarantine_dir)
         return data_path

@@ -18,7 +18,8 @@ import rawdicom
 from factory import ct_series, write_series
 from peers import Gateway, nodelay_env, run_gateway
 
-pytestmark = pytest.mark.integration
+# Every test here runs on both receive engines (tests/conftest.py).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("receive_engine")]
 CLI = [sys.executable, "-m", "listener.cli"]
 MIB = 1024 * 1024
 RSS_LIMIT_MB = 300

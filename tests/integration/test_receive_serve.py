@@ -18,7 +18,8 @@ from peers import Gateway, nodelay_env, run_gateway, run_storescp
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-pytestmark = pytest.mark.integration
+# Every test here runs on both receive engines (tests/conftest.py).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("receive_engine")]
 CLI = [sys.executable, "-m", "listener.cli"]
 
 
@@ -123,8 +124,9 @@ def test_series_and_chest_cr_land_byte_identical(tmp_path: Path) -> None:
     assert all("patient" not in key for row in listed for key in row)
 
 
-def test_echo_succeeds_and_unknown_caller_is_rejected(tmp_path: Path) -> None:
-    """Echoscu from an allowed AE succeeds; another AE is rejected and the log says why."""
+def test_echo_succeeds_and_unknown_caller_is_rejected(tmp_path: Path, receive_engine: str) -> None:
+    """Echoscu from an allowed AE succeeds; another AE is rejected and the log says why; every
+    receive process serves with the engine the setting names."""
     config = tmp_path / "settings.yaml"
     config.write_text("allowed_callers:\n  - ae_title: MODALITY\n")
     with run_gateway(tmp_path / "data", "--config", str(config)) as gateway:
@@ -137,6 +139,8 @@ def test_echo_succeeds_and_unknown_caller_is_rejected(tmp_path: Path) -> None:
         )
         time.sleep(0.3)
         rejected = gateway.events("association_rejected")
+        listening = gateway.events("receiver_listening")
+    assert {event["engine"] for event in listening} == {receive_engine}
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert bad.returncode != 0
     assert "Calling AE Title Not Recognized" in bad.stdout + bad.stderr

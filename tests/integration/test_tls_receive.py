@@ -16,7 +16,8 @@ from pydicom.data import get_testdata_file
 from test_receive_serve import dataset_bytes, spool_index
 from tlscerts import KeyPair, Pki, make_pki
 
-pytestmark = pytest.mark.integration
+# Every test here runs on both receive engines (tests/conftest.py).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("receive_engine")]
 
 
 @pytest.fixture(scope="module")

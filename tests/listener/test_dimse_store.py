@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
 import pytest
-from factory import ct_series
-from peers import run_receiver
+from factory import ct_series, write_series
+from peers import nodelay_env, run_receiver
 from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
@@ -17,10 +20,13 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from listener.receive.status import EchoStatus, StoreStatus
+from listener.receive.status import HANDLER_FAILURE, EchoStatus, StoreStatus
 from listener.settings import Settings
 from listener.store.journal import Journal
 from listener.store.spool import Spool
+
+# Every test here runs on both receive engines (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("receive_engine")
 
 VERIFICATION = "1.2.840.10008.1.1"
 
@@ -107,6 +113,32 @@ def test_handler_failure_answers_processing_failure(
     assert status == StoreStatus.PROCESSING_FAILURE
     assert assoc.send_c_echo().Status == EchoStatus.SUCCESS  # type: ignore[attr-defined]
     assoc.release()  # type: ignore[attr-defined]
+
+
+def test_unwritable_spool_answers_the_handler_failure_status_to_storescu(
+    gateway: tuple[Settings, Journal, Spool], tmp_path: Path
+) -> None:
+    """DCMTK storescu sending to a receiver whose spool cannot take a file gets Processing
+    Failure (0110H) for each instance on either engine, never pynetdicom's C211H nor an abort;
+    the association is released and counts both as failed."""
+    settings, journal, spool = gateway
+    files = write_series(ct_series(2), tmp_path / "in")
+    shutil.rmtree(spool.tmp)
+    spool.tmp.write_bytes(b"")  # a file where the temporary folder was: no instance can start
+    command = ["storescu", "-v", "-nh", "-aet", "MODALITY", "-aec", "PACSAI", "127.0.0.1"]
+    out = subprocess.run(
+        [*command, str(settings.port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        env=nodelay_env(),
+        timeout=60,
+    )
+    responses = re.findall(r"Received Store Response \((.*)\)", out.stdout + out.stderr)
+    assert responses == [f"Unknown Status: 0x{int(HANDLER_FAILURE):x}"] * 2, out.stdout
+    assert HANDLER_FAILURE == 0x0110
+    assert spool.files() == []
+    (record,) = journal.associations()
+    assert (record["received"], record["failed"], record["ended"]) == (2, 2, "released")
 
 
 def test_abort_in_the_middle_of_a_store_keeps_nothing(

@@ -25,6 +25,9 @@ from listener.settings import AllowedCaller, Settings, load_settings
 from listener.store.journal import Journal
 from listener.store.spool import Spool
 
+# Every test here runs on both receive engines (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("receive_engine")
+
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[tuple[Settings, Journal, Spool]]:

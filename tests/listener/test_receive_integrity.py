@@ -30,6 +30,9 @@ from listener.settings import Settings
 from listener.store.journal import Journal
 from listener.store.spool import Spool, is_uid
 
+# Every test here runs on both receive engines (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("receive_engine")
+
 ROUNDS = 40
 
 

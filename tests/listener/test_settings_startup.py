@@ -64,6 +64,20 @@ def test_every_documented_variable_is_known() -> None:
     assert "unknown setting (see" in unknown_environment({"PACSAI_QQQQQQ": "1"})[0]
 
 
+def test_unknown_receive_engine_stops_start_up_naming_the_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PACSAI_RECEIVE_ENGINE other than fast or stock is a settings error naming
+    receive_engine and its choices, before anything is created; both names load."""
+    assert load_settings(None).receive_engine == "fast"
+    assert load_settings(None, receive_engine="stock").receive_engine == "stock"
+    monkeypatch.setenv("PACSAI_RECEIVE_ENGINE", "turbo")
+    assert main(["serve", "--data-dir", str(tmp_path / "data")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "receive_engine: Input should be 'fast' or 'stock'" in err and "turbo" in err
+    assert not (tmp_path / "data").exists()
+
+
 @pytest.mark.skipif(module_available(ENTRA_MODULE), reason="the entra extra is installed")
 def test_entra_without_its_extra_stops_start_up(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

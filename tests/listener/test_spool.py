@@ -155,3 +155,60 @@ def test_file_meta_records_the_association() -> None:
     assert back.file_meta.SendingApplicationEntityTitle == "MODALITY"
     assert back.file_meta.ReceivingApplicationEntityTitle == "PACSAI"
     assert back.file_meta.SendingPresentationAddress == "dicom://192.168.1.7:104"
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "named .part"])
+def test_incoming_is_claimed_once_and_leaves_nothing_in_tmp(tmp_path: Path, unnamed: bool) -> None:
+    """A streamed instance (unnamed O_TMPFILE inode, or a named .part file where that is not
+    offered) gets its final name exclusively: a second claim of the UID is refused and the first
+    file's bytes stay; nothing is left in .tmp once both are done."""
+    spool = Spool(tmp_path / "spool", tmp_path / "quarantine")
+    assert spool._linker is not None  # this platform offers O_TMPFILE and a way to link it
+    if not unnamed:
+        spool._linker = None
+    ds = ct_series(1)[0]
+    buffer = BytesIO()
+    dcmwrite(buffer, ds, implicit_vr=False, little_endian=True)
+    syntax = "1.2.840.10008.1.2.1"
+    meta = encode_file_meta(
+        sop_class_uid=ds.SOPClassUID,
+        sop_instance_uid=ds.SOPInstanceUID,
+        transfer_syntax=syntax,
+        source_ae="",
+    )
+    first, second = spool.open_incoming(meta, 1 << 30), spool.open_incoming(meta, 1 << 30)
+    assert (len(list(spool.tmp.iterdir())) == 0) is unnamed
+    first.write(buffer.getvalue())
+    second.write(buffer.getvalue()[:-2] + b"\1\1")
+    header = first.header(syntax, max_inflated=1 << 20)
+    assert header.sop_instance_uid == ds.SOPInstanceUID
+    relative = spool.claim(first, header)
+    assert relative is not None
+    assert spool.claim(second, second.header(syntax, max_inflated=1 << 20)) is None
+    first.discard()
+    second.discard()
+    assert (spool.root / relative).read_bytes() == meta + buffer.getvalue()
+    assert list(spool.tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "named .part"])
+def test_deflated_incoming_is_inflated_beside_the_spool(tmp_path: Path, unnamed: bool) -> None:
+    """The header of a deflated data set streamed into an unnamed file is read by inflating it
+    into the spool's temporary folder (not next to the descriptor's /proc entry)."""
+    spool = Spool(tmp_path / "spool", tmp_path / "quarantine")
+    if not unnamed:
+        spool._linker = None
+    syntax, dataset = split_file(_file_bytes("image_dfl.dcm"))
+    expected = dcmread(get_testdata_file("image_dfl.dcm"))
+    meta = encode_file_meta(
+        sop_class_uid=expected.SOPClassUID,
+        sop_instance_uid=expected.SOPInstanceUID,
+        transfer_syntax=syntax,
+        source_ae="",
+    )
+    incoming = spool.open_incoming(meta, 1 << 30)
+    incoming.write(dataset)
+    header = incoming.header(syntax, max_inflated=1 << 26)
+    incoming.discard()
+    assert header.sop_instance_uid == expected.SOPInstanceUID
+    assert list(spool.tmp.iterdir()) == []

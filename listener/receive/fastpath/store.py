@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from pynetdicom import _config, evt
+from pynetdicom import evt
 from pynetdicom._handlers import (
     standard_dimse_recv_handler,
     standard_dimse_sent_handler,
@@ -73,7 +73,9 @@ _SKIPPED_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_DIMSE_RECV, evt.
 def lean_path_allowed(assoc: Association) -> bool:
     """Whether an association may use :class:`StorePath`: it has a :class:`StreamedStore`, and
     nothing listens for what the path skips."""
-    if getattr(assoc, "store_stream", None) is None or _config.STORE_RECV_CHUNKED_DATASET:
+    # pynetdicom's STORE_RECV_CHUNKED_DATASET (set by the stock engine) changes only how
+    # pynetdicom assembles the messages it serves; the lean path streams either way.
+    if getattr(assoc, "store_stream", None) is None:
         return False
     for event in _SKIPPED_EVENTS:
         bound = assoc.get_handlers(event)
