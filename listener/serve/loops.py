@@ -3,7 +3,9 @@
 ``pacs-ai serve`` starts ``settings.job_runners`` job-runner processes; each claims jobs from the
 journal (highest priority first) and runs up to ``settings.jobs_per_runner`` of them at once, so
 one slow or failing study never holds up the others. The deliverer sends what the outbox holds
-due. All of them take their work from the journal only, so they can be killed at any time.
+due. All of them take their work from the journal only, so they can be killed at any time; they
+poll it every ``poll_interval_s``, and wake at once when the stage before rings their doorbell
+(:mod:`listener.serve.wake`): routing rings the job runners, a job that ends rings the deliverer.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
 from listener.infer import build_clients
 from listener.logging import get_logger
 from listener.pipeline import Pipeline, build_pipeline
 from listener.route.model import rules_fingerprint
 from listener.send.scu import enable_chunked_send
+from listener.serve.wake import JOBS, OUTBOX, Doorbell, ring
 from listener.settings import Settings
 from listener.store.records import (
     AdminRecords,
@@ -30,6 +35,7 @@ from listener.store.records import (
 from listener.store.retention import Retention, RetentionPolicy
 
 log = get_logger("serve")
+T = TypeVar("T")
 
 
 def runner_id() -> str:
@@ -66,6 +72,7 @@ async def _job_loop(
     slots = asyncio.Semaphore(settings.jobs_per_runner)
     running: set[asyncio.Task[None]] = set()
     records = AdminRecords(settings.journal_path)
+    bell = Doorbell(settings.data_dir, JOBS)
     async with build_clients(
         settings.models,
         emulator_url,
@@ -79,7 +86,7 @@ async def _job_loop(
             job = pipeline.jobs.claim(owner, clock(), settings.job_lease_s)
             if job is None:
                 slots.release()
-                await asyncio.sleep(settings.poll_interval_s)
+                await bell.wait_async(settings.poll_interval_s)
                 continue
             task = asyncio.create_task(
                 pipeline.runner.run_job(job, pipeline.runner.context(clients, job.study_uid))
@@ -87,8 +94,10 @@ async def _job_loop(
             running.add(task)
             task.add_done_callback(running.discard)
             task.add_done_callback(lambda _t: slots.release())
+            task.add_done_callback(lambda _t: ring(settings.data_dir, OUTBOX))
         if running:
             await asyncio.wait(running, timeout=30)
+    bell.close()
 
 
 def reload_rules_if_asked(pipeline: Pipeline, records: AdminRecords) -> None:
@@ -110,13 +119,29 @@ def run_deliverer(pipeline: Pipeline, stop: threading.Event) -> None:
     """Send what the outbox holds due until ``stop`` is set (a thread of the dispatcher process)."""
     enable_chunked_send()
     records = AdminRecords(pipeline.settings.journal_path)
-    while not stop.is_set():
-        reload_rules_if_asked(pipeline, records)
-        try:
-            pipeline.deliverer.deliver_due(time.time())
-        except Exception:  # one destination's bug must not stop delivery for good
-            log.exception("delivery_crashed")
-        stop.wait(pipeline.settings.poll_interval_s)
+    bell = Doorbell(pipeline.settings.data_dir, OUTBOX)
+    try:
+        while not stop.is_set():
+            reload_rules_if_asked(pipeline, records)
+            try:
+                pipeline.deliverer.deliver_due(time.time())
+            except Exception:  # one destination's bug must not stop delivery for good
+                log.exception("delivery_crashed")
+            bell.wait(pipeline.settings.poll_interval_s)
+    finally:
+        bell.close()
+
+
+def ringing_after(on_ready: Callable[[T], None], data_dir: Path) -> Callable[[T], None]:
+    """``on_ready`` (the route stage's callback), then a ring for the job runners and the
+    deliverer: routing queues the study's jobs and its forwards."""
+
+    def route_and_ring(study: T) -> None:
+        on_ready(study)
+        ring(data_dir, JOBS)
+        ring(data_dir, OUTBOX)
+
+    return route_and_ring
 
 
 def retention(pipeline: Pipeline) -> Retention:
