@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from converters.sr import preload_standard_tables
 from listener.infer import build_clients
 from listener.logging import get_logger
 from listener.pipeline import Pipeline, build_pipeline
@@ -110,6 +111,7 @@ def reload_rules_if_asked(pipeline: Pipeline, records: AdminRecords) -> None:
 def run_job_runner(settings: Settings, emulator_url: str | None, stop: threading.Event) -> None:
     """Run jobs until ``stop`` is set (the body of a job-runner process)."""
     pipeline = build_pipeline(settings)
+    preload_standard_tables()  # not inside the first study's job
     log.info("job_runner_started", owner=runner_id(), concurrency=settings.jobs_per_runner)
     asyncio.run(_job_loop(pipeline, emulator_url, stop, pipeline.runner.clock))
     log.info("job_runner_stopped", owner=runner_id())

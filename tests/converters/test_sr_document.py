@@ -4,6 +4,8 @@ highdicom's constructor builds, element for element, and keeps its evidence chec
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import highdicom as hd
 import pytest
@@ -64,3 +66,16 @@ def test_a_reference_outside_the_evidence_is_refused() -> None:
     report = measurement_report([], provenance(), sources, root_texts=[(COMMENT, "note")])
     with pytest.raises(ValueError, match="1 instance"):
         _comprehensive_3d_sr(evidence=sources[1:], root=report[0], **_identity(sources))
+
+
+def test_preloading_reads_highdicoms_tables_before_any_result() -> None:
+    """In a fresh process the tables highdicom reads on first use are loaded by the preload,
+    so the first result a job runner builds does not pay for them."""
+    code = (
+        "from highdicom._standard_utils import get_module_attribute_map as tables\n"
+        "from converters.sr import preload_standard_tables\n"
+        "assert tables.cache_info().currsize == 0\n"
+        "preload_standard_tables()\n"
+        "assert tables.cache_info().currsize == 1\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
