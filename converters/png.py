@@ -2,10 +2,10 @@
 
 Pillow's PNG encoder tries every row filter on every row to pick one (adaptive filtering),
 which costs more than the compression itself: 0.2-0.3 s for a 1841 x 1955 chest radiograph even
-at zlib level 0. The models only see the decoded pixels, and every PNG decodes to the same
-pixels whatever its filters and zlib level (docs/models.md §3.1: "lossless" PNG), so a fixed
-filter is free to choose: here "Up" (type 2, the row above subtracted) on every row, at zlib
-level 1, which is 2-8x faster than Pillow at its level 1 for files of about the same size
+at zlib level 0. The models only see the decoded pixels (docs/models.md §1.1, §2.1 and §3.1 ask
+for lossless PNG), and every PNG decodes to the same pixels whatever its filters and zlib level,
+so the filter is free to choose: here "Up" (type 2, the row above subtracted) on every row, at
+zlib level 1, 2-8x faster than Pillow at its level 1 for files of about the same size
 (bench/README.md, "Whole loop").
 """
 
