@@ -13,7 +13,8 @@ Why a FIFO: it is local to the host like the journal's users, needs no port, no 
 limit and no registry of listeners; every waiting reader sees it readable (select(2)), and a
 reader keeps it open for writing too, so it never reads end-of-file when the last writer goes.
 A ring with no reader fails with ENXIO and a full pipe with EAGAIN: both mean nobody needs
-another byte, so ringing never blocks and never fails.
+another byte, so ringing never blocks and never fails. Where no FIFO can be made (a file
+system without them), the stages log ``doorbell_unavailable`` once and only poll, as before.
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ import select
 import stat
 from pathlib import Path
 
+from listener.logging import get_logger
+
 JOBS = "jobs"  # routing queued jobs (and a job ended: a slot is free)
 OUTBOX = "outbox"  # results or forwards queued for delivery
 _DRAIN = 4096
+log = get_logger("serve")
 
 
 def bell_path(data_dir: Path, topic: str) -> Path:
@@ -44,13 +48,14 @@ def bell_path(data_dir: Path, topic: str) -> Path:
 
 
 def ring(data_dir: Path, topic: str) -> None:
-    """Wake the stages waiting on ``topic``; nothing happens when none is waiting."""
+    """Wake the stages waiting on ``topic``; nothing happens when none is waiting, nor when
+    the pipe cannot be made (the waiters then poll, see :class:`Doorbell`)."""
     try:
         fd = os.open(bell_path(data_dir, topic), os.O_WRONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:  # no reader: no stage of that kind is running
-            return
-        raise
+    except (OSError, RuntimeError) as exc:
+        if not (isinstance(exc, OSError) and exc.errno == errno.ENXIO):  # ENXIO: no reader
+            log.debug("doorbell_not_rung", topic=topic, error=str(exc))
+        return
     try:
         os.write(fd, b"\0")
     except BlockingIOError:
@@ -63,14 +68,22 @@ class Doorbell:
     """The waiting side of one topic's FIFO, for one process."""
 
     def __init__(self, data_dir: Path, topic: str) -> None:
-        # O_RDWR keeps a writer open, so the pipe never shows end-of-file (see module docstring)
-        self._fd = os.open(bell_path(data_dir, topic), os.O_RDWR | os.O_NONBLOCK)
+        self._fd: int | None = None
+        try:
+            # O_RDWR keeps a writer open, so the pipe never shows end-of-file (module docstring)
+            self._fd = os.open(bell_path(data_dir, topic), os.O_RDWR | os.O_NONBLOCK)
+        except (OSError, RuntimeError) as exc:  # e.g. a file system without FIFOs
+            log.warning("doorbell_unavailable", topic=topic, error=str(exc), fallback="poll")
 
     def close(self) -> None:
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _drain(self) -> bool:
         """Read every pending ring; whether there was one."""
+        if self._fd is None:
+            return False
         rung = False
         with contextlib.suppress(BlockingIOError):
             while os.read(self._fd, _DRAIN):
@@ -81,7 +94,9 @@ class Doorbell:
         """Block until the bell rings or ``timeout_s`` passes; whether it rang."""
         if self._drain():
             return True
-        readable, _, _ = select.select([self._fd], [], [], timeout_s)
+        readable, _, _ = select.select(
+            [self._fd] if self._fd is not None else [], [], [], timeout_s
+        )
         return bool(readable) and self._drain()
 
     async def wait_async(self, timeout_s: float) -> bool:
@@ -89,6 +104,10 @@ class Doorbell:
         a process whose slots are all busy leaves the rings to the others."""
         if self._drain():
             return True
+        fd = self._fd
+        if fd is None:
+            await asyncio.sleep(timeout_s)
+            return False
         loop = asyncio.get_running_loop()
         rung: asyncio.Future[None] = loop.create_future()
 
@@ -96,11 +115,11 @@ class Doorbell:
             if not rung.done():
                 rung.set_result(None)
 
-        loop.add_reader(self._fd, readable)
+        loop.add_reader(fd, readable)
         try:
             await asyncio.wait_for(rung, timeout_s)
         except TimeoutError:
             return False
         finally:
-            loop.remove_reader(self._fd)
+            loop.remove_reader(fd)
         return self._drain()

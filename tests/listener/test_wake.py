@@ -102,3 +102,19 @@ def test_the_deliverer_sends_at_the_ring_not_at_its_next_poll(tmp_path: Path) ->
             ring(settings.data_dir, OUTBOX)
             deliverer.join(10)
             pipeline.close()
+
+
+def test_without_a_pipe_the_stages_fall_back_to_polling(tmp_path: Path) -> None:
+    """Where the doorbell cannot be a FIFO (here a plain file holds its name), ringing does
+    nothing and waiting is the poll's sleep: the stages keep working, only without wake-ups."""
+    path = tmp_path / "run" / "wake" / "jobs.fifo"
+    path.parent.mkdir(parents=True)
+    path.write_text("not a pipe")
+    ring(tmp_path, JOBS)
+    bell = Doorbell(tmp_path, JOBS)
+    try:
+        assert not bell.wait(0.01)
+        assert not asyncio.run(bell.wait_async(0.01))
+    finally:
+        bell.close()
+    assert path.read_text() == "not a pipe"
