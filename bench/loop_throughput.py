@@ -22,6 +22,11 @@ Orthanc (one association per study, the 20 at once). Ratios are gateway / peer. 
 results that needed a second attempt are listed, since each one costs a backoff.
 
     .venv/bin/python bench/loop_throughput.py --ct-slices 200 --studies 20
+
+``--scenarios many`` (or ``cr``, ``ct``, comma-separated) runs a subset, e.g. under a profiler::
+
+    py-spy record --subprocesses -r 50 -f raw -o many.txt -- \
+        .venv/bin/python bench/loop_throughput.py --scenarios many
 """
 
 from __future__ import annotations
@@ -379,10 +384,13 @@ def report(runs: dict[str, LoopRun], peers: dict[str, float], count: int) -> Non
     """Print the figures and their ratios to the peer's."""
     print("| study | gateway, warm | gateway, first after start | storescu -> Orthanc | ratio |")
     print("|---|---|---|---|---|")
-    for name in ("cr", "ct"):
+    for name in [n for n in ("cr", "ct") if n in runs]:
         run, peer = runs[name], peers[name]
         warm, cold = run.timelines[0].overhead, run.cold.overhead
         print(f"| {name} | {warm:.2f} s | {cold:.2f} s | {peer:.3f} s | {warm / peer:.1f} |")
+    if "many" not in runs:
+        _breakdowns(runs)
+        return
     many, peer = runs["many"], peers["many"]
     ours, theirs = count / many.span * 3600, count / peer * 3600
     print(
@@ -401,7 +409,12 @@ def report(runs: dict[str, LoopRun], peers: dict[str, float], count: int) -> Non
             print(f"  {name}: {line}")
     for model, (calls, seconds) in sorted(many.calls.items()):
         print(f"  {model}: {calls} calls, {seconds:.3f} s summed (queueing included)")
-    for name in ("cr", "ct"):
+    _breakdowns(runs)
+
+
+def _breakdowns(runs: dict[str, LoopRun]) -> None:
+    """The step-by-step breakdown of the single-study scenarios that ran."""
+    for name in [n for n in ("cr", "ct") if n in runs]:
         run = runs[name]
         print(f"\nbreakdown, {name}, warm:\n{breakdown(run.timelines[0])}")
         for model, (calls, seconds) in sorted(run.calls.items()):
@@ -415,7 +428,13 @@ def main() -> None:
     parser.add_argument("--ct-slices", type=int, default=200)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--studies", type=int, default=20)
+    parser.add_argument(
+        "--scenarios",
+        default="cr,ct,many",
+        help="comma-separated subset of cr, ct, many (e.g. only many, under a profiler)",
+    )
     args = parser.parse_args()
+    chosen = args.scenarios.split(",")
     print(machine())
     begun = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -434,6 +453,7 @@ def main() -> None:
             "ct": (cts[0], [cts[1]]),
             "many": ([crs[2]], [[p] for p in crs[3:]]),
         }
+        scenarios = {name: s for name, s in scenarios.items() if name in chosen}
         peers = {name: peer_seconds(scratch, name, *s) for name, s in scenarios.items()}
         print(f"peer seconds: {peers}", file=sys.stderr)
         runs = {name: gateway_run(scratch, name, *s) for name, s in scenarios.items()}

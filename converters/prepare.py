@@ -15,7 +15,6 @@ MONOCHROME1 is inverted, neither of which the official toolkit does (§5.1).
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -33,13 +32,10 @@ from converters.geometry import (
     stretch_map,
 )
 from converters.intensity import IntensityPolicy, display_pixels
+from converters.png import png_bytes
 
 PARSE_SIZE = 1024
 INSIGHT_SIZE = 480
-# zlib level for the PNGs. Every level is lossless (the decoded pixels are the same); level 1
-# encodes a noisy 1024 x 1024 CT slice about three times faster than Pillow's default 6 for a
-# file about 7 % larger (bench/README.md, "Result objects for a 200-slice CT").
-PNG_COMPRESS_LEVEL = 1
 
 
 class ImageModel(StrEnum):
@@ -74,12 +70,11 @@ class PreparedImage:
 
 
 def encode_png(pixels: npt.NDArray[np.uint8], *, rgb: bool) -> bytes:
-    """Lossless PNG of 8-bit pixels, as RGB (gray replicated) or as 8-bit grayscale."""
-    image = Image.fromarray(pixels)
-    image = image.convert("RGB" if rgb else "L")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
+    """Lossless PNG of 8-bit pixels, as RGB (gray replicated) or as 8-bit grayscale
+    (:func:`converters.png.png_bytes`; Pillow only converts between the two)."""
+    if pixels.ndim != (3 if rgb else 2) or (rgb and pixels.shape[2] != 3):
+        pixels = np.asarray(Image.fromarray(pixels).convert("RGB" if rgb else "L"), np.uint8)
+    return png_bytes(pixels)
 
 
 def _policy(model: ImageModel, preset: str | None) -> IntensityPolicy:

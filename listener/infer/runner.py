@@ -274,7 +274,7 @@ class JobRunner:
         if not self.jobs.holds(lease):  # do not write or queue what another runner will
             raise LeaseLostError
         # writing and fsyncing the results off the event loop keeps the heartbeat beating
-        return await asyncio.to_thread(self.act, job, outcome, self.clock())
+        return await asyncio.to_thread(self.act, job, outcome, self.clock(), task)
 
     async def _heartbeat(self, lease: Lease, work: asyncio.Task[Any], lost: asyncio.Event) -> None:
         """Renew the lease every third of its length; cancel the work when it is gone."""
@@ -319,9 +319,12 @@ class JobRunner:
         if state is None:
             bound.warning("job_lease_lost", attempt=job.attempts)
 
-    def act(self, job: Job, outcome: TaskOutcome, now: float) -> list[str]:
-        """Keep embeddings, write and queue the result objects, route by label; their UIDs."""
-        task = task_from_payload(job.payload)
+    def act(
+        self, job: Job, outcome: TaskOutcome, now: float, task: PlannedTask | None = None
+    ) -> list[str]:
+        """Keep embeddings, write and queue the result objects, route by label; their UIDs.
+        ``task`` is the job's task when the caller has it already (else read from the job)."""
+        task = task or task_from_payload(job.payload)
         self._keep_embeddings(job, task, outcome, now)
         uids, queued = [], []
         for obj in outcome.objects:

@@ -4,7 +4,9 @@ spool uploader (``spool_url: s3://...``, :mod:`listener.store.uploads`).
 ``pacs-ai serve`` starts ``settings.job_runners`` job-runner processes; each claims jobs from the
 journal (highest priority first) and runs up to ``settings.jobs_per_runner`` of them at once, so
 one slow or failing study never holds up the others. The deliverer sends what the outbox holds
-due. All of them take their work from the journal only, so they can be killed at any time.
+due. All of them take their work from the journal only, so they can be killed at any time; they
+poll it every ``poll_interval_s``, and wake at once when the stage before rings their doorbell
+(:mod:`listener.serve.wake`): routing rings the job runners, a job that ends rings the deliverer.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
+from converters.sr import preload_standard_tables
 from listener.infer import build_clients
 from listener.logging import get_logger
 from listener.pipeline import Pipeline, build_pipeline
 from listener.route.model import rules_fingerprint
 from listener.send.scu import enable_chunked_send
+from listener.serve.wake import JOBS, OUTBOX, Doorbell, ring
 from listener.settings import Settings
 from listener.store.executors import Executors, owner_name, sweep_silent
 from listener.store.records import (
@@ -31,6 +37,7 @@ from listener.store.retention import Retention, RetentionPolicy
 from listener.store.uploads import bucket_purge, uploader
 
 log = get_logger("serve")
+T = TypeVar("T")
 
 
 def runner_id(settings: Settings) -> str:
@@ -71,6 +78,7 @@ async def _job_loop(
     slots = asyncio.Semaphore(settings.jobs_per_runner)
     running: set[asyncio.Task[None]] = set()
     records = AdminRecords(settings.journal_database)
+    bell = Doorbell(settings.data_dir, JOBS)
     async with build_clients(
         settings.models,
         emulator_url,
@@ -84,7 +92,7 @@ async def _job_loop(
             job = pipeline.jobs.claim(owner, clock(), settings.job_lease_s)
             if job is None:
                 slots.release()
-                await asyncio.sleep(settings.poll_interval_s)
+                await bell.wait_async(settings.poll_interval_s)
                 continue
             task = asyncio.create_task(
                 pipeline.runner.run_job(job, pipeline.runner.context(clients, job.study_uid))
@@ -92,8 +100,10 @@ async def _job_loop(
             running.add(task)
             task.add_done_callback(running.discard)
             task.add_done_callback(lambda _t: slots.release())
+            task.add_done_callback(lambda _t: ring(settings.data_dir, OUTBOX))
         if running:
             await asyncio.wait(running, timeout=30)
+    bell.close()
 
 
 def reload_rules_if_asked(pipeline: Pipeline, records: AdminRecords) -> None:
@@ -106,6 +116,7 @@ def reload_rules_if_asked(pipeline: Pipeline, records: AdminRecords) -> None:
 def run_job_runner(settings: Settings, emulator_url: str | None, stop: threading.Event) -> None:
     """Run jobs until ``stop`` is set (the body of a job-runner process)."""
     pipeline = build_pipeline(settings)
+    preload_standard_tables()  # not inside the first study's job
     log.info("job_runner_started", owner=runner_id(settings), concurrency=settings.jobs_per_runner)
     asyncio.run(_job_loop(pipeline, emulator_url, stop, pipeline.runner.clock))
     log.info("job_runner_stopped", owner=runner_id(settings))
@@ -115,13 +126,29 @@ def run_deliverer(pipeline: Pipeline, stop: threading.Event) -> None:
     """Send what the outbox holds due until ``stop`` is set (a thread of the dispatcher process)."""
     enable_chunked_send()
     records = AdminRecords(pipeline.settings.journal_database)
-    while not stop.is_set():
-        reload_rules_if_asked(pipeline, records)
-        try:
-            pipeline.deliverer.deliver_due(time.time())
-        except Exception:  # one destination's bug must not stop delivery for good
-            log.exception("delivery_crashed")
-        stop.wait(pipeline.settings.poll_interval_s)
+    bell = Doorbell(pipeline.settings.data_dir, OUTBOX)
+    try:
+        while not stop.is_set():
+            reload_rules_if_asked(pipeline, records)
+            try:
+                pipeline.deliverer.deliver_due(time.time())
+            except Exception:  # one destination's bug must not stop delivery for good
+                log.exception("delivery_crashed")
+            bell.wait(pipeline.settings.poll_interval_s)
+    finally:
+        bell.close()
+
+
+def ringing_after(on_ready: Callable[[T], None], data_dir: Path) -> Callable[[T], None]:
+    """``on_ready`` (the route stage's callback), then a ring for the job runners and the
+    deliverer: routing queues the study's jobs and its forwards."""
+
+    def route_and_ring(study: T) -> None:
+        on_ready(study)
+        ring(data_dir, JOBS)
+        ring(data_dir, OUTBOX)
+
+    return route_and_ring
 
 
 def retention(pipeline: Pipeline) -> Retention:

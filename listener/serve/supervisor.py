@@ -57,6 +57,7 @@ from listener.receive.server import open_listeners, start_server
 from listener.route.load import effective_rules
 from listener.serve.loops import (
     recover_after_crash,
+    ringing_after,
     run_deliverer,
     run_job_runner,
     run_purger,
@@ -234,7 +235,7 @@ def dispatcher_main(settings: Settings) -> None:
         release_loop(
             journal,
             stop,
-            on_ready=pipeline.router.on_study_ready,
+            on_ready=ringing_after(pipeline.router.on_study_ready, settings.data_dir),
             poll_interval_s=settings.poll_interval_s,
             max_wait_s=settings.max_study_wait_s,
         )

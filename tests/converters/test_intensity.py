@@ -8,6 +8,9 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from pydicom import Dataset
 from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
@@ -15,7 +18,14 @@ from pydicom.pixels.processing import apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from converters.frames import frame_view
-from converters.intensity import CT_PRESETS, IntensityPolicy, display_pixels
+from converters.intensity import (
+    CT_PRESETS,
+    IntensityPolicy,
+    display_pixels,
+    modality_values,
+    own_voi,
+    policy_voi,
+)
 
 
 def gray_image(
@@ -180,3 +190,37 @@ def test_invalid_window_falls_back_to_the_policy() -> None:
     ds.WindowCenter, ds.WindowWidth = 40, 0.5
     plain = gray_image(ramp())
     assert np.array_equal(display_pixels(ds), display_pixels(plain))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    arrays(np.int16, (6, 7), elements=st.integers(-3000, 3000)),
+    st.floats(-1000, 1000),
+    st.sampled_from([0.5, 1.0, 2.5]),
+    st.one_of(st.none(), st.tuples(st.floats(-2000, 2000), st.floats(1, 4000))),
+    st.sampled_from(["LINEAR", "LINEAR_EXACT", ""]),
+    st.sampled_from([None, "ct-lung", "ct-abdomen"]),
+)
+def test_the_value_table_gives_the_whole_image_computation(
+    pixels: npt.NDArray[np.int16],
+    intercept: float,
+    slope: float,
+    window: tuple[float, float] | None,
+    function: str,
+    preset: str | None,
+) -> None:
+    """Mapping each distinct stored value once and looking pixels up gives exactly what the
+    Modality LUT, own window or preset give over the whole image."""
+    ds = gray_image(pixels, intercept=intercept)
+    ds.RescaleSlope = slope
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+        if function:
+            ds.VOILUTFunction = function
+    policy = IntensityPolicy(preset=preset)
+    view = frame_view(ds, 0)
+    values = modality_values(view, pixels)
+    expected = own_voi(view, values)
+    if expected is None:
+        expected = policy_voi(values, policy, hu=True)
+    assert np.array_equal(display_pixels(ds, 0, policy), expected)
