@@ -286,31 +286,22 @@ class JobStore(JournalTables):
         (owners are ``executor_id:pid``; the executor id is the host name by default) so it runs
         again now; used at start-up, when none of them can still be running. The jobs stay
         IN PROGRESS: UPS has no way back to SCHEDULED."""
-        with self.db.transaction() as db:
-            rows = db.execute(
-                "UPDATE jobs SET not_before = ?, lease_owner = NULL, lease_until = NULL,"
-                " updated_at = ? WHERE state = ? AND lease_owner LIKE ? RETURNING id",
-                (now, now, JobState.IN_PROGRESS.value, f"{host}:%"),
-            ).fetchall()
-            for row in rows:
-                self._event(
-                    db, row["id"], now, JobState.IN_PROGRESS.value, "lease released after crash"
-                )
-            return len(rows)
+        return self._release("LIKE", f"{host}:%", now, "lease released after crash")
 
     def release_owner(self, owner: str, now: float) -> int:
-        """Release the lease of every IN PROGRESS job held by the process ``owner`` (one whose
-        heartbeat stopped, see :mod:`listener.store.executors`) so it runs again now."""
+        """Release, the same way, the jobs of the process ``owner`` whose heartbeat stopped
+        (:mod:`listener.store.executors`)."""
+        return self._release("=", owner, now, "lease released: runner silent")
+
+    def _release(self, match: str, owner: str, now: float, detail: str) -> int:
         with self.db.transaction() as db:
             rows = db.execute(
                 "UPDATE jobs SET not_before = ?, lease_owner = NULL, lease_until = NULL,"
-                " updated_at = ? WHERE state = ? AND lease_owner = ? RETURNING id",
+                f" updated_at = ? WHERE state = ? AND lease_owner {match} ? RETURNING id",
                 (now, now, JobState.IN_PROGRESS.value, owner),
             ).fetchall()
             for row in rows:
-                self._event(
-                    db, row["id"], now, JobState.IN_PROGRESS.value, "lease released: runner silent"
-                )
+                self._event(db, row["id"], now, JobState.IN_PROGRESS.value, detail)
             return len(rows)
 
     @staticmethod

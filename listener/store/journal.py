@@ -332,7 +332,9 @@ class Journal(AssociationLog, ConflictLog):
         for uid, calling, called, peer, study_calling, study_called in rows:
             if peer is None:
                 calling, called = study_calling, study_called
-            out[str(uid)] = Sender(_text(calling), _text(called), _text(peer))
+            out[str(uid)] = Sender(
+                *(None if v is None else str(v) for v in (calling, called, peer))
+            )
         return out
 
     def known_paths(self) -> set[str]:
@@ -480,10 +482,6 @@ class Journal(AssociationLog, ConflictLog):
             (generation, study_uid),
         ).fetchone()
         return ReleasedStudy(study_uid, generation, released_at, total, new, calling, called)
-
-
-def _text(value: object) -> str | None:
-    return None if value is None else str(value)
 
 
 def _study_info(row: tuple[object, ...]) -> StudyInfo:
