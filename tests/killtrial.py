@@ -110,7 +110,9 @@ def run_kill_trial(
         "PACSAI_DESTINATIONS__PACS__AE_TITLE": pacs.aet,
         "PACSAI_DESTINATIONS__PACS__HOST": "127.0.0.1",
         "PACSAI_DESTINATIONS__PACS__PORT": str(pacs.dicom_port),
-        "PACSAI_QUIET_PERIOD_S": "2",
+        # Long enough for the cut series to be sent again inside the study's quiet period (a
+        # resend after it opens a follow-up generation, by design, with results of its own).
+        "PACSAI_QUIET_PERIOD_S": "10",
         "PACSAI_EXECUTOR_TIMEOUT_S": "3",
         "PACSAI_JOB_LEASE_S": "600",  # recovery must come from the sweeper, not the lease
         "PACSAI_EMULATOR__LATENCY_MS": "1500",
