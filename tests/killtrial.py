@@ -8,18 +8,17 @@ in the shared spool, every job completed once, each result in Orthanc once, no s
 
 from __future__ import annotations
 
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from factory import chest_radiograph, ct_series, write_series
-from peers import Orthanc, nodelay_env, run_gateway, wait_for
+from peers import Orthanc, run_gateway, send_with_storescu, wait_for
 from pydicom import dcmread
 from pynetdicom import AE
 from s3peer import SeaweedS3, object_bytes
-from scaleout import Cluster, receiver_args, run_cluster
+from scaleout import Cluster, receiver_args, result_count, run_cluster
 
 from listener.settings import load_settings
 from listener.store.jobs import JobState, JobStore
@@ -46,23 +45,6 @@ class TrialOutcome:
     sends_not_sent: int  # outbox entries to the PACS still pending or dead
     distinct_results_sent: int
     worker_recovered: bool  # another host's sweeper released the killed worker's work
-
-
-def _result_count(pacs: Orthanc, study_uid: str) -> int:
-    studies = pacs.find("Study", {"StudyInstanceUID": study_uid})
-    if not studies:
-        return 0
-    return len(pacs.get(f"/studies/{studies[0]['ID']}/instances"))
-
-
-def _storescu(port: int, paths: list[Path]) -> None:
-    subprocess.run(
-        ["storescu", "-aet", "MODALITY", "-aec", "PACSAI", "127.0.0.1", str(port)]
-        + [str(p) for p in paths],
-        check=True,
-        env=nodelay_env(),
-        timeout=120,
-    )
 
 
 def _unsent(outbox: Outbox) -> int:
@@ -123,7 +105,7 @@ def run_kill_trial(
         settings = load_settings(None, data_dir=cluster.receivers[0].data_dir, **database)
         jobs = JobStore(settings.journal_database)
         for path in crs:
-            _storescu(cluster.port, [path])
+            send_with_storescu(cluster.port, [path])
         wait_for(
             "worker 1 holding jobs in flight",
             lambda: any((j.lease_owner or "").startswith("work-1:") for j in jobs.list_jobs()),
@@ -132,7 +114,7 @@ def run_kill_trial(
         cluster.workers[0].kill_hard()
         killed = _send_then_kill_its_receiver(cluster, ct)
         time.sleep(0.5)
-        _storescu(cluster.port, ct)  # the modality sends the cut series again
+        send_with_storescu(cluster.port, ct)  # the modality sends the cut series again
         with run_gateway(
             cluster.receivers[killed].data_dir,
             *receiver_args(killed + 1),
@@ -142,7 +124,7 @@ def run_kill_trial(
         ):
             wait_for(
                 "every study's results in Orthanc",
-                lambda: sum(_result_count(pacs, uid) for uid in [ct_uid, *cr_uids]) >= expected,
+                lambda: sum(result_count(pacs, uid) for uid in [ct_uid, *cr_uids]) >= expected,
                 timeout=240,
             )
             journal = Journal(settings.journal_database)
@@ -168,7 +150,7 @@ def run_kill_trial(
         acknowledged=len(acknowledged),
         in_shared_spool=in_spool,
         results_expected=expected,
-        results_in_pacs=sum(_result_count(pacs, uid) for uid in [ct_uid, *cr_uids]),
+        results_in_pacs=sum(result_count(pacs, uid) for uid in [ct_uid, *cr_uids]),
         jobs=len(done),
         jobs_not_completed=sum(j.state is not JobState.COMPLETED for j in done),
         duplicate_jobs=len(keys) - len(set(keys)),

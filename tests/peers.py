@@ -68,6 +68,24 @@ def chromium(profile: Path, *args: str) -> str:
     return result.stdout
 
 
+def send_with_storescu(
+    port: int,
+    paths: list[Path],
+    *,
+    aet: str = "MODALITY",
+    aec: str = "PACSAI",
+    timeout: float = 300,
+) -> None:
+    """DCMTK storescu sends ``paths`` over one association to ``port`` on loopback; fails unless
+    every C-STORE was answered Success."""
+    subprocess.run(
+        ["storescu", "-aet", aet, "-aec", aec, "127.0.0.1", str(port), *map(str, paths)],
+        check=True,
+        env=nodelay_env(),
+        timeout=timeout,
+    )
+
+
 def wait_for(what: str, check: Any, timeout: float = 240.0) -> Any:
     """Poll ``check`` every half second until it returns something true, and return that;
     fail naming ``what`` after ``timeout`` seconds."""

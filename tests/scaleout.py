@@ -11,7 +11,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from peers import Gateway, free_port, nodelay_env, run_gateway, stop_process
+from peers import Gateway, Orthanc, free_port, nodelay_env, run_gateway, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 HAPROXY_CFG = ROOT / "docker" / "haproxy.cfg"
@@ -23,6 +23,14 @@ def haproxy_env(bind_port: int, receiver_ports: list[int]) -> dict[str, str]:
     for index, port in enumerate(receiver_ports, start=1):
         env[f"RECEIVER_{index}"] = f"127.0.0.1:{port}"
     return env
+
+
+def result_count(pacs: Orthanc, study_uid: str) -> int:
+    """How many instances Orthanc holds in the study ``study_uid`` (the results sent to it)."""
+    studies = pacs.find("Study", {"StudyInstanceUID": study_uid})
+    if not studies:
+        return 0
+    return len(pacs.get(f"/studies/{studies[0]['ID']}/instances"))
 
 
 def _echo(port: int) -> bool:

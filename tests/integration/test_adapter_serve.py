@@ -16,9 +16,9 @@ from factory import IMAGE_FAMILIES, family_study
 from peers import (
     StoreSCP,
     embedding_count,
-    nodelay_env,
     run_gateway,
     run_storescp,
+    send_with_storescu,
     wait_for,
 )
 from pydicom import Dataset, dcmread
@@ -27,16 +27,6 @@ pytestmark = pytest.mark.integration
 
 TRAINING_PER_FAMILY = 100
 NEW_PER_FAMILY = 3
-
-
-def _storescu(port: int, paths: list[Path]) -> None:
-    subprocess.run(
-        ["storescu", "-aet", "MODALITY", "-aec", "PACSAI", "127.0.0.1", str(port)]
-        + [str(p) for p in paths],
-        check=True,
-        env=nodelay_env(),
-        timeout=300,
-    )
 
 
 def _studies(folder: Path, first: int, per_family: int) -> dict[str, list[Path]]:
@@ -109,7 +99,7 @@ def test_adapter_trained_on_served_studies_routes_new_studies_by_family(tmp_path
     rules.write_text(EMBED_RULES)
     env = {"PACSAI_RULES_FILE": str(rules)}
     with run_gateway(data_dir, "--quiet-period", "1", env=env) as gateway:
-        _storescu(gateway.port, [p for paths in training.values() for p in paths])
+        send_with_storescu(gateway.port, [p for paths in training.values() for p in paths])
         wait_for("200 embeddings", lambda: embedding_count(gateway) >= 2 * TRAINING_PER_FAMILY, 600)
 
     labels = tmp_path / "labels.csv"
@@ -138,7 +128,7 @@ def test_adapter_trained_on_served_studies_routes_new_studies_by_family(tmp_path
     ):
         rules.write_text(_adapter_rules({"disc": discs.port, "band": bands.port}))
         with run_gateway(data_dir, "--quiet-period", "1", env=env, log_name="adapter.log") as gw:
-            _storescu(gw.port, [p for paths in new.values() for p in paths])
+            send_with_storescu(gw.port, [p for paths in new.values() for p in paths])
             for scp, family in ((discs, "disc"), (bands, "band")):
                 expected = {str(dcmread(p).SOPInstanceUID) for p in new[family]}
                 wait_for(f"the {family} studies", lambda s=scp, e=expected: _received(s) == e)
@@ -153,7 +143,7 @@ def test_adapter_trained_on_served_studies_routes_new_studies_by_family(tmp_path
             adapter |= {"version": 2, "model_version": "2.0"}
             (data_dir / "adapters/families/v2.json").write_text(json.dumps(adapter))
             late = _studies(tmp_path / "late", 2000, 1)
-            _storescu(gw.port, late["disc"])
+            send_with_storescu(gw.port, late["disc"])
             failed = wait_for("the refusal", lambda: gw.events("job_failed"))
             assert "adapter families v2 was trained on MedImageInsight 2.0" in failed[0]["error"]
             assert (

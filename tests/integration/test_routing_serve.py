@@ -3,14 +3,21 @@ address, expected content with a maximum wait, and the hard ceiling on a study's
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from factory import ct_series, write_series
-from peers import Gateway, StoreSCP, free_port, nodelay_env, run_gateway, run_storescp, wait_for
+from peers import (
+    Gateway,
+    StoreSCP,
+    free_port,
+    run_gateway,
+    run_storescp,
+    send_with_storescu,
+    wait_for,
+)
 from pydicom import dcmread
 
 from listener.store.outbox import Outbox
@@ -21,16 +28,6 @@ pytestmark = pytest.mark.integration
 def _wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
     """:func:`peers.wait_for` with this file's shorter default."""
     return wait_for(what, check, timeout)
-
-
-def _storescu(port: int, paths: list[Path]) -> None:
-    subprocess.run(
-        ["storescu", "-aet", "MODALITY", "-aec", "PACSAI", "127.0.0.1", str(port)]
-        + [str(p) for p in paths],
-        check=True,
-        env=nodelay_env(),
-        timeout=120,
-    )
 
 
 def _received(scp: StoreSCP) -> set[str]:
@@ -74,7 +71,7 @@ def test_rule_on_the_senders_network(tmp_path: Path) -> None:
         )
         env = _rules(tmp_path, rules)
         with run_gateway(tmp_path / "var", "--quiet-period", "1", env=env) as gateway:
-            _storescu(gateway.port, files)
+            send_with_storescu(gateway.port, files)
             expected = {str(dcmread(p).SOPInstanceUID) for p in files}
             _wait_for("the loopback forward", lambda: _received(local) == expected)
             assert _forwarded(gateway, "remote") == []
@@ -115,9 +112,9 @@ def test_expected_pair_sent_in_two_associations_is_planned_once_complete(tmp_pat
     with run_storescp(tmp_path / "local", "LOCAL") as local:
         env = _rules(tmp_path, _chest_pair_rules(local.port, 600))
         with run_gateway(tmp_path / "var", "--quiet-period", "1", env=env) as gateway:
-            _storescu(gateway.port, [pa])
+            send_with_storescu(gateway.port, [pa])
             _wait_for("the PA to wait for its lateral", lambda: gateway.events("study_waiting"))
-            _storescu(gateway.port, [lateral])
+            send_with_storescu(gateway.port, [lateral])
             (planned,) = _wait_for("the plan", lambda: gateway.events("study_planned"))
             assert planned["forwards"] == 2
             expected = {str(dcmread(p).SOPInstanceUID) for p in (pa, lateral)}
@@ -130,7 +127,7 @@ def test_expected_content_missing_is_processed_after_its_maximum_wait(tmp_path: 
     with run_storescp(tmp_path / "local", "LOCAL") as local:
         env = _rules(tmp_path, _chest_pair_rules(local.port, 3))
         with run_gateway(tmp_path / "var", "--quiet-period", "1", env=env) as gateway:
-            _storescu(gateway.port, [pa])
+            send_with_storescu(gateway.port, [pa])
             expected = {str(dcmread(pa).SOPInstanceUID)}
             _wait_for("the PA forwarded alone", lambda: _received(local) == expected)
             assert gateway.events("study_waiting")
@@ -149,6 +146,6 @@ def test_study_is_released_at_the_maximum_study_wait(tmp_path: Path) -> None:
         )
         env = {**_rules(tmp_path, rules), "PACSAI_MAX_STUDY_WAIT_S": "2"}
         with run_gateway(tmp_path / "var", "--quiet-period", "600", env=env) as gateway:
-            _storescu(gateway.port, files)
+            send_with_storescu(gateway.port, files)
             expected = {str(dcmread(p).SOPInstanceUID) for p in files}
             _wait_for("the forward after the ceiling", lambda: _received(local) == expected)

@@ -4,16 +4,15 @@ and ten chest CRs: each study is released once and each result reaches Orthanc o
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from factory import chest_radiograph, ct_series, write_series
-from peers import Orthanc, nodelay_env, run_orthanc, wait_for
+from peers import Orthanc, run_orthanc, send_with_storescu, wait_for
 from pgserver import database_setting
 from pydicom import dcmread
-from scaleout import run_cluster
+from scaleout import result_count, run_cluster
 
 from listener.settings import load_settings
 from listener.store.db import DatabaseTarget
@@ -35,23 +34,6 @@ def pacs(tmp_path: Path) -> Iterator[Orthanc]:
     """Orthanc as the PACS the results go to."""
     with run_orthanc(tmp_path / "orthanc") as orthanc:
         yield orthanc
-
-
-def _storescu(port: int, paths: list[Path]) -> None:
-    subprocess.run(
-        ["storescu", "-aet", "MODALITY", "-aec", "PACSAI", "127.0.0.1", str(port)]
-        + [str(p) for p in paths],
-        check=True,
-        env=nodelay_env(),
-        timeout=120,
-    )
-
-
-def _result_count(pacs: Orthanc, study_uid: str) -> int:
-    studies = pacs.find("Study", {"StudyInstanceUID": study_uid})
-    if not studies:
-        return 0
-    return len(pacs.get(f"/studies/{studies[0]['ID']}/instances"))
 
 
 def _modality_associations(log: list[dict[str, object]]) -> int:
@@ -93,14 +75,14 @@ def test_studies_split_over_receivers_assemble_once_and_results_reach_the_pacs_o
     }
     with run_cluster(tmp_path, env) as cluster:
         for paths in series:
-            _storescu(cluster.port, paths)
+            send_with_storescu(cluster.port, paths)
         for path in crs:
-            _storescu(cluster.port, [path])
+            send_with_storescu(cluster.port, [path])
         wait_for(
             "every study's results in Orthanc",
             lambda: (
-                _result_count(pacs, ct_uid) >= CT_RESULTS
-                and all(_result_count(pacs, uid) >= CR_RESULTS for uid in cr_uids)
+                result_count(pacs, ct_uid) >= CT_RESULTS
+                and all(result_count(pacs, uid) >= CR_RESULTS for uid in cr_uids)
             ),
             timeout=300,
         )
@@ -112,8 +94,8 @@ def test_studies_split_over_receivers_assemble_once_and_results_reach_the_pacs_o
         )
     assert all(count >= 1 for count in spread), spread
     assert sum(spread) == len(series) + CR_STUDIES
-    assert _result_count(pacs, ct_uid) == CT_RESULTS
-    assert all(_result_count(pacs, uid) == CR_RESULTS for uid in cr_uids)
+    assert result_count(pacs, ct_uid) == CT_RESULTS
+    assert all(result_count(pacs, uid) == CR_RESULTS for uid in cr_uids)
     jobs = JobStore(settings.journal_database).list_jobs()
     assert {j.study_uid for j in jobs} == {ct_uid, *cr_uids}
     assert {j.generation for j in jobs} == {0}
