@@ -1,4 +1,4 @@
-"""Issue 10 for the pure builders: identity, supersession, UTF-8 text, unusual source values."""
+"""The pure builders: identity, supersession, UTF-8 text, unusual source values."""
 
 from __future__ import annotations
 

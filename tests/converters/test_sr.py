@@ -75,7 +75,7 @@ def test_report_sr_validates_and_reads_back_findings_and_boxes(kind: str, tmp_pa
             == frontal.image.SOPInstanceUID
         )
         assert texts_of(group[0]) == [text]
-    # Beside boxed findings, the unboxed one is a root-level text (PixelMed, issue 10).
+    # Beside boxed findings, the unboxed one is a root-level text (PixelMed).
     assert sr.content.get_image_measurement_groups() == []
     uids = [g.tracking_uid for g in planar]
     assert len(set(uids)) == 3

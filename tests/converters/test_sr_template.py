@@ -100,7 +100,7 @@ def report_sr(kind: str, boxes: bool) -> Dataset:
 
 
 def report_one_boxed_one_unboxed(order: str) -> Dataset:
-    """A boxed and an unboxed finding side by side, in either order (issue 10)."""
+    """A boxed and an unboxed finding side by side, in either order."""
     sources = load_sources("cr_chest")
     frontal = frontal_of(sources)
     findings = findings_for(frontal.image)

@@ -1,4 +1,4 @@
-"""Actions on model output through ``pacs-ai serve`` (issue 14, must-show 2): a flag-for-review
+"""Actions on model output through ``pacs-ai serve``: a flag-for-review
 action and an OOD action forward their studies to their destinations (DCMTK storescp), with the
 flags and the OOD score kept for the API and the dashboard."""
 

@@ -1,4 +1,4 @@
-"""An adapter end to end (issue 14, must-show 1): 200 synthetic studies of two visibly different
+"""An adapter end to end: 200 synthetic studies of two visibly different
 image families go through ``pacs-ai serve`` (storescu), whose emulator derives their embeddings
 from the pixels; ``pacs-ai adapter train`` learns the families from them; a ``model: adapter``
 rule then routes new studies of each family to its storescp, with a classification SR naming the

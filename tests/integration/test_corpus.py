@@ -1,4 +1,4 @@
-"""The result corpus: every input issue 10 names, through the path ``pacs-ai process`` takes.
+"""The result corpus: every stressing input, through the path ``pacs-ai process`` takes.
 
 Inputs: pydicom's and pydicom-data's RG1_UNCR and RG1_J2KR (one CR chest, MONOCHROME1, in two
 transfer syntaxes, same UIDs), MR-SIEMENS-DICOM-WithOverlays and examples_overlay (two images of

@@ -1,4 +1,4 @@
-"""Embedding drift through ``pacs-ai serve`` (issue 14, must-show 3): 100 studies of one image
+"""Embedding drift through ``pacs-ai serve``: 100 studies of one image
 family, then 100 of another, from one calling AE; its group drifts within the second batch
 while a group whose input did not change stays low; the gauge, the audit record, the readiness
 warning and the dashboard plot (headless Chromium) show it."""
