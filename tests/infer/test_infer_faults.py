@@ -242,8 +242,10 @@ def test_a_slow_endpoint_times_out_and_is_retried(
     emulator: Start, fast_backoff: CallBackoff
 ) -> None:
     """A reply slower than timeout_s is a transient timeout, retried `retries` times."""
-    server = emulator(latency_ms=400)
-    client = mi_client(server.url, fast_backoff, timeout_s=0.1, retries=1, circuit_failures=10)
+    # The timeout leaves room for the retry to reach the server on a loaded machine; the
+    # latency is far beyond it, so each attempt times out.
+    server = emulator(latency_ms=3000)
+    client = mi_client(server.url, fast_backoff, timeout_s=0.5, retries=1, circuit_failures=10)
 
     async def go() -> None:
         with pytest.raises(TransientModelError, match="timeout calling medimageinsight"):
@@ -251,4 +253,7 @@ def test_a_slow_endpoint_times_out_and_is_retried(
         await client.aclose()
 
     asyncio.run(go())
+    deadline = time.monotonic() + 5  # the second attempt may still be on its way in
+    while stats(server)["requests"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert stats(server)["requests"] == 2
