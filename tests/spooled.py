@@ -3,9 +3,12 @@ after receive."""
 
 from __future__ import annotations
 
+import time
+
 from pydicom import Dataset
 
 from listener.pipeline import Pipeline
+from listener.route.plan import PlannedTask, task_payload
 from listener.store.journal import InstanceRecord
 
 
@@ -32,3 +35,25 @@ def store_study(pipeline: Pipeline, datasets: list[Dataset], at: float) -> None:
             quiet_period_s=pipeline.settings.quiet_period_s,
             patient_id=str(ds.get("PatientID", "")),
         )
+
+
+def schedule_classification(pipeline: Pipeline, series: list[Dataset]) -> int:
+    """Schedule one MedImageInsight classification job (labels ``a``, ``b``) over ``series``,
+    due now; return its id."""
+    task = PlannedTask(
+        rule="r",
+        name="classify",
+        model="medimageinsight",
+        inputs={"images": tuple(str(ds.SOPInstanceUID) for ds in series)},
+        labels=("a", "b"),
+    )
+    return pipeline.jobs.schedule(
+        job_key="k",
+        study_uid=str(series[0].StudyInstanceUID),
+        generation=0,
+        rule="r",
+        task="classify",
+        payload=task_payload(task),
+        priority=0,
+        now=time.time(),
+    )

@@ -19,13 +19,12 @@ import structlog.testing
 from factory import ct_series
 from peers import free_port
 from pydicom import Dataset
-from spooled import store_study
+from spooled import schedule_classification, store_study
 
 from listener.asgi import BackgroundServer
 from listener.emulator import create_app
 from listener.infer import build_clients
 from listener.pipeline import Pipeline, build_pipeline
-from listener.route.plan import PlannedTask, task_payload
 from listener.settings import EmulatorSettings, ModelSettings, ModelsSettings, Settings
 from listener.store.jobs import Job, JobState, JobStore, forbidden_transitions
 from listener.store.records import AdminRecords, ModelHealthRecorder
@@ -45,23 +44,7 @@ def classification_job(tmp_path: Path, series: list[Dataset] | None = None, **se
     pipeline = build_pipeline(Settings(data_dir=tmp_path / "var", **settings))
     series = series or ct_series(3)
     store_study(pipeline, series, at=time.time())
-    task = PlannedTask(
-        rule="r",
-        name="classify",
-        model="medimageinsight",
-        inputs={"images": tuple(str(ds.SOPInstanceUID) for ds in series)},
-        labels=("a", "b"),
-    )
-    job_id = pipeline.jobs.schedule(
-        job_key="k",
-        study_uid=str(series[0].StudyInstanceUID),
-        generation=0,
-        rule="r",
-        task="classify",
-        payload=task_payload(task),
-        priority=0,
-        now=time.time(),
-    )
+    job_id = schedule_classification(pipeline, series)
     return pipeline, job_id
 
 

@@ -16,13 +16,12 @@ import pytest
 from factory import ct_series
 from peers import StoreSCP
 from s3peer import SECRET_ACCESS_KEY, SeaweedS3, object_bytes, object_keys
-from spooled import store_study
+from spooled import schedule_classification, store_study
 
 from listener.asgi import BackgroundServer
 from listener.errors import ConfigError, ObjectStoreError
 from listener.infer import build_clients
 from listener.pipeline import Pipeline, build_pipeline
-from listener.route.plan import PlannedTask, task_payload
 from listener.serve.loops import retention
 from listener.settings import Settings, load_settings
 from listener.store.jobs import JobState
@@ -58,23 +57,7 @@ def test_a_job_reads_its_input_from_the_bucket_and_a_send_reads_its_result_from_
     folder = pipeline.settings.spool_dir / study_uid
     originals = {p.name: p.read_bytes() for p in folder.rglob("*.dcm")}
     shutil.rmtree(folder)
-    task = PlannedTask(
-        rule="r",
-        name="classify",
-        model="medimageinsight",
-        inputs={"images": tuple(str(ds.SOPInstanceUID) for ds in series)},
-        labels=("a", "b"),
-    )
-    job_id = pipeline.jobs.schedule(
-        job_key="k",
-        study_uid=study_uid,
-        generation=0,
-        rule="r",
-        task="classify",
-        payload=task_payload(task),
-        priority=0,
-        now=time.time(),
-    )
+    job_id = schedule_classification(pipeline, series)
 
     async def run() -> None:
         async with build_clients(pipeline.settings.models, server.url) as clients:
