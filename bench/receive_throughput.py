@@ -265,24 +265,10 @@ def main() -> None:
             PKI = make_pki(scratch / "pki")
         if modes:
             S3 = stack.enter_context(run_seaweedfs(scratch / "seaweedfs"))
-        if modes:
             s3_benchmark(args, modes, scratch)
             return
-        series = ct_series(args.instances, rows=args.size, cols=args.size)
-        whole = scratch / "series"
-        files = write_series(series, whole)
-        quarters = []
-        for index in range(4):
-            folder = scratch / f"part{index}"
-            folder.mkdir()
-            for path in files[index::4]:
-                shutil.copy(path, folder / path.name)
-            quarters.append(folder)
-        megabytes = sum(p.stat().st_size for p in files) / 1e6
+        megabytes, sets = series_sets(args, scratch)
         rows = []
-        sets = [("1 association", [whole]), ("4 associations", quarters)]
-        if args.associations != "both":
-            sets = sets[:1] if args.associations == "1" else sets[1:]
         for label, folders in sets:
             refs, *results = alternating(
                 [storescp, *(run for _, run in gateways)], folders, args.repeat, scratch
@@ -311,9 +297,11 @@ def main() -> None:
             print(f"gateway aggregate, 4 associations / 1 association: {one / four:.2f}")
 
 
-def s3_benchmark(args: argparse.Namespace, modes: list[str], scratch: Path) -> None:
-    """Storescp against the gateway with its spool on S3, one gateway per ack mode, in the
-    same rounds; one association (the whole series) and four at once."""
+def series_sets(
+    args: argparse.Namespace, scratch: Path
+) -> tuple[float, list[tuple[str, list[Path]]]]:
+    """Write the synthetic series into ``scratch``, whole and split in four folders; return its
+    size in MB and the sets ``--associations`` asks for (label, folders sent at once)."""
     series = ct_series(args.instances, rows=args.size, cols=args.size)
     whole = scratch / "series"
     files = write_series(series, whole)
@@ -328,6 +316,13 @@ def s3_benchmark(args: argparse.Namespace, modes: list[str], scratch: Path) -> N
     sets = [("1 association", [whole]), ("4 associations", quarters)]
     if args.associations != "both":
         sets = sets[:1] if args.associations == "1" else sets[1:]
+    return megabytes, sets
+
+
+def s3_benchmark(args: argparse.Namespace, modes: list[str], scratch: Path) -> None:
+    """Storescp against the gateway with its spool on S3, one gateway per ack mode, in the
+    same rounds; one association (the whole series) and four at once."""
+    megabytes, sets = series_sets(args, scratch)
     print(f"{args.instances} instances, {megabytes:.1f} MB, spool on S3, {args.repeat} rounds")
     print(
         "| associations | s3.ack | storescp s, median | pacs-ai serve s, median "
