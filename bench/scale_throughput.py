@@ -32,24 +32,15 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 from loop_throughput import cr_studies, storescu_all, study_uid  # noqa: E402
 from peers import Orthanc, run_gateway, run_orthanc  # noqa: E402
 from pgserver import PostgresServer, run_postgres  # noqa: E402
-from scaleout import run_cluster  # noqa: E402
+from scaleout import result_count, run_cluster  # noqa: E402
 
 CR_RESULTS = 3
 WAIT_S = 600.0
 
 
-def _results(orthanc: Orthanc, uids: list[str]) -> int:
-    total = 0
-    for uid in uids:
-        studies = orthanc.find("Study", {"StudyInstanceUID": uid})
-        if studies:
-            total += len(orthanc.get(f"/studies/{studies[0]['ID']}/instances"))
-    return total
-
-
 def _wait_results(orthanc: Orthanc, uids: list[str]) -> float:
     deadline = time.monotonic() + WAIT_S
-    while _results(orthanc, uids) < CR_RESULTS * len(uids):
+    while sum(result_count(orthanc, uid) for uid in uids) < CR_RESULTS * len(uids):
         if time.monotonic() > deadline:
             raise RuntimeError("results did not arrive")
         time.sleep(0.2)

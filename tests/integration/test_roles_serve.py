@@ -9,11 +9,10 @@ over loopback HTTP, and each role is its own `pacs-ai serve` process tree.
 from __future__ import annotations
 
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
-from peers import free_port, nodelay_env, run_gateway, run_storescp, wait_for
+from peers import free_port, run_gateway, run_storescp, send_with_storescu, wait_for
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
@@ -42,12 +41,7 @@ def _send_cr(port: int, folder: Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "cr.dcm"
     path.write_bytes(Path(source).read_bytes())
-    subprocess.run(
-        ["storescu", "-aet", "MODALITY", "-aec", "PACSAI", "127.0.0.1", str(port), str(path)],
-        check=True,
-        env=nodelay_env(),
-        timeout=60,
-    )
+    send_with_storescu(port, [path], timeout=60)
     return str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)
 
 
