@@ -108,6 +108,8 @@ class EmulatorStats:
     in_flight: int = 0
     max_in_flight_seen: int = 0
     per_model: dict[str, int] = field(default_factory=dict)
+    in_flight_per_model: dict[str, int] = field(default_factory=dict)
+    max_in_flight_per_model: dict[str, int] = field(default_factory=dict)
     trickled: int = 0
     trickles_abandoned: int = 0  # the client hung up before the trickle ended
 
@@ -215,12 +217,16 @@ class _Emulator:
         if self.stats.in_flight >= self.settings.max_in_flight:
             self.stats.rejected_busy += 1
             return _error(HTTP_TOO_MANY_REQUESTS, "Too many pending requests", self._retry_after())
-        self.stats.in_flight += 1
-        self.stats.max_in_flight_seen = max(self.stats.max_in_flight_seen, self.stats.in_flight)
+        stats = self.stats
+        stats.in_flight += 1
+        stats.max_in_flight_seen = max(stats.max_in_flight_seen, stats.in_flight)
+        now = stats.in_flight_per_model[model] = stats.in_flight_per_model.get(model, 0) + 1
+        stats.max_in_flight_per_model[model] = max(stats.max_in_flight_per_model.get(model, 0), now)
         try:
             return await self._answer(model, request)
         finally:
-            self.stats.in_flight -= 1
+            stats.in_flight -= 1
+            stats.in_flight_per_model[model] -= 1
 
     async def _answer(self, model: str, request: Request) -> Response:
         """Answer after at least ``latency_ms``: the answer is computed while that time runs, as

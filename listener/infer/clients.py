@@ -65,8 +65,8 @@ class MedImageInsightClient(_Client):
 
     async def _embed(self, rows: list[list[str]]) -> list[Embeddings]:
         batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
-        answers = await asyncio.gather(*(self._embed_batch(batch) for batch in batches))
-        return [embedding for answer in answers for embedding in answer]
+        # one request at a time: a job holds one of the model's slots (listener.serve.engine)
+        return [embedding for batch in batches for embedding in await self._embed_batch(batch)]
 
     async def _embed_batch(self, rows: list[list[str]]) -> list[Embeddings]:
         body = wire.envelope(["image", "text"], rows, {"get_scaling_factor": True})

@@ -304,10 +304,9 @@ async def run_classification(task: PlannedTask, ctx: TaskContext) -> TaskOutcome
     prepared = await asyncio.to_thread(
         prepare_image, image, ImageModel.MEDIMAGEINSIGHT, frame=frame
     )
-    image_answer, text_answers = await asyncio.gather(
-        client.embed_images([prepared.png]),
-        client.embed_texts(list(task.label_texts or task.labels)),
-    )
+    # one request at a time: a job holds one of the model's slots (listener.serve.engine)
+    image_answer = await client.embed_images([prepared.png])
+    text_answers = await client.embed_texts(list(task.label_texts or task.labels))
     image_vector = image_answer[0].image
     texts = [answer.text for answer in text_answers]
     if image_vector is None or any(text is None for text in texts):
@@ -359,14 +358,18 @@ async def _parse_batch(
     frames: Sequence[tuple[Dataset, int]],
     task: PlannedTask,
     slots: asyncio.Semaphore,
+    request: asyncio.Lock,
 ) -> list[tuple[tuple[str, ...], npt.NDArray[np.bool_]]]:
     """Frames through MedImageParse in one request: each frame's categories and masks on the
     source grid. Preparing the images and mapping the masks back run in a worker thread, so
-    the event loop keeps the job's other requests (and its lease heartbeat) going meanwhile."""
+    the event loop keeps the job's request (and its lease heartbeat) going meanwhile; the
+    job's requests go one at a time (``request``): a job holds one of the model's slots
+    (listener.serve.engine)."""
     async with slots:
         prepared = await asyncio.to_thread(_prepare_frames, frames, task.window)
         client = ctx.clients.medimageparse
-        answers = await client.segment_rows([p.png for p in prepared], task.prompts)
+        async with request:
+            answers = await client.segment_rows([p.png for p in prepared], task.prompts)
         masks = await asyncio.to_thread(_masks_on_source, answers, prepared)
     return [(answer.categories, mask) for answer, mask in zip(answers, masks, strict=True)]
 
@@ -386,7 +389,8 @@ async def run_parse(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
     size = ctx.clients.medimageparse.batch_size
     slots = asyncio.Semaphore(max(1, FRAMES_IN_FLIGHT // size))
     batches = [frames[i : i + size] for i in range(0, len(frames), size)]
-    answered = await asyncio.gather(*(_parse_batch(ctx, b, task, slots) for b in batches))
+    request = asyncio.Lock()
+    answered = await asyncio.gather(*(_parse_batch(ctx, b, task, slots, request) for b in batches))
     answers = [answer for batch in answered for answer in batch]
     categories = answers[0][0]
     prompts = tuple(Prompt(text, cat) for text, cat in zip(task.prompts, categories, strict=False))

@@ -1,11 +1,13 @@
 """Worker-side loops: job runners (infer + convert), the outbox deliverer, retention and the
 spool uploader (``spool_url: s3://...``, :mod:`listener.store.uploads`).
 
-``pacs-ai serve`` starts ``settings.job_runners`` job-runner processes; each claims jobs from the
-journal (highest priority first) and runs up to ``settings.jobs_per_runner`` of them at once, so
-one slow or failing study never holds up the others. The deliverer sends what the outbox holds
-due. All of them take their work from the journal only, so they can be killed at any time; they
-poll it every ``poll_interval_s``, and wake at once when the stage before rings their doorbell
+``pacs-ai serve`` starts ``settings.job_runners`` job-runner processes; each queues the due jobs
+of the journal on the job engine's model queues and runs what the engine hands it, up to
+``settings.jobs_per_runner`` per model at once and each model's ``concurrency`` across every
+process (:mod:`listener.serve.engine`), so one slow or failing study never holds up the others.
+The deliverer sends what the outbox holds due. All of them take their work from the journal (and
+the engine's queues) only, so they can be killed at any time; they poll it every
+``poll_interval_s``, and wake at once when the stage before rings their doorbell
 (:mod:`listener.serve.wake`): routing rings the job runners, a job that ends rings the deliverer.
 """
 
@@ -24,6 +26,7 @@ from listener.logging import get_logger
 from listener.pipeline import Pipeline, build_pipeline
 from listener.route.model import rules_fingerprint
 from listener.send.scu import enable_chunked_send
+from listener.serve.engine import Engine, JobHost, migrate, set_host
 from listener.serve.wake import JOBS, OUTBOX, Doorbell, ring
 from listener.settings import Settings
 from listener.store.executors import Executors, owner_name, sweep_silent
@@ -38,6 +41,8 @@ from listener.store.uploads import bucket_purge, uploader
 
 log = get_logger("serve")
 T = TypeVar("T")
+# How long a stopping job runner waits for the jobs it runs (they run again elsewhere after).
+STOP_WAIT_S = 30
 
 
 def runner_id(settings: Settings) -> str:
@@ -55,9 +60,16 @@ def recover_after_crash(settings: Settings, now: float) -> int:
     executor then, so every ``IN PROGRESS`` lease of it belongs to a process that is gone. With
     several hosts (roles ``receive`` and ``work``) another host's deliverer may hold claims right
     now, so those are left to run out their lease instead.
+
+    First the job engine's tables are created or migrated, and the heartbeat rows of this
+    executor's processes forgotten: the job runners then cancel their workflows at once
+    (:meth:`listener.serve.engine.Engine.cancel_orphans`) and queue their jobs again.
     """
+    migrate(settings)
     pipeline = build_pipeline(settings)
     try:
+        # the engine's job runners cancel the workflows of processes with no heartbeat row
+        Executors(settings.journal_database).forget_host(settings.executor)
         count = pipeline.jobs.release_host(settings.executor, now)
         released = pipeline.outbox.release_claims(now) if settings.role == "all" else 0
         retention(pipeline).complete_interrupted(now)
@@ -73,12 +85,14 @@ def recover_after_crash(settings: Settings, now: float) -> int:
 async def _job_loop(
     pipeline: Pipeline, emulator_url: str | None, stop: threading.Event, clock: Callable[[], float]
 ) -> None:
+    """Feed the job engine and run the workflows it hands this process
+    (:mod:`listener.serve.engine`) until ``stop``; then wait for the running ones."""
     settings = pipeline.settings
     owner = runner_id(settings)
-    slots = asyncio.Semaphore(settings.jobs_per_runner)
-    running: set[asyncio.Task[None]] = set()
     records = AdminRecords(settings.journal_database)
+    executors = Executors(settings.journal_database)
     bell = Doorbell(settings.data_dir, JOBS)
+    engine = Engine(settings, owner)
     async with build_clients(
         settings.models,
         emulator_url,
@@ -86,24 +100,43 @@ async def _job_loop(
         on_call=ModelCallRecorder(records),
         on_health=ModelHealthRecorder(records, owner),
     ) as clients:
-        while not stop.is_set():
-            reload_rules_if_asked(pipeline, records)
-            await slots.acquire()
-            job = pipeline.jobs.claim(owner, clock(), settings.job_lease_s)
-            if job is None:
-                slots.release()
+        set_host(JobHost(pipeline, clients, asyncio.get_running_loop(), owner))
+        await asyncio.to_thread(engine.launch)
+        next_sweep = 0.0
+        try:
+            while not stop.is_set():
+                reload_rules_if_asked(pipeline, records)
+                now = clock()
+                sweep = now >= next_sweep
+                if sweep:
+                    next_sweep = now + settings.executor_timeout_s / 3
+                await asyncio.to_thread(_feed, engine, pipeline, executors, sweep, clock)
                 await bell.wait_async(settings.poll_interval_s)
-                continue
-            task = asyncio.create_task(
-                pipeline.runner.run_job(job, pipeline.runner.context(clients, job.study_uid))
-            )
-            running.add(task)
-            task.add_done_callback(running.discard)
-            task.add_done_callback(lambda _t: slots.release())
-            task.add_done_callback(lambda _t: ring(settings.data_dir, OUTBOX))
-        if running:
-            await asyncio.wait(running, timeout=30)
+        finally:
+            await asyncio.to_thread(engine.stop, STOP_WAIT_S)
+            set_host(None)
     bell.close()
+
+
+def _feed(
+    engine: Engine,
+    pipeline: Pipeline,
+    executors: Executors,
+    sweep: bool,
+    clock: Callable[[], float],
+) -> None:
+    """One round of the job runner's engine duties: cancel the workflows of silent processes
+    (when ``sweep``), then queue the due jobs. A busy or unreachable database is logged and
+    tried again next round."""
+    try:
+        if sweep:
+            engine.cancel_orphans(executors.owners())
+        queued = engine.feed(lambda limit: pipeline.jobs.due(clock(), limit))
+    except Exception as exc:
+        log.warning("job_feed_failed", error=str(exc))
+        return
+    if queued:
+        log.info("jobs_queued", count=queued)
 
 
 def reload_rules_if_asked(pipeline: Pipeline, records: AdminRecords) -> None:

@@ -97,6 +97,18 @@ class Executors(JournalTables):
         """The processes whose last heartbeat is older than ``timeout_s`` at ``now``."""
         return [b for b in self.all() if b.heartbeat_at < now - timeout_s]
 
+    def owners(self) -> set[str]:
+        """The owner names of every process with a heartbeat row."""
+        with self.db.read() as db:
+            return {row[0] for row in db.execute("SELECT owner FROM executors").fetchall()}
+
+    def forget_host(self, executor_id: str) -> int:
+        """Remove the rows of every process of ``executor_id``: at its start-up, when none of
+        them can still be running."""
+        with self.db.read() as db:
+            cursor = db.execute("DELETE FROM executors WHERE executor_id = ?", (executor_id,))
+            return cursor.rowcount
+
     def forget(self, owner: str, heartbeat_at: float) -> bool:
         """Remove a silent process's row, unless it beat again since ``heartbeat_at``."""
         with self.db.read() as db:

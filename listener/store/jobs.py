@@ -86,6 +86,16 @@ _ADDED_COLUMNS = {
     "retry_of": "INTEGER",
 }
 _ERROR_CHARS, _EVENT_CHARS = 2000, 500
+# A job is due: scheduled, waiting out a transient failure, or its runner's lease ran out.
+_DUE = (
+    "(state = ? AND not_before <= ?) OR (state = ? AND lease_owner IS NULL AND not_before <= ?)"
+    " OR (state = ? AND lease_until < ?)"
+)
+
+
+def _due_args(now: float) -> tuple[str | float, ...]:
+    scheduled, running = JobState.SCHEDULED.value, JobState.IN_PROGRESS.value
+    return (scheduled, now, running, now, running, now)
 
 
 @dataclass(frozen=True)
@@ -243,24 +253,28 @@ class JobStore(JournalTables):
         self._event(db, job_id, now, JobState.SCHEDULED.value, detail)
         return job_id
 
-    def claim(self, owner: str, now: float, lease_s: float) -> Job | None:
-        """Take the most urgent due job (highest priority, then oldest): a scheduled one, one
-        waiting out a transient failure, or one whose runner's lease ran out. The claim counts
-        an attempt and starts a new lease generation (``lease_token``)."""
+    def due(self, now: float, limit: int) -> list[Job]:
+        """The jobs a claim could take now, most urgent first (what the job engine queues)."""
+        with self.db.read() as db:
+            rows = db.execute(
+                f"SELECT * FROM jobs WHERE {_DUE} ORDER BY priority DESC, not_before, id LIMIT ?",
+                (*_due_args(now), limit),
+            ).fetchall()
+        return [Job.from_row(row) for row in rows]
+
+    def claim(
+        self, owner: str, now: float, lease_s: float, *, job_id: int | None = None
+    ) -> Job | None:
+        """Take the most urgent due job (highest priority, then oldest), or job ``job_id`` when
+        it is due: a scheduled one, one waiting out a transient failure, or one whose runner's
+        lease ran out. The claim counts an attempt and starts a new lease generation
+        (``lease_token``)."""
+        which, args = ("", ()) if job_id is None else (" AND id = ?", (job_id,))
         with self.db.transaction(serialized=False) as db:
             row = db.execute(
-                "SELECT id, state, lease_owner FROM jobs WHERE (state = ? AND not_before <= ?)"
-                " OR (state = ? AND lease_owner IS NULL AND not_before <= ?)"
-                " OR (state = ? AND lease_until < ?)"
+                f"SELECT id, state, lease_owner FROM jobs WHERE ({_DUE}){which}"
                 f" ORDER BY priority DESC, not_before, id LIMIT 1{db.dialect.skip_locked}",
-                (
-                    JobState.SCHEDULED.value,
-                    now,
-                    JobState.IN_PROGRESS.value,
-                    now,
-                    JobState.IN_PROGRESS.value,
-                    now,
-                ),
+                (*_due_args(now), *args),
             ).fetchone()
             if row is None:
                 return None

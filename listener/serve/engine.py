@@ -1,0 +1,291 @@
+"""The job stage on DBOS Transact: one queue per model, whose global concurrency is the model
+endpoint's limit across every job runner on every host.
+
+The journal's job table stays the record of each job: its UPS state, attempts, lease and
+timeline (what the operator sees and acts on), and what must run. DBOS carries the dispatch:
+
+- **Queues**: ``model-<name>`` for each model, with ``global_concurrency`` =
+  ``models.<name>.concurrency`` (across every process and host sharing the engine's database)
+  and ``worker_concurrency`` = the smaller of that and ``jobs_per_runner``. A job sends at most
+  one request to its model at a time (:mod:`listener.infer.tasks`), so the requests in flight at
+  an endpoint never exceed its ``concurrency``, however many job runners there are. The queue
+  is ordered by the job's priority (STAT studies first).
+- **Feeding** (:meth:`Engine.feed`): each job runner, when routing rings its doorbell and at
+  every poll, lists the due jobs (:meth:`~listener.store.jobs.JobStore.due`) and the job
+  workflows DBOS holds queued or running, and enqueues each due job that has none, with
+  ``deduplication_id`` = the job key (study, generation, rule, task): two runners feeding at
+  once queue it once.
+- **The workflow** (:func:`job_workflow`) claims its job by id, fenced by the lease as before,
+  runs it on the job runner's event loop (:meth:`~listener.infer.runner.JobRunner.run_job`) and
+  returns the job's new state. A job that waits out a model outage or a transient failure ends
+  its workflow with the job IN PROGRESS and ``not_before`` set (Retry-After honoured); the feeder
+  queues it again when it is due. Retries, backoff and the dead letter (CANCELED after
+  ``max_attempts``, or after ``job_max_age_s`` waiting for a model) stay in the job table, where
+  the operator sees them, rather than in DBOS step retries that only its own tables would show.
+- **Recovery** (:meth:`Engine.cancel_orphans`): without DBOS Conductor an executor recovers only
+  its own workflows. The workflow of a process that died (kill -9, a lost host) stays PENDING
+  under its executor id, which is the process's heartbeat owner name
+  (:mod:`listener.store.executors`). Once the sweeper has released that process's job leases
+  and forgotten its heartbeat, the job runners cancel its PENDING workflows, and the feeder
+  queues the jobs again. Exactly once in effect: a late finish of the old run is fenced out by
+  the lease token, and results have deterministic UIDs.
+
+The engine's own tables: a SQLite file ``engine.sqlite`` beside the journal (DBOS's writers must
+not share the journal's file), or the journal's PostgreSQL database (schema ``dbos``) when
+``database_url`` is ``postgresql://...``. The supervisor creates or migrates them before any job
+runner starts (:func:`migrate`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from dbos import DBOS, DBOSConfig, Queue, SetEnqueueOptions, SetWorkflowID
+from dbos import error as dbos_error
+
+from listener.infer.clients import ModelClients
+from listener.logging import get_logger
+from listener.pipeline import Pipeline
+from listener.serve.wake import OUTBOX, ring
+from listener.settings import MODEL_NAMES, Settings
+from listener.store.jobs import Job
+
+log = get_logger("engine")
+
+ENGINE_FILE = "engine.sqlite"
+# The version DBOS files workflows under: a queued workflow runs only on executors of its
+# version. The workflow carries a job id only, so it stays the same across releases.
+ENGINE_VERSION = "pacs-ai-1"
+WORKFLOW_PREFIX = "job-"
+QUEUE_PREFIX = "model-"
+# DBOS runs the lowest priority number first (1 to 2**31 - 1); ours runs the highest first.
+_PRIORITY_BASE = 1 << 20
+_PRIORITY_MAX = (1 << 31) - 1
+# Due jobs looked at per feed: more wait in the job table for the next one.
+FEED_BATCH = 256
+_ACTIVE = ["ENQUEUED", "PENDING"]
+SQLITE_POOL = 20  # DBOS's default pool for its system database
+
+
+def engine_url(settings: Settings) -> str:
+    """The connection string of the engine's tables (see the module docstring)."""
+    database = settings.journal_database.sibling(ENGINE_FILE)
+    if database.path is not None:
+        return f"sqlite:///{database.path.resolve()}"
+    return database.secret()
+
+
+def migrate(settings: Settings) -> None:
+    """Create or bring up to date the engine's tables (once per start, before the job runners)."""
+    quiet_dbos()
+    DBOS.migrate(engine_url(settings))
+
+
+def quiet_dbos() -> None:
+    """DBOS logs through the standard ``dbos`` logger at INFO (connection details included);
+    keep its warnings and errors only."""
+    logging.getLogger("dbos").setLevel(logging.WARNING)
+
+
+def sqlite_engine(url: str) -> sa.Engine:
+    """The engine for DBOS's tables on SQLite: every transaction begins with ``BEGIN
+    IMMEDIATE``, so it holds the write lock from its first statement.
+
+    DBOS's own SQLite engine sets the driver's ``isolation_level = "IMMEDIATE"``, with which
+    Python's sqlite3 opens a transaction only before the first INSERT, UPDATE or DELETE. The
+    dequeue reads a queue's running workflows first (its global concurrency), so two processes
+    could both read the same count and both start a workflow: with two work processes and a
+    limit of 2, three CXRReportGen calls were seen in flight
+    (``tests/integration/test_engine_concurrency.py``). Here SQLAlchemy's ``begin`` event issues
+    the ``BEGIN IMMEDIATE`` itself (the driver's own transaction handling is off), so the count
+    and the claim are one serialized transaction."""
+    engine = sa.create_engine(url, pool_size=SQLITE_POOL, max_overflow=0, pool_timeout=30)
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(connection: Any, _record: Any) -> None:
+        connection.isolation_level = None  # the driver issues no BEGIN of its own
+        connection.execute("PRAGMA busy_timeout=30000")
+        connection.execute("PRAGMA foreign_keys=ON")
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def queue_name(model: str) -> str:
+    """The DBOS queue of ``model``'s jobs."""
+    return f"{QUEUE_PREFIX}{model}"
+
+
+def engine_priority(priority: int) -> int:
+    """DBOS's priority for a job of ``priority`` (higher runs first in the job table)."""
+    return min(max(_PRIORITY_BASE - priority, 1), _PRIORITY_MAX)
+
+
+def job_id_of(workflow_id: str) -> int | None:
+    """The job a workflow id (``job-<id>-<random>``) runs; None for another workflow."""
+    if not workflow_id.startswith(WORKFLOW_PREFIX):
+        return None
+    number = workflow_id[len(WORKFLOW_PREFIX) :].split("-", 1)[0]
+    return int(number) if number.isdigit() else None
+
+
+@dataclass
+class JobHost:
+    """What the workflows of this process run on: the pipeline, the model clients and the event
+    loop that owns them (the job runner's)."""
+
+    pipeline: Pipeline
+    clients: ModelClients
+    loop: asyncio.AbstractEventLoop
+    owner: str
+
+    def run(self, job_id: int) -> str:
+        """Run job ``job_id`` on the event loop and wait (called in a DBOS worker thread)."""
+        return asyncio.run_coroutine_threadsafe(self._run(job_id), self.loop).result()
+
+    async def _run(self, job_id: int) -> str:
+        pipeline = self.pipeline
+        settings = pipeline.settings
+        job = await asyncio.to_thread(
+            pipeline.jobs.claim,
+            self.owner,
+            pipeline.runner.clock(),
+            settings.job_lease_s,
+            job_id=job_id,
+        )
+        if job is None:  # done, canceled, not due yet, or another runner holds it
+            return "not due"
+        try:
+            await pipeline.runner.run_job(job, pipeline.runner.context(self.clients, job.study_uid))
+        finally:
+            ring(settings.data_dir, OUTBOX)
+        after = await asyncio.to_thread(pipeline.jobs.get, job_id)
+        return "gone" if after is None else after.state.value
+
+
+_host: JobHost | None = None
+
+
+def set_host(host: JobHost | None) -> None:
+    """Name the job host that this process's workflows run on (None: none any more)."""
+    global _host
+    _host = host
+
+
+@DBOS.step(name="pacs-ai.run-job")
+def _run_job(job_id: int) -> str:
+    if _host is None:
+        raise RuntimeError("no job runner in this process")
+    return _host.run(job_id)
+
+
+@DBOS.workflow(name="pacs-ai.job")
+def job_workflow(job_id: int) -> str:
+    """Run job ``job_id`` once (see the module docstring); the job's state after it."""
+    return _run_job(job_id)
+
+
+@dataclass
+class Engine:
+    """DBOS in one job-runner process: its queues, the feeder and the orphan sweep."""
+
+    settings: Settings
+    owner: str
+    queues: dict[str, Queue] = field(default_factory=dict)
+
+    def launch(self) -> None:
+        """Start DBOS for this process (executor id = its owner name) and register the
+        model queues with the concurrency of the settings."""
+        quiet_dbos()
+        config: DBOSConfig = {
+            "name": "pacs-ai",
+            "system_database_url": engine_url(self.settings),
+            "executor_id": self.owner,
+            "application_version": ENGINE_VERSION,
+            "log_level": "WARNING",
+            "run_migrations": False,  # the supervisor did (migrate)
+        }
+        if engine_url(self.settings).startswith("sqlite"):
+            config["system_database_engine"] = sqlite_engine(engine_url(self.settings))
+        DBOS(config=config)
+        DBOS.launch()
+        poll_s = min(self.settings.poll_interval_s, 0.25)
+        for model in MODEL_NAMES:
+            limit = self.settings.models.get(model).concurrency
+            self.queues[model] = DBOS.register_queue(
+                queue_name(model),
+                global_concurrency=limit,
+                worker_concurrency=min(limit, self.settings.jobs_per_runner),
+                polling_interval_sec=poll_s,
+                on_conflict="always_update",
+            )
+        log.info("engine_started", queues=sorted(queue_name(m) for m in MODEL_NAMES))
+
+    def active(self) -> list[Any]:
+        """The job workflows queued or running, on any executor."""
+        return list(
+            DBOS.list_workflows(
+                status=_ACTIVE,
+                workflow_id_prefix=WORKFLOW_PREFIX,
+                load_input=False,
+                load_output=False,
+            )
+        )
+
+    def feed(self, due: Callable[[int], list[Job]]) -> int:
+        """Queue each due job that has no queued or running workflow; how many were queued."""
+        jobs = due(FEED_BATCH)
+        if not jobs:
+            return 0
+        busy = {job_id_of(status.workflow_id) for status in self.active()}
+        queued = 0
+        for job in jobs:
+            if job.id in busy:
+                continue
+            model = str(job.payload.get("model") or "")
+            queue = self.queues.get(model)
+            if queue is None:  # a payload of no known model: the runner cancels it
+                queue = self.queues[MODEL_NAMES[0]]
+            options = SetEnqueueOptions(
+                deduplication_id=job.job_key, priority=engine_priority(job.priority)
+            )
+            try:
+                with SetWorkflowID(f"{WORKFLOW_PREFIX}{job.id}-{uuid.uuid4().hex[:12]}"), options:
+                    queue.enqueue(job_workflow, job.id)
+            except dbos_error.DBOSQueueDeduplicatedError:  # another runner queued it just now
+                continue
+            queued += 1
+        return queued
+
+    def cancel_orphans(self, live: set[str]) -> int:
+        """Cancel the running job workflows of processes with no heartbeat row (``live``: the
+        owners that have one); their jobs are due again once their leases are released."""
+        cancelled = 0
+        for status in self.active():
+            executor = status.executor_id
+            if status.status != "PENDING" or not executor or executor in live:
+                continue
+            if executor == self.owner:
+                continue
+            DBOS.cancel_workflow(status.workflow_id)
+            cancelled += 1
+            log.warning(
+                "job_workflow_cancelled",
+                workflow_id=status.workflow_id,
+                executor=executor,
+                reason="executor silent",
+            )
+        return cancelled
+
+    def stop(self, timeout_s: int) -> None:
+        """Stop taking work, wait up to ``timeout_s`` for running workflows, release DBOS."""
+        DBOS.destroy(workflow_completion_timeout_sec=timeout_s)

@@ -1,0 +1,96 @@
+"""The per-model concurrency limit holds across processes: two work hosts of two job runners
+each, one model endpoint (the emulator, with a service time long enough for the calls to
+overlap) with ``concurrency: 2`` for CXRReportGen and 1 for MedImageInsight. The endpoint never
+sees more requests of a model in flight than its limit, and sees the limit reached (the slots are
+used), while ten chest CRs go through. Each job runner alone would send up to its own limit, so
+four of them could send four times as many."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from factory import chest_radiograph, write_series
+from peers import Orthanc, run_orthanc, send_with_storescu, wait_for
+from pgserver import database_setting
+from pydicom import dcmread
+from scaleout import result_count, run_cluster
+
+from listener.emulator.server import start_emulator
+from listener.settings import MODEL_NAMES, EmulatorSettings, load_settings
+from listener.store.db import DatabaseTarget
+from listener.store.jobs import JobState, JobStore
+
+pytestmark = pytest.mark.integration
+
+CR_STUDIES = 10
+CR_RESULTS = 2  # a report SR and a classification SR (tests/integration/test_scaleout.py)
+LIMITS = {"cxrreportgen": 2, "medimageinsight": 1}
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[Orthanc]:
+    """Orthanc as the PACS the results go to."""
+    with run_orthanc(tmp_path / "orthanc") as orthanc:
+        yield orthanc
+
+
+def test_model_concurrency_holds_across_work_processes(
+    tmp_path: Path, pacs: Orthanc, journal_db: DatabaseTarget
+) -> None:
+    """On the embedded journal (SQLite) and on PostgreSQL: one code path."""
+    emulator = start_emulator(EmulatorSettings(latency_ms=400))
+    crs = [
+        write_series([chest_radiograph(f"engine-cr-{index}")], tmp_path / f"cr{index}")[0]
+        for index in range(CR_STUDIES)
+    ]
+    cr_uids = [str(dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in crs]
+    env = {
+        "PACSAI_DESTINATIONS__PACS__AE_TITLE": pacs.aet,
+        "PACSAI_DESTINATIONS__PACS__HOST": "127.0.0.1",
+        "PACSAI_DESTINATIONS__PACS__PORT": str(pacs.dicom_port),
+        "PACSAI_QUIET_PERIOD_S": "1",
+        "PACSAI_JOB_RUNNERS": "2",
+        "PACSAI_JOBS_PER_RUNNER": "4",
+        **{
+            f"PACSAI_MODELS__{name.upper()}__ENDPOINT": f"{emulator.url}/{name}/score"
+            for name in MODEL_NAMES
+        },
+        **{
+            f"PACSAI_MODELS__{name.upper()}__CONCURRENCY": str(limit)
+            for name, limit in LIMITS.items()
+        },
+        **{f"PACSAI_{k.upper()}": v for k, v in database_setting(journal_db).items()},
+    }
+    try:
+        with run_cluster(tmp_path, env) as cluster:
+            for path in crs:
+                send_with_storescu(cluster.port, [path])
+            wait_for(
+                "every study's results in Orthanc",
+                lambda: all(result_count(pacs, uid) >= CR_RESULTS for uid in cr_uids),
+                timeout=300,
+            )
+            settings = load_settings(
+                None, data_dir=cluster.receivers[0].data_dir, **database_setting(journal_db)
+            )
+        stats: dict[str, Any] = httpx.get(f"{emulator.url}/_emulator/stats").json()
+    finally:
+        emulator.stop()
+    assert stats["per_model"]["cxrreportgen"] == CR_STUDIES
+    assert stats["max_in_flight_per_model"] == LIMITS
+    store = JobStore(settings.journal_database)
+    jobs = store.list_jobs()
+    assert {j.state for j in jobs} == {JobState.COMPLETED}
+    # the jobs ran on both work hosts (claims name their runner: "attempt 1 by work-1:PID")
+    runners = {
+        detail.split(" by ")[1].split(" ")[0]
+        for job in jobs
+        for _, state, detail in store.events(job.id)
+        if state == JobState.IN_PROGRESS.value and detail and " by " in detail
+    }
+    assert {owner.split(":")[0] for owner in runners} == {"work-1", "work-2"}, runners
+    assert all(result_count(pacs, uid) == CR_RESULTS for uid in cr_uids)
