@@ -118,11 +118,16 @@ class Deliverer:
         self.lease_s = lease_s
         self.audit = audit
 
-    def deliver_due(self, now: float) -> DeliveryReport:
-        """Send every due entry, all destinations in parallel, and record each outcome."""
+    def deliver_due(self, now: float, destination: str | None = None) -> DeliveryReport:
+        """Send every due entry (of ``destination`` only, when given), all destinations in
+        parallel, and record each outcome."""
         report = DeliveryReport()
         due = self.queue.claim(
-            now, batch_size=self.batch_size, lease_s=self.lease_s, owner=self.owner
+            now,
+            batch_size=self.batch_size,
+            lease_s=self.lease_s,
+            owner=self.owner,
+            destination=destination,
         )
         if not due:
             return report

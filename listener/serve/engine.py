@@ -40,10 +40,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from dbos import DBOS, DBOSConfig, Queue, SetEnqueueOptions, SetWorkflowID
@@ -52,7 +53,7 @@ from dbos import error as dbos_error
 from listener.infer.clients import ModelClients
 from listener.logging import get_logger
 from listener.pipeline import Pipeline
-from listener.serve.wake import OUTBOX, ring
+from listener.serve.wake import JOBS, ring
 from listener.settings import MODEL_NAMES, Settings
 from listener.store.jobs import Job
 
@@ -63,7 +64,9 @@ ENGINE_FILE = "engine.sqlite"
 # version. The workflow carries a job id only, so it stays the same across releases.
 ENGINE_VERSION = "pacs-ai-1"
 WORKFLOW_PREFIX = "job-"
+SEND_PREFIX = "send-"
 QUEUE_PREFIX = "model-"
+SEND_QUEUE = "send"  # a destination no longer in the settings: the deliverer dead-letters it
 # DBOS runs the lowest priority number first (1 to 2**31 - 1); ours runs the highest first.
 _PRIORITY_BASE = 1 << 20
 _PRIORITY_MAX = (1 << 31) - 1
@@ -167,15 +170,33 @@ class JobHost:
         try:
             await pipeline.runner.run_job(job, pipeline.runner.context(self.clients, job.study_uid))
         finally:
-            ring(settings.data_dir, OUTBOX)
+            ring(settings.data_dir, JOBS)  # its results are due: a feeder queues their sends
         after = await asyncio.to_thread(pipeline.jobs.get, job_id)
         return "gone" if after is None else after.state.value
 
+    def deliver(self, destination: str) -> int:
+        """Send the due entries of ``destination`` (in a DBOS worker thread); a failure of
+        the deliverer itself is logged and its entries are due again when their claim runs
+        out."""
+        try:
+            return self.pipeline.deliverer.deliver_due(time.time(), destination).total_sent
+        except Exception:
+            log.exception("delivery_crashed", destination=destination)
+            return 0
 
-_host: JobHost | None = None
+
+class Host(Protocol):
+    """What a workflow runs its job or delivery on (:class:`JobHost` in a job runner)."""
+
+    def run(self, job_id: int) -> str: ...
+
+    def deliver(self, destination: str) -> int: ...
 
 
-def set_host(host: JobHost | None) -> None:
+_host: Host | None = None
+
+
+def set_host(host: Host | None) -> None:
     """Name the job host that this process's workflows run on (None: none any more)."""
     global _host
     _host = host
@@ -194,6 +215,19 @@ def job_workflow(job_id: int) -> str:
     return _run_job(job_id)
 
 
+@DBOS.step(name="pacs-ai.deliver")
+def _deliver(destination: str) -> int:
+    if _host is None:
+        raise RuntimeError("no job runner in this process")
+    return _host.deliver(destination)
+
+
+@DBOS.workflow(name="pacs-ai.send")
+def send_workflow(destination: str) -> int:
+    """Send what the outbox holds due for ``destination``; how many instances were sent."""
+    return _deliver(destination)
+
+
 @dataclass
 class Engine:
     """DBOS in one job-runner process: its queues, the feeder and the orphan sweep."""
@@ -201,6 +235,7 @@ class Engine:
     settings: Settings
     owner: str
     queues: dict[str, Queue] = field(default_factory=dict)
+    send_queues: dict[str, Queue] = field(default_factory=dict)
 
     def launch(self) -> None:
         """Start DBOS for this process (executor id = its owner name) and register the
@@ -228,14 +263,27 @@ class Engine:
                 polling_interval_sec=poll_s,
                 on_conflict="always_update",
             )
-        log.info("engine_started", queues=sorted(queue_name(m) for m in MODEL_NAMES))
+        for name in ["", *self.settings.destinations]:
+            # one delivery run per destination at a time, on any host: at most its
+            # max_associations associations from the whole gateway
+            self.send_queues[name] = DBOS.register_queue(
+                f"{SEND_PREFIX}{name}" if name else SEND_QUEUE,
+                global_concurrency=1,
+                polling_interval_sec=poll_s,
+                on_conflict="always_update",
+            )
+        log.info(
+            "engine_started",
+            queues=sorted(q.name for q in [*self.queues.values(), *self.send_queues.values()]),
+        )
 
-    def active(self) -> list[Any]:
-        """The job workflows queued or running, on any executor."""
+    def active(self, prefix: str = WORKFLOW_PREFIX) -> list[Any]:
+        """The workflows (jobs, or with ``prefix`` :data:`SEND_PREFIX` deliveries) queued or
+        running, on any executor."""
         return list(
             DBOS.list_workflows(
                 status=_ACTIVE,
-                workflow_id_prefix=WORKFLOW_PREFIX,
+                workflow_id_prefix=prefix,
                 load_input=False,
                 load_output=False,
             )
@@ -266,11 +314,27 @@ class Engine:
             queued += 1
         return queued
 
+    def feed_sends(self, destinations: list[str]) -> int:
+        """Queue a delivery run for each destination with due entries, unless one is queued or
+        running already (its deduplication id is the destination); how many were queued."""
+        queued = 0
+        for name in destinations:
+            queue = self.send_queues.get(name) or self.send_queues[""]
+            options = SetEnqueueOptions(deduplication_id=f"send:{name}")
+            try:
+                with SetWorkflowID(f"{SEND_PREFIX}{uuid.uuid4().hex[:12]}"), options:
+                    queue.enqueue(send_workflow, name)
+            except dbos_error.DBOSQueueDeduplicatedError:  # one is queued or running
+                continue
+            queued += 1
+        return queued
+
     def cancel_orphans(self, live: set[str]) -> int:
-        """Cancel the running job workflows of processes with no heartbeat row (``live``: the
-        owners that have one); their jobs are due again once their leases are released."""
+        """Cancel the running workflows (jobs and deliveries) of processes with no heartbeat
+        row (``live``: the owners that have one); their work is due again once the sweeper has
+        released their job leases and outbox claims."""
         cancelled = 0
-        for status in self.active():
+        for status in [*self.active(), *self.active(SEND_PREFIX)]:
             executor = status.executor_id
             if status.status != "PENDING" or not executor or executor in live:
                 continue

@@ -1,14 +1,15 @@
-"""Worker-side loops: job runners (infer + convert), the outbox deliverer, retention and the
-spool uploader (``spool_url: s3://...``, :mod:`listener.store.uploads`).
+"""Worker-side loops: job runners (infer + convert, and the outbox's deliveries), retention, the
+sweeper and the spool uploader (``spool_url: s3://...``, :mod:`listener.store.uploads`).
 
 ``pacs-ai serve`` starts ``settings.job_runners`` job-runner processes; each queues the due jobs
-of the journal on the job engine's model queues and runs what the engine hands it, up to
-``settings.jobs_per_runner`` per model at once and each model's ``concurrency`` across every
-process (:mod:`listener.serve.engine`), so one slow or failing study never holds up the others.
-The deliverer sends what the outbox holds due. All of them take their work from the journal (and
-the engine's queues) only, so they can be killed at any time; they poll it every
-``poll_interval_s``, and wake at once when the stage before rings their doorbell
-(:mod:`listener.serve.wake`): routing rings the job runners, a job that ends rings the deliverer.
+of the journal on the job engine's model queues, and the destinations with due sends on their
+delivery queues, and runs what the engine hands it: up to ``settings.jobs_per_runner`` jobs per
+model at once and each model's ``concurrency`` across every process, one delivery run per
+destination across every process (:mod:`listener.serve.engine`), so one slow or failing study
+never holds up the others. All of them take their work from the journal (and the engine's
+queues) only, so they can be killed at any time; they poll it every ``poll_interval_s``, and
+wake at once when a stage that queued work rings their doorbell (:mod:`listener.serve.wake`):
+routing rings them for the jobs and forwards it queued, a job that ends for its results' sends.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from listener.pipeline import Pipeline, build_pipeline
 from listener.route.model import rules_fingerprint
 from listener.send.scu import enable_chunked_send
 from listener.serve.engine import Engine, JobHost, migrate, set_host
-from listener.serve.wake import JOBS, OUTBOX, Doorbell, ring
+from listener.serve.wake import JOBS, Doorbell, ring
 from listener.settings import Settings
 from listener.store.executors import Executors, owner_name, sweep_silent
 from listener.store.records import (
@@ -132,11 +133,12 @@ def _feed(
         if sweep:
             engine.cancel_orphans(executors.owners())
         queued = engine.feed(lambda limit: pipeline.jobs.due(clock(), limit))
+        sends = engine.feed_sends(pipeline.outbox.due_destinations(time.time()))
     except Exception as exc:
         log.warning("job_feed_failed", error=str(exc))
         return
-    if queued:
-        log.info("jobs_queued", count=queued)
+    if queued or sends:
+        log.info("work_queued", jobs=queued, deliveries=sends)
 
 
 def reload_rules_if_asked(pipeline: Pipeline, records: AdminRecords) -> None:
@@ -149,37 +151,20 @@ def reload_rules_if_asked(pipeline: Pipeline, records: AdminRecords) -> None:
 def run_job_runner(settings: Settings, emulator_url: str | None, stop: threading.Event) -> None:
     """Run jobs until ``stop`` is set (the body of a job-runner process)."""
     pipeline = build_pipeline(settings)
+    enable_chunked_send()  # the job runners run the deliveries too
     preload_standard_tables()  # not inside the first study's job
     log.info("job_runner_started", owner=runner_id(settings), concurrency=settings.jobs_per_runner)
     asyncio.run(_job_loop(pipeline, emulator_url, stop, pipeline.runner.clock))
     log.info("job_runner_stopped", owner=runner_id(settings))
 
 
-def run_deliverer(pipeline: Pipeline, stop: threading.Event) -> None:
-    """Send what the outbox holds due until ``stop`` is set (a thread of the dispatcher process)."""
-    enable_chunked_send()
-    records = AdminRecords(pipeline.settings.journal_database)
-    bell = Doorbell(pipeline.settings.data_dir, OUTBOX)
-    try:
-        while not stop.is_set():
-            reload_rules_if_asked(pipeline, records)
-            try:
-                pipeline.deliverer.deliver_due(time.time())
-            except Exception:  # one destination's bug must not stop delivery for good
-                log.exception("delivery_crashed")
-            bell.wait(pipeline.settings.poll_interval_s)
-    finally:
-        bell.close()
-
-
 def ringing_after(on_ready: Callable[[T], None], data_dir: Path) -> Callable[[T], None]:
-    """``on_ready`` (the route stage's callback), then a ring for the job runners and the
-    deliverer: routing queues the study's jobs and its forwards."""
+    """``on_ready`` (the route stage's callback), then a ring for the job runners: routing
+    queues the study's jobs and its forwards, and the job runners queue both in the engine."""
 
     def route_and_ring(study: T) -> None:
         on_ready(study)
         ring(data_dir, JOBS)
-        ring(data_dir, OUTBOX)
 
     return route_and_ring
 

@@ -8,10 +8,11 @@ closes association records left open, re-indexes spool files the journal lost), 
   the port stops start-up with an error naming ``port`` instead of sharing it), so parallel
   associations use several cores and no job runner's CPU ever slows an association;
 * one dispatcher process running the assemble loop (:func:`listener.assemble.release_loop`)
-  with the route stage as its callback, the outbox deliverer, the retention purger and, with
+  with the route stage as its callback, the retention purger, the sweeper and, with
   ``spool_url: s3://...``, the spool uploader;
 * ``job_runners`` job-runner processes (:mod:`listener.serve.loops`), each running several jobs
-  at once;
+  at once and the outbox's deliveries, as the job engine hands them out
+  (:mod:`listener.serve.engine`);
 * in the supervisor itself, the model emulator for models without an endpoint.
 
 What a host runs is its ``role``: ``receive`` runs only the receive processes (no release, no
@@ -58,7 +59,6 @@ from listener.route.load import effective_rules
 from listener.serve.loops import (
     recover_after_crash,
     ringing_after,
-    run_deliverer,
     run_job_runner,
     run_purger,
     run_sweeper,
@@ -198,14 +198,11 @@ def run_receiver(
 
 def dispatcher_main(settings: Settings) -> None:
     """Entry point of the dispatcher process: the assemble loop, whose callback plans each released
-    study (route), and the outbox deliverer (send) in a thread beside it."""
+    study (route), and the retention purger, the sweeper and the spool uploader in threads beside
+    it."""
     stop = _child_setup(settings, "dispatcher")
     journal = Journal(settings.journal_database)
     pipeline = build_pipeline(settings, journal)
-    deliverer = threading.Thread(
-        target=run_deliverer, args=(pipeline, stop), name="deliverer", daemon=True
-    )
-    deliverer.start()
     purger = threading.Thread(target=run_purger, args=(pipeline, stop), name="purger", daemon=True)
     purger.start()
     sweeper = threading.Thread(
@@ -240,7 +237,6 @@ def dispatcher_main(settings: Settings) -> None:
             max_wait_s=settings.max_study_wait_s,
         )
     finally:
-        deliverer.join(STOP_GRACE_S)
         purger.join(STOP_GRACE_S)
         sweeper.join(STOP_GRACE_S)
         if spool_uploader.is_alive():

@@ -1,10 +1,11 @@
 """Wake-ups between the stages' processes: a doorbell per kind of work, a named pipe (FIFO).
 
-The job runners and the deliverer take their work from the journal only and poll it every
-``poll_interval_s`` (0.5 s by default), which costs a study 0-0.5 s at each hand-over: routing
-to the jobs, and each job to the deliverer. A stage that has just queued work rings the doorbell
-of the stage that takes it (one byte written to ``<data_dir>/run/wake/<topic>.fifo``); a waiting
-stage wakes as soon as the pipe is readable and polls the journal at once. The doorbell only
+The job runners take their work (jobs, and the outbox's sends) from the journal only and poll it
+every ``poll_interval_s`` (0.5 s by default), which costs a study 0-0.5 s at each hand-over:
+routing to the jobs, and each job to its results' sends. A stage that has just queued work rings
+the doorbell of the stage that takes it (one byte written to
+``<data_dir>/run/wake/<topic>.fifo``); a waiting stage wakes as soon as the pipe is readable and
+polls the journal at once. The doorbell only
 shortens a wait: the journal stays the one source of work, a lost or spurious ring changes
 nothing but timing, and the poll stays the fallback (a stage that was busy when the bell rang
 finds the work at its next poll at the latest).
@@ -29,8 +30,7 @@ from pathlib import Path
 
 from listener.logging import get_logger
 
-JOBS = "jobs"  # routing queued jobs (and a job ended: a slot is free)
-OUTBOX = "outbox"  # results or forwards queued for delivery
+JOBS = "jobs"  # routing queued jobs or forwards; a job ended (its results are due to send)
 _DRAIN = 4096
 log = get_logger("serve")
 

@@ -165,18 +165,36 @@ class Outbox(JournalTables):
                 for item in items
             )
 
+    def due_destinations(self, now: float) -> list[str]:
+        """The destinations with an entry due at ``now``."""
+        with self.db.read() as db:
+            rows = db.execute(
+                "SELECT DISTINCT destination FROM outbox WHERE state = ? AND next_attempt_at <= ?"
+                " ORDER BY destination",
+                (EntryState.PENDING, now),
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def claim(
-        self, now: float, *, batch_size: int, lease_s: float, owner: str | None = None
+        self,
+        now: float,
+        *,
+        batch_size: int,
+        lease_s: float,
+        owner: str | None = None,
+        destination: str | None = None,
     ) -> dict[str, list[OutboxEntry]]:
-        """Take the due entries, at most ``batch_size`` per destination, under a lease: their
-        ``next_attempt_at`` moves ``lease_s`` ahead, so two senders never send one entry at once
-        and the entries of a sender that died become due again when the lease runs out, or at
-        once when the sweeper finds its ``owner`` silent (:meth:`release_owner`)."""
+        """Take the due entries (of ``destination`` only, when given), at most ``batch_size``
+        per destination, under a lease: their ``next_attempt_at`` moves ``lease_s`` ahead, so two
+        senders never send one entry at once and the entries of a sender that died become due
+        again when the lease runs out, or at once when the sweeper finds its ``owner`` silent
+        (:meth:`release_owner`)."""
+        which, args = ("", ()) if destination is None else (" AND destination = ?", (destination,))
         with self.db.transaction(serialized=False) as db:
             rows = db.execute(
-                "SELECT * FROM outbox WHERE state = ? AND next_attempt_at <= ?"
+                f"SELECT * FROM outbox WHERE state = ? AND next_attempt_at <= ?{which}"
                 f" ORDER BY destination, id{db.dialect.skip_locked}",
-                (EntryState.PENDING, now),
+                (EntryState.PENDING, now, *args),
             ).fetchall()
             due: dict[str, list[OutboxEntry]] = {}
             for row in rows:

@@ -7,18 +7,11 @@ import asyncio
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-from factory import chest_radiograph, write_series
-from peers import run_storescp, wait_for
-from pydicom import dcmread
+from listener.serve.wake import JOBS, Doorbell, bell_path, ring
 
-from listener.pipeline import build_pipeline
-from listener.serve.loops import run_deliverer
-from listener.serve.wake import JOBS, OUTBOX, Doorbell, bell_path, ring
-from listener.settings import load_settings
-from listener.store.outbox import Enqueue
+OTHER = "other"  # a topic nobody in the gateway uses
 
 HOUR = 3600.0  # a wait that would outlast the test: only a ring ends it
 
@@ -33,10 +26,10 @@ def test_a_ring_with_nobody_waiting_is_a_no_op(tmp_path: Path) -> None:
 def test_rings_nobody_reads_never_block_the_ringer(tmp_path: Path) -> None:
     """A waiter that stays busy lets the pipe fill; further rings return at once, and the
     waiter then wakes once and finds the pipe empty again."""
-    bell = Doorbell(tmp_path, OUTBOX)
+    bell = Doorbell(tmp_path, OTHER)
     try:
         for _ in range(70_000):  # more bytes than a pipe holds (64 KiB on Linux)
-            ring(tmp_path, OUTBOX)
+            ring(tmp_path, OTHER)
         assert bell.wait(HOUR)
         assert not bell.wait(0.01)
     finally:
@@ -48,7 +41,7 @@ def test_a_ring_from_another_process_ends_a_wait(tmp_path: Path) -> None:
     own topic: a ring of another topic leaves the wait running until it times out."""
     bell = Doorbell(tmp_path, JOBS)
     try:
-        ring(tmp_path, OUTBOX)
+        ring(tmp_path, OTHER)
         assert not bell.wait(0.01)
         code = "import sys; from pathlib import Path; from listener.serve.wake import ring; "
         code += "ring(Path(sys.argv[1]), 'jobs')"
@@ -74,34 +67,6 @@ def test_an_event_loop_wait_ends_on_a_ring_from_a_thread(tmp_path: Path) -> None
         assert asyncio.run(wait_while_ringing())
     finally:
         bell.close()
-
-
-def test_the_deliverer_sends_at_the_ring_not_at_its_next_poll(tmp_path: Path) -> None:
-    """With a poll interval of a minute, a result queued after the deliverer's first pass
-    reaches storescp as soon as the outbox bell rings (the stage before rings it)."""
-    with run_storescp(tmp_path / "pacs", "PACS") as pacs:
-        settings = load_settings(
-            None,
-            data_dir=tmp_path / "var",
-            poll_interval_s=60,
-            destinations={"pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.port}},
-        )
-        pipeline = build_pipeline(settings)
-        stop = threading.Event()
-        deliverer = threading.Thread(target=run_deliverer, args=(pipeline, stop), daemon=True)
-        deliverer.start()
-        try:
-            (path,) = write_series([chest_radiograph("wake")], tmp_path / "results")
-            time.sleep(0.5)  # the first pass finds the outbox empty: the wait of a minute begins
-            uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-            pipeline.outbox.enqueue_many([Enqueue("pacs", path, uid, "job-1")], time.time())
-            ring(settings.data_dir, OUTBOX)
-            wait_for("the result at storescp", lambda: any(pacs.folder.iterdir()), timeout=30)
-        finally:
-            stop.set()
-            ring(settings.data_dir, OUTBOX)
-            deliverer.join(10)
-            pipeline.close()
 
 
 def test_without_a_pipe_the_stages_fall_back_to_polling(tmp_path: Path) -> None:

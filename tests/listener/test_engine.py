@@ -1,0 +1,157 @@
+"""The job engine (listener/serve/engine.py) in one process, on a real DBOS over SQLite: due jobs
+are queued once each however often the feeder runs, in priority order, never more of them
+running at once than the model's concurrency; the workflow ids name their jobs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from listener.serve import engine
+from listener.settings import Settings, load_settings
+from listener.store.jobs import JobStore
+
+
+class RecordingHost:
+    """Runs no job: records which job each workflow ran, how many ran at once, and holds each
+    for ``hold_s``."""
+
+    def __init__(self, hold_s: float) -> None:
+        self.hold_s = hold_s
+        self.ran: list[int] = []
+        self.delivered: list[str] = []
+        self.running = 0
+        self.most = 0
+        self._lock = threading.Lock()
+
+    def run(self, job_id: int) -> str:
+        with self._lock:
+            self.ran.append(job_id)
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(self.hold_s)
+        with self._lock:
+            self.running -= 1
+        return "COMPLETED"
+
+    def deliver(self, destination: str) -> int:
+        with self._lock:
+            self.delivered.append(destination)
+        time.sleep(self.hold_s)
+        return 1
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return load_settings(
+        None,
+        data_dir=tmp_path,
+        poll_interval_s=0.05,
+        jobs_per_runner=8,
+        models={"cxrreportgen": {"concurrency": 2}},
+        destinations={
+            name: {"ae_title": name.upper(), "host": "127.0.0.1", "port": 104}
+            for name in ("pacs", "archive")
+        },
+    )
+
+
+def _schedule(store: JobStore, key: str, priority: int) -> int:
+    return store.schedule(
+        job_key=f"1.2.3:0:rule:{key}",
+        study_uid="1.2.3",
+        generation=0,
+        rule="rule",
+        task=key,
+        payload={"model": "cxrreportgen"},
+        priority=priority,
+        now=0.0,
+    )
+
+
+@pytest.fixture
+def launched(tmp_path: Path) -> Iterator[tuple[engine.Engine, JobStore, RecordingHost]]:
+    """DBOS launched on ``engine.sqlite`` beside a fresh journal, with a recording host."""
+    settings = _settings(tmp_path)
+    engine.migrate(settings)
+    host = RecordingHost(hold_s=0.3)
+    engine.set_host(host)
+    runner = engine.Engine(settings, "test-host:1")
+    runner.launch()
+    try:
+        yield runner, JobStore(settings.journal_database), host
+    finally:
+        runner.stop(5)
+        engine.set_host(None)
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_due_jobs_run_once_each_in_priority_order_within_the_model_limit(
+    launched: tuple[engine.Engine, JobStore, RecordingHost],
+) -> None:
+    """Six due jobs of one model, concurrency 2, fed three times while they run."""
+    runner, jobs, host = launched
+    ids = [_schedule(jobs, f"task-{index}", priority=index) for index in range(6)]
+    # fed three times while the first are still queued or running: each is queued once
+    queued = [runner.feed(lambda limit: jobs.due(1.0, limit)) for _ in range(3)]
+    assert queued[0] == len(ids)
+    assert queued[1:] == [0, 0]
+    _wait(lambda: len(host.ran) == len(ids) and host.running == 0)
+    assert sorted(host.ran) == sorted(ids)
+    assert host.most == 2  # the model's concurrency, though the runner may run eight
+    # the highest priorities started first, two at a time, the lowest last
+    assert set(host.ran[:2]) == set(ids[-2:])
+    assert set(host.ran[-2:]) == set(ids[:2])
+
+
+def test_a_job_not_due_is_not_queued(
+    launched: tuple[engine.Engine, JobStore, RecordingHost],
+) -> None:
+    """A job scheduled for later stays out of the engine until it is due."""
+    runner, jobs, _host = launched
+    _schedule(jobs, "later", priority=0)
+    assert runner.feed(lambda limit: jobs.due(-1.0, limit)) == 0  # scheduled at 0.0
+    assert runner.active() == []
+
+
+def test_one_delivery_run_per_destination_at_a_time(
+    launched: tuple[engine.Engine, JobStore, RecordingHost],
+) -> None:
+    """Destinations with due sends get one delivery run each, however often they are fed while
+    it is queued or running; one the settings no longer name goes to the general queue."""
+    runner, _jobs, host = launched
+    fed = [runner.feed_sends(["archive", "pacs", "gone"]) for _ in range(3)]
+    assert fed == [3, 0, 0]
+    _wait(lambda: len(host.delivered) == 3)
+    assert sorted(host.delivered) == ["archive", "gone", "pacs"]
+    _wait(lambda: not runner.active(engine.SEND_PREFIX))
+    assert runner.feed_sends(["pacs"]) == 1  # the run ended: the next one may start
+
+
+def test_workflow_ids_name_their_jobs() -> None:
+    """The orphan sweep and the feeder read the job id from the workflow id."""
+    assert engine.job_id_of("job-42-0123abcd") == 42
+    assert engine.job_id_of("job-x-1") is None
+    assert engine.job_id_of("other-42") is None
+
+
+def test_engine_priority_runs_the_higher_job_priority_first() -> None:
+    """DBOS runs the lowest number first, within its range."""
+    assert engine.engine_priority(30) < engine.engine_priority(0) < engine.engine_priority(-5)
+    assert engine.engine_priority(10**12) == 1
+    assert engine.engine_priority(-(10**12)) == 2**31 - 1
+
+
+def test_engine_tables_are_a_sibling_file_on_sqlite(tmp_path: Path) -> None:
+    """DBOS's writers do not share the journal's SQLite file."""
+    settings = _settings(tmp_path)
+    assert engine.engine_url(settings) == f"sqlite:///{(tmp_path / 'engine.sqlite').resolve()}"
