@@ -1,5 +1,6 @@
-"""The job stage on DBOS Transact: one queue per model, whose global concurrency is the model
-endpoint's limit across every job runner on every host.
+"""The job and send stages on DBOS Transact: one queue per model, whose global concurrency is the
+model endpoint's limit across every job runner on every host, and one per destination, which
+runs one delivery at a time.
 
 The journal's job table stays the record of each job: its UPS state, attempts, lease and
 timeline (what the operator sees and acts on), and what must run. DBOS carries the dispatch:
@@ -22,13 +23,19 @@ timeline (what the operator sees and acts on), and what must run. DBOS carries t
   queues it again when it is due. Retries, backoff and the dead letter (CANCELED after
   ``max_attempts``, or after ``job_max_age_s`` waiting for a model) stay in the job table, where
   the operator sees them, rather than in DBOS step retries that only its own tables would show.
+- **Sends** (:meth:`Engine.feed_sends`): a destination with due outbox entries gets a delivery
+  run (:func:`send_workflow`) on its queue ``send-<destination>`` (global concurrency 1,
+  deduplicated by the destination), which sends the due entries over at most the destination's
+  ``max_associations`` associations (:class:`~listener.send.deliver.Deliverer`): so a peer sees
+  that many associations from the whole gateway, not that many per host. Backoff, dead letters
+  and resends stay in the outbox.
 - **Recovery** (:meth:`Engine.cancel_orphans`): without DBOS Conductor an executor recovers only
   its own workflows. The workflow of a process that died (kill -9, a lost host) stays PENDING
   under its executor id, which is the process's heartbeat owner name
   (:mod:`listener.store.executors`). Once the sweeper has released that process's job leases
-  and forgotten its heartbeat, the job runners cancel its PENDING workflows, and the feeder
-  queues the jobs again. Exactly once in effect: a late finish of the old run is fenced out by
-  the lease token, and results have deterministic UIDs.
+  and outbox claims and forgotten its heartbeat, the job runners cancel its PENDING workflows,
+  and the feeders queue the jobs and deliveries again. Exactly once in effect: a late finish of
+  the old run is fenced out by the lease token, and results have deterministic UIDs.
 
 The engine's own tables: a SQLite file ``engine.sqlite`` beside the journal (DBOS's writers must
 not share the journal's file), or the journal's PostgreSQL database (schema ``dbos``) when

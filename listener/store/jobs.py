@@ -28,7 +28,6 @@ result UIDs, is what makes a crash produce each result exactly once.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from listener.store.db import (
@@ -37,8 +36,9 @@ from listener.store.db import (
     Database,
     DatabaseTarget,
     JournalTables,
-    Row,
 )
+from listener.store.job_rows import Job as Job  # re-exported
+from listener.store.job_rows import Lease as Lease  # re-exported
 from listener.store.ups import ALLOWED_TRANSITIONS as ALLOWED_TRANSITIONS  # re-exported
 from listener.store.ups import JobState as JobState  # re-exported
 from listener.store.ups import forbidden_transitions as forbidden_transitions  # re-exported
@@ -96,75 +96,6 @@ _DUE = (
 def _due_args(now: float) -> tuple[str | float, ...]:
     scheduled, running = JobState.SCHEDULED.value, JobState.IN_PROGRESS.value
     return (scheduled, now, running, now, running, now)
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A runner's hold on a claimed job: every change it makes names all three."""
-
-    job_id: int
-    owner: str
-    token: int
-
-
-@dataclass(frozen=True)
-class Job:
-    """One row of the job table."""
-
-    id: int
-    job_key: str
-    study_uid: str
-    generation: int
-    rule: str
-    task: str
-    payload: dict[str, Any]
-    priority: int
-    state: JobState
-    attempts: int
-    max_attempts: int
-    last_error: str | None
-    outputs: list[str]
-    not_before: float
-    created_at: float
-    updated_at: float
-    lease_owner: str | None = None
-    lease_until: float | None = None
-    lease_token: int = 0
-    waiting_for: str | None = None
-    retry_of: int | None = None
-
-    @property
-    def lease(self) -> Lease | None:
-        """The lease of the runner holding this job, when one does."""
-        if self.lease_owner is None:
-            return None
-        return Lease(self.id, self.lease_owner, self.lease_token)
-
-    @classmethod
-    def from_row(cls, row: Row) -> Job:
-        return cls(
-            id=row["id"],
-            job_key=row["job_key"],
-            study_uid=row["study_uid"],
-            generation=row["generation"],
-            rule=row["rule"],
-            task=row["task"],
-            payload=json.loads(row["payload"]),
-            priority=row["priority"],
-            state=JobState(row["state"]),
-            attempts=row["attempts"],
-            max_attempts=row["max_attempts"],
-            last_error=row["last_error"],
-            outputs=json.loads(row["outputs"] or "[]"),
-            not_before=row["not_before"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            lease_owner=row["lease_owner"],
-            lease_until=row["lease_until"],
-            lease_token=row["lease_token"],
-            waiting_for=row["waiting_for"],
-            retry_of=row["retry_of"],
-        )
 
 
 class JobStore(JournalTables):

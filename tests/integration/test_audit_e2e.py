@@ -171,7 +171,13 @@ def test_audit_trail_of_a_run_validates_and_reaches_syslog(
     calls = [r for r in records if r["event"] == "Begin Transferring DICOM Instances"]
     cr_uid, us_uid = str(dcmread(cr).StudyInstanceUID), str(dcmread(us).StudyInstanceUID)
     cxr = _details(
-        next(r["message"] for r in calls if r["study_uid"] == cr_uid and r["outcome"] == "0")
+        next(
+            r["message"]
+            for r in calls
+            if r["study_uid"] == cr_uid
+            and r["outcome"] == "0"
+            and r["summary"].startswith("model cxrreportgen:")
+        )
     )
     assert cxr["ImagesSent"] == "1"
     assert "Johnathan" not in cxr["Text indication"] and "Doe" not in cxr["Text indication"]
