@@ -12,10 +12,11 @@ timeline (what the operator sees and acts on), and what must run. DBOS carries t
   an endpoint never exceed its ``concurrency``, however many job runners there are. The queue
   is ordered by the job's priority (STAT studies first).
 - **Feeding** (:meth:`Engine.feed`): each job runner, when routing rings its doorbell and at
-  every poll, lists the due jobs (:meth:`~listener.store.jobs.JobStore.due`) and the job
-  workflows DBOS holds queued or running, and enqueues each due job that has none, with
-  ``deduplication_id`` = the job key (study, generation, rule, task): two runners feeding at
-  once queue it once.
+  every poll, lists the due jobs (:meth:`~listener.store.jobs.JobStore.due`, most urgent first)
+  and the job workflows DBOS holds queued or running, and enqueues the due jobs that have none,
+  with ``deduplication_id`` = the job key (study, generation, rule, task): two runners feeding
+  at once queue a job once. A model's queue holds at most its ``concurrency`` waiting jobs; the
+  backlog stays in the job table, where a raised priority still counts.
 - **The workflow** (:func:`job_workflow`) claims its job by id, fenced by the lease as before,
   runs it on the job runner's event loop (:meth:`~listener.infer.runner.JobRunner.run_job`) and
   returns the job's new state. A job that waits out a model outage or a transient failure ends
@@ -49,6 +50,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -297,19 +299,27 @@ class Engine:
         )
 
     def feed(self, due: Callable[[int], list[Job]]) -> int:
-        """Queue each due job that has no queued or running workflow; how many were queued."""
+        """Queue the most urgent due jobs that have no queued or running workflow, keeping at
+        most a model's ``concurrency`` jobs waiting in its queue; how many were queued.
+
+        The rest wait in the job table: a job's priority raised there (a flagged study's
+        review priority) still counts when it is queued, and the queue holds only what the
+        endpoint can take next."""
         jobs = due(FEED_BATCH)
         if not jobs:
             return 0
-        busy = {job_id_of(status.workflow_id) for status in self.active()}
+        active = self.active()
+        busy = {job_id_of(status.workflow_id) for status in active}
+        waiting = Counter(status.queue_name for status in active if status.status == "ENQUEUED")
         queued = 0
         for job in jobs:
             if job.id in busy:
                 continue
-            model = str(job.payload.get("model") or "")
-            queue = self.queues.get(model)
-            if queue is None:  # a payload of no known model: the runner cancels it
-                queue = self.queues[MODEL_NAMES[0]]
+            # a payload of no known model goes to the first queue: the runner cancels it
+            model = next((m for m in MODEL_NAMES if m == job.payload.get("model")), MODEL_NAMES[0])
+            queue = self.queues[model]
+            if waiting[queue.name] >= self.settings.models.get(model).concurrency:
+                continue
             options = SetEnqueueOptions(
                 deduplication_id=job.job_key, priority=engine_priority(job.priority)
             )
@@ -318,6 +328,7 @@ class Engine:
                     queue.enqueue(job_workflow, job.id)
             except dbos_error.DBOSQueueDeduplicatedError:  # another runner queued it just now
                 continue
+            waiting[queue.name] += 1
             queued += 1
         return queued
 
