@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from factory import chest_radiograph, ct_series, write_series
+from factory import ct_series, write_series
 from peers import Orthanc, run_gateway, send_with_storescu, wait_for
 from pydicom import dcmread
 from pynetdicom import AE
 from s3peer import SeaweedS3, object_bytes
-from scaleout import Cluster, receiver_args, result_count, run_cluster
+from scaleout import Cluster, chest_studies, pacs_env, receiver_args, result_count, run_cluster
 
 from listener.settings import load_settings
 from listener.store.jobs import JobState, JobStore
@@ -82,16 +82,10 @@ def run_kill_trial(
     ``database`` put the journal and the spool where the trial runs, ``bucket`` is the S3
     service and spool URL when the spool is there."""
     ct = write_series(ct_series(CT_SLICES, body_part="CHEST", uid_seed="trial-ct"), workdir / "ct")
-    crs = [
-        write_series([chest_radiograph(f"trial-cr-{i}")], workdir / f"cr{i}")[0]
-        for i in range(CR_STUDIES)
-    ]
+    crs, cr_uids = chest_studies(workdir, "trial-cr", CR_STUDIES)
     ct_uid = str(dcmread(ct[0], stop_before_pixels=True).StudyInstanceUID)
-    cr_uids = [str(dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in crs]
     env = {
-        "PACSAI_DESTINATIONS__PACS__AE_TITLE": pacs.aet,
-        "PACSAI_DESTINATIONS__PACS__HOST": "127.0.0.1",
-        "PACSAI_DESTINATIONS__PACS__PORT": str(pacs.dicom_port),
+        **pacs_env(pacs),
         # Long enough for the cut series to be sent again inside the study's quiet period (a
         # resend after it opens a follow-up generation, by design, with results of its own).
         "PACSAI_QUIET_PERIOD_S": "10",

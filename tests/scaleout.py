@@ -11,7 +11,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from factory import chest_radiograph, write_series
 from peers import Gateway, Orthanc, free_port, nodelay_env, run_gateway, stop_process
+from pydicom import dcmread
 
 ROOT = Path(__file__).resolve().parent.parent
 HAPROXY_CFG = ROOT / "docker" / "haproxy.cfg"
@@ -31,6 +33,25 @@ def result_count(pacs: Orthanc, study_uid: str) -> int:
     if not studies:
         return 0
     return len(pacs.get(f"/studies/{studies[0]['ID']}/instances"))
+
+
+def chest_studies(workdir: Path, name: str, count: int) -> tuple[list[Path], list[str]]:
+    """``count`` synthetic chest CRs, each its own study (``name-N``): their files and study
+    UIDs."""
+    paths = [
+        write_series([chest_radiograph(f"{name}-{index}")], workdir / f"cr{index}")[0]
+        for index in range(count)
+    ]
+    return paths, [str(dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in paths]
+
+
+def pacs_env(pacs: Orthanc) -> dict[str, str]:
+    """The settings (environment) of Orthanc as destination ``pacs``."""
+    return {
+        "PACSAI_DESTINATIONS__PACS__AE_TITLE": pacs.aet,
+        "PACSAI_DESTINATIONS__PACS__HOST": "127.0.0.1",
+        "PACSAI_DESTINATIONS__PACS__PORT": str(pacs.dicom_port),
+    }
 
 
 def _echo(port: int) -> bool:

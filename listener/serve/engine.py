@@ -83,6 +83,7 @@ _PRIORITY_MAX = (1 << 31) - 1
 FEED_BATCH = 256
 _ACTIVE = ["ENQUEUED", "PENDING"]
 SQLITE_POOL = 20  # DBOS's default pool for its system database
+POSTGRES_POOL = 8  # per job runner, on the server's max_connections (README)
 
 
 def engine_url(settings: Settings) -> str:
@@ -257,6 +258,8 @@ class Engine:
             "application_version": ENGINE_VERSION,
             "log_level": "WARNING",
             "run_migrations": False,  # the supervisor did (migrate)
+            # PostgreSQL: connections are held per transaction, never across a job
+            "sys_db_pool_size": POSTGRES_POOL,
         }
         if engine_url(self.settings).startswith("sqlite"):
             config["system_database_engine"] = sqlite_engine(engine_url(self.settings))

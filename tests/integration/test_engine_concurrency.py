@@ -13,11 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
-from factory import chest_radiograph, write_series
 from peers import Orthanc, run_orthanc, send_with_storescu, wait_for
 from pgserver import database_setting
-from pydicom import dcmread
-from scaleout import result_count, run_cluster
+from scaleout import chest_studies, pacs_env, result_count, run_cluster
 
 from listener.emulator.server import start_emulator
 from listener.settings import MODEL_NAMES, EmulatorSettings, load_settings
@@ -43,15 +41,9 @@ def test_model_concurrency_holds_across_work_processes(
 ) -> None:
     """On the embedded journal (SQLite) and on PostgreSQL: one code path."""
     emulator = start_emulator(EmulatorSettings(latency_ms=400))
-    crs = [
-        write_series([chest_radiograph(f"engine-cr-{index}")], tmp_path / f"cr{index}")[0]
-        for index in range(CR_STUDIES)
-    ]
-    cr_uids = [str(dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in crs]
+    crs, cr_uids = chest_studies(tmp_path, "engine-cr", CR_STUDIES)
     env = {
-        "PACSAI_DESTINATIONS__PACS__AE_TITLE": pacs.aet,
-        "PACSAI_DESTINATIONS__PACS__HOST": "127.0.0.1",
-        "PACSAI_DESTINATIONS__PACS__PORT": str(pacs.dicom_port),
+        **pacs_env(pacs),
         "PACSAI_QUIET_PERIOD_S": "1",
         "PACSAI_JOB_RUNNERS": "2",
         "PACSAI_JOBS_PER_RUNNER": "4",

@@ -8,11 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from factory import chest_radiograph, ct_series, write_series
+from factory import ct_series, write_series
 from peers import Orthanc, run_orthanc, send_with_storescu, wait_for
 from pgserver import database_setting
-from pydicom import dcmread
-from scaleout import result_count, run_cluster
+from scaleout import chest_studies, pacs_env, result_count, run_cluster
 
 from listener.settings import load_settings
 from listener.store.db import DatabaseTarget
@@ -61,15 +60,9 @@ def test_studies_split_over_receivers_assemble_once_and_results_reach_the_pacs_o
         )
         for index in (1, 2)
     ]
-    crs = [
-        write_series([chest_radiograph(f"scaleout-cr-{index}")], tmp_path / f"cr{index}")[0]
-        for index in range(CR_STUDIES)
-    ]
-    cr_uids = [str(dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in crs]
+    crs, cr_uids = chest_studies(tmp_path, "scaleout-cr", CR_STUDIES)
     env = {
-        "PACSAI_DESTINATIONS__PACS__AE_TITLE": pacs.aet,
-        "PACSAI_DESTINATIONS__PACS__HOST": "127.0.0.1",
-        "PACSAI_DESTINATIONS__PACS__PORT": str(pacs.dicom_port),
+        **pacs_env(pacs),
         "PACSAI_QUIET_PERIOD_S": "2",
         **{f"PACSAI_{k.upper()}": v for k, v in database_setting(journal_db).items()},
     }

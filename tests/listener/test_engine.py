@@ -168,3 +168,30 @@ def test_engine_tables_are_a_sibling_file_on_sqlite(tmp_path: Path) -> None:
     """DBOS's writers do not share the journal's SQLite file."""
     settings = _settings(tmp_path)
     assert engine.engine_url(settings) == f"sqlite:///{(tmp_path / 'engine.sqlite').resolve()}"
+
+
+def test_engine_transactions_on_sqlite_hold_the_write_lock_from_their_first_read(
+    tmp_path: Path,
+) -> None:
+    """A transaction that only read so far (the dequeue's count of running workflows) already
+    keeps every other transaction out: the second one starts after the first commits. With the
+    driver's own IMMEDIATE mode the read would run outside any lock and both would go ahead."""
+    sql = engine.sqlite_engine(f"sqlite:///{tmp_path / 'e.sqlite'}")
+    with sql.begin() as setup:
+        setup.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+    order: list[str] = []
+
+    def second() -> None:
+        with sql.begin() as other:
+            order.append("second began")
+            other.exec_driver_sql("SELECT count(*) FROM t").fetchall()
+
+    with sql.begin() as first:
+        first.exec_driver_sql("SELECT count(*) FROM t").fetchall()
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.3)
+        order.append("first committing")
+    thread.join(10)
+    sql.dispose()
+    assert order == ["first committing", "second began"]
