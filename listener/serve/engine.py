@@ -53,6 +53,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -82,6 +83,9 @@ _PRIORITY_MAX = (1 << 31) - 1
 # Due jobs looked at per feed: more wait in the job table for the next one.
 FEED_BATCH = 256
 _ACTIVE = ["ENQUEUED", "PENDING"]
+_FINISHED = ["SUCCESS", "ERROR", "CANCELLED"]
+FINISHED_KEEP_S = 3600.0  # finished workflows stay this long in the engine's tables
+TRIM_BATCH = 1000
 SQLITE_POOL = 20  # DBOS's default pool for its system database
 POSTGRES_POOL = 8  # per job runner, on the server's max_connections (README)
 
@@ -370,6 +374,23 @@ class Engine:
                 reason="executor silent",
             )
         return cancelled
+
+    def trim(self, now: float, keep_s: float = FINISHED_KEEP_S) -> int:
+        """Delete the engine's records of workflows that finished more than ``keep_s`` before
+        ``now`` (at most :data:`TRIM_BATCH` a call): the job table and the outbox keep the
+        history, so the engine's tables stay as small as its queues."""
+        cutoff = datetime.fromtimestamp(now - keep_s, UTC).isoformat()
+        finished = DBOS.list_workflows(
+            status=_FINISHED,
+            completed_before=cutoff,
+            limit=TRIM_BATCH,
+            load_input=False,
+            load_output=False,
+        )
+        ids = [status.workflow_id for status in finished]
+        if ids:
+            DBOS.delete_workflows(ids)
+        return len(ids)
 
     def stop(self, timeout_s: int) -> None:
         """Stop taking work, wait up to ``timeout_s`` for running workflows, release DBOS."""

@@ -127,11 +127,12 @@ def _feed(
     clock: Callable[[], float],
 ) -> None:
     """One round of the job runner's engine duties: cancel the workflows of silent processes
-    (when ``sweep``), then queue the due jobs. A busy or unreachable database is logged and
-    tried again next round."""
+    and forget finished ones (when ``sweep``), then queue the due jobs and deliveries. A busy
+    or unreachable database is logged and tried again next round."""
     try:
         if sweep:
             engine.cancel_orphans(executors.owners())
+            engine.trim(time.time())
         queued = engine.feed(lambda limit: pipeline.jobs.due(clock(), limit))
         sends = engine.feed_sends(pipeline.outbox.due_destinations(time.time()))
     except Exception as exc:

@@ -150,6 +150,18 @@ def test_one_delivery_run_per_destination_at_a_time(
     assert runner.feed_sends(["pacs"]) == 1  # the run ended: the next one may start
 
 
+def test_finished_workflows_are_trimmed_after_an_hour(
+    launched: tuple[engine.Engine, JobStore, RecordingHost],
+) -> None:
+    """The engine's tables keep finished workflows an hour; the job table keeps the history."""
+    runner, _jobs, host = launched
+    runner.feed_sends(["pacs"])
+    _wait(lambda: host.delivered == ["pacs"] and not runner.active(engine.SEND_PREFIX))
+    assert runner.trim(time.time()) == 0  # finished just now
+    assert runner.trim(time.time() + engine.FINISHED_KEEP_S + 60) == 1
+    assert runner.trim(time.time() + engine.FINISHED_KEEP_S + 60) == 0
+
+
 def test_workflow_ids_name_their_jobs() -> None:
     """The orphan sweep and the feeder read the job id from the workflow id."""
     assert engine.job_id_of("job-42-0123abcd") == 42
