@@ -59,6 +59,9 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from dbos import DBOS, DBOSConfig, Queue, SetEnqueueOptions, SetWorkflowID
 from dbos import error as dbos_error
+from dbos._core import execute_dequeued_workflow
+from dbos._dbos import _get_dbos_instance
+from dbos._utils import GlobalParams, generate_uuid
 
 from listener.infer.clients import ModelClients
 from listener.logging import get_logger
@@ -269,7 +272,7 @@ class Engine:
             config["system_database_engine"] = sqlite_engine(engine_url(self.settings))
         DBOS(config=config)
         DBOS.launch()
-        poll_s = min(self.settings.poll_interval_s, 0.25)
+        poll_s = self.settings.poll_interval_s
         for model in MODEL_NAMES:
             limit = self.settings.models.get(model).concurrency
             self.queues[model] = DBOS.register_queue(
@@ -313,8 +316,6 @@ class Engine:
         review priority) still counts when it is queued, and the queue holds only what the
         endpoint can take next."""
         jobs = due(FEED_BATCH)
-        if not jobs:
-            return 0
         active = self.active()
         busy = {job_id_of(status.workflow_id) for status in active}
         waiting = Counter(status.queue_name for status in active if status.status == "ENQUEUED")
@@ -337,7 +338,35 @@ class Engine:
                 continue
             waiting[queue.name] += 1
             queued += 1
+        for queue in self.queues.values():
+            if waiting[queue.name]:  # start them here if this process has room, at once
+                self.start_queued(queue)
         return queued
+
+    def start_queued(self, queue: Queue) -> int:
+        """Start now what ``queue`` lets this process start, instead of at DBOS's next poll of
+        it; how many workflows were started.
+
+        This is what DBOS's queue thread does at each poll (dbos 3.4, pinned: the claim checks
+        the queue's global and per-process limits in one transaction), called by the feeder
+        right after it queued work, or when a job of this host ended and freed a slot, so a
+        hand-over costs no polling interval; the queues are polled every
+        ``poll_interval_s`` for what other hosts queued."""
+        dbos = _get_dbos_instance()
+        owner_xid = generate_uuid()
+        started, _ = dbos._sys_db.start_queued_workflows(
+            queue,
+            GlobalParams.executor_id,
+            GlobalParams.app_version,
+            None,
+            dbos._active_workflows_set.count_for_queue(queue.name),
+            owner_xid=owner_xid,
+        )
+        for workflow_id in started:
+            status = dbos._sys_db.get_workflow_status(workflow_id)
+            if status is not None:
+                execute_dequeued_workflow(dbos, status, owner_xid)
+        return len(started)
 
     def feed_sends(self, destinations: list[str]) -> int:
         """Queue a delivery run for each destination with due entries, unless one is queued or
@@ -349,9 +378,10 @@ class Engine:
             try:
                 with SetWorkflowID(f"{SEND_PREFIX}{uuid.uuid4().hex[:12]}"), options:
                     queue.enqueue(send_workflow, name)
+                queued += 1
             except dbos_error.DBOSQueueDeduplicatedError:  # one is queued or running
-                continue
-            queued += 1
+                pass
+            self.start_queued(queue)
         return queued
 
     def cancel_orphans(self, live: set[str]) -> int:
