@@ -7,7 +7,11 @@ four of them could send four times as many."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ import httpx
 import pytest
 from peers import Orthanc, run_orthanc, send_with_storescu, wait_for
 from pgserver import database_setting
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from scaleout import chest_studies, pacs_env, result_count, run_cluster
 
 from listener.emulator.server import start_emulator
@@ -86,3 +91,84 @@ def test_model_concurrency_holds_across_work_processes(
     }
     assert {owner.split(":")[0] for owner in runners} == {"work-1", "work-2"}, runners
     assert all(result_count(pacs, uid) == CR_RESULTS for uid in cr_uids)
+
+
+@dataclass
+class CountingPacs:
+    """A storage SCP (pynetdicom) that takes its time over each instance and counts the
+    associations open at once: the peer whose association limit the gateway must keep."""
+
+    hold_s: float
+    port: int = 0
+    open_now: int = 0
+    most_open: int = 0
+    received: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def opened(self, _event: Any) -> None:
+        with self.lock:
+            self.open_now += 1
+            self.most_open = max(self.most_open, self.open_now)
+
+    def closed(self, _event: Any) -> None:
+        with self.lock:
+            self.open_now -= 1
+
+    def store(self, event: Any) -> int:
+        time.sleep(self.hold_s)
+        with self.lock:
+            self.received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+
+@contextmanager
+def counting_pacs(hold_s: float) -> Iterator[CountingPacs]:
+    """A :class:`CountingPacs` on a free loopback port."""
+    pacs = CountingPacs(hold_s)
+    ae = AE(ae_title="COUNTING")
+    ae.supported_contexts = AllStoragePresentationContexts
+    server = ae.start_server(
+        ("127.0.0.1", 0),
+        block=False,
+        evt_handlers=[
+            (evt.EVT_CONN_OPEN, pacs.opened),
+            (evt.EVT_CONN_CLOSE, pacs.closed),
+            (evt.EVT_C_STORE, pacs.store),
+        ],
+    )
+    pacs.port = server.server_address[1]
+    try:
+        yield pacs
+    finally:
+        server.shutdown()
+
+
+def test_a_destination_sees_its_association_limit_across_work_hosts(
+    tmp_path: Path, journal_db: DatabaseTarget
+) -> None:
+    """With ``max_associations: 1`` the destination never has two associations from the
+    gateway open at once, though two work hosts with two job runners each may send to it: one
+    delivery run per destination at a time, on whichever host (a sender per process, each
+    claiming its own share of the outbox, would open one each)."""
+    crs, _uids = chest_studies(tmp_path, "assoc-cr", CR_STUDIES)
+    with counting_pacs(hold_s=0.1) as pacs:
+        env = {
+            "PACSAI_DESTINATIONS__PACS__AE_TITLE": "COUNTING",
+            "PACSAI_DESTINATIONS__PACS__HOST": "127.0.0.1",
+            "PACSAI_DESTINATIONS__PACS__PORT": str(pacs.port),
+            "PACSAI_DESTINATIONS__PACS__MAX_ASSOCIATIONS": "1",
+            "PACSAI_QUIET_PERIOD_S": "1",
+            **{f"PACSAI_{k.upper()}": v for k, v in database_setting(journal_db).items()},
+        }
+        with run_cluster(tmp_path, env) as cluster:
+            for path in crs:
+                send_with_storescu(cluster.port, [path])
+            wait_for(
+                "every study's results at the destination",
+                lambda: len(set(pacs.received)) >= CR_STUDIES * CR_RESULTS,
+                timeout=300,
+            )
+            runs = sum(len(w.events("outbox_delivered")) for w in cluster.workers)
+    assert runs > 1  # the results went in several delivery runs, never two at once
+    assert pacs.most_open == 1
+    assert len(pacs.received) == len(set(pacs.received)) == CR_STUDIES * CR_RESULTS
