@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import factory
+from spooled import schedule_classification
 
 from listener.emulator.server import start_emulator
 from listener.pipeline import build_pipeline
-from listener.route.plan import PlannedTask, task_payload
 from listener.settings import EmulatorSettings, Settings
 from listener.store.journal import InstanceRecord
 
@@ -100,23 +100,9 @@ def prepare(data_dir: Path, instances: int, size: int) -> None:
                 quiet_period_s=10.0,
             )
             uids.append(str(ds.SOPInstanceUID))
-    task = PlannedTask(
-        rule="bench",
-        name="classify",
-        model="medimageinsight",
-        inputs={"images": tuple(uids)},
-        labels=("abdominal CT", "head CT", "chest x-ray"),
-    )
     assert study_uid is not None
-    pipeline.jobs.schedule(
-        job_key="bench",
-        study_uid=study_uid,
-        generation=0,
-        rule="bench",
-        task="classify",
-        payload=task_payload(task),
-        priority=0,
-        now=time.time(),
+    schedule_classification(
+        pipeline, study_uid, uids, labels=("abdominal CT", "head CT", "chest x-ray"), rule="bench"
     )
     pipeline.close()
 

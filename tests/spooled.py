@@ -4,11 +4,13 @@ after receive."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from pydicom import Dataset
 
 from listener.pipeline import Pipeline
 from listener.route.plan import PlannedTask, task_payload
+from listener.store.jobs import JobStore
 from listener.store.journal import InstanceRecord
 
 
@@ -37,23 +39,48 @@ def store_study(pipeline: Pipeline, datasets: list[Dataset], at: float) -> None:
         )
 
 
-def schedule_classification(pipeline: Pipeline, series: list[Dataset]) -> int:
-    """Schedule one MedImageInsight classification job (labels ``a``, ``b``) over ``series``,
-    due now; return its id."""
+def schedule_classification(
+    pipeline: Pipeline,
+    study_uid: str,
+    image_uids: Sequence[str],
+    *,
+    labels: tuple[str, ...] = ("a", "b"),
+    rule: str = "r",
+) -> int:
+    """Schedule one MedImageInsight classification job of rule ``rule`` over the images
+    ``image_uids`` of study ``study_uid``, due now; return its id."""
     task = PlannedTask(
-        rule="r",
+        rule=rule,
         name="classify",
         model="medimageinsight",
-        inputs={"images": tuple(str(ds.SOPInstanceUID) for ds in series)},
-        labels=("a", "b"),
+        inputs={"images": tuple(image_uids)},
+        labels=labels,
     )
     return pipeline.jobs.schedule(
-        job_key="k",
-        study_uid=str(series[0].StudyInstanceUID),
+        job_key=f"{study_uid}:0:{rule}:classify",
+        study_uid=study_uid,
         generation=0,
-        rule="r",
+        rule=rule,
         task="classify",
         payload=task_payload(task),
         priority=0,
         now=time.time(),
+    )
+
+
+def schedule_job(
+    jobs: JobStore, key: str, *, priority: int = 0, now: float = 0.0, max_attempts: int = 5
+) -> int:
+    """Schedule a CXRReportGen job ``key`` (its job key and task name) of study ``1.2.3``;
+    return its id (the same one when it exists)."""
+    return jobs.schedule(
+        job_key=key,
+        study_uid="1.2.3",
+        generation=0,
+        rule="r",
+        task=key,
+        payload={"model": "cxrreportgen"},
+        priority=priority,
+        now=now,
+        max_attempts=max_attempts,
     )

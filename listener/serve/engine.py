@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -196,7 +195,8 @@ class JobHost:
         the deliverer itself is logged and its entries are due again when their claim runs
         out."""
         try:
-            return self.pipeline.deliverer.deliver_due(time.time(), destination).total_sent
+            now = self.pipeline.runner.clock()
+            return self.pipeline.deliverer.deliver_due(now, destination).total_sent
         except Exception:
             log.exception("delivery_crashed", destination=destination)
             return 0
@@ -219,11 +219,15 @@ def set_host(host: Host | None) -> None:
     _host = host
 
 
-@DBOS.step(name="pacs-ai.run-job")
-def _run_job(job_id: int) -> str:
+def _the_host() -> Host:
     if _host is None:
         raise RuntimeError("no job runner in this process")
-    return _host.run(job_id)
+    return _host
+
+
+@DBOS.step(name="pacs-ai.run-job")
+def _run_job(job_id: int) -> str:
+    return _the_host().run(job_id)
 
 
 @DBOS.workflow(name="pacs-ai.job")
@@ -234,15 +238,31 @@ def job_workflow(job_id: int) -> str:
 
 @DBOS.step(name="pacs-ai.deliver")
 def _deliver(destination: str) -> int:
-    if _host is None:
-        raise RuntimeError("no job runner in this process")
-    return _host.deliver(destination)
+    return _the_host().deliver(destination)
 
 
 @DBOS.workflow(name="pacs-ai.send")
 def send_workflow(destination: str) -> int:
     """Send what the outbox holds due for ``destination``; how many instances were sent."""
     return _deliver(destination)
+
+
+def _enqueue(
+    queue: Queue,
+    id_stem: str,
+    options: SetEnqueueOptions,
+    workflow: Callable[[Any], Any],
+    argument: int | str,
+) -> bool:
+    """Queue ``workflow(argument)`` under a fresh id (``id_stem`` and a random part) with
+    ``options``; False when its deduplication id is held by a workflow queued or running
+    already."""
+    try:
+        with SetWorkflowID(f"{id_stem}{uuid.uuid4().hex[:12]}"), options:
+            queue.enqueue(workflow, argument)
+    except dbos_error.DBOSQueueDeduplicatedError:
+        return False
+    return True
 
 
 @dataclass
@@ -258,9 +278,10 @@ class Engine:
         """Start DBOS for this process (executor id = its owner name) and register the
         model queues with the concurrency of the settings."""
         quiet_dbos()
+        url = engine_url(self.settings)
         config: DBOSConfig = {
             "name": "pacs-ai",
-            "system_database_url": engine_url(self.settings),
+            "system_database_url": url,
             "executor_id": self.owner,
             "application_version": ENGINE_VERSION,
             "log_level": "WARNING",
@@ -268,8 +289,8 @@ class Engine:
             # PostgreSQL: connections are held per transaction, never across a job
             "sys_db_pool_size": POSTGRES_POOL,
         }
-        if engine_url(self.settings).startswith("sqlite"):
-            config["system_database_engine"] = sqlite_engine(engine_url(self.settings))
+        if url.startswith("sqlite"):
+            config["system_database_engine"] = sqlite_engine(url)
         DBOS(config=config)
         DBOS.launch()
         poll_s = self.settings.poll_interval_s
@@ -296,26 +317,26 @@ class Engine:
             queues=sorted(q.name for q in [*self.queues.values(), *self.send_queues.values()]),
         )
 
-    def active(self, prefix: str = WORKFLOW_PREFIX) -> list[Any]:
-        """The workflows (jobs, or with ``prefix`` :data:`SEND_PREFIX` deliveries) queued or
-        running, on any executor."""
+    def active(self, *prefixes: str) -> list[Any]:
+        """The workflows queued or running, on any executor: jobs, or those whose ids start with
+        one of ``prefixes`` (:data:`SEND_PREFIX`: deliveries)."""
         return list(
             DBOS.list_workflows(
                 status=_ACTIVE,
-                workflow_id_prefix=prefix,
+                workflow_id_prefix=list(prefixes or [WORKFLOW_PREFIX]),
                 load_input=False,
                 load_output=False,
             )
         )
 
-    def feed(self, due: Callable[[int], list[Job]]) -> int:
-        """Queue the most urgent due jobs that have no queued or running workflow, keeping at
-        most a model's ``concurrency`` jobs waiting in its queue; how many were queued.
+    def feed(self, jobs: list[Job]) -> int:
+        """Queue the most urgent of the due ``jobs`` (:meth:`~listener.store.jobs.JobStore.due`,
+        most urgent first) that have no queued or running workflow, keeping at most a model's
+        ``concurrency`` jobs waiting in its queue; how many were queued.
 
         The rest wait in the job table: a job's priority raised there (a flagged study's
         review priority) still counts when it is queued, and the queue holds only what the
         endpoint can take next."""
-        jobs = due(FEED_BATCH)
         active = self.active()
         busy = {job_id_of(status.workflow_id) for status in active}
         waiting = Counter(status.queue_name for status in active if status.status == "ENQUEUED")
@@ -331,11 +352,8 @@ class Engine:
             options = SetEnqueueOptions(
                 deduplication_id=job.job_key, priority=engine_priority(job.priority)
             )
-            try:
-                with SetWorkflowID(f"{WORKFLOW_PREFIX}{job.id}-{uuid.uuid4().hex[:12]}"), options:
-                    queue.enqueue(job_workflow, job.id)
-            except dbos_error.DBOSQueueDeduplicatedError:  # another runner queued it just now
-                continue
+            if not _enqueue(queue, f"{WORKFLOW_PREFIX}{job.id}-", options, job_workflow, job.id):
+                continue  # another runner queued it just now
             waiting[queue.name] += 1
             queued += 1
         for queue in self.queues.values():
@@ -375,12 +393,8 @@ class Engine:
         for name in destinations:
             queue = self.send_queues.get(name) or self.send_queues[""]
             options = SetEnqueueOptions(deduplication_id=f"send:{name}")
-            try:
-                with SetWorkflowID(f"{SEND_PREFIX}{uuid.uuid4().hex[:12]}"), options:
-                    queue.enqueue(send_workflow, name)
-                queued += 1
-            except dbos_error.DBOSQueueDeduplicatedError:  # one is queued or running
-                pass
+            # not queued when one is queued or running already
+            queued += _enqueue(queue, SEND_PREFIX, options, send_workflow, name)
             self.start_queued(queue)
         return queued
 
@@ -389,7 +403,7 @@ class Engine:
         row (``live``: the owners that have one); their work is due again once the sweeper has
         released their job leases and outbox claims."""
         cancelled = 0
-        for status in [*self.active(), *self.active(SEND_PREFIX)]:
+        for status in self.active(WORKFLOW_PREFIX, SEND_PREFIX):
             executor = status.executor_id
             if status.status != "PENDING" or not executor or executor in live:
                 continue

@@ -27,7 +27,7 @@ from listener.logging import get_logger
 from listener.pipeline import Pipeline, build_pipeline
 from listener.route.model import rules_fingerprint
 from listener.send.scu import enable_chunked_send
-from listener.serve.engine import Engine, JobHost, migrate, set_host
+from listener.serve.engine import FEED_BATCH, Engine, JobHost, migrate, set_host
 from listener.serve.wake import JOBS, Doorbell, ring
 from listener.settings import Settings
 from listener.store.executors import Executors, owner_name, sweep_silent
@@ -129,12 +129,13 @@ def _feed(
     """One round of the job runner's engine duties: cancel the workflows of silent processes
     and forget finished ones (when ``sweep``), then queue the due jobs and deliveries. A busy
     or unreachable database is logged and tried again next round."""
+    now = clock()
     try:
         if sweep:
             engine.cancel_orphans(executors.owners())
-            engine.trim(time.time())
-        queued = engine.feed(lambda limit: pipeline.jobs.due(clock(), limit))
-        sends = engine.feed_sends(pipeline.outbox.due_destinations(time.time()))
+            engine.trim(now)
+        queued = engine.feed(pipeline.jobs.due(now, FEED_BATCH))
+        sends = engine.feed_sends(pipeline.outbox.due_destinations(now))
     except Exception as exc:
         log.warning("job_feed_failed", error=str(exc))
         return

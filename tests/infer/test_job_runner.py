@@ -44,7 +44,9 @@ def classification_job(tmp_path: Path, series: list[Dataset] | None = None, **se
     pipeline = build_pipeline(Settings(data_dir=tmp_path / "var", **settings))
     series = series or ct_series(3)
     store_study(pipeline, series, at=time.time())
-    job_id = schedule_classification(pipeline, series)
+    job_id = schedule_classification(
+        pipeline, str(series[0].StudyInstanceUID), [str(ds.SOPInstanceUID) for ds in series]
+    )
     return pipeline, job_id
 
 

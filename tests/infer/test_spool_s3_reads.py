@@ -57,7 +57,9 @@ def test_a_job_reads_its_input_from_the_bucket_and_a_send_reads_its_result_from_
     folder = pipeline.settings.spool_dir / study_uid
     originals = {p.name: p.read_bytes() for p in folder.rglob("*.dcm")}
     shutil.rmtree(folder)
-    job_id = schedule_classification(pipeline, series)
+    job_id = schedule_classification(
+        pipeline, str(series[0].StudyInstanceUID), [str(ds.SOPInstanceUID) for ds in series]
+    )
 
     async def run() -> None:
         async with build_clients(pipeline.settings.models, server.url) as clients:

@@ -23,6 +23,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from scaleout import chest_studies, pacs_env, result_count, run_cluster
 
 from listener.emulator.server import start_emulator
+from listener.receive.status import StoreStatus
 from listener.settings import MODEL_NAMES, EmulatorSettings, load_settings
 from listener.store.db import DatabaseTarget
 from listener.store.jobs import JobState, JobStore
@@ -118,7 +119,7 @@ class CountingPacs:
         time.sleep(self.hold_s)
         with self.lock:
             self.received.append(str(event.request.AffectedSOPInstanceUID))
-        return 0x0000
+        return StoreStatus.SUCCESS
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from spooled import schedule_job
 
 from listener.serve import engine
 from listener.settings import Settings, load_settings
@@ -59,19 +60,6 @@ def _settings(tmp_path: Path) -> Settings:
     )
 
 
-def _schedule(store: JobStore, key: str, priority: int) -> int:
-    return store.schedule(
-        job_key=f"1.2.3:0:rule:{key}",
-        study_uid="1.2.3",
-        generation=0,
-        rule="rule",
-        task=key,
-        payload={"model": "cxrreportgen"},
-        priority=priority,
-        now=0.0,
-    )
-
-
 @pytest.fixture
 def launched(tmp_path: Path) -> Iterator[tuple[engine.Engine, JobStore, RecordingHost]]:
     """DBOS launched on ``engine.sqlite`` beside a fresh journal, with a recording host."""
@@ -102,12 +90,12 @@ def test_due_jobs_run_once_each_in_priority_order_within_the_model_limit(
     once, two at a time, the highest priorities first; the queue never holds more than two
     waiting jobs (the rest wait in the job table)."""
     runner, jobs, host = launched
-    ids = [_schedule(jobs, f"task-{index}", priority=index) for index in range(6)]
+    ids = [schedule_job(jobs, f"task-{index}", priority=index) for index in range(6)]
     most_waiting = 0
     deadline = time.monotonic() + 30
     while len(host.ran) < len(ids) or host.running:
         assert time.monotonic() < deadline, "timed out"
-        runner.feed(lambda limit: jobs.due(1.0, limit))
+        runner.feed(jobs.due(1.0, engine.FEED_BATCH))
         waiting = [s for s in runner.active() if s.status == "ENQUEUED"]
         most_waiting = max(most_waiting, len(waiting))
         for job_id in list(host.ran):  # what ran is done: no longer due
@@ -131,8 +119,8 @@ def test_a_job_not_due_is_not_queued(
 ) -> None:
     """A job scheduled for later stays out of the engine until it is due."""
     runner, jobs, _host = launched
-    _schedule(jobs, "later", priority=0)
-    assert runner.feed(lambda limit: jobs.due(-1.0, limit)) == 0  # scheduled at 0.0
+    schedule_job(jobs, "later")
+    assert runner.feed(jobs.due(-1.0, engine.FEED_BATCH)) == 0  # scheduled at 0.0
     assert runner.active() == []
 
 

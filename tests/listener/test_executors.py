@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from spooled import schedule_job
+
 from listener.store.db import DatabaseTarget
 from listener.store.executors import ExecutorBeat, Executors, owner_name, sweep_silent
 from listener.store.jobs import JobState, JobStore, forbidden_transitions
@@ -13,19 +15,6 @@ from listener.store.outbox import Outbox
 def _beat(owner: str, at: float) -> ExecutorBeat:
     executor, pid = owner.split(":")
     return ExecutorBeat(owner, executor, "job-runner", "work", int(pid), 0.0, at)
-
-
-def _schedule(store: JobStore, key: str) -> int:
-    return store.schedule(
-        job_key=key,
-        study_uid="1.2.3",
-        generation=0,
-        rule="r",
-        task=key,
-        payload={"model": "cxrreportgen"},
-        priority=0,
-        now=0.0,
-    )
 
 
 def test_owner_name_is_executor_and_pid() -> None:
@@ -47,8 +36,8 @@ def test_sweep_releases_only_the_silent_process_jobs(journal_db: DatabaseTarget)
     """The job of a runner whose heartbeat stopped is claimable at once, long before its lease
     would run out; a live runner's job stays with it; the job stays IN PROGRESS (UPS)."""
     jobs, executors = JobStore(journal_db), Executors(journal_db)
-    dead_job = _schedule(jobs, "dead")
-    _schedule(jobs, "live")
+    dead_job = schedule_job(jobs, "dead")
+    schedule_job(jobs, "live")
     assert jobs.claim("dead-host:7", now=0.0, lease_s=3600.0) is not None
     assert jobs.claim("live-host:8", now=0.0, lease_s=3600.0) is not None
     executors.beat(_beat("dead-host:7", 0.0))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from spooled import schedule_job
+
 from listener.store.db import DatabaseTarget as JournalDb
 from listener.store.jobs import JobState, JobStore, forbidden_transitions
 
@@ -11,17 +13,7 @@ def _store(journal_db: JournalDb) -> JobStore:
 
 
 def _schedule(store: JobStore, key: str, *, priority: int = 0, now: float = 0.0) -> int:
-    return store.schedule(
-        job_key=key,
-        study_uid="1.2.3",
-        generation=0,
-        rule="r",
-        task=key,
-        payload={"model": "cxrreportgen"},
-        priority=priority,
-        now=now,
-        max_attempts=2,
-    )
+    return schedule_job(store, key, priority=priority, now=now, max_attempts=2)
 
 
 def test_schedule_is_idempotent(journal_db: JournalDb) -> None:
