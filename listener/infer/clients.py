@@ -9,9 +9,11 @@ retries, breaker) and decodes the answer into the typed results of
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from pydantic import SecretStr
 
@@ -27,6 +29,22 @@ from listener.infer import wire
 from listener.infer.auth import Authorizer, EntraAuth, KeyAuth
 from listener.infer.transport import ModelTransport
 from listener.settings import ModelName, ModelSettings, ModelsSettings
+
+T = TypeVar("T")
+
+
+async def gather_all(*awaitables: Awaitable[T]) -> list[T]:
+    """The results of ``awaitables`` run at once, in order; when one fails, the others are
+    cancelled (no request of a failed job goes on without it) and its exception is raised as
+    it is (the retry and failure handling look at its type)."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 class _Client:
@@ -45,28 +63,61 @@ class _Client:
         await self.transport.aclose()
 
 
+# Text embeddings a MedImageInsight client keeps (the label texts of the classification rules,
+# the same for every study), and for how long: a model redeployed behind an unchanged endpoint
+# is seen at the latest then, or at once when its scaling factor changes (run_classification).
+TEXT_CACHE_SIZE = 4096
+TEXT_CACHE_S = 3600.0
+
+
 class MedImageInsightClient(_Client):
     """Image and text embeddings (§1). Requests hold at most ``batch_size`` rows (within the
-    documented 1024) and only one kind of row, the cases the server-side wrapper lists."""
+    documented 1024) and only one kind of row, the cases the server-side wrapper lists. Text
+    embeddings are kept for :data:`TEXT_CACHE_S` (at most :data:`TEXT_CACHE_SIZE` texts): a
+    classification asks for its labels' texts each time, and the answer is the same."""
 
     model: ModelName = "medimageinsight"
 
-    def __init__(self, transport: ModelTransport, *, batch_size: int) -> None:
+    def __init__(
+        self,
+        transport: ModelTransport,
+        *,
+        batch_size: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(transport)
         self.batch_size = min(batch_size, wire.MI_MAX_ROWS)
+        self._clock = clock
+        self._texts: OrderedDict[str, tuple[float, Embeddings]] = OrderedDict()
 
     async def embed_images(self, pngs: Sequence[bytes]) -> list[Embeddings]:
         """One unit-norm vector per image, in input order."""
         return await self._embed([[wire.encode_b64(png), ""] for png in pngs])
 
     async def embed_texts(self, texts: Sequence[str]) -> list[Embeddings]:
-        """One unit-norm vector per text (the server cuts text after 77 tokens), in order."""
-        return await self._embed([["", text] for text in texts])
+        """One unit-norm vector per text (the server cuts text after 77 tokens), in order;
+        texts embedded in the last :data:`TEXT_CACHE_S` are not sent again."""
+        now = self._clock()
+        for text, (at, _) in list(self._texts.items()):
+            if now - at > TEXT_CACHE_S:
+                del self._texts[text]
+        missing = [text for text in dict.fromkeys(texts) if text not in self._texts]
+        if missing:
+            fresh = await self._embed([["", text] for text in missing])
+            for text, embedding in zip(missing, fresh, strict=True):
+                self._texts[text] = (now, embedding)
+            while len(self._texts) > TEXT_CACHE_SIZE:
+                self._texts.popitem(last=False)
+        return [self._texts[text][1] for text in texts]
+
+    def forget_texts(self) -> None:
+        """Drop the kept text embeddings (the model behind the endpoint changed)."""
+        self._texts.clear()
 
     async def _embed(self, rows: list[list[str]]) -> list[Embeddings]:
         batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
-        # one request at a time: a job holds one of the model's slots (listener.serve.engine)
-        return [embedding for batch in batches for embedding in await self._embed_batch(batch)]
+        answers = await gather_all(*(self._embed_batch(batch) for batch in batches))
+        return [embedding for answer in answers for embedding in answer]
 
     async def _embed_batch(self, rows: list[list[str]]) -> list[Embeddings]:
         body = wire.envelope(["image", "text"], rows, {"get_scaling_factor": True})

@@ -40,6 +40,7 @@ from converters.volume import FrameRef, VolumeError, build_volume, frame_masks
 from listener import __version__
 from listener.errors import ConversionError, GatewayError
 from listener.infer import ModelClients
+from listener.infer.clients import gather_all
 from listener.infer.egress import EgressReport, admit_images, outgoing_text, withheld_because
 from listener.route.plan import DEFAULT_ROLE, PlannedTask
 from listener.security.settings import EgressPolicy
@@ -304,16 +305,21 @@ async def run_classification(task: PlannedTask, ctx: TaskContext) -> TaskOutcome
     prepared = await asyncio.to_thread(
         prepare_image, image, ImageModel.MEDIMAGEINSIGHT, frame=frame
     )
-    # one request at a time: a job holds one of the model's slots (listener.serve.engine)
-    image_answer = await client.embed_images([prepared.png])
-    text_answers = await client.embed_texts(list(task.label_texts or task.labels))
+    texts = list(task.label_texts or task.labels)
+    image_answer, text_answers = await gather_all(
+        client.embed_images([prepared.png]), client.embed_texts(texts)
+    )
+    scale = image_answer[0].scaling_factor
+    if scale is not None and text_answers[0].scaling_factor not in (None, scale):
+        client.forget_texts()  # kept from another model behind the same endpoint
+        text_answers = await client.embed_texts(texts)
     image_vector = image_answer[0].image
-    texts = [answer.text for answer in text_answers]
-    if image_vector is None or any(text is None for text in texts):
+    vectors = [answer.text for answer in text_answers]
+    if image_vector is None or any(vector is None for vector in vectors):
         raise ConversionError(f"task {task.name}: the model returned no embedding")
     embeddings = Embeddings(
         image=image_vector,
-        text=np.stack([t for t in texts if t is not None]),
+        text=np.stack([v for v in vectors if v is not None]),
         scaling_factor=image_answer[0].scaling_factor or text_answers[0].scaling_factor,
     )
     frame_ref = ImageFrame(image, frame + 1 if number_of_frames(image) > 1 else None)
@@ -333,9 +339,11 @@ async def run_classification(task: PlannedTask, ctx: TaskContext) -> TaskOutcome
 
 
 # Frames of one task prepared and in flight at once: bounds memory (a 1024x1024 PNG and a
-# prompts x 1024 x 1024 answer per frame) however long the series; the client's own limit
-# bounds the requests. A request carries up to ``models.medimageparse.batch_size`` frames.
-FRAMES_IN_FLIGHT = 8
+# prompts x 1024 x 1024 answer per frame) however long the series. A request carries up to
+# ``models.medimageparse.batch_size`` frames, and the job sends as many requests at once as its
+# frames in flight make up; the model's ``concurrency`` across the whole gateway is kept by the
+# transport's permits (listener.infer.permits).
+FRAMES_IN_FLIGHT = 16
 
 
 def _prepare_frames(
@@ -358,18 +366,14 @@ async def _parse_batch(
     frames: Sequence[tuple[Dataset, int]],
     task: PlannedTask,
     slots: asyncio.Semaphore,
-    request: asyncio.Lock,
 ) -> list[tuple[tuple[str, ...], npt.NDArray[np.bool_]]]:
     """Frames through MedImageParse in one request: each frame's categories and masks on the
     source grid. Preparing the images and mapping the masks back run in a worker thread, so
-    the event loop keeps the job's request (and its lease heartbeat) going meanwhile; the
-    job's requests go one at a time (``request``): a job holds one of the model's slots
-    (listener.serve.engine)."""
+    the event loop keeps the job's other requests (and its lease heartbeat) going meanwhile."""
     async with slots:
         prepared = await asyncio.to_thread(_prepare_frames, frames, task.window)
         client = ctx.clients.medimageparse
-        async with request:
-            answers = await client.segment_rows([p.png for p in prepared], task.prompts)
+        answers = await client.segment_rows([p.png for p in prepared], task.prompts)
         masks = await asyncio.to_thread(_masks_on_source, answers, prepared)
     return [(answer.categories, mask) for answer, mask in zip(answers, masks, strict=True)]
 
@@ -389,8 +393,7 @@ async def run_parse(task: PlannedTask, ctx: TaskContext) -> TaskOutcome:
     size = ctx.clients.medimageparse.batch_size
     slots = asyncio.Semaphore(max(1, FRAMES_IN_FLIGHT // size))
     batches = [frames[i : i + size] for i in range(0, len(frames), size)]
-    request = asyncio.Lock()
-    answered = await asyncio.gather(*(_parse_batch(ctx, b, task, slots, request) for b in batches))
+    answered = await gather_all(*(_parse_batch(ctx, b, task, slots) for b in batches))
     answers = [answer for batch in answered for answer in batch]
     categories = answers[0][0]
     prompts = tuple(Prompt(text, cat) for text, cat in zip(task.prompts, categories, strict=False))

@@ -3,7 +3,9 @@
 Every call POSTs a JSON body to the scoring URI with ``Authorization: Bearer``, the optional
 ``azureml-model-deployment`` header and an ``x-ms-client-request-id`` (docs/models.md §0) that
 is also bound into the call's log events. At most ``concurrency`` requests are in flight at once
-(the semaphore is held only while a request is on the wire, not while backing off). Each request
+from this process, and, with ``permits`` (:mod:`listener.infer.permits`), from the whole gateway
+(the semaphore and the permit are held only while a request is on the wire, not while backing
+off). Each request
 has a total deadline of ``timeout_s`` (httpx's per-phase timeouts bound each connect, write and
 read; the deadline bounds the whole exchange, so an endpoint trickling a byte at a time cannot
 hold a call open), and running out of it is a transient failure. Transient failures are retried
@@ -22,6 +24,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
 import httpx
@@ -30,6 +33,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from converters.model_outputs import ModelIdentity
 from listener.errors import CircuitOpenError, PermanentModelError, TransientModelError
 from listener.infer.auth import Authorizer, KeyAuth
+from listener.infer.permits import RequestPermits
 from listener.infer.resilience import (
     HTTP_FORBIDDEN,
     HTTP_UNAUTHORIZED,
@@ -93,6 +97,7 @@ class ModelTransport:
         rng: random.Random | None = None,
         on_call: CallObserver | None = None,
         on_health: HealthObserver | None = None,
+        permits: RequestPermits | None = None,
     ) -> None:
         url = endpoint or settings.endpoint
         if url is None:
@@ -111,6 +116,7 @@ class ModelTransport:
         self._rng = rng if rng is not None else random.Random()
         self._on_call = on_call
         self._semaphore = asyncio.Semaphore(settings.concurrency)
+        self._permits = permits
         self._log = get_logger("infer", model=model, endpoint=url)
         self.breaker = CircuitBreaker(
             url,
@@ -246,9 +252,10 @@ class ModelTransport:
         )
 
     async def _exchange(self, payload: bytes, request_id: str, sent: list[int]) -> httpx.Response:
-        """One request through the semaphore and the breaker, which learns its outcome."""
+        """One request through the semaphore, a gateway-wide permit (when this process shares
+        the model's limit with others) and the breaker, which learns its outcome."""
         authorization = await self._auth.header()
-        async with self._semaphore:
+        async with self._semaphore, self._permit():
             probe = self.breaker.acquire()
             sent[0] += 1
             decided = False
@@ -267,6 +274,12 @@ class ModelTransport:
                 if probe and not decided:
                     self.breaker.release_probe()
         return response
+
+    def _permit(self) -> AbstractAsyncContextManager[None]:
+        if self._permits is None:
+            return nullcontext()
+        settings = self._settings
+        return self._permits.hold(self.model, settings.concurrency, settings.timeout_s)
 
     async def _post(
         self, payload: bytes, request_id: str, authorization: str | None

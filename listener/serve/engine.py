@@ -7,10 +7,12 @@ timeline (what the operator sees and acts on), and what must run. DBOS carries t
 
 - **Queues**: ``model-<name>`` for each model, with ``global_concurrency`` =
   ``models.<name>.concurrency`` (across every process and host sharing the engine's database)
-  and ``worker_concurrency`` = the smaller of that and ``jobs_per_runner``. A job sends at most
-  one request to its model at a time (:mod:`listener.infer.tasks`), so the requests in flight at
-  an endpoint never exceed its ``concurrency``, however many job runners there are. The queue
-  is ordered by the job's priority (STAT studies first).
+  and ``worker_concurrency`` = the smaller of that and ``jobs_per_runner``: no more jobs of a
+  model run than its endpoint can serve at once. The requests themselves hold the journal's
+  request permits (:mod:`listener.infer.permits`), ``concurrency`` per model across every
+  process, so one job may send several at once (a CT's frames) while the endpoint has room,
+  and the requests in flight never exceed the limit however many job runners there are. The
+  queue is ordered by the job's priority (STAT studies first).
 - **Feeding** (:meth:`Engine.feed`): each job runner, when routing rings its doorbell and at
   every poll, lists the due jobs (:meth:`~listener.store.jobs.JobStore.due`, most urgent first)
   and the job workflows DBOS holds queued or running, and enqueues the due jobs that have none,
@@ -292,6 +294,9 @@ class Engine:
         if url.startswith("sqlite"):
             config["system_database_engine"] = sqlite_engine(url)
         DBOS(config=config)
+        # DBOS would poll every queue from a thread of its own, each poll a write transaction;
+        # the feeder starts what is queued instead, at each of its rounds (start_queued)
+        DBOS.listen_queues([])
         DBOS.launch()
         poll_s = self.settings.poll_interval_s
         for model in MODEL_NAMES:
@@ -362,14 +367,15 @@ class Engine:
         return queued
 
     def start_queued(self, queue: Queue) -> int:
-        """Start now what ``queue`` lets this process start, instead of at DBOS's next poll of
-        it; how many workflows were started.
+        """Start now what ``queue`` lets this process start; how many workflows were started.
 
         This is what DBOS's queue thread does at each poll (dbos 3.4, pinned: the claim checks
-        the queue's global and per-process limits in one transaction), called by the feeder
-        right after it queued work, or when a job of this host ended and freed a slot, so a
-        hand-over costs no polling interval; the queues are polled every
-        ``poll_interval_s`` for what other hosts queued."""
+        the queue's global and per-process limits in one transaction). DBOS's own polling is
+        off (:meth:`launch`): the feeder calls this at each round for every queue with queued
+        workflows, right after it queued work, when a job of this process ended and freed a
+        slot (its doorbell), and every ``poll_interval_s`` for what other processes and hosts
+        queued. One query per round finds those queues, where DBOS's threads would have made a
+        write transaction per queue and poll."""
         dbos = _get_dbos_instance()
         owner_xid = generate_uuid()
         started, _ = dbos._sys_db.start_queued_workflows(

@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from converters.sr import preload_standard_tables
 from listener.infer import build_clients
+from listener.infer.permits import RequestPermits
 from listener.logging import get_logger
 from listener.pipeline import Pipeline, build_pipeline
 from listener.route.model import rules_fingerprint
@@ -31,6 +32,7 @@ from listener.serve.engine import FEED_BATCH, Engine, JobHost, migrate, set_host
 from listener.serve.wake import JOBS, Doorbell, ring
 from listener.settings import Settings
 from listener.store.executors import Executors, owner_name, sweep_silent
+from listener.store.permits import ModelPermits
 from listener.store.records import (
     AdminRecords,
     ModelCallRecorder,
@@ -71,6 +73,9 @@ def recover_after_crash(settings: Settings, now: float) -> int:
     try:
         # the engine's job runners cancel the workflows of processes with no heartbeat row
         Executors(settings.journal_database).forget_host(settings.executor)
+        permits = ModelPermits(settings.journal_database)
+        permits.release_host(settings.executor)
+        permits.close()
         count = pipeline.jobs.release_host(settings.executor, now)
         released = pipeline.outbox.release_claims(now) if settings.role == "all" else 0
         retention(pipeline).complete_interrupted(now)
@@ -94,12 +99,14 @@ async def _job_loop(
     executors = Executors(settings.journal_database)
     bell = Doorbell(settings.data_dir, JOBS)
     engine = Engine(settings, owner)
+    permits = ModelPermits(settings.journal_database)
     async with build_clients(
         settings.models,
         emulator_url,
         emulator_key=settings.emulator.key,
         on_call=ModelCallRecorder(records),
         on_health=ModelHealthRecorder(records, owner),
+        permits=RequestPermits(permits, owner),
     ) as clients:
         set_host(JobHost(pipeline, clients, asyncio.get_running_loop(), owner))
         await asyncio.to_thread(engine.launch)
@@ -117,6 +124,7 @@ async def _job_loop(
             await asyncio.to_thread(engine.stop, STOP_WAIT_S)
             set_host(None)
     bell.close()
+    permits.close()
 
 
 def _feed(
@@ -193,11 +201,17 @@ def run_sweeper(pipeline: Pipeline, executors: Executors, stop: threading.Event)
     """Release the jobs of processes whose heartbeat stopped, every third of
     ``executor_timeout_s``, until ``stop`` is set (a thread of the dispatcher process)."""
     timeout_s = pipeline.settings.executor_timeout_s
-    while not stop.wait(timeout_s / 3):
-        try:
-            sweep_silent(executors, pipeline.jobs, time.time(), timeout_s, pipeline.outbox)
-        except Exception:  # a busy journal: the next sweep tries again
-            log.exception("sweep_crashed")
+    permits = ModelPermits(pipeline.settings.journal_database)
+    try:
+        while not stop.wait(timeout_s / 3):
+            try:
+                sweep_silent(
+                    executors, pipeline.jobs, time.time(), timeout_s, pipeline.outbox, permits
+                )
+            except Exception:  # a busy journal: the next sweep tries again
+                log.exception("sweep_crashed")
+    finally:
+        permits.close()
 
 
 def run_purger(pipeline: Pipeline, stop: threading.Event) -> None:

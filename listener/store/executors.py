@@ -26,6 +26,7 @@ from listener.logging import get_logger
 from listener.store.db import JournalTables
 from listener.store.jobs import JobStore
 from listener.store.outbox import Outbox
+from listener.store.permits import ModelPermits
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS executors (
@@ -125,8 +126,10 @@ def sweep_silent(
     now: float,
     timeout_s: float,
     outbox: Outbox | None = None,
+    permits: ModelPermits | None = None,
 ) -> int:
-    """Release the job leases (and outbox claims) of every process silent for ``timeout_s`` and
+    """Release the job leases (and outbox claims and request permits) of every process silent
+    for ``timeout_s`` and
     forget it; return how many jobs were released. Run by the dispatcher of every host: two
     sweepers releasing one dead process's leases at once is harmless (the second finds none)."""
     released = 0
@@ -135,6 +138,8 @@ def sweep_silent(
             continue  # it beat again in between
         count = jobs.release_owner(beat.owner, now)
         sends = outbox.release_owner(beat.owner, now) if outbox is not None else 0
+        if permits is not None:
+            permits.release_owner(beat.owner)
         released += count
         _log.warning(
             "executor_silent",

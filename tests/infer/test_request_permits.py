@@ -1,0 +1,159 @@
+"""A model's ``concurrency`` across processes (the journal's request permits), a job's requests in
+parallel within it, and the label texts' embeddings kept between classifications: against the
+emulator over real loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from factory import ct_series
+
+from converters.check import checked_bytes
+from listener.asgi import BackgroundServer
+from listener.infer import MedImageInsightClient, ModelClients, ModelTransport, build_clients
+from listener.infer.clients import TEXT_CACHE_S
+from listener.infer.permits import RequestPermits
+from listener.infer.tasks import TaskContext, TaskOutcome, run_task
+from listener.route.plan import DEFAULT_ROLE, PlannedTask
+from listener.settings import ModelSettings, ModelsSettings
+from listener.store.permits import ModelPermits
+
+LATENCY_MS = 150
+
+
+def _stats(server: BackgroundServer) -> dict[str, Any]:
+    answer: dict[str, Any] = httpx.get(f"{server.url}/_emulator/stats").json()
+    return answer
+
+
+def _clients(server: BackgroundServer, models: ModelsSettings, permits: Any = None) -> ModelClients:
+    return build_clients(models, server.url, permits=permits)
+
+
+def _two_processes_send(server: BackgroundServer, journal: Path | None, png: bytes) -> None:
+    """Two job runners' clients (each its own connection and holder name when ``journal`` is
+    given), six CXRReportGen requests at once from each."""
+    models = ModelsSettings(cxrreportgen=ModelSettings(concurrency=2))
+
+    async def go() -> None:
+        stores = [ModelPermits(journal) for _ in range(2)] if journal else []
+        permits = [RequestPermits(s, f"work-{n}:{n}") for n, s in enumerate(stores)]
+        async with (
+            _clients(server, models, permits[0] if permits else None) as one,
+            _clients(server, models, permits[1] if permits else None) as two,
+        ):
+            calls = [c.cxrreportgen.generate(png) for c in (one, two) for _ in range(6)]
+            await asyncio.gather(*calls)
+        for store in stores:
+            store.close()
+
+    asyncio.run(go())
+
+
+def test_two_processes_keep_the_model_limit_between_them(
+    tmp_path: Path, emulator: Callable[..., BackgroundServer], chest_png: bytes
+) -> None:
+    """Each process alone may have ``concurrency`` (2) requests in flight; with the permits the
+    endpoint sees at most 2 from both together, and 2 is reached. Without them it sees 4."""
+    shared = emulator(latency_ms=LATENCY_MS)
+    _two_processes_send(shared, tmp_path / "journal.sqlite", chest_png)
+    stats = _stats(shared)
+    assert stats["per_model"]["cxrreportgen"] == 12
+    assert stats["max_in_flight_per_model"]["cxrreportgen"] == 2
+    assert ModelPermits(tmp_path / "journal.sqlite").held("cxrreportgen", 0.0) == 0
+
+    unshared = emulator(latency_ms=LATENCY_MS)
+    _two_processes_send(unshared, None, chest_png)
+    assert _stats(unshared)["max_in_flight_per_model"]["cxrreportgen"] == 4
+
+
+def _parse(server: BackgroundServer, journal: Path, concurrency: int) -> TaskOutcome:
+    sources = {str(ds.SOPInstanceUID): ds for ds in ct_series(8, uid_seed="permits")}
+    task = PlannedTask(
+        rule="ct",
+        name="parse",
+        model="medimageparse",
+        inputs={DEFAULT_ROLE: tuple(sources)},
+        prompts=("lung", "tumor"),
+    )
+    models = ModelsSettings(medimageparse=ModelSettings(batch_size=1, concurrency=concurrency))
+
+    async def go() -> TaskOutcome:
+        store = ModelPermits(journal)
+        try:
+            async with _clients(server, models, RequestPermits(store, "work-1:1")) as clients:
+                context = TaskContext(
+                    clients=clients,
+                    load=sources.__getitem__,
+                    clock=lambda: datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+                )
+                return await run_task(task, context)
+        finally:
+            store.close()
+
+    return asyncio.run(go())
+
+
+def test_one_segmentation_sends_as_many_requests_as_the_model_takes(
+    tmp_path: Path, emulator: Callable[..., BackgroundServer]
+) -> None:
+    """A CT's frames go out in parallel requests up to the model's ``concurrency`` (3), not one
+    after another; the result objects are those of requests sent one at a time."""
+    server = emulator(latency_ms=LATENCY_MS)
+    parallel = _parse(server, tmp_path / "journal.sqlite", concurrency=3)
+    stats = _stats(server)
+    assert stats["per_model"]["medimageparse"] == 8
+    assert stats["max_in_flight_per_model"]["medimageparse"] == 3
+
+    one_at_a_time = emulator(latency_ms=LATENCY_MS)
+    serial = _parse(one_at_a_time, tmp_path / "journal.sqlite", concurrency=1)
+    assert _stats(one_at_a_time)["max_in_flight_per_model"]["medimageparse"] == 1
+    assert [checked_bytes(o) for o in parallel.objects] == [
+        checked_bytes(o) for o in serial.objects
+    ]
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_label_texts_are_embedded_once_and_again_after_their_time(
+    emulator: Callable[..., BackgroundServer], chest_png: bytes
+) -> None:
+    """The second classification with the same labels sends only its image; a new label is
+    sent alone; after TEXT_CACHE_S the texts are asked for again. Same vectors either way."""
+    server = emulator()
+    clock = Clock()
+
+    async def go() -> list[list[Any]]:
+        endpoint = f"{server.url}/medimageinsight/score"
+        transport = ModelTransport("medimageinsight", ModelSettings(), endpoint=endpoint)
+        client = MedImageInsightClient(transport, batch_size=16, clock=clock)
+        try:
+            first = await client.embed_texts(["pneumonia", "normal"])
+            assert _stats(server)["per_model"]["medimageinsight"] == 1
+            again = await client.embed_texts(["normal", "pneumonia", "effusion"])
+            assert _stats(server)["per_model"]["medimageinsight"] == 2
+            clock.now += TEXT_CACHE_S + 1
+            later = await client.embed_texts(["pneumonia"])
+            assert _stats(server)["per_model"]["medimageinsight"] == 3
+        finally:
+            await client.aclose()
+        return [
+            [e.text.tolist() for e in answer if e.text is not None]
+            for answer in (first, again, later)
+        ]
+
+    first, again, later = asyncio.run(go())
+    assert again[1] == first[0] and again[0] == first[1] and later[0] == first[0]
