@@ -1,9 +1,11 @@
 """The per-model concurrency limit holds across processes: two work hosts of two job runners
 each, one model endpoint (the emulator, with a service time long enough for the calls to
-overlap) with ``concurrency: 2`` for CXRReportGen and 1 for MedImageInsight. The endpoint never
-sees more requests of a model in flight than its limit, and sees the limit reached (the slots are
-used), while ten chest CRs go through. Each job runner alone would send up to its own limit, so
-four of them could send four times as many."""
+overlap) with ``concurrency: 2`` for CXRReportGen, 1 for MedImageInsight and 3 for
+MedImageParse. The endpoint never sees more requests of a model in flight than its limit, and
+sees the limit reached (the slots are used), while ten chest CRs and two chest CTs go through.
+Each job runner alone would send up to its own limit, so four of them could send four times as
+many; and each CT's segmentation sends its frames in parallel requests, so two of them alone
+would send twice MedImageParse's limit."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from factory import ct_series, write_series
 from peers import Orthanc, run_orthanc, send_with_storescu, wait_for
 from pgserver import database_setting
 from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -32,7 +35,9 @@ pytestmark = pytest.mark.integration
 
 CR_STUDIES = 10
 CR_RESULTS = 2  # a report SR and a classification SR (tests/integration/test_scaleout.py)
-LIMITS = {"cxrreportgen": 2, "medimageinsight": 1}
+CT_SLICES = 12  # one frame per MedImageParse request (batch_size 1): 12 requests per CT
+CT_RESULTS = 2  # a SEG and its SR
+LIMITS = {"cxrreportgen": 2, "medimageinsight": 1, "medimageparse": 3}
 
 
 @pytest.fixture
@@ -48,6 +53,18 @@ def test_model_concurrency_holds_across_work_processes(
     """On the embedded journal (SQLite) and on PostgreSQL: one code path."""
     emulator = start_emulator(EmulatorSettings(latency_ms=400))
     crs, cr_uids = chest_studies(tmp_path, "engine-cr", CR_STUDIES)
+    cts = {
+        f"1.2.826.0.1.3680043.8.498.78{index}": write_series(
+            ct_series(
+                CT_SLICES,
+                body_part="CHEST",
+                study_uid=f"1.2.826.0.1.3680043.8.498.78{index}",
+                uid_seed=f"engine-ct-{index}",
+            ),
+            tmp_path / f"ct{index}",
+        )
+        for index in (1, 2)
+    }
     env = {
         **pacs_env(pacs),
         "PACSAI_QUIET_PERIOD_S": "1",
@@ -61,15 +78,21 @@ def test_model_concurrency_holds_across_work_processes(
             f"PACSAI_MODELS__{name.upper()}__CONCURRENCY": str(limit)
             for name, limit in LIMITS.items()
         },
+        "PACSAI_MODELS__MEDIMAGEPARSE__BATCH_SIZE": "1",
         **{f"PACSAI_{k.upper()}": v for k, v in database_setting(journal_db).items()},
     }
     try:
         with run_cluster(tmp_path, env) as cluster:
+            for paths in cts.values():
+                send_with_storescu(cluster.port, paths)
             for path in crs:
                 send_with_storescu(cluster.port, [path])
             wait_for(
                 "every study's results in Orthanc",
-                lambda: all(result_count(pacs, uid) >= CR_RESULTS for uid in cr_uids),
+                lambda: (
+                    all(result_count(pacs, uid) >= CR_RESULTS for uid in cr_uids)
+                    and all(result_count(pacs, uid) >= CT_RESULTS for uid in cts)
+                ),
                 timeout=300,
             )
             settings = load_settings(
@@ -79,6 +102,7 @@ def test_model_concurrency_holds_across_work_processes(
     finally:
         emulator.stop()
     assert stats["per_model"]["cxrreportgen"] == CR_STUDIES
+    assert stats["per_model"]["medimageparse"] == len(cts) * CT_SLICES
     assert stats["max_in_flight_per_model"] == LIMITS
     store = JobStore(settings.journal_database)
     jobs = store.list_jobs()
@@ -92,6 +116,7 @@ def test_model_concurrency_holds_across_work_processes(
     }
     assert {owner.split(":")[0] for owner in runners} == {"work-1", "work-2"}, runners
     assert all(result_count(pacs, uid) == CR_RESULTS for uid in cr_uids)
+    assert all(result_count(pacs, uid) == CT_RESULTS for uid in cts)
 
 
 @dataclass
