@@ -304,7 +304,7 @@ class _Emulator:
 
 
 def _encoded_answer(model: str, raw: bytes) -> bytes:
-    return json.dumps(answer_request(model, raw)).encode()
+    return answers.encoded_answer(answer_request(model, raw))
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

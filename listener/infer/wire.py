@@ -46,7 +46,13 @@ def encode_b64(data: bytes) -> str:
 
 
 def decode_b64(text: str) -> bytes:
-    """Decode base64 leniently: whitespace and MIME line breaks are ignored, padding is optional."""
+    """Decode base64 leniently: whitespace and MIME line breaks are ignored, padding is optional.
+    Strict base64 (what the services send) is decoded as it is, without a cleaned copy: a
+    MedImageParse answer carries megabytes of it per frame."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        pass
     compact = "".join(text.split())
     compact += "=" * (-len(compact) % 4)
     return base64.b64decode(compact, validate=True)

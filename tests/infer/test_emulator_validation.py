@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 from collections.abc import Callable
 from typing import Any
@@ -10,12 +11,16 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from PIL import Image
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from converters.model_outputs import PARSE_CATEGORIES
 from listener.asgi import BackgroundServer
-from listener.emulator import start_emulator
+from listener.emulator import answers, start_emulator
 from listener.emulator.answers import category
 from listener.infer.wire import EMULATOR_HEADER, EMULATOR_NOTICE
 from listener.settings import EmulatorSettings
@@ -221,3 +226,47 @@ def test_starting_the_emulator_logs_that_it_is_not_clinical() -> None:
         assert event["url"] == server.url and "not a clinical model" in event["notice"]
     finally:
         server.stop()
+
+
+def _reference_masks(gray: np.ndarray[Any, Any], prompts: list[str]) -> np.ndarray[Any, Any]:
+    """The emulator's masks computed the plain way: each pixel compared with its band's edges."""
+    masks = np.zeros((len(prompts), *gray.shape), dtype=np.uint8)
+    content = gray > 0
+    if not content.any():
+        return masks
+    edges = np.quantile(gray[content], np.linspace(0, 1, 5))
+    for k, prompt in enumerate(prompts):
+        band = answers._prompt_hash(prompt) % 4
+        upper = gray <= edges[band + 1] if band == 3 else gray < edges[band + 1]
+        masks[k][content & (gray >= edges[band]) & upper] = 255
+    return masks
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    pixels=hnp.arrays(np.uint8, (1024, 1024), elements=st.integers(0, 255), fill=st.just(0)),
+    low=st.integers(0, 255),
+    prompts=st.lists(st.sampled_from(["lung", "tumor", "liver", "kidney", "x"]), min_size=1),
+)
+def test_parse_answers_are_the_plain_computation_serialized_as_json(
+    pixels: np.ndarray[Any, Any], low: int, prompts: list[str]
+) -> None:
+    """The emulator's lookup-table masks and its spliced serialization give the bytes of the
+    plain computation serialized with ``json.dumps``: what the gateway's digests were made with."""
+    gray = np.where(pixels >= low, pixels, 0).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(gray).save(buffer, format="PNG")
+    row = {"image": base64.b64encode(buffer.getvalue()).decode(), "text": " & ".join(prompts)}
+    expected = _reference_masks(gray.astype(np.float32), prompts)
+    plain = {
+        "image_features": json.dumps(
+            {
+                "data": base64.b64encode(expected.tobytes()).decode("ascii"),
+                "shape": list(expected.shape),
+                "dtype": "uint8",
+            }
+        ),
+        "text_features": [category(p) for p in prompts],
+    }
+    rows = [answers.parse_row(row, n) for n in range(2)]
+    assert answers.encoded_answer(rows) == json.dumps([plain, plain]).encode()
