@@ -9,6 +9,7 @@ calls).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from listener.store.db import Database
 from listener.store.drift import latest_readings
 from listener.store.flags import flag_metrics
 from listener.store.outbox import EntryState
+from listener.store.permits import requests_in_flight
 from listener.store.stats import JOB_STATES, STUDY_STATES, Stats, read_stats
 from listener.store.uploads import upload_counts
 
@@ -70,6 +72,15 @@ class JournalCollector(Collector):
         yield from _purged(stats)
         yield from _flags(self.database)
         yield from _drift(self.database)
+        in_flight = GaugeMetricFamily(
+            f"{PREFIX}_model_requests_in_flight",
+            "Requests on the wire to each model endpoint from the whole gateway (permits held)",
+            labels=["model"],
+        )
+        held = requests_in_flight(self.database, time.time())
+        for model in MODEL_NAMES:
+            in_flight.add_metric([model], held.get(model, 0))
+        yield in_flight
         uploads = GaugeMetricFamily(
             f"{PREFIX}_spool_uploads",
             "Spool files by upload state to the S3 bucket (pending: only on a receiver's disk)",

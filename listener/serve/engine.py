@@ -50,9 +50,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -334,17 +335,29 @@ class Engine:
             )
         )
 
-    def feed(self, jobs: list[Job]) -> int:
+    def feed(self, jobs: list[Job], peers: Collection[str] = ()) -> int:
         """Queue the most urgent of the due ``jobs`` (:meth:`~listener.store.jobs.JobStore.due`,
         most urgent first) that have no queued or running workflow, keeping at most a model's
-        ``concurrency`` jobs waiting in its queue; how many were queued.
+        ``concurrency`` jobs waiting in its queue, and start what this process should; how many
+        were queued.
 
         The rest wait in the job table: a job's priority raised there (a flagged study's
         review priority) still counts when it is queued, and the queue holds only what the
-        endpoint can take next."""
+        endpoint can take next.
+
+        ``peers`` are the other job runners of this host (their owner names): work queued
+        just now goes to the least busy of them, so a study's report and classification run
+        in two processes at once, not in one process taking turns at its interpreter lock
+        (:meth:`_start_waiting`)."""
         active = self.active()
         busy = {job_id_of(status.workflow_id) for status in active}
         waiting = Counter(status.queue_name for status in active if status.status == "ENQUEUED")
+        settle_ms = (time.time() - self.settings.poll_interval_s) * 1000
+        settled = {  # queues with a job waiting longer than a poll: anyone starts it
+            str(status.queue_name)
+            for status in active
+            if status.status == "ENQUEUED" and (status.created_at or 0) < settle_ms
+        }
         queued = 0
         for job in jobs:
             if job.id in busy:
@@ -361,13 +374,38 @@ class Engine:
                 continue  # another runner queued it just now
             waiting[queue.name] += 1
             queued += 1
-        for queue in self.queues.values():
-            if waiting[queue.name]:  # start them here if this process has room, at once
-                self.start_queued(queue)
+        running = Counter(str(s.executor_id) for s in active if s.status == "PENDING")
+        if self._start_waiting(waiting, settled, running, peers):
+            ring(self.settings.data_dir, JOBS)  # a less busy peer takes the rest at once
         return queued
 
-    def start_queued(self, queue: Queue) -> int:
-        """Start now what ``queue`` lets this process start; how many workflows were started.
+    def _start_waiting(
+        self,
+        waiting: Counter[str],
+        settled: set[str],
+        running: Counter[str],
+        peers: Collection[str],
+    ) -> bool:
+        """Start the queued jobs this process should, one at a time: while no peer runs fewer
+        jobs than this process does, or any job that has waited longer than a poll (so a peer
+        that cannot take it never holds it up). True when some were left to a less busy peer."""
+        left = False
+        for queue in self.queues.values():
+            while waiting[queue.name] > 0:
+                least = min((running[peer] for peer in peers), default=None)
+                fresh = queue.name not in settled
+                if least is not None and running[self.owner] > least and fresh:
+                    left = True
+                    break
+                if not self.start_queued(queue, at_most=1):
+                    break
+                running[self.owner] += 1
+                waiting[queue.name] -= 1
+        return left
+
+    def start_queued(self, queue: Queue, at_most: int | None = None) -> int:
+        """Start now what ``queue`` lets this process start (at most ``at_most``); how many
+        workflows were started.
 
         This is what DBOS's queue thread does at each poll (dbos 3.4, pinned: the claim checks
         the queue's global and per-process limits in one transaction). DBOS's own polling is
@@ -378,12 +416,16 @@ class Engine:
         write transaction per queue and poll."""
         dbos = _get_dbos_instance()
         owner_xid = generate_uuid()
+        load = dbos._active_workflows_set.count_for_queue(queue.name)
+        limit = queue._worker_concurrency  # as registered (the property reads the database)
+        if at_most is not None and limit is not None:
+            load = max(load, limit - at_most)  # leaves room for ``at_most`` more
         started, _ = dbos._sys_db.start_queued_workflows(
             queue,
             GlobalParams.executor_id,
             GlobalParams.app_version,
             None,
-            dbos._active_workflows_set.count_for_queue(queue.name),
+            load,
             owner_xid=owner_xid,
         )
         for workflow_id in started:

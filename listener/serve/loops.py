@@ -44,6 +44,7 @@ from listener.store.uploads import bucket_purge, uploader
 
 log = get_logger("serve")
 T = TypeVar("T")
+JOB_RUNNER = "job-runner"  # the process name a job runner's heartbeat row carries
 # How long a stopping job runner waits for the jobs it runs (they run again elsewhere after).
 STOP_WAIT_S = 30
 
@@ -142,13 +143,27 @@ def _feed(
         if sweep:
             engine.cancel_orphans(executors.owners())
             engine.trim(now)
-        queued = engine.feed(pipeline.jobs.due(now, FEED_BATCH))
+        peers = _local_peers(engine, executors, now)
+        queued = engine.feed(pipeline.jobs.due(now, FEED_BATCH), peers)
         sends = engine.feed_sends(pipeline.outbox.due_destinations(now))
     except Exception as exc:
         log.warning("job_feed_failed", error=str(exc))
         return
     if queued or sends:
         log.info("work_queued", jobs=queued, deliveries=sends)
+
+
+def _local_peers(engine: Engine, executors: Executors, now: float) -> list[str]:
+    """The other live job runners of this host (owner names), whose heartbeat is recent."""
+    settings = engine.settings
+    return [
+        beat.owner
+        for beat in executors.all()
+        if beat.executor_id == settings.executor
+        and beat.process.startswith(JOB_RUNNER)
+        and beat.owner != engine.owner
+        and beat.heartbeat_at >= now - settings.executor_timeout_s
+    ]
 
 
 def reload_rules_if_asked(pipeline: Pipeline, records: AdminRecords) -> None:

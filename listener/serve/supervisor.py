@@ -57,6 +57,7 @@ from listener.receive.scp import Receiver
 from listener.receive.server import open_listeners, start_server
 from listener.route.load import effective_rules
 from listener.serve.loops import (
+    JOB_RUNNER,
     recover_after_crash,
     ringing_after,
     run_job_runner,
@@ -248,7 +249,7 @@ def dispatcher_main(settings: Settings) -> None:
 
 def job_runner_main(settings: Settings, emulator_url: str | None) -> None:
     """Entry point of a job-runner process (infer + convert)."""
-    stop = _child_setup(settings, "job-runner")
+    stop = _child_setup(settings, JOB_RUNNER)
     run_job_runner(settings, emulator_url, stop)
 
 

@@ -19,7 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from listener.store.db import BUSY_TIMEOUT_S, DatabaseTarget, JournalTables
+from listener.store.db import (
+    BUSY_TIMEOUT_S,
+    Database,
+    DatabaseTarget,
+    JournalTables,
+    MissingTableError,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS model_permits (
@@ -118,3 +124,18 @@ class ModelPermits(JournalTables):
                 (model, now),
             ).fetchone()
         return int(row[0])
+
+
+def requests_in_flight(database: Database, now: float) -> dict[str, int]:
+    """The permits held at ``now`` per model, for the metrics (empty before any job runner made
+    the table)."""
+    try:
+        with database.read() as db:
+            rows = db.execute(
+                "SELECT model, COUNT(*) FROM model_permits WHERE holder IS NOT NULL"
+                " AND expires_at >= ? GROUP BY model",
+                (now,),
+            ).fetchall()
+    except MissingTableError:
+        return {}
+    return {str(model): int(count) for model, count in rows}

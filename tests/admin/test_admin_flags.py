@@ -68,6 +68,8 @@ def test_flags_and_ood_scores_in_the_metrics(tmp_path: Path, journal_db: Journal
     assert samples[("pacsai_study_flags_total", (("kind", "ood"),))] == 1
     assert samples[("pacsai_study_ood_score_count", ())] == 2
     assert samples[("pacsai_study_ood_score_bucket", (("le", "0.5"),))] == 1
+    # no request on the wire: every model at 0
+    assert samples[("pacsai_model_requests_in_flight", (("model", "cxrreportgen"),))] == 0
 
 
 def test_review_flag_raises_the_priority_of_the_studys_scheduled_jobs(tmp_path: Path) -> None:

@@ -114,6 +114,27 @@ def test_due_jobs_run_once_each_in_priority_order_within_the_model_limit(
     ]
 
 
+def test_fresh_work_goes_to_a_less_busy_peer_and_waits_no_longer_than_a_poll(
+    launched: tuple[engine.Engine, JobStore, RecordingHost],
+) -> None:
+    """With an idle job runner beside it, a runner that already runs a job leaves the next one
+    queued for that peer (a study's two jobs then run in two processes); a job left waiting
+    longer than a poll (0.05 s here) is started by whoever feeds next, so a peer that never
+    takes it holds nothing up."""
+    runner, jobs, host = launched
+    host.hold_s = 2.0
+    first, second = (schedule_job(jobs, f"task-{n}") for n in range(2))
+    runner.feed(jobs.due(1.0, engine.FEED_BATCH), peers=["idle-peer:9"])
+    _wait(lambda: host.running == 1)
+    waiting = [s for s in runner.active() if s.status == "ENQUEUED"]
+    assert [engine.job_id_of(s.workflow_id) for s in waiting] == [second]
+    assert host.ran == [first]
+    time.sleep(0.1)  # longer than a poll
+    runner.feed(jobs.due(1.0, engine.FEED_BATCH), peers=["idle-peer:9"])
+    _wait(lambda: host.running == 2)
+    assert sorted(host.ran) == [first, second]
+
+
 def test_a_job_not_due_is_not_queued(
     launched: tuple[engine.Engine, JobStore, RecordingHost],
 ) -> None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import threading
 import time
 
-from listener.store.db import DatabaseTarget
+from listener.store.db import Database, DatabaseTarget
 from listener.store.executors import ExecutorBeat, Executors, sweep_silent
 from listener.store.jobs import JobStore
-from listener.store.permits import ModelPermits
+from listener.store.permits import ModelPermits, requests_in_flight
 
 LEASE_S = 60.0
 
@@ -104,3 +104,16 @@ def test_racing_claims_never_hold_a_slot_twice(journal_db: DatabaseTarget) -> No
     for thread in workers:
         thread.join()
     assert holding[1] == limit
+
+
+def test_the_metrics_count_the_permits_held_now(journal_db: DatabaseTarget) -> None:
+    """What ``pacsai_model_requests_in_flight`` reports: held permits per model, lapsed ones
+    not counted; nothing before any job runner made the table."""
+    database = Database(journal_db)
+    assert requests_in_flight(database, 0.0) == {}
+    permits = ModelPermits(journal_db)
+    permits.try_acquire("medimageparse", 4, "a:1", 100.0, LEASE_S)
+    permits.try_acquire("medimageparse", 4, "a:1", 100.0, 1.0)
+    permits.try_acquire("cxrreportgen", 2, "b:2", 100.0, LEASE_S)
+    assert requests_in_flight(database, 100.5) == {"medimageparse": 2, "cxrreportgen": 1}
+    assert requests_in_flight(database, 102.0) == {"medimageparse": 1, "cxrreportgen": 1}
