@@ -155,7 +155,9 @@ def test_the_job_survives_refused_connections_throttling_and_503(tmp_path: Path)
                     assert "503 from medimageinsight endpoint" in reason
                 _completes_after_outage(gateway, study, job_is_waiting=True)
                 seen = httpx.get(f"{server.url}/_emulator/stats").json()
-                assert seen["faults"] >= 2 and seen["answered"] >= 2  # a rerun repeats both calls
+                # retried through the outage, then answered: the image, and the label texts
+                # unless this job runner kept them from an earlier study (infer.clients)
+                assert seen["faults"] >= 2 and seen["answered"] >= 1
 
 
 def test_past_its_age_the_job_fails_with_its_cause_and_jobs_retry_completes_it(
