@@ -5,6 +5,7 @@ emulator over real loopback HTTP."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -157,3 +158,30 @@ def test_label_texts_are_embedded_once_and_again_after_their_time(
 
     first, again, later = asyncio.run(go())
     assert again[1] == first[0] and again[0] == first[1] and later[0] == first[0]
+
+
+def test_cancelled_requests_give_their_permits_back(tmp_path: Path) -> None:
+    """Requests cancelled at every stage (taking a permit, on the wire, giving it back), as a
+    job's other requests are when one of them fails: no permit stays held, so the next
+    requests are not kept waiting until the lost ones lapse."""
+
+    async def go() -> int:
+        store = ModelPermits(tmp_path / "journal.sqlite")
+        permits = RequestPermits(store, "work-1:1")
+
+        async def request() -> None:
+            async with permits.hold("medimageinsight", 2, deadline_s=60.0):
+                await asyncio.sleep(0.005)
+
+        for round_ in range(40):
+            tasks = [asyncio.ensure_future(request()) for _ in range(4)]
+            await asyncio.sleep(0.001 * (round_ % 8))
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0.3)  # the releases that went on in the background
+        held = store.held("medimageinsight", time.time())
+        store.close()
+        return held
+
+    assert asyncio.run(go()) == 0
