@@ -189,6 +189,11 @@ class CircuitBreaker:
     def state(self) -> CircuitState:
         return self._state
 
+    @property
+    def probing(self) -> bool:
+        """A half-open probe call is in flight."""
+        return self._probing
+
     def _changed(self, retry_in_s: float | None) -> None:
         if self._on_change is not None:
             self._on_change(self._state, self.last_error, retry_in_s)

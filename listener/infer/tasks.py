@@ -306,9 +306,8 @@ async def run_classification(task: PlannedTask, ctx: TaskContext) -> TaskOutcome
         prepare_image, image, ImageModel.MEDIMAGEINSIGHT, frame=frame
     )
     texts = list(task.label_texts or task.labels)
-    image_answer, text_answers = await gather_all(
-        client.embed_images([prepared.png]), client.embed_texts(texts)
-    )
+    image_answer = await client.embed_images([prepared.png])
+    text_answers = await client.embed_texts(texts)  # usually kept from an earlier study
     scale = image_answer[0].scaling_factor
     if scale is not None and text_answers[0].scaling_factor not in (None, scale):
         client.forget_texts()  # kept from another model behind the same endpoint

@@ -117,6 +117,7 @@ class ModelTransport:
         self._on_call = on_call
         self._semaphore = asyncio.Semaphore(settings.concurrency)
         self._permits = permits
+        self._probe_over = asyncio.Event()  # set when a half-open probe ends
         self._log = get_logger("infer", model=model, endpoint=url)
         self.breaker = CircuitBreaker(
             url,
@@ -256,7 +257,7 @@ class ModelTransport:
         the model's limit with others) and the breaker, which learns its outcome."""
         authorization = await self._auth.header()
         async with self._semaphore, self._permit():
-            probe = self.breaker.acquire()
+            probe = await self._admit()
             sent[0] += 1
             decided = False
             try:
@@ -273,7 +274,27 @@ class ModelTransport:
             finally:
                 if probe and not decided:
                     self.breaker.release_probe()
+                if probe:
+                    self._probe_over.set()  # the calls that waited for it look again
+                    self._probe_over = asyncio.Event()
         return response
+
+    async def _admit(self) -> bool:
+        """The breaker's leave for one call (True: it is the half-open probe). A call that
+        finds another one probing waits for that probe's outcome, up to the request deadline,
+        instead of failing at once: a job's parallel requests would otherwise fail with the
+        circuit open, cancel their own probe and never see the endpoint back."""
+        while True:
+            try:
+                return self.breaker.acquire()
+            except CircuitOpenError as exc:
+                if not self.breaker.probing:
+                    raise
+                error = exc
+            try:
+                await asyncio.wait_for(self._probe_over.wait(), self._settings.timeout_s)
+            except TimeoutError:
+                raise error from None
 
     def _permit(self) -> AbstractAsyncContextManager[None]:
         if self._permits is None:

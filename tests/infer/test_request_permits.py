@@ -5,6 +5,7 @@ emulator over real loopback HTTP."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,9 +17,17 @@ from factory import ct_series
 
 from converters.check import checked_bytes
 from listener.asgi import BackgroundServer
-from listener.infer import MedImageInsightClient, ModelClients, ModelTransport, build_clients
+from listener.errors import TransientModelError
+from listener.infer import (
+    CxrReportGenClient,
+    MedImageInsightClient,
+    ModelClients,
+    ModelTransport,
+    build_clients,
+)
 from listener.infer.clients import TEXT_CACHE_S
 from listener.infer.permits import RequestPermits
+from listener.infer.resilience import CircuitState
 from listener.infer.tasks import TaskContext, TaskOutcome, run_task
 from listener.route.plan import DEFAULT_ROLE, PlannedTask
 from listener.settings import ModelSettings, ModelsSettings
@@ -185,3 +194,30 @@ def test_cancelled_requests_give_their_permits_back(tmp_path: Path) -> None:
         return held
 
     assert asyncio.run(go()) == 0
+
+
+def test_calls_beside_the_half_open_probe_wait_for_its_outcome(
+    emulator: Callable[..., BackgroundServer], chest_png: bytes
+) -> None:
+    """After an outage opened the breaker, a job's two requests at once: one is the probe, the
+    other waits for the probe's answer instead of failing with the circuit open (which would
+    fail the job and cancel its probe, again at every retry), and both are answered."""
+    server = emulator(latency_ms=300, fault_rate=1.0, fault_statuses=[503], fault_for_s=0.5)
+    settings = ModelSettings(retries=0, circuit_failures=1, circuit_reset_s=0.5)
+    endpoint = f"{server.url}/cxrreportgen/score"
+
+    async def go() -> list[Any]:
+        client = CxrReportGenClient(ModelTransport("cxrreportgen", settings, endpoint=endpoint))
+        try:
+            with contextlib.suppress(TransientModelError):
+                await client.generate(chest_png)  # the outage: the breaker opens
+            assert client.transport.breaker.state is CircuitState.OPEN
+            await asyncio.sleep(1.0)  # the outage is over and the breaker may probe
+            return await asyncio.gather(
+                client.generate(chest_png), client.generate(chest_png), return_exceptions=True
+            )
+        finally:
+            await client.aclose()
+
+    answers = asyncio.run(go())
+    assert [type(a).__name__ for a in answers] == ["CxrReport", "CxrReport"]
