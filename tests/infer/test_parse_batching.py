@@ -4,46 +4,24 @@ objects do not depend on how the frames were batched."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import numpy as np
-from factory import ct_series
+from parsing import parse_ct
 
 from converters.check import checked_bytes, encode
 from listener.asgi import BackgroundServer
-from listener.infer import build_clients
-from listener.infer.tasks import TaskContext, TaskOutcome, run_task
-from listener.route.plan import DEFAULT_ROLE, PlannedTask
+from listener.infer.tasks import TaskOutcome
 from listener.settings import ModelSettings, ModelsSettings
 
 SLICES = 6
 
 
 def _parse(server: BackgroundServer, batch_size: int) -> TaskOutcome:
-    sources = {str(ds.SOPInstanceUID): ds for ds in ct_series(SLICES, uid_seed="batching")}
-    task = PlannedTask(
-        rule="ct",
-        name="parse",
-        model="medimageparse",
-        inputs={DEFAULT_ROLE: tuple(sources)},
-        prompts=("lung", "tumor"),
-    )
     models = ModelsSettings(medimageparse=ModelSettings(batch_size=batch_size))
-
-    async def go() -> TaskOutcome:
-        async with build_clients(models, server.url) as clients:
-            context = TaskContext(
-                clients=clients,
-                load=sources.__getitem__,
-                clock=lambda: datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
-            )
-            return await run_task(task, context)
-
-    return asyncio.run(go())
+    return parse_ct(server.url, SLICES, "batching", models)
 
 
 def _parse_requests(server: BackgroundServer) -> int:

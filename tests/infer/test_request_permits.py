@@ -8,12 +8,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from factory import ct_series
+from parsing import parse_ct
 
 from converters.check import checked_bytes
 from listener.asgi import BackgroundServer
@@ -28,8 +27,7 @@ from listener.infer import (
 from listener.infer.clients import TEXT_CACHE_S
 from listener.infer.permits import RequestPermits
 from listener.infer.resilience import CircuitState
-from listener.infer.tasks import TaskContext, TaskOutcome, run_task
-from listener.route.plan import DEFAULT_ROLE, PlannedTask
+from listener.infer.tasks import TaskOutcome
 from listener.settings import ModelSettings, ModelsSettings
 from listener.store.permits import ModelPermits
 
@@ -83,30 +81,12 @@ def test_two_processes_keep_the_model_limit_between_them(
 
 
 def _parse(server: BackgroundServer, journal: Path, concurrency: int) -> TaskOutcome:
-    sources = {str(ds.SOPInstanceUID): ds for ds in ct_series(8, uid_seed="permits")}
-    task = PlannedTask(
-        rule="ct",
-        name="parse",
-        model="medimageparse",
-        inputs={DEFAULT_ROLE: tuple(sources)},
-        prompts=("lung", "tumor"),
-    )
     models = ModelsSettings(medimageparse=ModelSettings(batch_size=1, concurrency=concurrency))
-
-    async def go() -> TaskOutcome:
-        store = ModelPermits(journal)
-        try:
-            async with _clients(server, models, RequestPermits(store, "work-1:1")) as clients:
-                context = TaskContext(
-                    clients=clients,
-                    load=sources.__getitem__,
-                    clock=lambda: datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
-                )
-                return await run_task(task, context)
-        finally:
-            store.close()
-
-    return asyncio.run(go())
+    store = ModelPermits(journal)
+    try:
+        return parse_ct(server.url, 8, "permits", models, permits=RequestPermits(store, "w:1"))
+    finally:
+        store.close()
 
 
 def test_one_segmentation_sends_as_many_requests_as_the_model_takes(
