@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 
 
 def free_port() -> int:
@@ -216,6 +218,19 @@ class StoreSCP:
     port: int
     folder: Path
     proc: subprocess.Popen[bytes]
+
+
+def written_uids(folder: Path, keyword: str = "SOPInstanceUID") -> set[str]:
+    """``keyword`` of every instance a receiver has written whole into ``folder``: storescp
+    writes a file in place, so one being written (no header yet, or part of it) is left for
+    the next look."""
+    uids = set()
+    for path in folder.iterdir():
+        try:
+            uids.add(str(dcmread(path, stop_before_pixels=True).get(keyword)))
+        except (InvalidDicomError, EOFError, OSError):
+            continue
+    return uids
 
 
 @contextmanager

@@ -18,8 +18,8 @@ from peers import (
     run_gateway,
     run_storescp,
     wait_for,
+    written_uids,
 )
-from pydicom import dcmread
 
 from listener.store.flags import StudyFlags
 
@@ -46,7 +46,7 @@ def _send(port: int, datasets: list, folder: Path) -> list[Path]:
 
 
 def _received(scp: StoreSCP) -> set[str]:
-    return {str(dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in scp.folder.iterdir()}
+    return written_uids(scp.folder, "StudyInstanceUID")
 
 
 def _rules(review: int, odd: int) -> str:

@@ -20,6 +20,7 @@ from peers import (
     run_storescp,
     send_with_storescu,
     wait_for,
+    written_uids,
 )
 from pydicom import Dataset, dcmread
 
@@ -44,7 +45,7 @@ def _studies(folder: Path, first: int, per_family: int) -> dict[str, list[Path]]
 
 
 def _received(scp: StoreSCP) -> set[str]:
-    return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in scp.folder.iterdir()}
+    return written_uids(scp.folder)
 
 
 def _texts(ds: Dataset) -> dict[str, str]:

@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from peers import free_port, run_gateway, run_storescp, send_with_storescu, wait_for
+from peers import free_port, run_gateway, run_storescp, send_with_storescu, wait_for, written_uids
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
@@ -46,7 +46,7 @@ def _send_cr(port: int, folder: Path) -> str:
 
 
 def _received(folder: Path) -> set[str]:
-    return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in folder.iterdir()}
+    return written_uids(folder)
 
 
 def _listening(port: int) -> bool:

@@ -17,6 +17,7 @@ from peers import (
     run_storescp,
     send_with_storescu,
     wait_for,
+    written_uids,
 )
 from pydicom import dcmread
 
@@ -31,7 +32,7 @@ def _wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0) -> An
 
 
 def _received(scp: StoreSCP) -> set[str]:
-    return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in scp.folder.iterdir()}
+    return written_uids(scp.folder)
 
 
 def _destination(name: str, port: int) -> str:
