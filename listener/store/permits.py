@@ -117,13 +117,7 @@ class ModelPermits(JournalTables):
 
     def held(self, model: str, now: float) -> int:
         """How many of ``model``'s permits are held at ``now``."""
-        with self.db.read() as db:
-            row = db.execute(
-                "SELECT COUNT(*) FROM model_permits WHERE model = ? AND holder IS NOT NULL"
-                " AND expires_at >= ?",
-                (model, now),
-            ).fetchone()
-        return int(row[0])
+        return requests_in_flight(self.db, now).get(model, 0)
 
 
 def requests_in_flight(database: Database, now: float) -> dict[str, int]:
