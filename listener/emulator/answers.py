@@ -18,6 +18,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
+import pybase64
 from PIL import Image, UnidentifiedImageError
 
 from converters.cxr import EMULATOR_DISCLAIMER
@@ -241,7 +242,7 @@ def parse_row(row: dict[str, Any], index: int) -> dict[str, Any]:
     return {
         "image_features": json.dumps(features),
         "text_features": [category(p) for p in prompts],
-        _MASK_DATA: base64.b64encode(masks.tobytes()),
+        _MASK_DATA: pybase64.b64encode(masks.tobytes()),
     }
 
 

@@ -7,7 +7,6 @@ model when an answer does not have the shape the contract promises: a retry cann
 
 from __future__ import annotations
 
-import base64
 import binascii
 import gzip
 import json
@@ -17,6 +16,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
+import pybase64
 
 from converters.model_outputs import (
     Box,
@@ -41,21 +41,25 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 def encode_b64(data: bytes) -> str:
-    """Base64 in the style of the official examples: MIME lines of 76 characters (§0)."""
-    return base64.encodebytes(data).decode("ascii")
+    """Base64 in the style of the official examples: MIME lines of 76 characters (§0).
+
+    pybase64 (SIMD) writes the same bytes as ``base64.encodebytes`` in a quarter of the time;
+    its decoder is the one that matters: a MedImageParse answer carries megabytes per frame."""
+    return pybase64.encodebytes(data).decode("ascii")
 
 
 def decode_b64(text: str) -> bytes:
     """Decode base64 leniently: whitespace and MIME line breaks are ignored, padding is optional.
     Strict base64 (what the services send) is decoded as it is, without a cleaned copy: a
-    MedImageParse answer carries megabytes of it per frame."""
+    MedImageParse answer carries megabytes of it per frame (pybase64 accepts and refuses what
+    ``base64.b64decode(validate=True)`` does, about 70 times faster)."""
     try:
-        return base64.b64decode(text, validate=True)
+        return pybase64.b64decode(text, validate=True)
     except binascii.Error:
         pass
     compact = "".join(text.split())
     compact += "=" * (-len(compact) % 4)
-    return base64.b64decode(compact, validate=True)
+    return pybase64.b64decode(compact, validate=True)
 
 
 def envelope(

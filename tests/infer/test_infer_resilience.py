@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import random
 import re
 from dataclasses import dataclass
@@ -285,3 +286,32 @@ def test_base64_decodes_leniently(data: bytes, cut: int) -> None:
     assert decode_b64(encode_b64(data)) == data
     assert decode_b64(wrapped) == data
     assert decode_b64(plain.rstrip("=")) == data
+
+
+def _stdlib_decode(text: str) -> bytes:
+    """The lenient decoding of :func:`decode_b64`, written with the standard library only."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        compact = "".join(text.split())
+        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+
+
+@given(data=st.binary(max_size=2000))
+def test_base64_writes_what_the_standard_library_writes(data: bytes) -> None:
+    """The SIMD encoder sends the MIME lines of ``base64.encodebytes``, byte for byte."""
+    assert encode_b64(data) == base64.encodebytes(data).decode("ascii")
+
+
+@given(text=st.text(alphabet="ABCDabcd0189+/=\n -_*", max_size=40))
+def test_base64_accepts_and_refuses_what_the_standard_library_does(text: str) -> None:
+    """Any text: the SIMD decoder gives the standard library's bytes, or refuses it as it does."""
+    try:
+        expected: bytes | None = _stdlib_decode(text)
+    except binascii.Error:
+        expected = None
+    try:
+        got: bytes | None = decode_b64(text)
+    except binascii.Error:
+        got = None
+    assert got == expected
