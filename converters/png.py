@@ -7,6 +7,10 @@ for lossless PNG), and every PNG decodes to the same pixels whatever its filters
 so the filter is free to choose: here "Up" (type 2, the row above subtracted) on every row, at
 zlib level 1, 2-8x faster than Pillow at its level 1 for files of about the same size
 (bench/README.md, "Whole loop").
+
+The deflate stream is written by ISA-L (the ``isal`` package, Intel's SIMD deflate): a standard
+zlib stream that any inflater reads, about four times faster than zlib at level 1 and a little
+smaller (a chest radiograph's 3.6 MB of scanlines: 10 ms and 1.52 MB against 40 ms and 1.57 MB).
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ import zlib
 
 import numpy as np
 import numpy.typing as npt
+from isal import isal_zlib
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-ZLIB_LEVEL = 1
+DEFLATE_LEVEL = 1  # ISA-L's levels run 0-3; 1 is its fast default
 FILTER_UP = 2  # PNG filter type 2: Up(x) = Raw(x) - Prior(x), modulo 256
 _GRAY, _RGB = 0, 2  # colour types: greyscale, truecolour
 
@@ -47,7 +52,7 @@ def png_bytes(pixels: npt.NDArray[np.uint8]) -> bytes:
         [
             SIGNATURE,
             _chunk(b"IHDR", header),
-            _chunk(b"IDAT", zlib.compress(scanlines.data, ZLIB_LEVEL)),
+            _chunk(b"IDAT", isal_zlib.compress(scanlines.data, DEFLATE_LEVEL)),
             _chunk(b"IEND", b""),
         ]
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import numpy.typing as npt
@@ -11,7 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
 
+from converters.intensity import IntensityPolicy, display_pixels
 from converters.png import png_bytes
 
 
@@ -55,3 +60,19 @@ def test_other_pixel_layouts_are_refused(pixels: npt.NDArray[np.generic]) -> Non
     """Only 8-bit gray and RGB frames are written; anything else is a caller's bug."""
     with pytest.raises(ValueError, match="8-bit gray or RGB"):
         png_bytes(pixels)  # type: ignore[arg-type]
+
+
+def test_a_radiograph_is_compressed_and_read_back_by_zlib_and_pillow() -> None:
+    """The IDAT stream is standard zlib (the standard library inflates it) and compresses: a
+    real chest radiograph's PNG is well under its raw scanlines and decodes to its pixels."""
+    path = get_testdata_file("RG1_UNCR.dcm")
+    assert isinstance(path, str)
+    source = dcmread(path)
+    pixels = display_pixels(source, 0, IntensityPolicy(preset=None, percentiles=(0.01, 0.99)))
+    png = png_bytes(pixels)
+    assert np.array_equal(decoded(png), pixels)
+    length = struct.unpack(">I", png[33:37])[0]
+    assert png[37:41] == b"IDAT"
+    scanlines = zlib.decompress(png[41 : 41 + length])
+    assert len(scanlines) == pixels.shape[0] * (pixels.shape[1] + 1)
+    assert len(png) < 0.6 * len(scanlines)
