@@ -83,6 +83,7 @@ BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
 HEALTHY_AFTER_S = 60.0
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15  # the thread name ps, top and /proc/PID/comm show, 15 bytes at most
 
 
 def prepare_data_dir(settings: Settings, now: float) -> None:
@@ -148,8 +149,14 @@ def _start_heartbeat(settings: Settings, name: str, stop: threading.Event) -> No
 
 
 def _run_child(name: str, error_file: Path, target: Callable[..., None], *args: Any) -> None:
-    """Run a child's entry point; an exception is written to ``error_file`` (one line, for the
-    supervisor's record and ``/readyz``) and re-raised."""
+    """Run a child's entry point under its name in ``ps`` and ``top`` (``receive-0``,
+    ``job-runner-1``: which child uses the CPU); an exception is written to ``error_file`` (one
+    line, for the supervisor's record and ``/readyz``) and re-raised."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]))
+    except OSError:
+        pass  # not Linux: the children keep the interpreter's name
     try:
         target(*args)
     except Exception as exc:

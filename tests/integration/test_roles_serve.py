@@ -55,6 +55,10 @@ def _listening(port: int) -> bool:
 
 
 def _children(log: list[dict[str, object]]) -> list[str]:
+    """The children a gateway started, each also named so in ``ps`` (``/proc/PID/comm``)."""
+    for event in log:
+        comm = Path(f"/proc/{event['pid']}/comm").read_text().strip()
+        assert comm == str(event["child"])
     return sorted(str(e["child"]) for e in log)
 
 
