@@ -7,6 +7,7 @@ model when an answer does not have the shape the contract promises: a retry cann
 
 from __future__ import annotations
 
+import base64
 import binascii
 import gzip
 import json
@@ -57,9 +58,15 @@ def decode_b64(text: str) -> bytes:
         return pybase64.b64decode(text, validate=True)
     except binascii.Error:
         pass
+    try:  # MIME lines (what the official examples send): 4x faster than the general clean-up
+        return pybase64.b64decode(text.replace("\n", ""), validate=True)
+    except binascii.Error:
+        pass
+    # Anything else (other whitespace, missing or surplus padding) by the standard library,
+    # whose reading of malformed padding pybase64 does not share.
     compact = "".join(text.split())
     compact += "=" * (-len(compact) % 4)
-    return pybase64.b64decode(compact, validate=True)
+    return base64.b64decode(compact, validate=True)
 
 
 def envelope(
