@@ -254,6 +254,50 @@ def model_calls(gateway: Gateway) -> dict[str, tuple[int, float]]:
     return {row["model"]: (int(row["n"]), float(row["s"])) for row in rows}
 
 
+# --- CPU per process ---------------------------------------------------------------------------
+
+
+def _process_tree(root: int) -> list[int]:
+    """``root`` and every process below it (from the parent PIDs in ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, queue = [], [root]
+    while queue:
+        pid = queue.pop()
+        tree.append(pid)
+        queue += children.get(pid, [])
+    return tree
+
+
+def cpu_by_process(root: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the gateway's processes, by the name each
+    child carries in ``ps`` (``receive-0``, ``job-runner-1``; the supervisor, which also runs
+    the emulator, as ``supervisor``). Wall-clock ratios swing with a shared machine's load;
+    CPU seconds per study are steadier."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for pid in _process_tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        name = "supervisor" if pid == root else name
+        used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
+def _cpu_since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: seconds - before.get(name, 0.0) for name, seconds in after.items()}
+
+
 # --- gateway scenarios -------------------------------------------------------------------------
 
 
@@ -267,6 +311,7 @@ class LoopRun:
     calls: dict[str, tuple[int, float]]
     cold: Timeline
     trouble: list[str]
+    cpu: dict[str, float]  # CPU seconds per gateway process over the measured studies
 
     @property
     def span(self) -> float:
@@ -301,9 +346,11 @@ def gateway_run(scratch: Path, name: str, warmup: list[Path], studies: list[list
             storescu_all(gw.port, "PACSAI", [warmup])
             wait_done(gw, [study_uid(warmup[0])])
             before = model_calls(gw)
+            cpu_before = cpu_by_process(gw.proc.pid)
             uids = [study_uid(files[0]) for files in studies]
             started, seconds = storescu_all(gw.port, "PACSAI", studies)
             wait_done(gw, uids)
+            cpu = _cpu_since(cpu_before, cpu_by_process(gw.proc.pid))
             acks = ack_times(gw)
             run = LoopRun(
                 started,
@@ -312,6 +359,7 @@ def gateway_run(scratch: Path, name: str, warmup: list[Path], studies: list[list
                 _calls_since(before, model_calls(gw)),
                 cold=timeline(gw, study_uid(warmup[0]), acks),
                 trouble=trouble(gw),
+                cpu=cpu,
             )
         results = pacs.instance_count()
     if results == 0:
@@ -380,6 +428,13 @@ def _jobs_line(run: LoopRun) -> str:
     return f"{len(jobs)} jobs: {medians}; {busy / window:.1f} jobs running on average"
 
 
+def _cpu_line(run: LoopRun) -> str:
+    """The gateway's CPU seconds per process over the measured studies, and per study."""
+    total = sum(run.cpu.values())
+    parts = ", ".join(f"{name} {seconds:.2f}" for name, seconds in sorted(run.cpu.items()))
+    return f"gateway CPU {total:.2f} s ({total / len(run.timelines):.2f} s a study): {parts}"
+
+
 def report(runs: dict[str, LoopRun], peers: dict[str, float], count: int) -> None:
     """Print the figures and their ratios to the peer's."""
     print("| study | gateway, warm | gateway, first after start | storescu -> Orthanc | ratio |")
@@ -404,6 +459,7 @@ def report(runs: dict[str, LoopRun], peers: dict[str, float], count: int) -> Non
         f"median {statistics.median(overheads):.2f} s, max {overheads[-1]:.2f} s"
     )
     print(f"  {_jobs_line(many)}")
+    print(f"  {_cpu_line(many)}")
     for name, run in runs.items():
         for line in run.trouble:
             print(f"  {name}: {line}")
@@ -417,6 +473,7 @@ def _breakdowns(runs: dict[str, LoopRun]) -> None:
     for name in [n for n in ("cr", "ct") if n in runs]:
         run = runs[name]
         print(f"\nbreakdown, {name}, warm:\n{breakdown(run.timelines[0])}")
+        print(f"    {_cpu_line(run)}")
         for model, (calls, seconds) in sorted(run.calls.items()):
             print(f"    {model}: {calls} calls, {seconds:.3f} s summed (queueing included)")
         print(f"breakdown, {name}, first study after start:\n{breakdown(run.cold)}")
