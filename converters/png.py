@@ -33,6 +33,18 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+def up_filtered(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """The PNG scanlines of 8-bit ``pixels`` (rows, cols[, 3]) before deflate: each row its
+    filter-type byte and the row minus the row above (PNG §9.2, "Up")."""
+    rows = pixels.shape[0]
+    raw = np.ascontiguousarray(pixels).reshape(rows, -1)
+    scanlines = np.empty((rows, raw.shape[1] + 1), dtype=np.uint8)
+    scanlines[:, 0] = FILTER_UP
+    scanlines[:1, 1:] = raw[:1]  # the first row's prior row is all zeros
+    np.subtract(raw[1:], raw[:-1], out=scanlines[1:, 1:])  # uint8 arithmetic wraps modulo 256
+    return scanlines
+
+
 def png_bytes(pixels: npt.NDArray[np.uint8]) -> bytes:
     """The PNG of ``pixels``: (rows, cols) 8-bit grayscale or (rows, cols, 3) 8-bit RGB,
     non-interlaced, every row filtered with "Up"."""
@@ -41,11 +53,7 @@ def png_bytes(pixels: npt.NDArray[np.uint8]) -> bytes:
     ):
         raise ValueError(f"8-bit gray or RGB pixels expected, got {pixels.dtype} {pixels.shape}")
     rows, cols = pixels.shape[:2]
-    raw = np.ascontiguousarray(pixels).reshape(rows, -1)
-    scanlines = np.empty((rows, raw.shape[1] + 1), dtype=np.uint8)
-    scanlines[:, 0] = FILTER_UP
-    scanlines[:1, 1:] = raw[:1]  # the first row's prior row is all zeros
-    np.subtract(raw[1:], raw[:-1], out=scanlines[1:, 1:])  # uint8 arithmetic wraps modulo 256
+    scanlines = up_filtered(pixels)
     colour = _GRAY if pixels.ndim == 2 else _RGB
     header = struct.pack(">IIBBBBB", cols, rows, 8, colour, 0, 0, 0)
     return b"".join(

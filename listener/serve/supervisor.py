@@ -42,7 +42,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,15 +109,18 @@ def prepare_data_dir(settings: Settings, now: float) -> None:
 # --- children ------------------------------------------------------------------------------
 
 
+def _prctl(option: int, value: int | ctypes.c_char_p) -> None:
+    """Linux's ``prctl(option, value)`` for this process; nothing where there is no glibc."""
+    with suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, value)
+
+
 def _child_setup(settings: Settings, name: str) -> threading.Event:
     """Logging, death with the parent, a stop event set by SIGTERM/SIGINT, and the heartbeat
     (:mod:`listener.store.executors`) in a thread until the stop event."""
     configure_logging(settings.log_level, settings.log_format)
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass  # not Linux: the supervisor's SIGTERM remains the way children stop
+    # Not on Linux the supervisor's SIGTERM remains the way children stop.
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -152,11 +155,7 @@ def _run_child(name: str, error_file: Path, target: Callable[..., None], *args: 
     """Run a child's entry point under its name in ``ps`` and ``top`` (``receive-0``,
     ``job-runner-1``: which child uses the CPU); an exception is written to ``error_file`` (one
     line, for the supervisor's record and ``/readyz``) and re-raised."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]))
-    except OSError:
-        pass  # not Linux: the children keep the interpreter's name
+    _prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]))  # elsewhere: the interpreter's
     try:
         target(*args)
     except Exception as exc:
