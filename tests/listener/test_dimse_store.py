@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from io import BytesIO
@@ -19,7 +20,9 @@ from pynetdicom import AE
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
+from pynetdicom.presentation import build_context
 
+from listener.receive.server import prefer_requested_syntaxes, storage_contexts
 from listener.receive.status import HANDLER_FAILURE, EchoStatus, StoreStatus
 from listener.settings import Settings
 from listener.store.journal import Journal
@@ -71,6 +74,62 @@ def test_echo_between_stores_on_one_association(
     assert len(spool.files()) == 2
     (record,) = journal.associations()
     assert (record["received"], record["stored"], record["ended"]) == (2, 2, "released")
+
+
+def test_each_association_gets_the_syntax_its_sender_prefers_at_the_same_time(
+    gateway: tuple[Settings, Journal, Spool],
+) -> None:
+    """Associations negotiated at once, half preferring explicit and half implicit VR for the
+    same SOP class, each get their own first choice and store in it (the server's contexts
+    are shared by all associations; each one's order is its own)."""
+    settings, _journal, spool = gateway
+    orders = [
+        [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+        [ImplicitVRLittleEndian, ExplicitVRLittleEndian],
+    ]
+    series = ct_series(8, uid_seed="preference")
+    accepted: dict[int, str] = {}
+    stored: dict[int, int] = {}
+
+    def send(index: int) -> None:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage, orders[index % 2])
+        assoc = ae.associate("127.0.0.1", settings.port, ae_title="PACSAI")
+        assert assoc.is_established
+        (context,) = assoc.accepted_contexts
+        accepted[index] = str(context.transfer_syntax[0])
+        stored[index] = int(assoc.send_c_store(series[index]).Status)
+        assoc.release()
+
+    threads = [threading.Thread(target=send, args=(index,)) for index in range(len(series))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert accepted == {index: str(orders[index % 2][0]) for index in range(len(series))}
+    assert set(stored.values()) == {StoreStatus.SUCCESS}
+    syntaxes: dict[str, str] = {}
+    for relative in spool.files():
+        meta = dcmread(spool.root / relative, stop_before_pixels=True).file_meta
+        syntaxes[str(meta.MediaStorageSOPInstanceUID)] = str(meta.TransferSyntaxUID)
+    assert syntaxes == {str(ds.SOPInstanceUID): accepted[index] for index, ds in enumerate(series)}
+
+
+def test_preferred_order_leaves_the_servers_contexts_as_they_are() -> None:
+    """The reordered contexts are copies: the list every association starts from is unchanged,
+    and a context whose order already suits the sender is the server's own object."""
+    server = storage_contexts()
+    before = [list(context.transfer_syntax) for context in server]
+    ct_index = next(i for i, cx in enumerate(server) if cx.abstract_syntax == CTImageStorage)
+    requested = build_context(CTImageStorage, [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+    ordered = prefer_requested_syntaxes([requested], server)
+    assert ordered[ct_index].transfer_syntax[:2] == [ImplicitVRLittleEndian, ExplicitVRLittleEndian]
+    assert ordered[ct_index] is not server[ct_index]
+    assert [list(context.transfer_syntax) for context in server] == before
+    untouched = [i for i in range(len(server)) if i != ct_index]
+    assert all(ordered[i] is server[i] for i in untouched)
+    again = prefer_requested_syntaxes([requested], [ordered[ct_index]])
+    assert again[0] is ordered[ct_index]  # already in the sender's order: no copy
 
 
 def test_store_fragmented_over_many_pdus_is_kept_byte_for_byte(
