@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,6 +71,9 @@ class Receiver:
         self.intake.on_stored = self._note_stored
         self._open: dict[object, _Open] = {}
         self._lock = threading.Lock()
+        # Associations whose connection has closed while their thread is still winding down;
+        # they no longer count against max_associations (weak: gone with the association).
+        self._closed: weakref.WeakSet[Association] = weakref.WeakSet()
 
     def handlers(self) -> list[Any]:
         """The (event, handler) pairs to bind to the association server."""
@@ -176,7 +180,8 @@ class Receiver:
     def on_closed(self, event: Event) -> None:
         with self._lock:
             entry = self._open.pop(event.assoc, None)
-        self.counter.publish(len(self._acceptors(event.assoc)) - 1)
+            self._closed.add(event.assoc)
+            self.counter.publish(self.open_associations(event.assoc))
         failure = getattr(event.assoc, "failure", None)
         if entry is None:
             if failure is not None:  # aborted before it was established (e.g. a huge PDU)
@@ -218,9 +223,26 @@ class Receiver:
             _, classes = entry.studies.setdefault(header.study_uid, (header.patient_id, Counter()))
             classes[header.sop_class_uid] += 1
 
-    @staticmethod
-    def _acceptors(assoc: Association) -> list[Any]:
-        return [a for a in assoc.ae.active_associations if a.is_acceptor]
+    def open_associations(self, assoc: Association) -> int:
+        """How many associations this process has open: those accepted or being negotiated
+        (``assoc`` among them). One that was released, aborted or rejected, or whose
+        connection has closed, does not count although its thread may still be ending: a
+        sender that comes back just after a burst of ended associations is not refused for
+        them."""
+        closed = self._closed
+        return sum(
+            1
+            for a in assoc.ae.active_associations
+            if a.is_acceptor
+            and a not in closed
+            and not (a.is_released or a.is_aborted or a.is_rejected)
+        )
+
+    def publish_open(self, assoc: Association) -> None:
+        """Tell the other receive processes this one's count (under the lock that orders
+        it with the counts published as connections close)."""
+        with self._lock:
+            self.counter.publish(self.open_associations(assoc))
 
     # DIMSE services
 

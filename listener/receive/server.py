@@ -131,7 +131,7 @@ class _AdmissionACSE(ACSE):
         called = str(request.called_ae_title).strip()
         peer = str(self.assoc.requestor.address)
         settings = self._receiver.settings
-        local = len(Receiver._acceptors(self.assoc))
+        local = self._receiver.open_associations(self.assoc)
         rejection = admission(
             calling_ae=calling,
             called_ae=called,
@@ -159,7 +159,7 @@ class _AdmissionACSE(ACSE):
             evt.trigger(self.assoc, evt.EVT_REJECTED, {})
             self.assoc.kill()
             return
-        self._receiver.counter.publish(local)
+        self._receiver.publish_open(self.assoc)
         self.acceptor.ae_title = called
         supported = self.acceptor.supported_contexts  # this association's own list
         supported[:] = prefer_requested_syntaxes(self.requestor.requested_contexts, supported)
@@ -335,7 +335,11 @@ def make_ae(settings: Settings) -> AE:
     ae.dimse_timeout = settings.dimse_timeout_s
     ae.network_timeout = settings.network_timeout_s
     ae.maximum_pdu_size = settings.max_pdu_size
-    ae.maximum_associations = settings.max_associations
+    # The limit is admission's (``_AdmissionACSE``: every receive process, ended associations
+    # not counted). pynetdicom's own check counts every association thread still alive, ended
+    # ones included, and would refuse a sender for threads that are only winding down; it is
+    # left as a backstop on threads at twice the limit.
+    ae.maximum_associations = 2 * settings.max_associations
     ae.require_called_aet = False
     ae.require_calling_aet = []
     ae.supported_contexts = storage_contexts()

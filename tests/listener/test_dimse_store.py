@@ -115,6 +115,29 @@ def test_each_association_gets_the_syntax_its_sender_prefers_at_the_same_time(
     assert syntaxes == {str(ds.SOPInstanceUID): accepted[index] for index, ds in enumerate(series)}
 
 
+def test_the_association_limit_refuses_one_over_and_frees_a_slot_when_one_ends(
+    tmp_path: Path,
+) -> None:
+    """``max_associations`` refuses the association over the limit (Rejected Transient, local
+    limit exceeded, journalled with the reason), and a sender that comes back right after
+    releasing is accepted again: associations that have ended do not count while their
+    threads wind down."""
+    with run_receiver(tmp_path, max_associations=2) as (settings, journal, _spool):
+        held = [_associate(settings) for _ in range(2)]
+        assert all(assoc.is_established for assoc in held)  # type: ignore[attr-defined]
+        over = _associate(settings)
+        assert over.is_rejected  # type: ignore[attr-defined]
+        for _ in range(10):  # release both, and at once open two again
+            for assoc in held:
+                assoc.release()  # type: ignore[attr-defined]
+            held = [_associate(settings) for _ in range(2)]
+            assert all(assoc.is_established for assoc in held)  # type: ignore[attr-defined]
+        for assoc in held:
+            assoc.release()  # type: ignore[attr-defined]
+        refused = [r for r in journal.associations() if r["ended"] == "rejected"]
+        assert [str(r["error"]) for r in refused] == ["association limit of 2 reached"]
+
+
 def test_preferred_order_leaves_the_servers_contexts_as_they_are() -> None:
     """The reordered contexts are copies: the list every association starts from is unchanged,
     and a context whose order already suits the sender is the server's own object."""
